@@ -1,0 +1,36 @@
+# Two commands set up a fresh machine and do the job: `make demo` and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTHON  ?= python3.11
+# Debian packages: TTS engines for the embedded corpus, real control speech, audio tools.
+APT_PKGS := espeak-ng flite festival festvox-us-slt-hts festvox-kdlpc16k festvox-kallpc16k \
+            pocketsphinx-testdata sox libsndfile1
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup system-deps demo test test-fast lint clean
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@PKGS="$(APT_PKGS)" bash scripts/system_deps.sh
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m asr_lora.train +recipe=sg_english
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf outputs multirun .pytest_cache
