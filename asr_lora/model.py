@@ -30,7 +30,7 @@ from transformers import (
 from .convert import ConversionError, load_ct2_dir
 
 log = logging.getLogger(__name__)
-CONVERTER_VERSION = "1"  # bump when conversion output changes, so caches are rebuilt
+CONVERTER_VERSION = "2"  # bump when conversion output changes, so caches are rebuilt
 
 
 def cache_root() -> Path:
@@ -110,10 +110,10 @@ def _generation_config(tok: WhisperTokenizer, cfg: WhisperConfig, ct2_config: di
         bos_token_id=ids("<|endoftext|>"),
         eos_token_id=ids("<|endoftext|>"),
         pad_token_id=ids("<|endoftext|>"),
-        max_length=cfg.max_target_positions,
         suppress_tokens=list(ct2_config.get("suppress_ids", [])),
         begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [])),
         alignment_heads=[list(h) for h in ct2_config.get("alignment_heads", [])],
+        max_length=cfg.max_target_positions,
         no_timestamps_token_id=ids("<|notimestamps|>"),
         prev_sot_token_id=ids("<|startofprev|>"),
         is_multilingual=multilingual,
@@ -137,7 +137,11 @@ def convert_ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
         eos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
         pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
     )
-    config = WhisperConfig(**cfg_kwargs, **ids_cfg, tie_word_embeddings=True)
+    # Suppression lists live in the generation config only; duplicating them in the model config
+    # makes transformers warn on every generate() call.
+    config = WhisperConfig(
+        **cfg_kwargs, **ids_cfg, tie_word_embeddings=True, suppress_tokens=None, begin_suppress_tokens=None
+    )
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
