@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 PYTHON  ?= python3.11
 # Debian packages: TTS engines for the embedded corpus, real control speech, audio tools.
 APT_PKGS := espeak-ng flite festival festvox-us-slt-hts festvox-kdlpc16k festvox-kallpc16k \
-            pocketsphinx-testdata sox libsndfile1
+            pocketsphinx-testdata sox libsndfile1 ffmpeg
 STAMP   := $(VENV)/.installed
 
 .PHONY: setup system-deps demo test test-fast lint clean

@@ -66,6 +66,11 @@ class Ledger:
     def skip(self, id: str, reason: str, detail: str, source: str = "", split: str | None = None) -> None:
         self.skips.append(Skip(id=id, reason=reason, detail=detail, source=source, split=split))
 
+    def drop(self, id: str, reason: str, detail: str, source: str = "", split: str | None = None) -> None:
+        """A row a reader kept that a later stage (decoding, filters) rejects."""
+        self.kept -= 1
+        self.skip(id, reason, detail, source, split)
+
     @property
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(s.reason for s in self.skips))
