@@ -1,0 +1,146 @@
+"""The sg_english inputs, the split plan, and a small real build with its cache."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from asr_lora import corpus
+from asr_lora.corpus import (
+    CONTROL,
+    SENTENCES,
+    build_corpus,
+    default_cache_dir,
+    load_manifest,
+    load_sentences,
+    load_voices,
+    plan_corpus,
+)
+
+MANIFEST_FIELDS = {"id", "text", "audio_filepath", "speaker", "accent", "duration", "split", "subset", "source"}
+
+
+def test_sentence_files_are_big_and_distinct():
+    sg, ctl = load_sentences(SENTENCES), load_sentences(CONTROL)  # raises on duplicates / bad lengths
+    assert len(sg) >= 600 and len(set(sg)) == len(sg)
+    assert len(ctl) >= 150
+    assert not set(sg) & set(ctl)
+    particles = {"lah", "leh", "lor", "meh", "hor", "sia", "ah"}
+    with_particle = [s for s in sg if particles & set(re.findall(r"[a-z]+", s.lower()))]
+    assert len(with_particle) > len(sg) / 5
+
+
+def test_load_sentences_rejects_duplicates_and_digits(tmp_path):
+    f = tmp_path / "s.txt"
+    f.write_text("The kopi here very nice lah.\nthe kopi here very nice lah\n")
+    with pytest.raises(ValueError, match=r"s.txt:2: duplicate of line 1"):
+        load_sentences(f)
+    f.write_text("Chicken rice now costs S$4.50 at Maxwell.\n")
+    with pytest.raises(ValueError, match="in words"):
+        load_sentences(f)
+
+
+def test_voice_inventory_is_speaker_disjoint_and_covers_engines():
+    voices = load_voices()
+    assert len({v.id for v in voices}) >= 15
+    engines = {v.engine for v in voices}
+    assert engines == {"espeak", "flite", "festival", "piper"}
+    by_split = defaultdict(set)
+    for v in voices:
+        by_split[v.split].add(v)
+    assert {v.engine for v in by_split["train"]} == engines
+    speakers = {s: {v.speaker for v in vs} for s, vs in by_split.items()}
+    assert not speakers["train"] & speakers["dev"]
+    assert not speakers["train"] & speakers["test"]
+    assert not speakers["dev"] & speakers["test"]
+
+
+def test_speakers_in_two_splits_are_refused(tmp_path):
+    doc = json.loads(corpus.VOICES.read_text())
+    doc["voices"][0]["speaker"] = next(v["speaker"] for v in doc["voices"] if v["split"] == "test")
+    f = tmp_path / "voices.json"
+    f.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="more than one split"):
+        load_voices(f)
+
+
+def _check_disjoint(records):
+    sentences, voices = defaultdict(set), defaultdict(set)
+    for r in records:
+        if r.engine is not None:
+            sentences[r.split].add(r.text)
+            voices[r.split].add(r.voice)
+    for a, b in [("train", "dev"), ("train", "test"), ("dev", "test")]:
+        assert not sentences[a] & sentences[b], (a, b)
+        assert not voices[a] & voices[b], (a, b)
+    assert all(r.split in ("dev", "test") for r in records if r.subset == "control")
+
+
+def test_full_plan_sizes_and_disjointness():
+    records = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), load_voices(), seed=0)
+    _check_disjoint(records)
+    n = defaultdict(int)
+    for r in records:
+        n[r.split, r.subset] += 1
+    assert 800 <= n["train", "main"] <= 1500
+    assert 150 <= n["test", "main"] <= 300
+    assert n["train", "control"] == 0
+    assert len({r.id for r in records}) == len(records)
+    # Same seed, same plan; another seed, another split.
+    again = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), load_voices(), seed=0)
+    assert [r.id for r in again] == [r.id for r in records]
+    other = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), load_voices(), seed=1)
+    assert {r.text for r in other if r.split == "test"} != {r.text for r in records if r.split == "test"}
+
+
+def test_default_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ASR_LORA_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "corpora" / "sg_english"
+
+
+@pytest.mark.slow
+def test_small_build_manifest_split_and_cache(tmp_path):
+    out = tmp_path / "sg"
+    manifest = build_corpus(out, seed=0, workers=2, max_sentences=12, progress=False)
+    assert manifest == out / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    records = load_manifest(manifest)
+    assert len(rows) == len(records) > 12
+    for row in rows:
+        assert MANIFEST_FIELDS <= set(row), row
+        info = sf.info(row["audio_filepath"])
+        assert (info.samplerate, info.channels) == (16000, 1)
+        assert row["duration"] == pytest.approx(info.duration, abs=1e-3)
+        if row["subset"] == "main":
+            assert {"engine", "voice"} <= set(row)
+    _check_disjoint(records)
+    assert {r.split for r in records if r.subset == "main"} == {"train", "dev", "test"}
+
+    info = json.loads((out / "corpus_info.json").read_text())
+    assert info["synthetic"] is True and info["seed"] == 0
+    assert info["utterances"] == len(rows)
+    assert set(info["input_files_sha256"]) == {"sg_sentences.txt", "control_sentences.txt", "voices.json"}
+    real = [r for r in records if r.engine is None]
+    if info["real_control"]["included"]:
+        assert real and all(r.split == "test" and r.subset == "control" for r in real)
+    else:
+        assert not real and "pocketsphinx" in info["real_control"]["reason"]
+
+    # Second call: nothing re-rendered, nothing rewritten.
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert build_corpus(out, seed=0, max_sentences=12, progress=False) == manifest
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == mtimes
+
+    # A lost file is re-rendered, the others are left alone.
+    lost = next(r for r in records if r.engine is not None)
+    Path(lost.audio_path).unlink()
+    build_corpus(out, seed=0, max_sentences=12, progress=False)
+    assert Path(lost.audio_path).is_file()
+    assert json.loads((out / "corpus_info.json").read_text())["rendered"] == 1
+    kept = [p for p in mtimes if p.suffix == ".wav" and p != Path(lost.audio_path)]
+    assert all(p.stat().st_mtime_ns == mtimes[p] for p in kept)

@@ -1,0 +1,97 @@
+"""TTS backends: every installed voice renders a valid 16 kHz mono WAV, deterministically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr_lora.corpus import load_voices
+from asr_lora.synth import SAMPLE_RATE, SynthError, Voice, available_engines, synthesize
+
+TEXT = "Uncle, one kopi siew dai and one teh peng, takeaway ah."
+
+
+def _one_voice_per_engine() -> list[Voice]:
+    seen: dict[str, Voice] = {}
+    for v in load_voices():
+        seen.setdefault(v.engine, v)
+    return list(seen.values())
+
+
+def _installed(v: Voice) -> bool:
+    return available_engines()[v.engine]["installed"]
+
+
+ENGINE_VOICES = [pytest.param(v, id=v.engine) for v in _one_voice_per_engine()]
+
+
+def test_inventory_names_install_hint_for_every_engine():
+    inv = available_engines()
+    assert set(inv) == {"espeak", "flite", "festival", "piper"}
+    for engine, entry in inv.items():
+        assert entry["install"], engine
+        assert entry["installed"] == bool(entry["voices"])
+
+
+@pytest.mark.parametrize("voice", ENGINE_VOICES)
+def test_renders_valid_16k_mono_wav(voice, tmp_path):
+    if not _installed(voice):
+        pytest.skip(f"{voice.engine} not installed: {available_engines()[voice.engine]['install']}")
+    out = tmp_path / "x.wav"
+    duration = synthesize(TEXT, voice, out)
+    info = sf.info(out)
+    assert (info.samplerate, info.channels, info.subtype, info.format) == (SAMPLE_RATE, 1, "PCM_16", "WAV")
+    # Ten words: anything outside 1.5-10 s means truncated output or a runaway synthesiser.
+    assert 1.5 < duration < 10
+    assert info.duration == pytest.approx(duration, abs=1e-3)
+    x, _ = sf.read(out)
+    assert np.abs(x).max() > 0.01
+
+
+@pytest.mark.parametrize("voice", ENGINE_VOICES)
+def test_deterministic(voice, tmp_path):
+    if not _installed(voice):
+        pytest.skip(f"{voice.engine} not installed")
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    synthesize(TEXT, voice, a, seed=1)
+    synthesize(TEXT, voice, b, seed=1)
+    assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.slow
+def test_every_inventory_voice_is_installed_and_renders(tmp_path):
+    for v in load_voices():
+        assert synthesize("Can or not, tell me lah.", v, tmp_path / f"{v.id}.wav") > 0.5, v.id
+
+
+def test_missing_engine_raises_with_install_hint(tmp_path, monkeypatch):
+    from asr_lora import synth
+
+    fake = {e: {"installed": False, "voices": [], "install": synth.INSTALL_HINTS[e]} for e in synth.ENGINES}
+    monkeypatch.setattr(synth, "available_engines", lambda: fake)
+    voice = Voice(id="flite-rms", engine="flite", voice="rms", speaker="s", accent="en-us", split="train")
+    with pytest.raises(SynthError, match=r"flite.*flite-rms.*apt-get install flite"):
+        synthesize(TEXT, voice, tmp_path / "x.wav")
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_unknown_voice_raises_instead_of_silent_fallback(tmp_path):
+    # flite and espeak-ng quietly substitute a default voice for an unknown name.
+    for engine, name, opts in [("flite", "no_such_voice", {}), ("espeak", "en-us", {"variant": "nosuch9"}),
+                               ("festival", "no_such_voice", {}), ("bogus", "x", {})]:
+        voice = Voice(id=f"{engine}-bad", engine=engine, voice=name, speaker="s", accent="x", split="train",
+                      options=opts)
+        with pytest.raises(SynthError, match=f"{engine}-bad"):
+            synthesize(TEXT, voice, tmp_path / "x.wav")
+
+
+def test_cli_failure_names_engine_voice_and_text(tmp_path, monkeypatch):
+    from asr_lora import synth
+
+    if not available_engines()["espeak"]["installed"]:
+        pytest.skip("espeak-ng not installed")
+    voice = Voice(id="espeak-en-us", engine="espeak", voice="en-us", speaker="s", accent="en-us", split="train")
+    monkeypatch.setattr(synth, "_run", lambda cmd, **kw: synth.subprocess.CompletedProcess(cmd, 1, "", "boom"))
+    with pytest.raises(SynthError, match=r"espeak.*espeak-en-us.*takeaway ah.*boom"):
+        synthesize(TEXT, voice, tmp_path / "x.wav")
