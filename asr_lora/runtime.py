@@ -1,0 +1,142 @@
+"""What every entry point does the same way: run directory, logging, seeds, data, encoder cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("asr_lora")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_dir_of(cfg) -> Path:
+    """An explicit `run_dir=` (resume, export, evaluate of an old run) or Hydra's fresh one."""
+    if cfg.get("run_dir"):
+        d = Path(cfg.run_dir)
+    else:
+        from hydra.core.hydra_config import HydraConfig
+
+        d = Path(HydraConfig.get().runtime.output_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def setup_logging(run_dir: Path | None = None) -> None:
+    from rich.logging import RichHandler
+
+    handlers: list[logging.Handler] = [RichHandler(show_path=False, markup=False)]
+    if run_dir is not None:
+        handlers.append(logging.FileHandler(run_dir / "asr_lora.log"))
+        handlers[-1].setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=handlers, force=True)
+    import transformers
+
+    # Whisper's generate warns on every call about settings we pass on purpose.
+    transformers.logging.set_verbosity_error()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_data(cfg, tokenizer, run_dir: Path | None, progress: bool = True):
+    """Prepared splits (cached) and the data report, which is also written into the run dir."""
+    from .data import prepare_data
+
+    splits, report = prepare_data(cfg.data, tokenizer, cfg.paths.cache_dir, progress)
+    if run_dir is not None:
+        path = run_dir / "data_report.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, path)
+    counts = report["counts"]
+    log.info("data: %d rows seen, %d kept, %d skipped %s; per split %s", counts["seen"], counts["kept"],
+             counts["skipped"], counts["skipped_by_reason"], report["kept_per_split"])
+    return splits, report
+
+
+def cache_enabled(cfg) -> bool:
+    setting = str(cfg.train.cache_encoder_outputs).lower()
+    if setting in ("false", "0", "no"):
+        return False
+    encoder_frozen = cfg.train.mode == "lora" and "encoder" not in cfg.lora.scope
+    if setting in ("true", "1", "yes"):
+        if not encoder_frozen or cfg.augment.enabled:
+            raise ValueError("train.cache_encoder_outputs=true needs a frozen encoder (no 'encoder' in lora.scope, "
+                             "train.mode=lora) and augment.enabled=false")
+        return True
+    return encoder_frozen and not cfg.augment.enabled
+
+
+def build_encoder_cache(cfg, model, processor, splits: dict):
+    if not cache_enabled(cfg):
+        return None
+    from .features import EncoderCache
+
+    cache = EncoderCache(model, processor, batch_size=cfg.eval.batch_size)
+    for name, ds in splits.items():
+        if ds is not None and len(ds):
+            cache.fill(ds["id"], [np.asarray(a, dtype=np.float32) for a in ds["audio"]], True,
+                       f"encoding {name} ({len(ds)} clips, frozen encoder)")
+    log.info("encoder cache: %d clips, %.0f MB", len(cache.store), cache.nbytes() / 2**20)
+    return cache
+
+
+def eval_info(cfg, data_report: dict, adapter: str | None, split: str) -> dict:
+    corpus = data_report.get("corpus") or {}
+    synthetic = bool(cfg.data.synthetic or corpus.get("synthetic"))
+    description = (
+        "SYNTHETIC speech: Singapore English sentences written for this project, rendered offline by TTS "
+        "voices (espeak-ng, flite, festival, piper); real recorded speech only in the control set "
+        "where pocketsphinx-testdata is installed." if synthetic else f"{cfg.data.source} corpus at {cfg.data.path}"
+    )
+    counts = data_report.get("counts", {})
+    return {
+        "synthetic": synthetic,
+        "corpus": {"name": cfg.data.name, "description": description},
+        "model": {"base": cfg.model.name_or_path, "adapter": adapter},
+        "split": split,
+        "data": {"kept": {s: sum(v.values()) for s, v in data_report.get("kept_per_split", {}).items()},
+                 "dropped": counts.get("skipped_by_reason", {}),
+                 "hours": data_report.get("hours_per_split", {})},
+    }
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"asr-lora: {summary.get('recipe')} ({summary.get('run_dir')})")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    p = summary.get("params", {})
+    t.add_row("trainable params", f"{p.get('trainable', 0):,} / {p.get('total', 0):,}")
+    t.add_row("adapter size", f"{summary.get('adapter_bytes', 0) / 1e6:.2f} MB")
+    tr = summary.get("train", {})
+    t.add_row("train steps / time", f"{tr.get('steps')} / {tr.get('seconds')} s")
+    ev = summary.get("eval")
+    if ev:
+        for system in ("base", "adapted"):
+            h = ev[system]
+            t.add_row(f"{system} WER (test, norm)", f"{100 * h['wer']:.2f}% [{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}]")
+            if "control_wer" in h:
+                t.add_row(f"{system} control WER", f"{100 * h['control_wer']:.2f}%")
+        t.add_row("relative WER reduction", f"{100 * ev['relative_wer_reduction']:.1f}%")
+        if ev.get("forgetting"):
+            f = ev["forgetting"]
+            t.add_row("forgetting gate", f"{'PASS' if f['passed'] else 'FAIL'} ({100 * f['relative_degradation']:+.1f}%)")
+    if summary.get("synthetic_data"):
+        t.add_row("data", "SYNTHETIC (TTS) corpus")
+    t.add_row("wall time", f"{summary.get('wall_seconds')} s")
+    Console().print(t)

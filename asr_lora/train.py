@@ -1,0 +1,160 @@
+"""The main job: `python -m asr_lora.train +recipe=sg_english`.
+
+prepare data -> load Whisper -> zero-shot eval -> LoRA (or full) training -> adapted eval ->
+report (base vs adapted) -> export. Everything lands in the Hydra run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import CONF_DIR
+from .runtime import (
+    build_encoder_cache, eval_info, is_main_process, load_data, print_summary, run_dir_of, seed_everything,
+    setup_logging,
+)
+
+log = logging.getLogger("asr_lora.train")
+
+
+def train(cfg: DictConfig) -> dict:
+    t0 = time.perf_counter()
+    run_dir = run_dir_of(cfg)
+    setup_logging(run_dir)
+    seed_everything(cfg.seed)
+    main = is_main_process()
+    from . import tracking
+    from .evaluation import evaluate_systems, headline, relative_reduction, transcribe_split
+    from .features import SpeechCollator
+    from .model import load_whisper
+    from .training import build_trainer, prepare_model, training_args
+
+    report_to = tracking.setup(cfg, run_dir) if main else []
+    model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
+    splits, data_report = load_data(cfg, processor.tokenizer, run_dir if main else None)
+    train_ds, dev_ds, test_ds = (splits.get(cfg.data.train_split), splits.get(cfg.data.dev_split),
+                                 splits.get(cfg.eval.split))
+    if train_ds is None or len(train_ds) == 0:
+        raise ValueError(f"no training data in split {cfg.data.train_split!r}; see {run_dir}/data_report.json")
+    from .data import subsample
+
+    train_ds = subsample(train_ds, cfg.data.max_train_samples, cfg.seed)
+    dev_ds = subsample(dev_ds, cfg.train.dev_eval_max_samples, cfg.seed)
+    test_ds = subsample(test_ds, cfg.data.max_eval_samples, cfg.seed)
+
+    model, params = prepare_model(model, cfg)
+    cache = build_encoder_cache(cfg, model, processor, {"train": train_ds, "dev": dev_ds, "test": test_ds})
+
+    # Zero-shot first: in full fine-tuning the base weights are about to change.
+    base_hyps = None
+    if cfg.eval.before_training and test_ds is not None and main:
+        ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else _null()
+        with ctx:
+            base_hyps = transcribe_split(model, processor, test_ds, cfg.eval.beam_size, cfg.eval.batch_size,
+                                         cfg.eval.max_new_tokens, cache, description="zero-shot decoding")
+
+    augmenter = None
+    if cfg.augment.enabled:
+        from .audio import Augmenter
+
+        augmenter = Augmenter(OmegaConf.to_container(cfg.augment, resolve=True))
+    collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter, cache, cfg.seed)
+    keep = ["id", "labels"] if cache is not None else ["id", "labels", "audio"]
+    ckpt_dir = run_dir / cfg.train.output_subdir
+    args = training_args(cfg, ckpt_dir, report_to, dev_ds is not None and len(dev_ds) > 0)
+    run = tracking.init_run(cfg, run_dir, OmegaConf.to_container(cfg, resolve=True) | {"params": params},
+                            report_to) if main else None
+    trainer = build_trainer(model, cfg, args, train_ds.select_columns(keep),
+                            dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor)
+    resume = _resume_point(cfg, ckpt_dir)
+    t_train = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - t_train
+    if not main:
+        return {}
+
+    adapter_dir = run_dir / ("adapter" if cfg.train.mode == "lora" else "model")
+    trainer.save_model(str(adapter_dir))
+    if cfg.train.mode == "full":
+        processor.save_pretrained(adapter_dir)
+    summary: dict = {
+        "recipe": cfg.recipe_name, "run_dir": str(run_dir), "model": cfg.model.name_or_path, "params": params,
+        "lora": OmegaConf.to_container(cfg.lora) if cfg.train.mode == "lora" else None,
+        "train": {"steps": result.global_step, "train_loss": result.training_loss, "seconds": round(train_seconds, 1),
+                  "train_utterances": len(train_ds), "best_checkpoint": trainer.state.best_model_checkpoint,
+                  "best_dev_wer": trainer.state.best_metric},
+        "adapter_bytes": _dir_bytes(adapter_dir), "synthetic_data": bool(cfg.data.synthetic),
+    }
+    ev = None
+    if test_ds is not None:
+        info = eval_info(cfg, data_report, adapter=str(adapter_dir), split=cfg.eval.split)
+        systems = ("base", "adapted")
+        ev = evaluate_systems(model, processor, test_ds, cfg.eval, run_dir / "eval", info, systems, cache,
+                              precomputed={"base": base_hyps} if base_hyps is not None else None)
+        b, a = headline(ev, "base"), headline(ev, "adapted")
+        summary["eval"] = {"split": cfg.eval.split, "base": b, "adapted": a,
+                           "relative_wer_reduction": relative_reduction(b["wer"], a["wer"]),
+                           "paired": ev.get("paired"), "forgetting": ev.get("forgetting")}
+    summary["export"] = _export(cfg, run_dir, adapter_dir, ev, splits)
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    tracking.write_metrics(run_dir, summary)
+    tracking.log_final(run, summary, ev, run_dir, {"report": run_dir / "eval", "adapter": adapter_dir},
+                       cfg.logger.wandb.log_artifacts)
+    print_summary(summary)
+    return summary
+
+
+def _export(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, splits) -> dict | None:
+    if not cfg.export.enabled or cfg.train.mode != "lora":
+        return None
+    from .export_job import export_from_run
+
+    try:
+        return export_from_run(cfg, run_dir, adapter_dir, ev, splits)
+    except Exception as e:  # the trained adapter and report stay; the export error is reported, not hidden
+        log.error("export failed: %s", e)
+        return {"error": str(e)}
+
+
+def _resume_point(cfg, ckpt_dir: Path) -> str | bool | None:
+    if not cfg.train.resume:
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if last is None:
+        raise FileNotFoundError(f"train.resume=true but no checkpoint under {ckpt_dir}; pass run_dir=<old run>")
+    log.info("resuming from %s", last)
+    return last
+
+
+def _dir_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.exists() else 0
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    summary = train(cfg)
+    ev = (summary or {}).get("eval") or {}
+    return (ev.get("adapted") or {}).get("wer")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,138 @@
+"""The training loop is transformers' Seq2SeqTrainer; this module only configures it for Whisper +
+peft (FIELD_NOTES 1-3) and adds what it lacks: a stop on non-finite loss, and dev WER through our
+normaliser.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+from .lora import add_lora, count_parameters, expected_lora_parameters, adapted_module_names
+from .metrics import corpus_wer
+from .text import normalize
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last saved checkpoint is the last good one."""
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            last = state.best_model_checkpoint or _last_checkpoint(Path(args.output_dir))
+            raise NonFiniteLossError(
+                f"loss became {loss} at step {state.global_step}; stopping. Last good checkpoint: {last or 'none'}. "
+                "Lower train.learning_rate or check the data."
+            )
+
+
+def _last_checkpoint(d: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(d)) if d.is_dir() else None
+
+
+def prepare_model(model, cfg):
+    """LoRA (frozen base, adapters trainable) or full fine-tuning; returns (model, param info)."""
+    if cfg.train.mode == "full":
+        if cfg.lora.enabled:
+            raise ValueError("train.mode=full trains every weight: use it with lora=none")
+        for p in model.parameters():
+            p.requires_grad_(True)
+        info = {"mode": "full", **count_parameters(model)}
+    elif cfg.train.mode == "lora":
+        if not cfg.lora.enabled:
+            raise ValueError("train.mode=lora needs lora.enabled=true (or use lora=none train.mode=full)")
+        names = adapted_module_names(model, cfg.lora.target_modules, cfg.lora.scope)
+        expected = expected_lora_parameters(model, names, cfg.lora.r)
+        model = add_lora(model, cfg.lora)
+        counts = count_parameters(model)
+        if not cfg.lora.use_dora and counts["trainable"] != expected:
+            raise RuntimeError(f"trainable parameters {counts['trainable']} != r*(d_in+d_out) sum {expected}")
+        info = {"mode": "lora", "adapted_modules": len(names), **counts}
+    else:
+        raise ValueError(f"train.mode must be 'lora' or 'full', not {cfg.train.mode!r}")
+    log.info("trainable parameters: %s of %s (%.3f%%)", f"{info['trainable']:,}", f"{info['total']:,}",
+             100 * info["trainable"] / info["total"])
+    return model, info
+
+
+def use_bf16(setting: str) -> bool:
+    if setting == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return str(setting).lower() in ("true", "1", "yes")
+
+
+def training_args(cfg, output_dir: Path, report_to: list[str], has_dev: bool) -> Seq2SeqTrainingArguments:
+    t = cfg.train
+    return Seq2SeqTrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if has_dev else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=has_dev,
+        metric_for_best_model="wer" if has_dev else None,
+        greater_is_better=False,
+        predict_with_generate=True,
+        generation_max_length=cfg.eval.max_new_tokens,
+        generation_num_beams=1,
+        bf16=use_bf16(t.bf16),
+        gradient_checkpointing=t.gradient_checkpointing,
+        # Reentrant checkpoints leave encoder adapters untrained (FIELD_NOTES 1).
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        # PeftModel.forward takes **kwargs, so the Trainer must not prune columns (FIELD_NOTES 3).
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to=report_to,
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=t.dataloader_num_workers,
+        ddp_backend=t.ddp_backend,
+        ddp_find_unused_parameters=False,
+        disable_tqdm=False,
+    )
+
+
+def wer_metric(tokenizer):
+    def compute(pred):
+        preds = pred.predictions
+        labels = pred.label_ids.copy()
+        labels[labels == -100] = tokenizer.pad_token_id
+        preds[preds == -100] = tokenizer.pad_token_id
+        hyps = [normalize(t) for t in tokenizer.batch_decode(preds, skip_special_tokens=True)]
+        refs = [normalize(t) for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        return {"wer": corpus_wer(refs, hyps)["wer"]}
+
+    return compute
+
+
+def build_trainer(model, cfg, args, train_ds, dev_ds, collator, processor) -> Seq2SeqTrainer:
+    callbacks = [StopOnNonFiniteLoss()]
+    if dev_ds is not None and cfg.train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    return Seq2SeqTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds, data_collator=collator,
+        processing_class=processor.feature_extractor, compute_metrics=wer_metric(processor.tokenizer),
+        callbacks=callbacks,
+    )

@@ -1,0 +1,89 @@
+"""Every config group option and every recipe composes against the schema; bad keys fail early."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from asr_lora.config import CONF_DIR, REPO_ROOT
+
+GROUPS = ["model", "lora", "data", "augment", "train", "eval", "export", "logger", "paths"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+RECIPES = sorted(p.stem for p in (REPO_ROOT / "recipes").glob("*.yaml"))
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def test_there_is_something_to_compose():
+    assert len(OPTIONS) >= 15 and "sg_english" in RECIPES
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_every_group_option_composes(group, option):
+    overrides = [f"{group}={option}"]
+    if group == "data" and option not in ("sg_english",):
+        overrides.append("data.path=/some/corpus")
+    cfg = _compose(overrides)
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_composes_with_plus(recipe):
+    cfg = _compose([f"+recipe={recipe}"])
+    assert cfg.recipe_name == recipe
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def test_recipe_is_a_delta_over_defaults():
+    default, recipe = _compose([]), _compose(["+recipe=sg_english"])
+    assert default.lora.scope == ["encoder", "decoder_self", "decoder_cross"]
+    assert recipe.lora.scope == ["decoder_self", "decoder_cross"]
+    assert recipe.lora.r == default.lora.r == 8 and recipe.lora.alpha == 16
+
+
+def test_misspelled_key_fails_naming_it():
+    with pytest.raises(ConfigCompositionException, match="lora.rank"):
+        _compose(["lora.rank=4"])
+
+
+def test_wrong_type_fails_naming_the_key():
+    with pytest.raises(ConfigCompositionException) as e:
+        _compose(["lora.r=eight"])
+    assert isinstance(e.value.__cause__, (ValidationError, ConfigKeyError)) or "lora.r" in str(e.value)
+
+
+def test_misspelled_key_in_a_yaml_file_fails(tmp_path):
+    bad = tmp_path / "conf"
+    import shutil
+
+    shutil.copytree(CONF_DIR, bad, symlinks=False)
+    (bad / "lora" / "typo.yaml").write_text("defaults: [lora_schema, _self_]\nrr: 4\n")
+    with initialize_config_dir(config_dir=str(bad), version_base="1.3"):
+        with pytest.raises(Exception, match="rr"):
+            compose("config", overrides=["lora=typo"])
+
+
+def test_exact_command_line_resolves_the_recipe():
+    out = subprocess.run(
+        [sys.executable, "-m", "asr_lora.train", "+recipe=sg_english", "--cfg", "job"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    cfg = OmegaConf.create(out.stdout)
+    assert cfg.recipe_name == "sg_english" and cfg.model.name_or_path == "bundled:tiny.en"
+
+
+def test_recipe_group_link_points_at_recipes():
+    link = CONF_DIR / "recipe"
+    assert link.is_symlink() and link.resolve() == (REPO_ROOT / "recipes").resolve()
+    assert Path(link / "sg_english.yaml").is_file()

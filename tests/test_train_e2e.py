@@ -1,0 +1,104 @@
+"""The main job end to end on a tiny random Whisper and a small JSONL corpus (fast), and on the real
+bundled tiny.en with a few embedded-corpus utterances (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hydra import compose, initialize_config_dir
+
+from asr_lora.config import CONF_DIR
+from asr_lora.tracking import read_offline_run
+from asr_lora.train import train
+
+SENTENCES = ["the kopi here very nice lah", "take the MRT to Tampines", "the hawker centre is crowded",
+             "can or not", "the void deck is quiet today", "chope the table first"]
+
+
+def make_corpus(root: Path) -> Path:
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        split = "train" if i < 10 else ("dev" if i < 12 else "test")
+        subset = "control" if i >= 14 else "main"
+        wav = root / "audio" / f"u{i}.wav"
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        t = np.arange(16000) / 16000
+        sf.write(wav, (0.2 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.01 * rng.standard_normal(16000)).astype("float32"), 16000)
+        rows.append({"audio_filepath": f"audio/u{i}.wav", "text": SENTENCES[i % len(SENTENCES)], "id": f"u{i}",
+                     "speaker": f"spk{i % 3 if split == 'train' else 3 + i % 2}", "split": split, "subset": subset})
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def tiny_cfg(tmp_path: Path, model_dir: Path, *extra: str):
+    manifest = make_corpus(tmp_path / "corpus")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[
+            f"model.name_or_path={model_dir}", "data=jsonl", f"data.path={manifest}",
+            f"paths.cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}",
+            "lora.scope=[decoder_self,decoder_cross]", "lora.r=4", "lora.alpha=8",
+            "train.max_steps=4", "train.eval_steps=2", "train.save_steps=2", "train.logging_steps=1",
+            "train.per_device_train_batch_size=4", "train.warmup_steps=0", "eval.n_bootstrap=50",
+            "eval.max_new_tokens=8", "export.enabled=false", *extra,
+        ])
+
+
+def test_main_job_tiny_end_to_end_with_wandb_offline_and_resume(tmp_path, tiny_whisper_dir):
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=wandb", "logger.wandb.mode=offline")
+    summary = train(cfg)
+    run = tmp_path / "run"
+    for f in ["metrics.json", "data_report.json", "eval/eval.json", "eval/report.html", "eval/per_utterance.csv",
+              "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "checkpoints/checkpoint-4"]:
+        assert (run / f).exists(), f
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 4
+    assert metrics["params"]["trainable"] == summary["params"]["trainable"] > 0
+    assert set(metrics["eval"]) >= {"base", "adapted", "paired", "forgetting"}
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["counts"]["seen"] == 16 and report["counts"]["balanced"]
+    # wandb offline run directory holds the logged metrics
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert runs, list(run.iterdir())
+    logged = read_offline_run(next(runs[0].glob("run-*.wandb")))
+    keys = {k for row in logged["history"] for k in row}
+    assert {"train/loss", "train/learning_rate", "eval/wer"} <= keys  # per-step loss, lr, dev WER
+    assert math.isfinite(logged["summary"]["eval/adapted/wer"])
+    assert logged["summary"]["params/trainable"] == metrics["params"]["trainable"]
+    assert any(k.startswith("wer_table") for k in keys) and any(k.startswith("worst_utterances") for k in keys)
+
+    # resume: same run dir, more steps, starts from the last complete checkpoint
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg2 = compose("config", overrides=cfg_overrides(cfg) +
+                       ["train.resume=true", "train.max_steps=6", "logger=none"])
+    summary2 = train(cfg2)
+    assert summary2["train"]["steps"] == 6
+    assert (run / "checkpoints" / "checkpoint-6").exists()
+
+
+def cfg_overrides(cfg):
+    return [f"model.name_or_path={cfg.model.name_or_path}", "data=jsonl", f"data.path={cfg.data.path}",
+            f"paths.cache_dir={cfg.paths.cache_dir}", f"run_dir={cfg.run_dir}",
+            "lora.scope=[decoder_self,decoder_cross]", "lora.r=4", "lora.alpha=8", "train.eval_steps=2",
+            "train.save_steps=2", "train.per_device_train_batch_size=4", "train.warmup_steps=0",
+            "eval.n_bootstrap=50", "eval.max_new_tokens=8", "export.enabled=false"]
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_whisper_dir):
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "train.resume=true")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(cfg)
+
+
+def test_full_finetuning_baseline_same_loop(tmp_path, tiny_whisper_dir):
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "lora=none", "train.mode=full", "train.max_steps=2",
+                   "train.save_steps=2", "train.eval_steps=2")
+    summary = train(cfg)
+    assert summary["params"]["trainable"] == summary["params"]["total"]
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
