@@ -168,8 +168,8 @@ def evaluate_systems(model, processor, ds, ecfg, out_dir: Path, info: dict, syst
         if precomputed and system in precomputed:
             hyps = precomputed[system]
         else:
-            ctx = model.disable_adapter() if system == "base" and hasattr(model, "disable_adapter") else contextlib.nullcontext()
-            with ctx:
+            base = system == "base" and hasattr(model, "disable_adapter")
+            with model.disable_adapter() if base else contextlib.nullcontext():
                 hyps = transcribe_split(model, processor, ds, ecfg.beam_size, ecfg.batch_size, ecfg.max_new_tokens,
                                         encoder_cache, progress, f"decoding ({system})")
         hyps_by_system[system] = hyps

@@ -72,11 +72,11 @@ class EncoderCache:
 def pad_labels(label_lists: Sequence[Sequence[int]], decoder_start_token_id: int) -> torch.Tensor:
     """Right-pad with -100 (ignored by the loss); drop a leading decoder-start token because the
     model prepends it itself when shifting labels right."""
-    cleaned = [list(l[1:]) if l and l[0] == decoder_start_token_id else list(l) for l in label_lists]
-    width = max(len(l) for l in cleaned)
+    cleaned = [list(x[1:]) if x and x[0] == decoder_start_token_id else list(x) for x in label_lists]
+    width = max(len(x) for x in cleaned)
     out = torch.full((len(cleaned), width), -100, dtype=torch.long)
-    for i, l in enumerate(cleaned):
-        out[i, : len(l)] = torch.tensor(l, dtype=torch.long)
+    for i, x in enumerate(cleaned):
+        out[i, : len(x)] = torch.tensor(x, dtype=torch.long)
     return out
 
 

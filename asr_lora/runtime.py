@@ -129,13 +129,15 @@ def print_summary(summary: dict) -> None:
     if ev:
         for system in ("base", "adapted"):
             h = ev[system]
-            t.add_row(f"{system} WER (test, norm)", f"{100 * h['wer']:.2f}% [{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}]")
+            ci = f"[{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}]"
+            t.add_row(f"{system} WER (test, norm)", f"{100 * h['wer']:.2f}% {ci}")
             if "control_wer" in h:
                 t.add_row(f"{system} control WER", f"{100 * h['control_wer']:.2f}%")
         t.add_row("relative WER reduction", f"{100 * ev['relative_wer_reduction']:.1f}%")
         if ev.get("forgetting"):
             f = ev["forgetting"]
-            t.add_row("forgetting gate", f"{'PASS' if f['passed'] else 'FAIL'} ({100 * f['relative_degradation']:+.1f}%)")
+            verdict = "PASS" if f["passed"] else "FAIL"
+            t.add_row("forgetting gate", f"{verdict} ({100 * f['relative_degradation']:+.1f}%)")
     if summary.get("synthetic_data"):
         t.add_row("data", "SYNTHETIC (TTS) corpus")
     t.add_row("wall time", f"{summary.get('wall_seconds')} s")

@@ -103,7 +103,7 @@ def train(cfg: DictConfig) -> dict:
         summary["eval"] = {"split": cfg.eval.split, "base": b, "adapted": a,
                            "relative_wer_reduction": relative_reduction(b["wer"], a["wer"]),
                            "paired": ev.get("paired"), "forgetting": ev.get("forgetting")}
-    summary["export"] = _export(cfg, run_dir, adapter_dir, ev, splits)
+    summary["export"] = _export(cfg, run_dir, adapter_dir, ev, splits, processor, cache)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     tracking.write_metrics(run_dir, summary)
     tracking.log_final(run, summary, ev, run_dir, {"report": run_dir / "eval", "adapter": adapter_dir},
@@ -112,16 +112,18 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
-def _export(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, splits) -> dict | None:
+def _export(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, splits, processor, cache) -> dict | None:
     if not cfg.export.enabled or cfg.train.mode != "lora":
         return None
     from .export_job import export_from_run
 
     try:
-        return export_from_run(cfg, run_dir, adapter_dir, ev, splits)
-    except Exception as e:  # the trained adapter and report stay; the export error is reported, not hidden
-        log.error("export failed: %s", e)
-        return {"error": str(e)}
+        summary = export_from_run(cfg, run_dir, adapter_dir, ev, splits, processor, cache)
+    except Exception as e:  # the trained adapter and report stay; the refusal is reported, not hidden
+        log.error("export refused or failed: %s", e)
+        return {"error": f"{type(e).__name__}: {e}"}
+    (run_dir / "export" / "export_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
 
 
 def _resume_point(cfg, ckpt_dir: Path) -> str | bool | None:

@@ -86,6 +86,8 @@ def training_args(cfg, output_dir: Path, report_to: list[str], has_dev: bool) ->
         lr_scheduler_type=t.lr_scheduler_type,
         max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps,
+        # The Trainer would otherwise log a NaN step as the running mean and train on silently.
+        logging_nan_inf_filter=False,
         eval_strategy="steps" if has_dev else "no",
         eval_steps=t.eval_steps,
         save_strategy="steps",

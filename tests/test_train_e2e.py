@@ -29,7 +29,8 @@ def make_corpus(root: Path) -> Path:
         wav = root / "audio" / f"u{i}.wav"
         wav.parent.mkdir(parents=True, exist_ok=True)
         t = np.arange(16000) / 16000
-        sf.write(wav, (0.2 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.01 * rng.standard_normal(16000)).astype("float32"), 16000)
+        x = 0.2 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.01 * rng.standard_normal(16000)
+        sf.write(wav, x.astype("float32"), 16000)
         rows.append({"audio_filepath": f"audio/u{i}.wav", "text": SENTENCES[i % len(SENTENCES)], "id": f"u{i}",
                      "speaker": f"spk{i % 3 if split == 'train' else 3 + i % 2}", "split": split, "subset": subset})
     manifest = root / "manifest.jsonl"

@@ -1,0 +1,276 @@
+"""Exports: merge equivalence, reload of each format by its own library, and every refusal."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from asr_lora import export
+from asr_lora.export import ExportError, QuantizedBaseError
+from asr_lora.inference import SAMPLE_RATE, UnsafeAdapterError, generate_features, transcribe_arrays
+
+SOT_NOTIMESTAMPS = [50257, 50362]  # tiny.en decoder prompt
+VERIFY_TOKENS = 16  # greedy steps per probe: CPU decoding of even a tiny Whisper is ~0.1 s a step
+
+
+def tone(seconds: float = 1.0, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def make_random_adapter(base_dir: Path, out_dir: Path, seed: int = 1) -> Path:
+    """LoRA with non-zero B, so the merge really changes q_proj/v_proj."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.2)
+    peft_model.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_whisper_dir, tmp_path_factory) -> Path:
+    return make_random_adapter(tiny_whisper_dir, tmp_path_factory.mktemp("lora") / "adapter")
+
+
+@pytest.fixture(scope="module")
+def probe(tiny_whisper_dir) -> torch.Tensor:
+    from transformers import WhisperFeatureExtractor
+
+    fe = WhisperFeatureExtractor.from_pretrained(tiny_whisper_dir)
+    return fe([tone(1.0, 440), tone(2.0, 300)], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_whisper_dir, adapter_dir, probe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "out"
+    info = {"synthetic": True, "corpus": {"name": "sg_english (synthetic)"},
+            "lora": {"scope": ["encoder", "decoder_self", "decoder_cross"]},
+            "systems": {"base": {"wer": {"norm": {"wer": 0.4, "ci_low": 0.35, "ci_high": 0.45}}},
+                        "adapted": {"wer": {"norm": {"wer": 0.2, "ci_low": 0.15, "ci_high": 0.25}}}},
+            "forgetting": {"control_wer_base": 0.1, "control_wer_adapted": 0.105, "relative_degradation": 0.05,
+                           "max_relative_degradation": 0.1, "passed": True}}
+    summary = export.export_run(
+        str(tiny_whisper_dir), adapter_dir, out, formats=("hf", "adapter", "ct2"),
+        ct2_quantizations=("float32", "int8"), probe_features=probe, verify_max_new_tokens=VERIFY_TOKENS,
+        test_audios=[tone(1.0)], test_refs=["hello there"], info=info,
+    )
+    return out, summary
+
+
+def test_merge_is_equivalent_and_changes_weights(tiny_whisper_dir, adapter_dir, probe):
+    from transformers import WhisperForConditionalGeneration
+
+    adapter_model, _ = export.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
+    merged = export.merge_loaded(copy.deepcopy(adapter_model))
+    res = export.verify_merge(adapter_model, merged, probe, atol=1e-4, max_new_tokens=VERIFY_TOKENS)
+    assert res["passed"] and res["tokens_identical"] and res["n_probe"] == 2
+    assert res["max_abs_logit_diff"] <= 1e-4
+
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    w0 = base.model.decoder.layers[0].self_attn.q_proj.weight
+    w1 = merged.model.decoder.layers[0].self_attn.q_proj.weight
+    assert (w1 - w0).abs().max() > 1e-3  # the merge did something
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_merge_adapter_returns_plain_whisper(tiny_whisper_dir, adapter_dir):
+    merged = export.merge_adapter(str(tiny_whisper_dir), adapter_dir)
+    assert type(merged).__name__ == "WhisperForConditionalGeneration"
+    assert all(p.dtype == torch.float32 for p in merged.parameters())
+
+
+@pytest.mark.slow
+def test_summary_layout_and_cards(exported):
+    out, s = exported
+    assert set(s["paths"]) == {"hf", "adapter", "ct2-float32", "ct2-int8"}
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "ct2-float32", "ct2-int8", "hf"]  # no temp dirs
+    assert s["sizes_bytes"]["adapter"] < s["sizes_bytes"]["ct2-int8"] < s["sizes_bytes"]["merged"]
+    assert s["verification"]["passed"] and s["forced"] is False
+    assert set(s["wer"]) == {"merged_hf", "ct2-float32", "ct2-int8"}
+    for d in s["paths"].values():
+        card = (Path(d) / "README.md").read_text()
+        assert "Synthetic corpus" in card and "40.00% [35.0, 45.0]" in card and "20.00% [15.0, 25.0]" in card
+        assert "r=4, alpha=8" in card and "PASS" in card and "force" not in card
+        assert "faster_whisper" in card and "PeftModel" in card and "pipeline(" in card
+
+
+@pytest.mark.slow
+def test_hf_export_loads_with_plain_transformers_pipeline(exported, tiny_whisper_dir, adapter_dir):
+    from transformers import pipeline
+
+    hf = Path(exported[0]) / "hf"
+    assert not (hf / "adapter_config.json").exists()
+    assert (hf / "preprocessor_config.json").is_file() and (hf / "tokenizer.json").is_file()
+    with safe_open(str(hf / "model.safetensors"), framework="pt") as f:
+        assert not any("lora" in k for k in f.keys())  # noqa: SIM118
+    gen = json.loads((hf / "generation_config.json").read_text())
+    assert gen["alignment_heads"] == [[1, 0]] and gen["begin_suppress_tokens"] == [220, 50256]
+
+    audio = tone(1.0)
+    adapter_model, processor = export.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
+    expected = transcribe_arrays(adapter_model, processor, [audio])[0]
+    asr = pipeline("automatic-speech-recognition", model=str(hf))
+    # The transformers 5 ASR pipeline defaults to 5 beams; match the project's greedy decoding.
+    got = asr(audio.copy(), generate_kwargs={"num_beams": 1, "max_new_tokens": 128})["text"].strip()
+    assert got == expected and got
+
+
+@pytest.mark.slow
+def test_adapter_export_reloads_with_peft(exported, tiny_whisper_dir, adapter_dir, probe):
+    from peft import PeftModel
+    from transformers import WhisperForConditionalGeneration
+
+    out_adapter = Path(exported[0]) / "adapter"
+    assert sorted(p.name for p in out_adapter.iterdir()) == ["README.md", *export.ADAPTER_FILES]
+    dec = torch.tensor([SOT_NOTIMESTAMPS])
+    logits = []
+    for d in (adapter_dir, out_adapter):
+        base = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+        m = PeftModel.from_pretrained(base, str(d)).eval()
+        with torch.no_grad():
+            logits.append(m(input_features=probe[:1], decoder_input_ids=dec).logits)
+    assert torch.equal(logits[0], logits[1])
+
+
+@pytest.mark.slow
+def test_ct2_float32_matches_merged_tokens(exported, probe):
+    import ctranslate2
+    from transformers import WhisperForConditionalGeneration
+
+    out = Path(exported[0])
+    merged = WhisperForConditionalGeneration.from_pretrained(out / "hf").eval()
+    hf_ids = generate_features(merged, None, probe, 1, max_new_tokens=32)
+    ct2 = ctranslate2.models.Whisper(str(out / "ct2-float32"), device="cpu", compute_type="float32")
+    # This ctranslate2 build emits about max_length/2 new tokens; compare the common prefix.
+    res = ct2.generate(ctranslate2.StorageView.from_array(probe.numpy()), [SOT_NOTIMESTAMPS] * len(probe),
+                       beam_size=1, max_length=64)
+    for row, r in zip(hf_ids.tolist(), res):
+        ct2_ids = r.sequences_ids[0]
+        n = min(len(row), len(ct2_ids))
+        assert n >= 16 and ct2_ids[:n] == row[:n]
+
+
+@pytest.mark.slow
+def test_faster_whisper_reads_int8_export_offline(exported):
+    for q in ("int8", "float32"):
+        d = Path(exported[0]) / f"ct2-{q}"
+        assert (d / "tokenizer.json").is_file() and (d / "preprocessor_config.json").is_file()
+        texts = export.transcribe_ct2(d, [tone(1.0)])
+        assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+def test_transcribe_ct2_refuses_incomplete_dir(tmp_path):
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(ExportError, match="tokenizer.json"):
+        export.transcribe_ct2(tmp_path, [tone(0.5)])
+
+
+def test_nan_adapter_refused_naming_parameter(tiny_whisper_dir, adapter_dir, tmp_path):
+    bad = tmp_path / "bad_adapter"
+    shutil.copytree(adapter_dir, bad)
+    weights = load_file(bad / "adapter_model.safetensors")
+    key = min(k for k in weights if "lora_B" in k)
+    weights[key][0, 0] = float("nan")
+    save_file(weights, bad / "adapter_model.safetensors")
+    with pytest.raises(ExportError, match=key.replace(".", r"\.")):
+        export.export_run(str(tiny_whisper_dir), bad, tmp_path / "out", formats=("hf",))
+    assert not (tmp_path / "out" / "hf").exists()
+
+
+def test_nonfinite_merge_names_parameter(tiny_whisper_dir, adapter_dir):
+    adapter_model, _ = export.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
+    with torch.no_grad():
+        adapter_model.base_model.model.model.decoder.layers[1].fc1.weight[0, 0] = float("inf")
+    with pytest.raises(ExportError, match=r"decoder\.layers\.1\.fc1\.weight"):
+        export.merge_loaded(adapter_model)
+
+
+def test_pickle_in_adapter_dir_refused(tiny_whisper_dir, adapter_dir, tmp_path):
+    bad = tmp_path / "pickled"
+    shutil.copytree(adapter_dir, bad)
+    (bad / "adapter_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(UnsafeAdapterError, match="adapter_model.bin"):
+        export.export_run(str(tiny_whisper_dir), bad, tmp_path / "out")
+    with pytest.raises(UnsafeAdapterError):
+        export.export_adapter(bad, tmp_path / "copy")
+
+
+def test_quantized_base_refused(tiny_whisper_dir, adapter_dir, tmp_path):
+    qbase = tmp_path / "qbase"
+    shutil.copytree(tiny_whisper_dir, qbase)
+    cfg = json.loads((qbase / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    (qbase / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(QuantizedBaseError, match="quantised"):
+        export.merge_adapter(str(qbase), adapter_dir)
+
+
+@pytest.mark.slow
+def test_forgetting_gate_refuses_unless_forced(tiny_whisper_dir, adapter_dir, probe, tmp_path):
+    info = {"forgetting": {"control_wer_base": 0.1, "control_wer_adapted": 0.2, "relative_degradation": 1.0,
+                           "max_relative_degradation": 0.1, "passed": False}}
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match="forgetting gate failed"):
+        export.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
+                          probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS, info=info)
+    assert not (out / "adapter").exists()
+
+    s = export.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
+                          probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS, info=info, force=True)
+    assert s["forced"] and "forgetting" in s["gate_failures"][0]
+    card = (out / "adapter" / "README.md").read_text()
+    assert "force=True" in card and "FAIL" in card
+
+
+def test_failed_verification_refuses_unless_forced(tiny_whisper_dir, adapter_dir, probe, tmp_path, monkeypatch):
+    real = export.verify_merge
+    monkeypatch.setattr(export, "verify_merge", lambda *a, **k: {**real(*a, **k), "passed": False})
+    with pytest.raises(ExportError, match="merge verification failed"):
+        export.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / "out", formats=("adapter",),
+                          probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS)
+
+
+@pytest.mark.slow
+def test_failed_export_leaves_previous_export_untouched(tiny_whisper_dir, adapter_dir, probe, tmp_path,
+                                                        monkeypatch):
+    out = tmp_path / "out"
+    export.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
+                      probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS)
+    before = (out / "adapter" / "adapter_model.safetensors").read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "write_model_card", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
+                      probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS)
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["adapter"]  # temp dirs cleaned up
+
+
+def test_model_card_formats_percentages_and_force(tmp_path):
+    info = {"model": {"base": "bundled:tiny.en"}, "synthetic": True, "forced": ["forgetting gate failed: x"],
+            "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"], "scope": ["encoder"]},
+            "systems": {"base": {"wer": {"norm": {"wer": 0.1234, "ci_low": 0.1, "ci_high": 0.15}}}},
+            "verification": {"n_probe": 8, "max_abs_logit_diff": 3e-6, "atol": 1e-4, "tokens_identical": True,
+                             "passed": True}}
+    card = export.write_model_card(tmp_path, info).read_text()
+    assert "12.34% [10.0, 15.0]" in card and "WARNING" in card and "force=True" in card
+    assert "Synthetic corpus" in card and "3.00e-06" in card
+    assert 'load_whisper("bundled:tiny.en")' in card  # a bundled name is not a transformers id

@@ -1,0 +1,48 @@
+"""A NaN loss stops the run with a named error and the last good checkpoint stays on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from omegaconf import OmegaConf
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from asr_lora.config import Config
+from asr_lora.features import SpeechCollator
+from asr_lora.training import NonFiniteLossError, build_trainer, prepare_model, training_args
+
+
+class PoisonAfter(SpeechCollator):
+    """The real collator, whose batches turn to NaN after `good` calls (a corrupt clip, say)."""
+
+    def __init__(self, *a, good: int, **kw):
+        super().__init__(*a, **kw)
+        self.good, self.n = good, 0
+
+    def __call__(self, rows):
+        batch = super().__call__(rows)
+        self.n += 1
+        if self.n > self.good:
+            batch["input_features"] = torch.full_like(batch["input_features"], float("nan"))
+        return batch
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, tiny_whisper_dir):
+    cfg = OmegaConf.structured(Config)
+    cfg.train.max_steps, cfg.train.save_steps, cfg.train.logging_steps = 8, 2, 1
+    cfg.train.per_device_train_batch_size, cfg.lora.r, cfg.lora.alpha = 2, 4, 8
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    model, _ = prepare_model(model, cfg)
+    rng = np.random.default_rng(0)
+    ds = Dataset.from_list([{"id": f"u{i}", "labels": processor.tokenizer("kopi lah").input_ids,
+                             "audio": (0.1 * rng.standard_normal(8000)).astype("float32")} for i in range(16)])
+    collator = PoisonAfter(processor, model.config.decoder_start_token_id, good=4)
+    args = training_args(cfg, tmp_path / "ckpt", [], has_dev=False)
+    trainer = build_trainer(model, cfg, args, ds, None, collator, processor)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 5.*checkpoint-4"):
+        trainer.train()
+    assert (tmp_path / "ckpt" / "checkpoint-4" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "ckpt" / "checkpoint-6").exists()

@@ -1,0 +1,104 @@
+"""Transcribe CLI and the multi-adapter Transcriber."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import WhisperForConditionalGeneration
+
+from asr_lora.inference import Transcriber, UnsafeAdapterError, check_adapter_dir
+from asr_lora.transcribe import main
+
+from conftest import REPO, write_tone
+
+
+def _adapter(tiny_whisper_dir, out, seed):
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 2.0)
+    model.save_pretrained(out)
+    return out
+
+
+def test_adapters_switch_per_call_without_reloading_base(tmp_path, tiny_whisper_dir):
+    a = _adapter(tiny_whisper_dir, tmp_path / "a", 1)
+    b = _adapter(tiny_whisper_dir, tmp_path / "b", 2)
+    t = Transcriber(str(tiny_whisper_dir), adapters={"a": str(a), "b": str(b)})
+    base_weights = t.model.get_base_model().model.encoder.conv1.weight
+    x = [np.sin(np.arange(16000) / 16000 * 2 * np.pi * 300).astype("float32") * 0.3]
+    outs = {use: t.transcribe_arrays(x, use=use)[0] for use in ("a", "b", None)}
+    assert t.model.get_base_model().model.encoder.conv1.weight is base_weights  # same base object
+    # a random tiny model may emit the same garbage text; compare the logits the adapters produce
+    feats = t.processor.feature_extractor(x, sampling_rate=16000, return_tensors="pt").input_features
+    dec = torch.tensor([[50257, 50362]])
+    logits = {}
+    for use in ("a", "b"):
+        t.model.set_adapter(use)
+        with torch.no_grad():
+            logits[use] = t.model(input_features=feats, decoder_input_ids=dec).logits
+    with torch.no_grad(), t.model.disable_adapter():
+        logits[None] = t.model(input_features=feats, decoder_input_ids=dec).logits
+    assert not torch.allclose(logits["a"], logits["b"]) and not torch.allclose(logits["a"], logits[None])
+    assert set(outs) == {"a", "b", None}
+    with pytest.raises(KeyError, match="no adapter named 'c'"):
+        t.transcribe_arrays(x, use="c")
+
+
+def test_pickle_adapter_is_refused(tmp_path, tiny_whisper_dir):
+    a = _adapter(tiny_whisper_dir, tmp_path / "a", 1)
+    (a / "adapter_model.bin").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(UnsafeAdapterError, match="adapter_model.bin"):
+        check_adapter_dir(a)
+
+
+def test_cli_reports_bad_files_and_transcribes_the_rest(tmp_path, tiny_whisper_dir, capsys):
+    good = write_tone(tmp_path / "good.wav", 1.0, sr=44100, channels=2)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(16000, dtype="float32"), 16000)
+    rc = main([str(good), str(empty), str(tmp_path / "missing.wav"), str(silent), "--model", str(tiny_whisper_dir),
+               "--output", "json"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert err.count("error:") == 3
+    for name in ("empty.wav", "missing.wav", "silent.wav"):
+        assert name in err
+    assert '"audio": "' + str(good) in out
+
+
+@pytest.mark.slow
+def test_cli_bundled_model_transcribes_a_clear_sentence(tmp_path):
+    wav = tmp_path / "sample.wav"
+    subprocess.run(["flite", "-voice", "slt", "-t", "Please meet me at the train station tomorrow morning.",
+                    "-o", str(wav)], check=True)
+    out = subprocess.run([sys.executable, "-m", "asr_lora.transcribe", str(wav)], capture_output=True, text=True,
+                         cwd=REPO, timeout=300, check=True)
+    assert "please meet me at the train station tomorrow morning" in out.stdout.lower().replace(",", "")
+
+
+@pytest.mark.slow
+def test_long_audio_is_transcribed_whole(tmp_path):
+    from asr_lora.model import load_whisper
+    from asr_lora.inference import transcribe_arrays
+    from asr_lora.audio import load_audio
+
+    text = " ".join(f"This is sentence number {w} about the weather in the city." for w in
+                    ["one", "two", "three", "four", "five", "six", "seven", "eight"])
+    wav = tmp_path / "long.wav"
+    subprocess.run(["flite", "-voice", "slt", "-t", text, "-o", str(wav)], check=True)
+    x = load_audio(wav)
+    assert len(x) > 30 * 16000
+    model, processor = load_whisper("bundled:tiny.en")
+    hyp = transcribe_arrays(model, processor, [x])[0].lower()
+    assert "sentence number one" in hyp and "eight" in hyp
