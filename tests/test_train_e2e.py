@@ -103,3 +103,27 @@ def test_full_finetuning_baseline_same_loop(tmp_path, tiny_whisper_dir):
     summary = train(cfg)
     assert summary["params"]["trainable"] == summary["params"]["total"]
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_main_job_real_model_shortened(tmp_path):
+    """`train +recipe=sg_english` on bundled tiny.en, a 12-sentence embedded corpus and 6 steps, export included."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "+recipe=sg_english", "data.corpus_max_sentences=12", f"data.path={tmp_path / 'corpus'}",
+            f"paths.cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}", "logger=none",
+            "train.max_steps=6", "train.eval_steps=3", "train.save_steps=3", "train.warmup_steps=0",
+            "eval.n_bootstrap=100", "export.probe_size=2",
+        ])
+    summary = train(cfg)
+    run = tmp_path / "run"
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert ev["synthetic"] is True and ev["systems"]["base"]["wer"]["norm"]["wer"] < 1.0
+    html = (run / "eval" / "report.html").read_text()
+    assert "Synthetic" in html or "SYNTHETIC" in html
+    exp = summary["export"]
+    assert "error" not in exp, exp
+    assert exp["verification"]["passed"] and exp["verification"]["max_abs_logit_diff"] <= 1e-4
+    for d in ("hf", "adapter", "ct2-int8"):
+        assert (run / "export" / d / "README.md").is_file()
+    assert set(exp["wer"]) == {"merged_hf", "ct2-int8"}
