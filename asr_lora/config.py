@@ -102,6 +102,10 @@ class TrainConfig:
     cache_encoder_outputs: str = "auto"  # auto | true | false
     dev_eval_max_samples: Optional[int] = 64
     ddp_backend: Optional[str] = None
+    # Sharding through the Trainer/Accelerate integration (conf/train/fsdp.yaml, deepspeed_zero2.yaml).
+    fsdp: bool = False
+    fsdp_config: dict[str, Any] = field(default_factory=dict)
+    deepspeed: Optional[str] = None  # path to a DeepSpeed JSON config
 
 
 @dataclass

@@ -181,7 +181,7 @@ def prepare_data(dcfg, tokenizer, cache_dir: str | Path | None = None, progress:
         raise RuntimeError(f"data accounting is off: {ledger.seen} seen != {ledger.kept} kept + "
                            f"{len(ledger.skips)} skipped")
     splits = {}
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")  # parallel sweep jobs never share it
     shutil.rmtree(tmp, ignore_errors=True)
     for s in SPLITS:
         part = [r for r in rows if r["split"] == s]

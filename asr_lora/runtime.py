@@ -18,6 +18,13 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def init_distributed() -> None:
+    """Under torchrun, join the process group before data preparation so ranks can wait for rank 0;
+    the Trainer (Accelerate) reuses the group it finds."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
 def run_dir_of(cfg) -> Path:
     """An explicit `run_dir=` (resume, export, evaluate of an old run) or Hydra's fresh one."""
     if cfg.get("run_dir"):
@@ -54,7 +61,9 @@ def load_data(cfg, tokenizer, run_dir: Path | None, progress: bool = True):
     """Prepared splits (cached) and the data report, which is also written into the run dir."""
     from .data import prepare_data
 
-    splits, report = prepare_data(cfg.data, tokenizer, cfg.paths.cache_dir, progress)
+    # Rank 0 prepares (and caches) first; the other ranks then read its cache instead of racing it.
+    with _main_process_first():
+        splits, report = prepare_data(cfg.data, tokenizer, cfg.paths.cache_dir, progress)
     if run_dir is not None:
         path = run_dir / "data_report.json"
         tmp = path.with_name(path.name + ".tmp")
@@ -64,6 +73,20 @@ def load_data(cfg, tokenizer, run_dir: Path | None, progress: bool = True):
     log.info("data: %d rows seen, %d kept, %d skipped %s; per split %s", counts["seen"], counts["kept"],
              counts["skipped"], counts["skipped_by_reason"], report["kept_per_split"])
     return splits, report
+
+
+class _main_process_first:
+    def __enter__(self):
+        self._barrier(not is_main_process())
+
+    def __exit__(self, *exc):
+        self._barrier(is_main_process())
+        return False
+
+    @staticmethod
+    def _barrier(wait: bool) -> None:
+        if wait and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
 
 
 def cache_enabled(cfg) -> bool:

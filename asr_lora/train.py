@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import CONF_DIR
 from .runtime import (
-    build_encoder_cache, eval_info, is_main_process, load_data, print_summary, run_dir_of, seed_everything,
+    build_encoder_cache, eval_info, init_distributed, is_main_process, load_data, print_summary, run_dir_of, seed_everything,
     setup_logging,
 )
 
@@ -27,10 +27,11 @@ log = logging.getLogger("asr_lora.train")
 
 def train(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
+    init_distributed()
     run_dir = run_dir_of(cfg)
-    setup_logging(run_dir)
-    seed_everything(cfg.seed)
     main = is_main_process()
+    setup_logging(run_dir if main else None)  # only rank 0 writes into the run directory
+    seed_everything(cfg.seed)
     from . import tracking
     from .evaluation import evaluate_systems, headline, relative_reduction, transcribe_split
     from .features import SpeechCollator
@@ -78,11 +79,10 @@ def train(cfg: DictConfig) -> dict:
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - t_train
+    adapter_dir = run_dir / ("adapter" if cfg.train.mode == "lora" else "model")
+    trainer.save_model(str(adapter_dir))  # every rank: sharded (FSDP/DeepSpeed) saves gather across ranks
     if not main:
         return {}
-
-    adapter_dir = run_dir / ("adapter" if cfg.train.mode == "lora" else "model")
-    trainer.save_model(str(adapter_dir))
     if cfg.train.mode == "full":
         processor.save_pretrained(adapter_dir)
     summary: dict = {
@@ -129,11 +129,12 @@ def _export(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, splits, proc
 def _resume_point(cfg, ckpt_dir: Path) -> str | bool | None:
     if not cfg.train.resume:
         return None
-    from transformers.trainer_utils import get_last_checkpoint
+    from .training import last_complete_checkpoint
 
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    last = last_complete_checkpoint(ckpt_dir)
     if last is None:
-        raise FileNotFoundError(f"train.resume=true but no checkpoint under {ckpt_dir}; pass run_dir=<old run>")
+        raise FileNotFoundError(f"train.resume=true but no complete checkpoint under {ckpt_dir}; "
+                                "pass run_dir=<old run>")
     log.info("resuming from %s", last)
     return last
 
@@ -159,4 +160,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    # Run the function from the importable module, not __main__: Hydra launchers (submitit) pickle it.
+    from asr_lora.train import main as _main
+
+    _main()

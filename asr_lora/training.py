@@ -5,8 +5,10 @@ normaliser.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -35,9 +37,65 @@ class StopOnNonFiniteLoss(TrainerCallback):
 
 
 def _last_checkpoint(d: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    return last_complete_checkpoint(d)
 
-    return get_last_checkpoint(str(d)) if d.is_dir() else None
+
+COMPLETE = "checkpoint_complete.json"
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """The Trainer writes `checkpoint-N/` in place, so a kill mid-write leaves a directory that looks
+    like a checkpoint. Once the Trainer reports the save done, flush it to disk and drop a marker
+    listing its files; resume only ever trusts marked checkpoints, and `last_checkpoint.json` in
+    the checkpoint folder names the newest one."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not ckpt.is_dir():
+            return
+        files = {}
+        for f in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != COMPLETE):
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            files[str(f.relative_to(ckpt))] = f.stat().st_size
+        _atomic_json(ckpt / COMPLETE, {"step": state.global_step, "files": files})
+        _atomic_json(Path(args.output_dir) / "last_checkpoint.json", {"checkpoint": ckpt.name,
+                                                                       "step": state.global_step})
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def checkpoint_is_complete(ckpt: Path) -> bool:
+    marker = ckpt / COMPLETE
+    if not marker.is_file():
+        return False
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError):
+        return False
+    return all((ckpt / f).is_file() and (ckpt / f).stat().st_size == n for f, n in files.items())
+
+
+def last_complete_checkpoint(d: Path) -> str | None:
+    """Newest `checkpoint-N` whose marker and files are intact; half-written ones are ignored."""
+    d = Path(d)
+    if not d.is_dir():
+        return None
+    found = []
+    for c in d.glob("checkpoint-*"):
+        step = c.name.split("-")[-1]
+        if c.is_dir() and step.isdigit() and checkpoint_is_complete(c):
+            found.append((int(step), c))
+    return str(max(found)[1]) if found else None
 
 
 def prepare_model(model, cfg):
@@ -111,9 +169,35 @@ def training_args(cfg, output_dir: Path, report_to: list[str], has_dev: bool) ->
         data_seed=t.seed,
         dataloader_num_workers=t.dataloader_num_workers,
         ddp_backend=t.ddp_backend,
+        # Accelerate treats torchrun's processes as one distributed job on CPU (gloo) only with
+        # use_cpu; without it every rank silently trains alone on the whole data set.
+        use_cpu=cfg.get("device") == "cpu" or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        fsdp=bool(t.get("fsdp", False)) or None,
+        fsdp_config=_plain(t.get("fsdp_config")) or None,
+        deepspeed=_deepspeed_config(t.get("deepspeed")),
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
     )
+
+
+def _plain(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _deepspeed_config(path: str | None) -> str | None:
+    """The DeepSpeed JSON path, or a clear error before the Trainer's when deepspeed is missing."""
+    if not path:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise RuntimeError(f"train.deepspeed={path} needs the deepspeed package (pip install deepspeed, on a CUDA "
+                           "machine), or use train=ddp / train=fsdp")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"train.deepspeed: no DeepSpeed config at {path}")
+    return str(path)
 
 
 def wer_metric(tokenizer):
@@ -130,11 +214,16 @@ def wer_metric(tokenizer):
 
 
 def build_trainer(model, cfg, args, train_ds, dev_ds, collator, processor) -> Seq2SeqTrainer:
-    callbacks = [StopOnNonFiniteLoss()]
+    callbacks = [StopOnNonFiniteLoss(), MarkCompleteCheckpoints()]
     if dev_ds is not None and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return Seq2SeqTrainer(
+    trainer = Seq2SeqTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds, data_collator=collator,
         processing_class=processor.feature_extractor, compute_metrics=wer_metric(processor.tokenizer),
         callbacks=callbacks,
     )
+    # Whisper's forward takes **kwargs but its loss is a plain token mean that ignores
+    # `num_items_in_batch`; left True, the Trainer multiplies the loss (and gradients) by the world
+    # size under DDP and skips the 1/gradient_accumulation_steps scaling (tests/test_distributed.py).
+    trainer.model_accepts_loss_kwargs = False
+    return trainer

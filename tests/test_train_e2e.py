@@ -93,7 +93,7 @@ def cfg_overrides(cfg):
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_whisper_dir):
     cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "train.resume=true")
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         train(cfg)
 
 
