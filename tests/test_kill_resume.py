@@ -1,0 +1,114 @@
+"""A training run SIGKILLed at various moments resumes from its last complete checkpoint and ends
+with the same adapter, bit for bit, as a run that was never interrupted (CPU, same seed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_train_e2e import make_corpus
+
+from asr_lora.training import COMPLETE, last_complete_checkpoint
+
+RUNNER = """
+import sys
+from hydra import compose, initialize_config_dir
+from asr_lora.config import CONF_DIR
+from asr_lora.train import train
+with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    cfg = compose("config", overrides=sys.argv[1:])
+train(cfg)
+"""
+
+
+def overrides(tmp, model_dir, manifest, run, *extra):
+    return [f"model.name_or_path={model_dir}", "data=jsonl", f"data.path={manifest}",
+            f"paths.cache_dir={tmp / 'cache'}", f"run_dir={run}", "logger=none", "export.enabled=false",
+            "lora.scope=[decoder_self,decoder_cross]", "lora.r=4", "lora.alpha=8", "train.max_steps=8",
+            "train.save_steps=2", "train.eval_steps=2", "train.logging_steps=1", "train.save_total_limit=10",
+            "train.per_device_train_batch_size=2", "train.warmup_steps=0", "eval.before_training=false",
+            "eval.n_bootstrap=20", "eval.max_new_tokens=6", "train.early_stopping_patience=null", *extra]
+
+
+def start(tmp, args):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    return subprocess.Popen([sys.executable, "-c", RUNNER, *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(pred, proc, timeout=300):
+    t0 = time.time()
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early (rc={proc.returncode}): {proc.stderr.read()[-2000:]}")
+        if time.time() - t0 > timeout:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+def adapter(run):
+    return load_file(run / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_whisper_dir):
+    manifest = make_corpus(tmp_path / "corpus")
+    ref_run = tmp_path / "ref"
+    ref = start(tmp_path, overrides(tmp_path, tiny_whisper_dir, manifest, ref_run))
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()[-3000:]
+    expected = adapter(ref_run)
+
+    run = tmp_path / "killed"
+    ckpts = run / "checkpoints"
+    kill_points = [
+        # mid-checkpoint-write: the directory exists, its completion marker does not yet
+        lambda: (ckpts / "checkpoint-2").is_dir(),
+        # mid-step, right after a complete checkpoint
+        lambda: (ckpts / "checkpoint-4" / COMPLETE).is_file(),
+        # mid-evaluation/save of step 6 onwards
+        lambda: (ckpts / "checkpoint-6").is_dir(),
+    ]
+    args = overrides(tmp_path, tiny_whisper_dir, manifest, run)
+    killed_at = []
+    for i, point in enumerate(kill_points):
+        # after a kill with no complete checkpoint yet, a user simply starts again without resume
+        resume = last_complete_checkpoint(ckpts) is not None
+        proc = start(tmp_path, args + (["train.resume=true"] if resume else []))
+        wait_for(point, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at.append(last_complete_checkpoint(ckpts))
+    # whatever was half written, resume only trusts complete checkpoints
+    for c in ckpts.glob("checkpoint-*"):
+        if str(c) != killed_at[-1] and not (c / COMPLETE).exists():
+            assert last_complete_checkpoint(ckpts) != str(c)
+    final = start(tmp_path, args + ["train.resume=true"])
+    assert final.wait(timeout=600) == 0, final.stderr.read()[-3000:]
+    got = adapter(run)
+    assert set(got) == set(expected)
+    for k in expected:
+        assert torch.equal(got[k], expected[k]), k
+    assert json.loads((ckpts / "last_checkpoint.json").read_text())["step"] == 8
+
+
+def test_half_written_checkpoint_is_never_picked(tmp_path):
+    good = tmp_path / "checkpoint-2"
+    good.mkdir()
+    (good / "adapter_model.safetensors").write_bytes(b"x" * 10)
+    (good / COMPLETE).write_text(json.dumps({"step": 2, "files": {"adapter_model.safetensors": 10}}))
+    half = tmp_path / "checkpoint-4"
+    half.mkdir()
+    (half / "adapter_model.safetensors").write_bytes(b"x" * 3)
+    assert last_complete_checkpoint(tmp_path) == str(good)
+    # a marker whose files were later damaged is not trusted either
+    (half / COMPLETE).write_text(json.dumps({"step": 4, "files": {"adapter_model.safetensors": 10}}))
+    assert last_complete_checkpoint(tmp_path) == str(good)
