@@ -45,13 +45,15 @@ def train(cfg: DictConfig) -> dict:
                                  splits.get(cfg.eval.split))
     if train_ds is None or len(train_ds) == 0:
         raise ValueError(f"no training data in split {cfg.data.train_split!r}; see {run_dir}/data_report.json")
-    from .data import subsample
+    from .data import add_features, subsample, use_feature_cache
 
     train_ds = subsample(train_ds, cfg.data.max_train_samples, cfg.seed)
     dev_ds = subsample(dev_ds, cfg.train.dev_eval_max_samples, cfg.seed)
     test_ds = subsample(test_ds, cfg.data.max_eval_samples, cfg.seed)
 
     model, params = prepare_model(model, cfg)
+    if torch.cuda.is_available() and cfg.get("device") != "cpu":
+        model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
     cache = build_encoder_cache(cfg, model, processor, {"train": train_ds, "dev": dev_ds, "test": test_ds})
 
     # Zero-shot first: in full fine-tuning the base weights are about to change.
@@ -68,7 +70,11 @@ def train(cfg: DictConfig) -> dict:
 
         augmenter = Augmenter(OmegaConf.to_container(cfg.augment, resolve=True))
     collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter, cache, cfg.seed)
+    if cache is None and use_feature_cache(cfg.data, len(train_ds) + (len(dev_ds) if dev_ds else 0)):
+        train_ds = add_features(train_ds, processor)
+        dev_ds = add_features(dev_ds, processor) if dev_ds is not None else None
     keep = ["id", "labels"] if cache is not None else ["id", "labels", "audio"]
+    keep += ["input_features"] if "input_features" in train_ds.column_names else []
     ckpt_dir = run_dir / cfg.train.output_subdir
     args = training_args(cfg, ckpt_dir, report_to, dev_ds is not None and len(dev_ds) > 0)
     run = tracking.init_run(cfg, run_dir, OmegaConf.to_container(cfg, resolve=True) | {"params": params},

@@ -1,0 +1,394 @@
+"""Training throughput and peak memory: this project's pipelines vs a reference HF/PEFT pipeline.
+
+    .venv/bin/python bench/train_throughput.py                      # bundled tiny.en, 24 corpus clips
+    .venv/bin/python bench/train_throughput.py --tiny               # random tiny Whisper + tones (smoke)
+    .venv/bin/python bench/train_throughput.py --steps 6 --batch-size 8 --clips 24 --profile
+
+Variants (same clips, same model, same batch size, same number of optimizer steps):
+
+- `lora_sg_english`  this project as `+recipe=sg_english` runs it: LoRA r=8 q/v on decoder self+cross
+                     attention, SpeechCollator, frozen-encoder cache (encoder run once per clip)
+- `lora_all_scopes`  this project with `lora.scope=[encoder,decoder_self,decoder_cross]` (no cache:
+                     log-mel per batch in SpeechCollator, encoder forward+backward every step)
+- `full`             this project's full fine-tuning baseline (`lora=none train=full`)
+- `reference`        written the way the PEFT Whisper example / HF fine-tuning blog do it: numpy
+                     WhisperFeatureExtractor in `datasets.map` -> input_features, the blog's
+                     DataCollatorSpeechSeq2SeqWithPadding, Seq2SeqTrainer, peft LoRA r=8 alpha=16
+                     on q_proj/v_proj of every attention block (the same trainable set as lora_all_scopes)
+
+Each variant runs in its own subprocess so its peak memory is its own (CPU: the kernel's peak-RSS
+mark, reset after the model and audio are loaded; GPU: torch.cuda.max_memory_allocated). Every
+variant of one invocation shares the machine state, so the printed ratios are the numbers to
+quote; absolute times move with machine load.
+
+"prep" is the per-run preprocessing each pipeline pays before its first step (encoder cache fill
+for lora_sg_english, datasets.map feature extraction for reference, nothing for the others);
+end-to-end throughput counts it, loop throughput does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+VARIANTS = ("lora_sg_english", "lora_all_scopes", "full", "reference")
+OURS_OVERRIDES = {
+    "lora_sg_english": ["+recipe=sg_english"],
+    "lora_all_scopes": ["+recipe=sg_english", "lora.scope=[encoder,decoder_self,decoder_cross]"],
+    "full": ["+recipe=sg_english", "lora=none", "train=full"],
+}
+
+
+# ---------------------------------------------------------------- worker (one variant, own process)
+
+
+def _clock():
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.t0 = self.t1 = None
+            self.marks: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.marks.append(time.perf_counter())
+
+        def on_train_end(self, args, state, control, **kw):
+            self.t1 = time.perf_counter()
+
+        def steps(self) -> list[float]:
+            pts = [self.t0, *self.marks]
+            return [b - a for a, b in zip(pts, pts[1:])]
+
+    return StepClock()
+
+
+class CountingCollator:
+    """Counts the clips the Trainer collates (including a prefetched batch it may never train on)."""
+
+    def __init__(self, inner):
+        self.inner, self.clips = inner, 0
+
+    def __call__(self, rows):
+        self.clips += len(rows)
+        return self.inner(rows)
+
+
+def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
+    from hydra import compose, initialize_config_dir
+
+    from asr_lora.config import CONF_DIR
+    from asr_lora.features import SpeechCollator
+    from asr_lora.runtime import build_encoder_cache
+    from asr_lora.training import build_trainer, prepare_model, training_args
+
+    steps, bs = spec["steps"], spec["batch_size"]
+    overrides = OURS_OVERRIDES[variant] + [
+        f"model.name_or_path={spec['model']}", "logger=none", f"train.max_steps={steps}",
+        f"train.per_device_train_batch_size={bs}", "train.gradient_accumulation_steps=1", "train.warmup_steps=0",
+        f"train.logging_steps={max(1, steps)}", "train.save_steps=1000000", "train.eval_steps=1000000",
+        "train.early_stopping_patience=0", f"eval.batch_size={bs}",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    t0 = time.perf_counter()
+    model, params = prepare_model(model, cfg)
+    cache = build_encoder_cache(cfg, model, processor, {"train": ds})
+    collator = SpeechCollator(processor, model.config.decoder_start_token_id, None, cache, cfg.seed)
+    keep = ["id", "labels"] if cache is not None else ["id", "labels", "audio"]
+    args = training_args(cfg, out_dir, [], False)
+    args.disable_tqdm = True
+    trainer = build_trainer(model, cfg, args, ds.select_columns(keep), None, CountingCollator(collator), processor)
+    prep = time.perf_counter() - t0
+    info = {"params": params, "encoder_cache": cache is not None,
+            "overrides": overrides[: len(OURS_OVERRIDES[variant])], "learning_rate": cfg.train.learning_rate}
+    return trainer, prep, info
+
+
+def _reference(spec: dict, model, processor, ds, out_dir: Path):
+    """The HF fine-tuning blog / PEFT int8 Whisper example, minus the int8 (CPU) and the hub."""
+    from dataclasses import dataclass
+    from typing import Any
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    feature_extractor, tokenizer = processor.feature_extractor, processor.tokenizer
+    t0 = time.perf_counter()
+
+    def prepare_dataset(batch):
+        audio = batch["audio"]
+        batch["input_features"] = feature_extractor(audio, sampling_rate=16000).input_features[0]
+        batch["labels"] = tokenizer(batch["sentence"]).input_ids
+        return batch
+
+    ds = ds.map(prepare_dataset, remove_columns=ds.column_names)
+
+    @dataclass
+    class DataCollatorSpeechSeq2SeqWithPadding:
+        processor: Any
+        decoder_start_token_id: int
+
+        def __call__(self, features):
+            input_features = [{"input_features": f["input_features"]} for f in features]
+            batch = self.processor.feature_extractor.pad(input_features, return_tensors="pt")
+            label_features = [{"input_ids": f["labels"]} for f in features]
+            labels_batch = self.processor.tokenizer.pad(label_features, return_tensors="pt")
+            labels = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
+            if (labels[:, 0] == self.decoder_start_token_id).all().cpu().item():
+                labels = labels[:, 1:]
+            batch["labels"] = labels
+            return batch
+
+    model.config.forced_decoder_ids = None
+    model.config.suppress_tokens = []
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.05, bias="none")
+    model = get_peft_model(model, config)
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=1,
+        learning_rate=1e-3, warmup_steps=0, max_steps=spec["steps"], fp16=torch.cuda.is_available(),
+        logging_steps=max(1, spec["steps"]), save_strategy="no", eval_strategy="no", report_to=[],
+        remove_unused_columns=False, label_names=["labels"], disable_tqdm=True, seed=42, data_seed=42,
+    )
+    collator = DataCollatorSpeechSeq2SeqWithPadding(processor, model.config.decoder_start_token_id)
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=ds, data_collator=CountingCollator(collator),
+                             processing_class=feature_extractor)
+    prep = time.perf_counter() - t0
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainer, prep, {"params": {"mode": "lora", "trainable": trainable, "total": total},
+                           "encoder_cache": False, "learning_rate": 1e-3}
+
+
+def worker(variant: str, spec: dict, profile: bool) -> dict:
+    import numpy as np
+    import torch
+    from datasets import Dataset
+
+    from asr_lora.data import training_text
+    from asr_lora.model import load_whisper
+    from asr_lora.runtime import seed_everything
+
+    common.quiet()
+    seed_everything(42)
+    model, processor = load_whisper(spec["model"])
+    clips = common.load_clips(spec["clips"])
+    durations = [c["duration"] for c in clips]
+    texts = [training_text(c["text"]) for c in clips]
+    if variant == "reference":  # the blog's columns: audio array + sentence
+        ds = Dataset.from_dict({"audio": [c["audio"] for c in clips], "sentence": texts})
+    else:  # what asr_lora.data produces: id, labels, audio
+        ds = Dataset.from_dict({"id": [c["id"] for c in clips], "audio": [c["audio"] for c in clips],
+                                "labels": [processor.tokenizer(t).input_ids for t in texts]})
+    cuda = torch.cuda.is_available()
+    rss_loaded = common.rss_mb()
+    peak_reset = common.reset_peak_rss()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_base = torch.cuda.memory_allocated() / 2**20
+    out_dir = Path(spec["tmp"]) / variant
+    if variant == "reference":
+        trainer, prep, info = _reference(spec, model, processor, ds, out_dir)
+    else:
+        trainer, prep, info = _ours(variant, spec, model, processor, ds, out_dir)
+    clock = _clock()
+    trainer.add_callback(clock)
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    result = trainer.train()
+    if prof is not None:
+        prof.disable()
+    if cuda:
+        torch.cuda.synchronize()
+    loop = clock.t1 - clock.t0
+    steps = clock.steps()
+    # One optimizer step = one batch (no accumulation); the collator's own count also includes the
+    # batch the dataloader prefetches past the last step, so the clips trained on are counted here.
+    per_epoch = [min(spec["batch_size"], len(clips) - i) for i in range(0, len(clips), spec["batch_size"])]
+    clips_seen = sum(per_epoch[i % len(per_epoch)] for i in range(result.global_step))
+    audio_s = clips_seen * float(np.mean(durations))
+    out = {
+        "variant": variant, "steps": result.global_step, "batch_size": spec["batch_size"], "clips": len(clips),
+        "clips_seen": clips_seen, "clips_collated": trainer.data_collator.clips,
+        "audio_seconds": round(audio_s, 2), "mean_clip_s": round(float(np.mean(durations)), 3),
+        "prep_s": round(prep, 3), "loop_s": round(loop, 3), "end_to_end_s": round(prep + loop, 3),
+        "step_first_s": round(steps[0], 3) if steps else None,
+        "step_median_s": round(float(np.median(steps[1:] if len(steps) > 1 else steps)), 3) if steps else None,
+        "audio_s_per_s_loop": round(audio_s / loop, 3) if loop else None,
+        "audio_s_per_s_e2e": round(audio_s / (prep + loop), 3),
+        "train_loss": result.training_loss, "rss_after_load_mb": round(rss_loaded, 1),
+        "peak_rss_mb": round(common.peak_rss_mb(), 1) if peak_reset else None,
+        "peak_rss_is_since_start": not peak_reset, **info,
+    }
+    if not peak_reset:
+        out["peak_rss_mb"] = round(common.peak_rss_mb(), 1)
+    if cuda:
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        out["gpu_mb_before_train"] = round(gpu_base, 1)
+    if prof is not None:
+        import io
+        import pstats
+
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
+        out["profile_top_tottime"] = _trim_profile(buf.getvalue())
+    return out
+
+
+def _trim_profile(text: str) -> str:
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip().startswith("ncalls")), 0)
+    head = [line for line in lines[:start] if "function calls" in line]
+    return "\n".join(head + lines[start:]).rstrip()
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run_variant(variant: str, spec_path: Path, profile: bool, timeout: int) -> dict:
+    out = spec_path.with_name(f"{variant}{'-profile' if profile else ''}.json")
+    cmd = [sys.executable, __file__, "--_worker", variant, "--_spec", str(spec_path), "--_out", str(out)]
+    if profile:
+        cmd.append("--profile")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 or not out.is_file():
+        tail = (proc.stderr or proc.stdout)[-3000:]
+        return {"variant": variant, "error": f"exit {proc.returncode}", "stderr_tail": tail}
+    res = json.loads(out.read_text())
+    res["process_s"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--clips", type=int, default=24)
+    ap.add_argument("--model", default="bundled:tiny.en")
+    ap.add_argument("--tiny", action="store_true", help="random tiny Whisper + synthetic tones (smoke run)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list from {VARIANTS}")
+    ap.add_argument("--profile", nargs="?", const="all", default=None, metavar="VARIANTS",
+                    help="after the measured runs, rerun these variants (comma list; default all) under cProfile "
+                         "and print their top time sinks")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per variant subprocess")
+    ap.add_argument("--name", default=None, help="result name (default train_throughput[_tiny])")
+    ap.add_argument("--_worker", help=argparse.SUPPRESS)
+    ap.add_argument("--_spec", help=argparse.SUPPRESS)
+    ap.add_argument("--_out", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+
+    if a._worker:
+        spec = json.loads(Path(a._spec).read_text())
+        res = worker(a._worker, spec, bool(a.profile))
+        Path(a._out).write_text(json.dumps(res, default=float))
+        return 0
+
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    bad = sorted(set(variants) - set(VARIANTS))
+    if bad:
+        ap.error(f"unknown variants {bad}")
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        tmp = Path(tmp)
+        common.quiet()
+        if a.tiny:
+            model = str(common.make_tiny_whisper(tmp / "tiny-whisper"))
+            clips = common.tone_clips(a.clips, tmp / "tones")
+        else:
+            model, clips = a.model, common.corpus_clips(a.clips, "train")
+        spec = {"model": model, "clips": clips, "steps": a.steps, "batch_size": a.batch_size, "tmp": str(tmp)}
+        spec_path = tmp / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        machine = common.machine_info()
+        results = []
+        for v in variants:
+            print(f"[train_throughput] {v} ...", flush=True)
+            results.append(run_variant(v, spec_path, False, a.timeout))
+            if "error" in results[-1]:
+                print(f"  FAILED: {results[-1]['error']}\n{results[-1]['stderr_tail']}", flush=True)
+        profiles = []
+        if a.profile:
+            for v in variants if a.profile == "all" else [p.strip() for p in a.profile.split(",") if p.strip()]:
+                print(f"[train_throughput] profiling {v} ...", flush=True)
+                profiles.append(run_variant(v, spec_path, True, a.timeout))
+
+    ok = {r["variant"]: r for r in results if "error" not in r}
+    mem_key = "peak_gpu_mb" if machine["device"] == "cuda" else "peak_rss_mb"
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append({"variant": r["variant"], "trainable": "FAILED"})
+            continue
+        rows.append({
+            "variant": r["variant"], "trainable": f"{r['params']['trainable']:,}", "prep s": r["prep_s"],
+            "loop s": r["loop_s"], "step median s": r["step_median_s"], "step 1 s": r["step_first_s"],
+            "audio s/s (loop)": r["audio_s_per_s_loop"], "audio s/s (e2e)": r["audio_s_per_s_e2e"],
+            "peak MB": r.get(mem_key), "peak - loaded MB": (round(r[mem_key] - r["rss_after_load_mb"], 1)
+                                                             if mem_key == "peak_rss_mb" else r.get("peak_gpu_mb")),
+        })
+    ref = ok.get("reference")
+    full = ok.get("full")
+    ratios = {}
+    for v in ("lora_sg_english", "lora_all_scopes"):
+        if v in ok and ref:
+            ratios[f"{v}/reference throughput (loop)"] = ratio(ok[v]["audio_s_per_s_loop"], ref["audio_s_per_s_loop"])
+            ratios[f"{v}/reference throughput (e2e)"] = ratio(ok[v]["audio_s_per_s_e2e"], ref["audio_s_per_s_e2e"])
+    for v in ("lora_sg_english", "lora_all_scopes", "reference"):
+        if v in ok and full:
+            ratios[f"{v}/full peak memory"] = ratio(ok[v].get(mem_key), full.get(mem_key))
+            if mem_key == "peak_rss_mb":
+                ratios[f"{v}/full peak memory above loaded"] = ratio(
+                    ok[v][mem_key] - ok[v]["rss_after_load_mb"], full[mem_key] - full["rss_after_load_mb"])
+    if full and ok:
+        for v in ("lora_sg_english", "lora_all_scopes"):
+            if v in ok:
+                ratios[f"{v}/full throughput (e2e)"] = ratio(ok[v]["audio_s_per_s_e2e"], full["audio_s_per_s_e2e"])
+
+    cols = ["variant", "trainable", "prep s", "loop s", "step median s", "step 1 s", "audio s/s (loop)",
+            "audio s/s (e2e)", "peak MB", "peak - loaded MB"]
+    first = next(iter(ok.values()), {})
+    print(f"\ntrain throughput: model={'tiny-random' if a.tiny else a.model}, {first.get('clips')} clips "
+          f"(mean {first.get('mean_clip_s')} s), batch {a.batch_size}, {a.steps} steps, device {machine['device']}, "
+          f"torch threads {machine['torch_threads']}, load avg at start {machine.get('loadavg_at_start')}")
+    print(common.table(rows, cols))
+    print("\nratios (same invocation):")
+    for k, v in ratios.items():
+        print(f"  {k}: {v}")
+    for p in profiles:
+        if "profile_top_tottime" in p:
+            print(f"\n--- cProfile top time sinks (tottime): {p['variant']} ---\n{p['profile_top_tottime']}")
+        elif "error" in p:
+            print(f"\n--- profile of {p['variant']} failed: {p['error']}")
+    name = a.name or ("train_throughput_tiny" if a.tiny else "train_throughput")
+    path = common.write_result(name, {
+        "benchmark": "train_throughput", "args": {k: v for k, v in vars(a).items() if not k.startswith("_")},
+        "machine": machine, "loadavg_at_end": list(__import__("os").getloadavg()), "results": results,
+        "ratios": ratios, "profiles": profiles, "table": rows,
+    })
+    print(f"\nwrote {path}")
+    return 0 if len(ok) == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""`python -m asr_lora.compare`: rows, sorting, csv/json and plots from fake run directories."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from asr_lora.compare import collect, find_runs, main, markdown_table, sort_rows
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_run(root: Path, name: str, *, r: int | None, wer: float, trainable: int, seconds: float,
+             mode: str = "lora", overrides: list[str] | None = None, base: float = 0.30,
+             dev: float | None = 0.2) -> Path:
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    lora = None if mode == "full" else {
+        "enabled": True, "r": r, "alpha": 2 * r, "target_modules": ["q_proj", "v_proj"],
+        "scope": ["decoder_self", "decoder_cross"]}
+    metrics = {
+        "recipe": "sg_english", "run_dir": str(d), "model": "bundled:tiny.en",
+        "params": {"mode": mode, "trainable": trainable, "total": 37_858_560},
+        "lora": lora,
+        "train": {"steps": 10, "seconds": seconds, "best_dev_wer": dev},
+        "adapter_bytes": 8 * trainable if mode == "lora" else 151_000_000,
+        "eval": {"split": "test",
+                 "base": {"wer": base, "ci_low": base - 0.05, "ci_high": base + 0.05, "control_wer": 0.08},
+                 "adapted": {"wer": wer, "ci_low": wer - 0.04, "ci_high": wer + 0.06, "control_wer": 0.09},
+                 "relative_wer_reduction": (base - wer) / base},
+    }
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    ov = overrides if overrides is not None else ["+recipe=sg_english", f"lora.r={r}"]
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in ov))
+    (d / ".hydra" / "config.yaml").write_text(f"recipe_name: sg_english\ntrain:\n  mode: {mode}\n")
+    return d
+
+
+@pytest.fixture()
+def multirun(tmp_path: Path) -> Path:
+    root = tmp_path / "multirun_2026"
+    fake_run(root, "0_lora.r=4", r=4, wer=0.25, trainable=49_152, seconds=60.0)
+    fake_run(root, "1_lora.r=16", r=16, wer=0.20, trainable=196_608, seconds=75.5)
+    fake_run(root, "2_lora=none,train=full", r=None, wer=0.22, trainable=37_858_560, seconds=300.0, mode="full",
+             overrides=["+recipe=sg_english", "lora=none", "train=full"], dev=None)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    (root / "2_lora=none,train=full" / "wandb").mkdir()  # no run file: dev WER stays empty
+    return root
+
+
+def test_find_runs_recurses_into_multirun_and_dedupes(multirun):
+    runs = find_runs([multirun, multirun / "0_lora.r=4"])
+    assert [r.name for r in runs] == ["0_lora.r=4", "1_lora.r=16", "2_lora=none,train=full"]
+    with pytest.raises(FileNotFoundError):
+        find_runs([multirun / "nope"])
+
+
+def test_rows_carry_every_column_and_sort_by_test_wer(multirun):
+    rows = collect([multirun])
+    assert [r["run"] for r in rows] == ["1_lora.r=16", "2_lora=none,train=full", "0_lora.r=4"]  # 20% < 22% < 25%
+    best = rows[0]
+    assert best["r"] == 16 and best["alpha"] == 32 and best["targets"] == "q_proj,v_proj"
+    assert best["scope"] == "decoder_self,decoder_cross" and best["mode"] == "lora"
+    assert best["trainable_params"] == 196_608 and best["adapter_bytes"] == 8 * 196_608
+    assert best["train_seconds"] == 75.5 and best["dev_wer"] == 0.2
+    assert best["test_wer"] == 0.20 and best["test_ci_low"] == pytest.approx(0.16)
+    assert best["control_wer"] == 0.09 and best["base_wer"] == 0.30
+    assert best["relative_reduction"] == pytest.approx(1 / 3)
+    assert best["overrides"] == "+recipe=sg_english lora.r=16"
+    full = rows[1]
+    assert full["mode"] == "full" and full["r"] is None and full["targets"] is None and full["dev_wer"] is None
+
+    by_params = sort_rows(rows, "params")
+    assert [r["trainable_params"] for r in by_params] == [49_152, 196_608, 37_858_560]
+    by_red = sort_rows(rows, "reduction")
+    assert by_red[0]["run"] == "1_lora.r=16"  # biggest reduction first
+
+    md = markdown_table(rows).splitlines()
+    assert md[0].startswith("| run | overrides | r | alpha | targets | scope | mode | trainable params")
+    assert len(md) == 2 + 3
+    assert "| 196,608 |" in md[2] and "20.00% [16.0, 26.0]" in md[2] and "+33.3%" in md[2]
+
+
+def test_cli_writes_md_csv_json_and_valid_pngs(multirun, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main([str(multirun), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| 1_lora.r=16 |" in printed and "3 runs" in printed
+    for name in ("compare.md", "compare.csv", "compare.json", "compare_wer.png", "compare_params.png"):
+        assert (out / name).is_file(), name
+    with open(out / "compare.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["1_lora.r=16", "2_lora=none,train=full", "0_lora.r=4"]
+    assert float(rows[0]["test_wer"]) == 0.20 and rows[1]["r"] == "" and rows[2]["trainable_params"] == "49152"
+    data = json.loads((out / "compare.json").read_text())
+    assert len(data) == 3 and data[0]["test_ci_high"] == pytest.approx(0.26)
+    for png in ("compare_wer.png", "compare_params.png"):
+        blob = (out / png).read_bytes()
+        assert blob.startswith(PNG_MAGIC) and len(blob) > 2000
+        from PIL import Image
+
+        with Image.open(out / png) as im:
+            im.verify()
+            assert im.size[0] > 200 and im.size[1] > 150
+
+
+def test_cli_single_run_dir_defaults_out_to_it_and_missing_runs_fail(multirun, tmp_path):
+    run = multirun / "0_lora.r=4"
+    assert main([str(run)]) == 0
+    assert (run / "compare.md").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 2
