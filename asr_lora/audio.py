@@ -271,6 +271,10 @@ class Augmenter:
     def on(self, section: str) -> bool:
         return bool(self.cfg[section]["enabled"])
 
+    def touches_waveform(self) -> bool:
+        """True when some augmentation must run before the log-mel (cached features won't do)."""
+        return any(self.on(s) for s in ("speed", "noise", "reverb"))
+
     def __call__(self, wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = self.cfg
         if self.on("speed"):

@@ -55,6 +55,10 @@ class DataConfig:
     max_seconds: float = 30.0
     silence_dbfs: float = -60.0
     max_label_tokens: int = 448
+    # Log-mel cache (datasets' fingerprinted cache files): auto = on while the estimated size
+    # (0.96 MB per 30 s clip) fits the budget, off for corpus-scale data (computed on the fly).
+    feature_cache: str = "auto"  # auto | true | false
+    feature_cache_budget_gb: float = 8.0
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     synthetic: bool = False

@@ -195,6 +195,36 @@ def prepare_data(dcfg, tokenizer, cache_dir: str | Path | None = None, progress:
     return splits, report
 
 
+FEATURE_BYTES = 80 * 3000 * 4  # one 30 s log-mel window, float32
+
+
+def use_feature_cache(dcfg, n_clips: int) -> bool:
+    setting = str(dcfg.feature_cache).lower()
+    if setting in ("true", "false"):
+        return setting == "true"
+    need = n_clips * FEATURE_BYTES / 2**30
+    if need > dcfg.feature_cache_budget_gb:
+        log.info("log-mel cache would need %.1f GB > budget %.1f GB: computing features on the fly",
+                 need, dcfg.feature_cache_budget_gb)
+        return False
+    return True
+
+
+def add_features(ds: Dataset, processor, batch_size: int = 32) -> Dataset:
+    """Attach `input_features` once; `datasets` fingerprints the map and reuses its cache file in
+    later runs with the same data and front end."""
+    from datasets import Array2D, Features
+
+    fe = processor.feature_extractor
+    features = Features({**ds.features, "input_features": Array2D((fe.feature_size, fe.nb_max_frames), "float32")})
+
+    def extract(batch):
+        arrays = [np.asarray(a, dtype=np.float32) for a in batch["audio"]]
+        return {"input_features": fe(arrays, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features}
+
+    return ds.map(extract, batched=True, batch_size=batch_size, features=features, desc="log-mel features")
+
+
 def subsample(ds: Dataset | None, n: int | None, seed: int) -> Dataset | None:
     if ds is None or n is None or n >= len(ds):
         return ds

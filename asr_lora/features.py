@@ -101,6 +101,13 @@ class SpeechCollator:
         if self.encoder_cache is not None:
             hidden = self.encoder_cache.get([r["id"] for r in rows])
             return {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden), "labels": labels}
+        if "input_features" in rows[0] and (self.augmenter is None or not self.augmenter.touches_waveform()):
+            feats = torch.stack([torch.as_tensor(np.asarray(r["input_features"], dtype=np.float32)) for r in rows])
+            if self.augmenter is not None:
+                rng = np.random.default_rng([self.seed, self.calls])
+                self.calls += 1
+                feats = torch.stack([torch.as_tensor(self.augmenter.spec(f.numpy(), rng)) for f in feats])
+            return {"input_features": feats, "labels": labels}
         audios = [np.asarray(r["audio"], dtype=np.float32) for r in rows]
         if self.augmenter is not None:
             rng = np.random.default_rng([self.seed, self.calls])

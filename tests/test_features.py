@@ -1,0 +1,63 @@
+"""Front end, collator and the two caches (log-mel on disk, encoder outputs in memory)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from datasets import Dataset
+from omegaconf import OmegaConf
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from asr_lora.config import DataConfig
+from asr_lora.data import add_features, use_feature_cache
+from asr_lora.features import EncoderCache, SpeechCollator, log_mel, pad_labels
+
+
+def test_pad_labels_strips_decoder_start_and_pads_with_ignore_index():
+    out = pad_labels([[50257, 1, 2, 3], [50257, 4], [5, 6]], 50257)
+    assert out.tolist() == [[1, 2, 3], [4, -100, -100], [5, 6, -100]]
+
+
+def test_feature_cache_matches_on_the_fly_and_is_reused(tmp_path, tiny_whisper_dir):
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    rng = np.random.default_rng(0)
+    rows = [{"id": f"u{i}", "audio": (0.1 * rng.standard_normal(8000 + 800 * i)).astype("float32"),
+             "labels": [50257, 1, 2]} for i in range(4)]
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    ds = Dataset.load_from_disk(str(tmp_path / "ds"))
+    with_feats = add_features(ds, processor)
+    direct = log_mel(processor, [np.asarray(r["audio"], dtype=np.float32) for r in rows])
+    cached = torch.tensor(np.asarray(with_feats["input_features"]))
+    assert torch.equal(cached, direct)
+    files = {f["filename"] for f in with_feats.cache_files}
+    again = add_features(Dataset.load_from_disk(str(tmp_path / "ds")), processor)
+    assert {f["filename"] for f in again.cache_files} == files  # fingerprinted cache reused
+    collator = SpeechCollator(processor, 50257)
+    a = collator([with_feats[i] for i in range(2)])["input_features"]
+    b = collator([ds[i] for i in range(2)])["input_features"]
+    assert torch.equal(a, b)
+
+
+def test_feature_cache_choice_follows_the_budget():
+    d = OmegaConf.structured(DataConfig(feature_cache="auto", feature_cache_budget_gb=1.0))
+    assert use_feature_cache(d, 1000) and not use_feature_cache(d, 2000)
+    d.feature_cache = "false"
+    assert not use_feature_cache(d, 1)
+
+
+def test_encoder_cache_equals_a_fresh_encoder_pass(tiny_whisper_dir):
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    audios = [np.sin(np.arange(16000) / 16000 * 2 * np.pi * f).astype("float32") * 0.2 for f in (200, 300, 400)]
+    cache = EncoderCache(model, processor, batch_size=2)
+    cache.fill(["a", "b", "c"], audios, progress=False)
+    with torch.no_grad():
+        fresh = model.model.encoder(log_mel(processor, audios)).last_hidden_state
+    assert torch.allclose(cache.get(["a", "b", "c"]), fresh, atol=1e-5)
+    labels = [[50257, 7, 8], [50257, 9]]
+    batch = SpeechCollator(processor, 50257, encoder_cache=cache)([{"id": "a", "labels": labels[0]},
+                                                                    {"id": "c", "labels": labels[1]}])
+    with torch.no_grad():
+        via_cache = model(encoder_outputs=batch["encoder_outputs"], labels=batch["labels"]).loss
+        direct = model(input_features=log_mel(processor, [audios[0], audios[2]]), labels=batch["labels"]).loss
+    assert torch.allclose(via_cache, direct, atol=1e-5)
