@@ -104,6 +104,8 @@ class TrainConfig:
     # Cache the frozen encoder's outputs when no adapter touches the encoder (hand-written: no
     # library does this; it removes the 30 s encoder pass from every training step on CPU).
     cache_encoder_outputs: str = "auto"  # auto | true | false
+    encoder_cache_budget_gb: float = 8.0  # auto turns the cache off past this (it lives in RAM)
+    encoder_cache_on_disk: bool = True  # also keep it under the cache dir for the next run
     dev_eval_max_samples: Optional[int] = 64
     ddp_backend: Optional[str] = None
     # Sharding through the Trainer/Accelerate integration (conf/train/fsdp.yaml, deepspeed_zero2.yaml).

@@ -14,7 +14,9 @@ waveform/spectrogram augmentation is on (each step would need a fresh encoder pa
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,6 +63,23 @@ class EncoderCache:
         hidden = encode(self.model, self.processor, [a for _, a in todo], self.batch_size, progress, description)
         for (i, _), h in zip(todo, hidden):
             self.store[i] = h.clone()
+
+    def load_or_fill(self, path, ids: Sequence[str], audios_fn, progress: bool = True, description="encoding"):
+        """Reuse a saved cache file for exactly these ids, else encode and save it (atomically)."""
+        from safetensors.torch import load_file, save_file
+
+        path = Path(path)
+        if path.is_file():
+            stored = load_file(str(path))
+            if set(ids) <= set(stored):
+                self.store.update({i: stored[i] for i in ids})
+                log.info("encoder outputs for %d clips reused from %s", len(ids), path)
+                return
+        self.fill(ids, audios_fn(), progress, description)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        save_file({i: self.store[i].contiguous() for i in ids}, str(tmp))
+        os.replace(tmp, path)
 
     def get(self, ids: Sequence[str]) -> torch.Tensor:
         return torch.stack([self.store[i] for i in ids])

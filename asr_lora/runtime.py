@@ -102,16 +102,43 @@ def cache_enabled(cfg) -> bool:
     return encoder_frozen and not cfg.augment.enabled
 
 
+def _encoder_cache_key(cfg, model, ds) -> str:
+    import hashlib
+
+    from .model import resolve_model_dir
+
+    src = Path(resolve_model_dir(cfg.model.name_or_path))
+    weights = src / "model.safetensors"
+    ident = [str(src.resolve()), weights.stat().st_mtime_ns if weights.is_file() else None, cfg.model.dtype,
+             ds._fingerprint, len(ds)]
+    return hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:20]
+
+
 def build_encoder_cache(cfg, model, processor, splits: dict):
     if not cache_enabled(cfg):
         return None
     from .features import EncoderCache
 
+    n = sum(len(ds) for ds in splits.values() if ds is not None)
+    gb = n * model.config.max_source_positions * model.config.d_model * 4 / 2**30
+    if str(cfg.train.cache_encoder_outputs).lower() == "auto" and gb > cfg.train.encoder_cache_budget_gb:
+        log.info("encoder cache would need %.1f GB > %.1f GB budget: encoder runs every step", gb,
+                 cfg.train.encoder_cache_budget_gb)
+        return None
+    from .model import cache_root
+
+    root = Path(cfg.paths.cache_dir) if cfg.paths.cache_dir else cache_root()
     cache = EncoderCache(model, processor, batch_size=cfg.eval.batch_size)
     for name, ds in splits.items():
-        if ds is not None and len(ds):
-            cache.fill(ds["id"], [np.asarray(a, dtype=np.float32) for a in ds["audio"]], True,
-                       f"encoding {name} ({len(ds)} clips, frozen encoder)")
+        if ds is None or not len(ds):
+            continue
+        audios = lambda ds=ds: [np.asarray(a, dtype=np.float32) for a in ds["audio"]]  # noqa: E731
+        label = f"encoding {name} ({len(ds)} clips, frozen encoder)"
+        if cfg.train.encoder_cache_on_disk:
+            path = root / "encoder" / f"{_encoder_cache_key(cfg, model, ds)}.safetensors"
+            cache.load_or_fill(path, ds["id"], audios, True, label)
+        else:
+            cache.fill(ds["id"], audios(), True, label)
     log.info("encoder cache: %d clips, %.0f MB", len(cache.store), cache.nbytes() / 2**20)
     return cache
 

@@ -78,8 +78,11 @@ def test_main_job_tiny_end_to_end_with_wandb_offline_and_resume(tmp_path, tiny_w
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg2 = compose("config", overrides=cfg_overrides(cfg) +
                        ["train.resume=true", "train.max_steps=6", "logger=none"])
+    saved = sorted((tmp_path / "cache" / "encoder").glob("*.safetensors"))
+    assert len(saved) == 3  # train, dev, test encoder outputs
     summary2 = train(cfg2)
     assert summary2["train"]["steps"] == 6
+    assert sorted((tmp_path / "cache" / "encoder").glob("*.safetensors")) == saved  # reused, not recomputed
     assert (run / "checkpoints" / "checkpoint-6").exists()
 
 
