@@ -9,7 +9,10 @@ voice inventory. The corpus is split so that test scores say something about uns
   train/dev/test before any voice is chosen;
 * control sentences (subset="control") go to dev and test only: they exist to measure
   forgetting of general English, never to be trained on. Real recorded English from Debian's
-  pocketsphinx-testdata joins the test control set when installed.
+  pocketsphinx-testdata joins the test control set when installed;
+* general sentences (subset="general") go to train only, one train voice each: plain English
+  replayed during training (rehearsal) so the adapter does not forget general English. They never
+  reach dev or test and share no sentence with the control set.
 
 Audio files are named by a hash of (text, voice spec), so a file that exists is exactly the
 render the plan asks for; a rebuild with another seed re-renders only new pairs. The manifest is
@@ -42,14 +45,17 @@ log = logging.getLogger(__name__)
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "sg_english"
 SENTENCES = DATA_DIR / "sg_sentences.txt"
 CONTROL = DATA_DIR / "control_sentences.txt"
+GENERAL = DATA_DIR / "general_sentences.txt"
 VOICES = DATA_DIR / "voices.json"
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 
-PLAN_VERSION = 1  # bump when the split/assignment logic changes, to invalidate caches
+PLAN_VERSION = 2  # bump when the split/assignment logic changes, to invalidate caches
 SPLIT_FRACTIONS = {"train": 0.75, "dev": 0.10, "test": 0.15}
 # Voices per sentence. Two voices per main sentence gives ~1150 train / ~230 test utterances
-# from ~770 sentences and builds in a few minutes on two cores; control needs only one.
-VOICES_PER_SENTENCE = {"main": 2, "control": 1}
+# from ~770 sentences and builds in a few minutes on two cores; control and general (~440
+# short train-only replay clips) need only one.
+VOICES_PER_SENTENCE = {"main": 2, "control": 1, "general": 1}
+ID_PREFIX = {"main": "sg", "control": "ctl", "general": "gen"}
 CONTROL_DEV_FRACTION = 1 / 3
 MIN_WORDS, MAX_WORDS = 5, 20
 
@@ -84,6 +90,10 @@ def load_sentences(path: Path = SENTENCES) -> list[str]:
         seen[key] = n
         out.append(s)
     return out
+
+
+def _key(s: str) -> str:
+    return " ".join(re.findall(r"[a-z]+", s.lower()))
 
 
 def load_voices(path: Path = VOICES) -> list[Voice]:
@@ -159,31 +169,44 @@ def _cut(items: list, fractions: dict[str, float]) -> dict[str, list]:
 
 
 def plan_corpus(
-    sentences: list[str], control: list[str], voices: list[Voice], seed: int = 0, max_sentences: int | None = None
+    sentences: list[str], control: list[str], voices: list[Voice], seed: int = 0, max_sentences: int | None = None,
+    general: list[str] | None = None,
 ) -> list[Record]:
-    """Every synthetic utterance as a Record (audio_path relative to the corpus dir), no audio."""
+    """Every synthetic utterance as a Record (audio_path relative to the corpus dir), no audio.
+
+    `general` sentences (rehearsal data) all go to train, one train voice each."""
+    general = general or []
     rng = random.Random(seed)
     order = rng.sample(range(len(sentences)), len(sentences))
     ctl_order = rng.sample(range(len(control)), len(control))
     if max_sentences is not None:
         order = order[:max_sentences]
         ctl_order = ctl_order[: max(2, max_sentences // 4)]
+    if overlap := {_key(t) for t in general} & {_key(t) for t in control}:
+        raise ValueError(f"general sentences repeat control sentences: {sorted(overlap)[:3]}")
+    # A separate seeded rng, so adding general data changes neither the main/control split nor
+    # their voice hands (their cached audio stays valid).
+    gen_rng = random.Random(f"general-{seed}")
+    gen_order = gen_rng.sample(range(len(general)), len(general))
+    if max_sentences is not None:
+        gen_order = gen_order[: max(1, max_sentences // 4)] if general else []
     by_split = {s: [v for v in voices if v.split == s] for s in SPLIT_FRACTIONS}
     ctl_fracs = {"test": 1 - CONTROL_DEV_FRACTION, "dev": CONTROL_DEV_FRACTION}
 
     records = []
-    jobs = [("main", SENTENCES, sentences, _cut(order, SPLIT_FRACTIONS)),
-            ("control", CONTROL, control, _cut(ctl_order, ctl_fracs))]
-    for subset, path, texts, split_idx in jobs:
+    jobs = [("main", SENTENCES, sentences, _cut(order, SPLIT_FRACTIONS), rng),
+            ("control", CONTROL, control, _cut(ctl_order, ctl_fracs), rng),
+            ("general", GENERAL, general, {"train": gen_order}, gen_rng)]
+    for subset, path, texts, split_idx, deal_rng in jobs:
         for split, idx in split_idx.items():
             if not idx:
                 continue
             if not by_split[split]:
                 raise ValueError(f"no voices for split {split!r} in {VOICES}")
-            for i, hand in zip(idx, _deal(by_split[split], VOICES_PER_SENTENCE[subset], len(idx), rng)):
+            for i, hand in zip(idx, _deal(by_split[split], VOICES_PER_SENTENCE[subset], len(idx), deal_rng)):
                 for v in hand:
                     key = hashlib.sha1(json.dumps([texts[i], v.spec()], sort_keys=True).encode()).hexdigest()[:16]
-                    prefix = "sg" if subset == "main" else "ctl"
+                    prefix = ID_PREFIX[subset]
                     records.append(Record(
                         id=f"{prefix}-{i:04d}-{v.id}", text=texts[i], audio_path=f"audio/{v.id}/{key}.wav",
                         speaker=v.speaker, accent=v.accent, split=split, subset=subset, engine=v.engine,
@@ -289,7 +312,7 @@ def build_corpus(
     t0 = time.time()
     out_dir = Path(out_dir) if out_dir is not None else default_cache_dir()
     manifest, info_path = out_dir / "manifest.jsonl", out_dir / "corpus_info.json"
-    files = {p.name: _sha256(p) for p in (SENTENCES, CONTROL, VOICES)}
+    files = {p.name: _sha256(p) for p in (SENTENCES, CONTROL, GENERAL, VOICES)}
     real_sources = [str(s[2]) for s in _real_control_sources()]
     inputs_hash = hashlib.sha256(json.dumps(
         [PLAN_VERSION, SYNTH_VERSION, seed, max_sentences, files, real_sources], sort_keys=True).encode()).hexdigest()
@@ -304,7 +327,8 @@ def build_corpus(
             log.warning("sg_english: %d cached files missing (e.g. %s); re-rendering them", len(missing), missing[0])
 
     voices = load_voices()
-    records = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), voices, seed, max_sentences)
+    records = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), voices, seed, max_sentences,
+                          general=load_sentences(GENERAL))
     rendered = _render_missing(records, out_dir, {v.id: v for v in voices}, seed, workers, progress)
     real, real_info = _add_real_control(out_dir)
     records = [replace(r, audio_path=str((out_dir / r.audio_path).resolve()),

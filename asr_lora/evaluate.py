@@ -47,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict:
     cache = None
     if not any(".encoder." in n and "lora_A" in n for n, _ in model.named_parameters()):
         # The encoder is the same for every system here: run it once per clip.
-        cache = EncoderCache(model, processor, cfg.eval.batch_size)
+        cache = EncoderCache(model, processor, cfg.eval.batch_size if next(model.parameters()).is_cuda else 1)
         cache.fill(ds["id"], [np.asarray(a, dtype=np.float32) for a in ds["audio"]], True, f"encoding {split}")
     info = eval_info(cfg, report, cfg.adapter, split)
     ev = evaluate_systems(model, processor, ds, cfg.eval, run_dir / "eval", info, systems, cache)
