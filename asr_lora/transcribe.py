@@ -30,6 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # generate() warns on settings we pass on purpose
     adapters = {}
     for i, spec in enumerate(args.adapter):
         name, _, path = spec.rpartition("=")
