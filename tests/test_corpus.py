@@ -13,6 +13,7 @@ import soundfile as sf
 from asr_lora import corpus
 from asr_lora.corpus import (
     CONTROL,
+    GENERAL,
     SENTENCES,
     build_corpus,
     default_cache_dir,
@@ -33,6 +34,30 @@ def test_sentence_files_are_big_and_distinct():
     particles = {"lah", "leh", "lor", "meh", "hor", "sia", "ah"}
     with_particle = [s for s in sg if particles & set(re.findall(r"[a-z]+", s.lower()))]
     assert len(with_particle) > len(sg) / 5
+
+
+def _words(s):
+    return re.findall(r"[a-z']+", s.lower())
+
+
+def test_general_sentences_are_plain_and_disjoint_from_control():
+    gen, ctl, sg = load_sentences(GENERAL), load_sentences(CONTROL), load_sentences(SENTENCES)
+    assert len(gen) >= 400
+    assert all(6 <= len(s.split()) <= 16 and s.isascii() for s in gen)
+    keys = {" ".join(_words(s)) for s in ctl} | {" ".join(_words(s)) for s in sg}
+    assert not [s for s in gen if " ".join(_words(s)) in keys]
+    ctl_words = [(set(_words(c)), c) for c in ctl]
+    near = [(g, c) for g in gen for cw, c in ctl_words if len(set(_words(g)) & cw) >= 0.6 * len(set(_words(g)))]
+    assert not near, near[:3]
+    singlish = {"lah", "leh", "lor", "meh", "hor", "sia", "makan", "chope", "shiok", "kiasu", "alamak", "paiseh",
+                "hdb", "mrt", "hawker", "kopi", "singapore"}
+    assert not [s for s in gen if singlish & set(_words(s))]
+
+
+def test_plan_refuses_general_that_repeats_control():
+    ctl = load_sentences(CONTROL)
+    with pytest.raises(ValueError, match="repeat control"):
+        plan_corpus(load_sentences(SENTENCES), ctl, load_voices(), general=[ctl[0].upper()])
 
 
 def test_load_sentences_rejects_duplicates_and_digits(tmp_path):
@@ -79,10 +104,12 @@ def _check_disjoint(records):
         assert not sentences[a] & sentences[b], (a, b)
         assert not voices[a] & voices[b], (a, b)
     assert all(r.split in ("dev", "test") for r in records if r.subset == "control")
+    assert all(r.split == "train" and r.id.startswith("gen-") for r in records if r.subset == "general")
 
 
 def test_full_plan_sizes_and_disjointness():
-    records = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), load_voices(), seed=0)
+    general = load_sentences(GENERAL)
+    records = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), load_voices(), seed=0, general=general)
     _check_disjoint(records)
     n = defaultdict(int)
     for r in records:
@@ -90,9 +117,20 @@ def test_full_plan_sizes_and_disjointness():
     assert 800 <= n["train", "main"] <= 1500
     assert 150 <= n["test", "main"] <= 300
     assert n["train", "control"] == 0
+    assert n["train", "general"] == len(general) >= 400  # one voice each
+    assert n["dev", "general"] == n["test", "general"] == 0
+    gen_voices = defaultdict(int)
+    for r in records:
+        if r.subset == "general":
+            gen_voices[r.voice] += 1
+    train_voices = {v.id for v in load_voices() if v.split == "train"}
+    assert set(gen_voices) == train_voices and max(gen_voices.values()) - min(gen_voices.values()) <= 1
     assert len({r.id for r in records}) == len(records)
+    # Adding general data leaves the main/control plan (and so its cached audio) unchanged.
+    without = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), load_voices(), seed=0)
+    assert [(r.id, r.audio_path) for r in without] == [(r.id, r.audio_path) for r in records if r.subset != "general"]
     # Same seed, same plan; another seed, another split.
-    again = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), load_voices(), seed=0)
+    again = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), load_voices(), seed=0, general=general)
     assert [r.id for r in again] == [r.id for r in records]
     other = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), load_voices(), seed=1)
     assert {r.text for r in other if r.split == "test"} != {r.text for r in records if r.split == "test"}
@@ -120,11 +158,15 @@ def test_small_build_manifest_split_and_cache(tmp_path):
             assert {"engine", "voice"} <= set(row)
     _check_disjoint(records)
     assert {r.split for r in records if r.subset == "main"} == {"train", "dev", "test"}
+    assert {r.split for r in records if r.subset == "general"} == {"train"}
 
     info = json.loads((out / "corpus_info.json").read_text())
     assert info["synthetic"] is True and info["seed"] == 0
     assert info["utterances"] == len(rows)
-    assert set(info["input_files_sha256"]) == {"sg_sentences.txt", "control_sentences.txt", "voices.json"}
+    assert set(info["input_files_sha256"]) == {"sg_sentences.txt", "control_sentences.txt",
+                                               "general_sentences.txt", "voices.json"}
+    assert info["counts"]["train"]["general"] == 3  # max(1, 12 // 4)
+    assert "general" not in info["counts"]["dev"] and "general" not in info["counts"]["test"]
     real = [r for r in records if r.engine is None]
     if info["real_control"]["included"]:
         assert real and all(r.split == "test" and r.subset == "control" for r in real)
