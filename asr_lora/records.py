@@ -26,7 +26,9 @@ class Record:
     accent: str = "unknown"
     duration: float | None = None  # seconds, when the source states it
     split: str | None = None
-    subset: str = "main"  # "main" (accented) or "control" (general English, for forgetting)
+    # "main" (accented), "control" (general English held out, for forgetting) or "general"
+    # (general English in train only: replay against forgetting).
+    subset: str = "main"
     engine: str | None = None  # TTS engine / voice for synthetic corpora; None for real speech
     voice: str | None = None
     source: str = ""  # "file:line" the record came from, for error messages
