@@ -89,6 +89,9 @@ def train(cfg: DictConfig) -> dict:
     trainer.save_model(str(adapter_dir))  # every rank: sharded (FSDP/DeepSpeed) saves gather across ranks
     if not main:
         return {}
+    # The Trainer drops its pickled TrainingArguments next to the weights; a deployable adapter
+    # directory must load without pickle (inference.check_adapter_dir refuses it), so it goes.
+    (adapter_dir / "training_args.bin").unlink(missing_ok=True)
     if cfg.train.mode == "full":
         processor.save_pretrained(adapter_dir)
     summary: dict = {
