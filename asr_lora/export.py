@@ -135,18 +135,41 @@ def verify_merge(adapter_model, merged_model, probe_features: torch.Tensor, atol
     merged_model.eval()
     device = next(merged_model.parameters()).device
     prompt = _decoder_prompt(merged_model.generation_config)
-    max_diff, identical = 0.0, True
+    max_diff, identical, batches = 0.0, True, []
     for start in range(0, len(probe_features), batch_size):
         feats = probe_features[start : start + batch_size].to(device, torch.float32)
         ids_a = generate_features(adapter_model, None, feats, 1, max_new_tokens)
         ids_m = generate_features(merged_model, None, feats, 1, max_new_tokens)
         identical &= ids_a.shape == ids_m.shape and bool(torch.equal(ids_a, ids_m))
         dec = torch.cat([torch.tensor([prompt] * len(feats), device=device), ids_a], dim=1)
-        la = adapter_model(input_features=feats, decoder_input_ids=dec).logits
-        lm = merged_model(input_features=feats, decoder_input_ids=dec).logits
+        with torch.no_grad():
+            la = adapter_model(input_features=feats, decoder_input_ids=dec).logits
+            lm = merged_model(input_features=feats, decoder_input_ids=dec).logits
         max_diff = max(max_diff, (la - lm).abs().max().item())
-    return {"max_abs_logit_diff": max_diff, "atol": atol, "tokens_identical": bool(identical),
-            "n_probe": len(probe_features), "passed": bool(max_diff <= atol and identical)}
+        batches.append((feats, dec))
+    result = {"max_abs_logit_diff": max_diff, "atol": atol, "tokens_identical": bool(identical),
+              "n_probe": len(probe_features), "passed": bool(max_diff <= atol and identical)}
+    if identical and not result["passed"]:
+        # W0 + s·BA folded into one fp32 matrix rounds differently from the unmerged two-path sum;
+        # through 4+ layers and logits of ~30 that alone can reach ~1e-4 (each model sits ~4e-5
+        # from its own float64 run). Re-run both in float64: a real merge error survives there,
+        # rounding does not.
+        diff64 = _float64_logit_diff(adapter_model, merged_model, batches)
+        result.update(max_abs_logit_diff_float64=diff64, passed=diff64 <= atol / 10,
+                      note="fp32 gap is rounding: float64 logits agree" if diff64 <= atol / 10 else "")
+    return result
+
+
+def _float64_logit_diff(adapter_model, merged_model, batches) -> float:
+    a64, m64 = copy.deepcopy(adapter_model).double(), copy.deepcopy(merged_model).double()
+    worst = 0.0
+    with torch.no_grad():
+        for feats, dec in batches:
+            la = a64(input_features=feats.double(), decoder_input_ids=dec).logits
+            lm = m64(input_features=feats.double(), decoder_input_ids=dec).logits
+            worst = max(worst, (la - lm).abs().max().item())
+    del a64, m64
+    return worst
 
 
 def synthetic_probe(processor, n: int = 4, seconds: float = 3.0, seed: int = 0) -> torch.Tensor:
@@ -290,7 +313,9 @@ def write_model_card(out_dir: Path, info: dict) -> Path:
                   (f"Merged vs unmerged adapter on {v.get('n_probe')} probe clips ({v.get('probe', 'dev')}): "
                    f"max |logit diff| = {v.get('max_abs_logit_diff', float('nan')):.2e} "
                    f"(tolerance {v.get('atol')}), greedy tokens identical: {v.get('tokens_identical')}. "
-                   f"**{'PASS' if v.get('passed') else 'FAIL'}**"), ""]
+                   + (f"In float64 the gap is {v['max_abs_logit_diff_float64']:.2e}: the fp32 gap is rounding, "
+                      "not a different model. " if "max_abs_logit_diff_float64" in v else "")
+                   + f"**{'PASS' if v.get('passed') else 'FAIL'}**"), ""]
     lines += _loading_snippets(base, info.get("exports", []))
     path = Path(out_dir) / "README.md"
     path.write_text("\n".join(lines))

@@ -88,6 +88,19 @@ def test_merge_is_equivalent_and_changes_weights(tiny_whisper_dir, adapter_dir, 
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
 
+def test_a_wrong_merge_fails_even_in_float64(tiny_whisper_dir, adapter_dir, probe):
+    adapter_model, _ = export.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
+    merged = export.merge_loaded(copy.deepcopy(adapter_model))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a merge that is off by a little, the kind fp32 rounding never produces
+        w = merged.model.decoder.layers[0].self_attn.v_proj.weight
+        w.add_(1e-2 * torch.randn_like(w))
+    res = export.verify_merge(adapter_model, merged, probe, atol=1e-4, max_new_tokens=VERIFY_TOKENS)
+    assert not res["passed"], res
+    if "max_abs_logit_diff_float64" in res:
+        assert res["max_abs_logit_diff_float64"] > 1e-5
+
+
 def test_merge_adapter_returns_plain_whisper(tiny_whisper_dir, adapter_dir):
     merged = export.merge_adapter(str(tiny_whisper_dir), adapter_dir)
     assert type(merged).__name__ == "WhisperForConditionalGeneration"
