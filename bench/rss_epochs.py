@@ -58,7 +58,8 @@ def main() -> None:
         manifest.write_text("".join(json.dumps({
             "id": c["id"], "text": c["text"], "audio_filepath": c["audio_path"], "speaker": f"s{i % 4}",
             "split": "train" if i % 8 else "test"}) + "\n" for i, c in enumerate(clips)))
-        steps = args.epochs * max(1, (args.clips - args.clips // 8) // args.batch_size)
+        n_train = sum(1 for i in range(args.clips) if i % 8)
+        steps = args.epochs * -(-n_train // args.batch_size)  # ceil: the last partial batch is a step
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[
                 f"model.name_or_path={model_dir}", "data=jsonl", f"data.path={manifest}", "logger=none",
