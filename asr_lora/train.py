@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import CONF_DIR
 from .runtime import (
-    build_encoder_cache, eval_info, init_distributed, is_main_process, load_data, print_summary, run_dir_of, seed_everything,
-    setup_logging,
+    build_encoder_cache, eval_info, init_distributed, is_main_process, load_data, print_summary, run_dir_of,
+    seed_everything, setup_logging,
 )
 
 log = logging.getLogger("asr_lora.train")

@@ -32,7 +32,6 @@ def main() -> None:
 
     import asr_lora.training as training
     from asr_lora.config import CONF_DIR
-    from asr_lora.train import train
 
     samples: list[dict] = []
 

@@ -77,7 +77,9 @@ def build_bad_jsonl(root: Path) -> tuple[Path, dict[int, str]]:
     lines absent from the dict are expected to be kept."""
     write_tone(root / "clips" / "good.wav")
     write_tone(root / "clips" / "my clip ünïcödé 新加坡.wav")
-    dumps = lambda d: json.dumps(d, ensure_ascii=False).encode("utf-8")
+    def dumps(d):
+        return json.dumps(d, ensure_ascii=False).encode("utf-8")
+
     lines: list[tuple[bytes, str | None]] = [
         (dumps({"audio_filepath": "clips/good.wav", "text": "good one", "id": "u1"}), None),
         (dumps({"audio_filepath": "clips/gone.wav", "text": "missing file", "id": "u2"}), "missing_file"),
