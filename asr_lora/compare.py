@@ -143,7 +143,8 @@ def run_row(run: dict[str, Any], label: str) -> dict[str, Any]:
         "recipe": m.get("recipe") or cfg.get("recipe_name"),
         "overrides": " ".join(overrides),
         "r": lora.get("r"),
-        "alpha": lora.get("alpha"),
+        # alpha: null in the config means the default 2r (lora.lora_alpha)
+        "alpha": lora.get("alpha") if lora.get("alpha") is not None or lora.get("r") is None else 2 * lora["r"],
         "targets": ",".join(lora.get("target_modules") or []) or None,
         "scope": ",".join(lora.get("scope") or []) or None,
         "mode": mode,
