@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
 import sys
 import time
@@ -84,32 +83,14 @@ def load_clips(clips: list[dict]) -> list[dict]:
 
 
 def make_tiny_whisper(out_dir: Path, seed: int = 0, d_model: int = 32, layers: int = 2, heads: int = 2) -> Path:
-    """Random-init Whisper with the real tiny.en tokenizer (as tests/conftest.py builds it)."""
-    import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-
-    from asr_lora.model import _bundled_dir, _generation_config, _tokenizer_from_ct2
-
+    """Random-init Whisper with the real tiny.en tokenizer: the tests' builder (tests/conftest.py),
+    reused as is so benchmarks and tests measure the same model; an existing one is kept."""
     if (out_dir / "model.safetensors").is_file():
         return out_dir
-    torch.manual_seed(seed)
-    tok_src = out_dir.parent / f"{out_dir.name}_tok"
-    tok_src.mkdir(parents=True, exist_ok=True)
-    shutil.copy(_bundled_dir("tiny.en") / "tokenizer.json", tok_src / "tokenizer.json")
-    tok = _tokenizer_from_ct2(tok_src, 51864)
-    cfg = WhisperConfig(
-        vocab_size=51864, num_mel_bins=80, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=4 * d_model,
-        decoder_ffn_dim=4 * d_model, max_source_positions=1500, max_target_positions=448,
-        decoder_start_token_id=50257, bos_token_id=50256, eos_token_id=50256, pad_token_id=50256,
-    )
-    model = WhisperForConditionalGeneration(cfg)
-    model.generation_config = _generation_config(
-        tok, cfg, {"suppress_ids": [], "suppress_ids_begin": [220, 50256], "alignment_heads": [[1, 0]]})
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
-    WhisperFeatureExtractor(feature_size=80).save_pretrained(out_dir)
-    return out_dir
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import make_tiny_whisper as build
+
+    return build(out_dir, seed=seed, d_model=d_model, layers=layers, heads=heads)
 
 
 # ---------------------------------------------------------------- measurement

@@ -26,7 +26,7 @@ def tone(seconds: float = 1.0, freq: float = 440.0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def make_random_adapter(base_dir: Path, out_dir: Path, seed: int = 1) -> Path:
+def make_random_adapter(base_dir: Path, out_dir: Path, seed: int = 1, scale: float = 0.2) -> Path:
     """LoRA with non-zero B, so the merge really changes q_proj/v_proj."""
     from peft import LoraConfig, get_peft_model
     from transformers import WhisperForConditionalGeneration
@@ -37,7 +37,7 @@ def make_random_adapter(base_dir: Path, out_dir: Path, seed: int = 1) -> Path:
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0.0, 0.2)
+                p.normal_(0.0, scale)
     peft_model.save_pretrained(out_dir)
     return out_dir
 

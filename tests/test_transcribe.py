@@ -9,25 +9,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import WhisperForConditionalGeneration
 
 from asr_lora.inference import Transcriber, UnsafeAdapterError, check_adapter_dir
 from asr_lora.transcribe import main
 
 from conftest import REPO, write_tone
+from test_export import make_random_adapter
 
 
 def _adapter(tiny_whisper_dir, out, seed):
-    torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 2.0)
-    model.save_pretrained(out)
-    return out
+    return make_random_adapter(tiny_whisper_dir, out, seed=seed, scale=2.0)
 
 
 def test_adapters_switch_per_call_without_reloading_base(tmp_path, tiny_whisper_dir):
