@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from .config import CONF_DIR
-from .runtime import eval_info, load_data, run_dir_of, seed_everything, setup_logging
+from .runtime import encoder_batch_size, eval_info, load_data, run_dir_of, seed_everything, setup_logging
 
 log = logging.getLogger("asr_lora.evaluate")
 
@@ -47,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict:
     cache = None
     if not any(".encoder." in n and "lora_A" in n for n, _ in model.named_parameters()):
         # The encoder is the same for every system here: run it once per clip.
-        cache = EncoderCache(model, processor, cfg.eval.batch_size if next(model.parameters()).is_cuda else 1)
+        cache = EncoderCache(model, processor, encoder_batch_size(cfg, model))
         cache.fill(ds["id"], [np.asarray(a, dtype=np.float32) for a in ds["audio"]], True, f"encoding {split}")
     info = eval_info(cfg, report, cfg.adapter, split)
     ev = evaluate_systems(model, processor, ds, cfg.eval, run_dir / "eval", info, systems, cache)

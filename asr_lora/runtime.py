@@ -102,6 +102,12 @@ def cache_enabled(cfg) -> bool:
     return encoder_frozen and not cfg.augment.enabled
 
 
+def encoder_batch_size(cfg, model) -> int:
+    # On CPU the 1500-position attention is memory-bound: one clip at a time is fastest (measured
+    # 0.21 s/clip at batch 1 vs 0.27 at 16 on 2 cores); GPUs want big batches.
+    return cfg.eval.batch_size if next(model.parameters()).is_cuda else 1
+
+
 def _encoder_cache_key(cfg, model, ds) -> str:
     import hashlib
 
@@ -128,10 +134,7 @@ def build_encoder_cache(cfg, model, processor, splits: dict):
     from .model import cache_root
 
     root = Path(cfg.paths.cache_dir) if cfg.paths.cache_dir else cache_root()
-    # On CPU the 1500-position attention is memory-bound: one clip at a time is fastest (measured
-    # 0.21 s/clip at batch 1 vs 0.27 at 16 on 2 cores); GPUs want big batches.
-    bs = cfg.eval.batch_size if next(model.parameters()).is_cuda else 1
-    cache = EncoderCache(model, processor, batch_size=bs)
+    cache = EncoderCache(model, processor, batch_size=encoder_batch_size(cfg, model))
     for name, ds in splits.items():
         if ds is None or not len(ds):
             continue

@@ -6,6 +6,7 @@ report (base vs adapted) -> export. Everything lands in the Hydra run directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ def train(cfg: DictConfig) -> dict:
     # Zero-shot first: in full fine-tuning the base weights are about to change.
     base_hyps = None
     if cfg.eval.before_training and test_ds is not None and main:
-        ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else _null()
+        ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
         with ctx:
             base_hyps = transcribe_split(model, processor, test_ds, cfg.eval.beam_size, cfg.eval.batch_size,
                                          cfg.eval.max_new_tokens, cache, description="zero-shot decoding")
@@ -150,14 +151,6 @@ def _resume_point(cfg, ckpt_dir: Path) -> str | bool | None:
 
 def _dir_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.exists() else 0
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
