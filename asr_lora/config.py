@@ -59,6 +59,16 @@ class DataConfig:
     # (0.96 MB per 30 s clip) fits the budget, off for corpus-scale data (computed on the fly).
     feature_cache: str = "auto"  # auto | true | false
     feature_cache_budget_gb: float = 8.0
+    # Corpus-scale path (asr_lora/streaming.py): the train split streams from sharded JSONL and
+    # clips are decoded + featurised in DataLoader workers. auto = when the decoded audio held in
+    # memory by the in-memory path would exceed memory_budget_gb.
+    streaming: str = "auto"  # auto | true | false
+    memory_budget_gb: float = 4.0
+    shard_rows: int = 2000  # rows per prepared shard (shards are the unit DDP ranks/workers split)
+    shuffle_buffer: int = 1000
+    # Length-aware batching: group clips of similar label length within windows of this many
+    # batches (0 = off). Streaming: a batched map; in memory: the Trainer's group_by_length.
+    length_buckets: int = 0
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     synthetic: bool = False

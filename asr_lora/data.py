@@ -18,6 +18,7 @@ import os
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,9 @@ def speaker_split(speaker: str, fractions: list[float]) -> str:
     return SPLITS[min(int(np.searchsorted(edges, u, side="right")), 2)]
 
 
-def read_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[list[Record], dict]:
-    """All records of the configured source (the embedded corpus is built first if missing)."""
+def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[Record], dict]:
+    """All records of the configured source, lazily (the embedded corpus is built first if missing);
+    splits are assigned by speaker where the source has none. `info["manifest"]` names the input."""
     info: dict[str, Any] = {"source": dcfg.source, "synthetic": bool(dcfg.synthetic)}
     if dcfg.source == "embedded":
         from .corpus import build_corpus
@@ -60,16 +62,39 @@ def read_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[list[Reco
         corpus_info = manifest.parent / "corpus_info.json"
         if corpus_info.is_file():
             info["corpus"] = json.loads(corpus_info.read_text())
-        records = list(read("jsonl", manifest, ledger))
-        info["manifest"] = str(manifest)
+        source, path, options = "jsonl", manifest, {}
     else:
         if not dcfg.path:
             raise ValueError(f"data.path is required for data.source={dcfg.source}")
-        records = list(read(dcfg.source, dcfg.path, ledger, **dict(dcfg.options or {})))
-    for r in records:
-        if r.split is None:
-            r.split = speaker_split(r.speaker, list(dcfg.split_fractions))
-    return records, info
+        source, path, options = dcfg.source, dcfg.path, dict(dcfg.options or {})
+    info["manifest"] = str(path)
+    fractions = list(dcfg.split_fractions)
+
+    def records() -> Iterator[Record]:
+        for r in read(source, path, ledger, **options):
+            if r.split is None:
+                r.split = speaker_split(r.speaker, fractions)
+            yield r
+
+    return records(), info
+
+
+def read_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[list[Record], dict]:
+    records, info = iter_records(dcfg, ledger, progress)
+    return list(records), info
+
+
+def manifest_signature(path: str | Path) -> list:
+    """Size and mtime of the input manifest (every shard of a sharded one): a cheap cache key
+    that, unlike `_records_signature`, does not stat millions of audio files."""
+    from .readers import manifest_shards
+
+    p = Path(path)
+    try:
+        files = manifest_shards(p) if p.suffix == ".jsonl" or p.is_dir() or "*" in str(path) else [p]
+    except FileNotFoundError:
+        files = [p]
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] if f.exists() else [str(f)] for f in files]
 
 
 def _decode(rec: Record) -> np.ndarray:
@@ -117,8 +142,9 @@ def process_records(records: list[Record], ledger: Ledger, dcfg, tokenizer, prog
     return rows
 
 
-def data_report(ledger: Ledger, rows: list[dict], info: dict) -> dict:
-    """Counts kept and dropped by reason, hours per split/speaker/accent, every dropped item."""
+def data_report(ledger: Ledger, rows: Iterable[dict], info: dict) -> dict:
+    """Counts kept and dropped by reason, hours per split/speaker/accent, every dropped item.
+    `rows` is walked once, so a generator works (the streaming index passes one)."""
     hours: dict[str, float] = defaultdict(float)
     by = {k: defaultdict(lambda: {"utterances": 0, "hours": 0.0}) for k in ("speaker", "accent", "subset")}
     per_split: dict[str, Counter] = defaultdict(Counter)

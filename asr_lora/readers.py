@@ -98,24 +98,46 @@ def read_jsonl(
     accent: str = "unknown",
     check_files: bool = True,
 ) -> Iterator[Record]:
-    """NeMo manifest: one JSON object per line with `audio_filepath`, `text`, optional
-    `duration`, `id`, `speaker`, `accent`, `split`, `subset`, `engine`, `voice` (other keys go to
-    `extra`). Relative paths resolve against the manifest's folder. `split`/`subset`/`accent`
-    are defaults for rows that do not say. Blank lines are not rows and are not counted."""
-    path = Path(source)
+    """NeMo manifest (one file, a folder of shards, or a glob): one JSON object per line with
+    `audio_filepath`, `text`, optional `duration`, `id`, `speaker`, `accent`, `split`, `subset`,
+    `engine`, `voice` (other keys go to `extra`). Relative paths resolve against the manifest's
+    folder. `split`/`subset`/`accent` are defaults for rows that do not say.
+    Blank lines are not rows and are not counted."""
     defaults = {"split": split, "subset": subset, "accent": accent}
-    rows = _Rows(ledger, split, check_files)
-    with open(path, "rb") as f:  # binary, so one bad line cannot stop the rest of the file
-        for lineno, raw in enumerate(f, 1):
-            if raw.strip():
-                where = f"{path}:{lineno}"
-                line = raw.decode("utf-8", "replace")
-                if (
-                    rec := rows.take(
-                        where, _jsonl_record, raw, lineno, where, path.parent, defaults, line=line
-                    )
-                ) is not None:
-                    yield rec
+    rows = _Rows(ledger, split, check_files)  # one id set across shards: duplicates between shards are caught
+    for path in manifest_shards(source):
+        with open(path, "rb") as f:  # binary, so one bad line cannot stop the rest of the file
+            for lineno, raw in enumerate(f, 1):
+                if raw.strip():
+                    where = f"{path}:{lineno}"
+                    line = raw.decode("utf-8", "replace")
+                    if (
+                        rec := rows.take(
+                            where, _jsonl_record, raw, lineno, where, path.parent, defaults, line=line
+                        )
+                    ) is not None:
+                        yield rec
+
+
+def manifest_shards(source: str | os.PathLike) -> list[Path]:
+    """A manifest given as one file, a folder of `*.jsonl` shards, or a glob (`train-*.jsonl`);
+    shards are read in name order, one line at a time, so memory does not grow with their size."""
+    import glob
+
+    path = Path(source)
+    if path.is_dir():
+        shards = sorted(path.glob("*.jsonl"))
+        if not shards:
+            raise FileNotFoundError(f"no *.jsonl manifest shards in {path}")
+        return shards
+    if any(c in str(source) for c in "*?["):
+        shards = sorted(Path(p) for p in glob.glob(str(source)))
+        if not shards:
+            raise FileNotFoundError(f"no manifest shards match {source}")
+        return shards
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    return [path]
 
 
 def _jsonl_record(raw: bytes, lineno: int, where: str, base: Path, defaults: dict[str, Any]) -> Record:

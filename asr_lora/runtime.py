@@ -57,13 +57,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_data(cfg, tokenizer, run_dir: Path | None, progress: bool = True):
-    """Prepared splits (cached) and the data report, which is also written into the run dir."""
-    from .data import prepare_data
+def load_data(cfg, tokenizer, run_dir: Path | None, progress: bool = True, skip_dir: Path | None = None):
+    """Prepared splits (cached) and the data report, which is also written into the run dir.
+
+    In memory (`data.prepare_data`) for corpora that fit `data.memory_budget_gb`; otherwise the
+    train split streams from sharded manifests (`streaming`) and is a `datasets.IterableDataset`."""
+    from .data import iter_records, prepare_data
+    from .model import cache_root
+    from .records import Ledger
+    from .streaming import index_corpus, load_split, stream_train, use_streaming
 
     # Rank 0 prepares (and caches) first; the other ranks then read its cache instead of racing it.
     with _main_process_first():
-        splits, report = prepare_data(cfg.data, tokenizer, cfg.paths.cache_dir, progress)
+        estimate = None
+        if str(cfg.data.streaming).lower() == "auto":
+            estimate = iter_records(cfg.data, Ledger(), progress)[0]
+        if use_streaming(cfg.data, estimate):
+            root, report = index_corpus(cfg.data, tokenizer, Path(cfg.paths.cache_dir or cache_root()), progress)
+            skip_dir = skip_dir or (run_dir / "load_skips" if run_dir is not None else None)
+            splits = {"train": stream_train(root, cfg.data, cfg.train.per_device_train_batch_size, cfg.seed, skip_dir)}
+            for s in {cfg.data.dev_split, cfg.data.test_split, cfg.eval.split, cfg.data.get("split")} - {None, "train"}:
+                if (root / s).is_dir():
+                    splits[s] = load_split(root, s, cfg.data, skip_dir)
+        else:
+            splits, report = prepare_data(cfg.data, tokenizer, cfg.paths.cache_dir, progress)
     if run_dir is not None:
         path = run_dir / "data_report.json"
         tmp = path.with_name(path.name + ".tmp")

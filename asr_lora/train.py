@@ -41,21 +41,30 @@ def train(cfg: DictConfig) -> dict:
 
     report_to = tracking.setup(cfg, run_dir) if main else []
     model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
-    splits, data_report = load_data(cfg, processor.tokenizer, run_dir if main else None)
+    splits, data_report = load_data(cfg, processor.tokenizer, run_dir if main else None,
+                                    skip_dir=run_dir / "load_skips")
     train_ds, dev_ds, test_ds = (splits.get(cfg.data.train_split), splits.get(cfg.data.dev_split),
                                  splits.get(cfg.eval.split))
-    if train_ds is None or len(train_ds) == 0:
+    streaming = "streaming" in data_report  # train_ds is then an IterableDataset with no len()
+    n_train = (sum(data_report["kept_per_split"].get(cfg.data.train_split, {}).values()) if streaming
+               else len(train_ds or []))
+    if train_ds is None or not n_train:
         raise ValueError(f"no training data in split {cfg.data.train_split!r}; see {run_dir}/data_report.json")
     from .data import add_features, subsample, use_feature_cache
 
-    train_ds = subsample(train_ds, cfg.data.max_train_samples, cfg.seed)
+    if streaming:
+        train_ds = train_ds.take(cfg.data.max_train_samples) if cfg.data.max_train_samples else train_ds
+    else:
+        train_ds = subsample(train_ds, cfg.data.max_train_samples, cfg.seed)
     dev_ds = subsample(dev_ds, cfg.train.dev_eval_max_samples, cfg.seed)
     test_ds = subsample(test_ds, cfg.data.max_eval_samples, cfg.seed)
 
     model, params = prepare_model(model, cfg)
     if torch.cuda.is_available() and cfg.get("device") != "cpu":
         model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
-    cache = build_encoder_cache(cfg, model, processor, {"train": train_ds, "dev": dev_ds, "test": test_ds})
+    # Streaming: the train split is never held, so only dev/test outputs can be cached.
+    cache = build_encoder_cache(cfg, model, processor,
+                                {"dev": dev_ds, "test": test_ds} | ({} if streaming else {"train": train_ds}))
 
     # Zero-shot first: in full fine-tuning the base weights are about to change.
     base_hyps = None
@@ -70,14 +79,21 @@ def train(cfg: DictConfig) -> dict:
         from .audio import Augmenter
 
         augmenter = Augmenter(OmegaConf.to_container(cfg.augment, resolve=True))
-    collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter, cache, cfg.seed)
-    if cache is None and use_feature_cache(cfg.data, len(train_ds) + (len(dev_ds) if dev_ds else 0)):
+    # Streaming: the collator (run in the DataLoader workers) computes every log-mel on the fly.
+    collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter,
+                              None if streaming else cache, cfg.seed)
+    if not streaming and cache is None and use_feature_cache(cfg.data, len(train_ds) + len(dev_ds or [])):
         train_ds = add_features(train_ds, processor)
         dev_ds = add_features(dev_ds, processor) if dev_ds is not None else None
-    keep = ["id", "labels"] if cache is not None else ["id", "labels", "audio"]
-    keep += ["input_features"] if "input_features" in train_ds.column_names else []
+    keep = ["id", "labels"] if cache is not None and not streaming else ["id", "labels", "audio"]
+    keep += ["input_features"] if "input_features" in (train_ds.column_names or []) else []
+    if cfg.data.length_buckets and not streaming:
+        # The Trainer's group_by_length reads this column (and groups dev batches the same way).
+        train_ds, dev_ds = (d.map(lambda r: {"n_labels": len(r["labels"])}, desc="label lengths")
+                            if d is not None else None for d in (train_ds, dev_ds))
+        keep.append("n_labels")
     ckpt_dir = run_dir / cfg.train.output_subdir
-    args = training_args(cfg, ckpt_dir, report_to, dev_ds is not None and len(dev_ds) > 0)
+    args = training_args(cfg, ckpt_dir, report_to, dev_ds is not None and len(dev_ds) > 0, streaming)
     run = tracking.init_run(cfg, run_dir, OmegaConf.to_container(cfg, resolve=True) | {"params": params},
                             report_to) if main else None
     trainer = build_trainer(model, cfg, args, train_ds.select_columns(keep),
@@ -90,6 +106,11 @@ def train(cfg: DictConfig) -> dict:
     trainer.save_model(str(adapter_dir))  # every rank: sharded (FSDP/DeepSpeed) saves gather across ranks
     if not main:
         return {}
+    if streaming:  # decode-level rejects found by the workers join the run's data report
+        from .streaming import collect_load_skips
+
+        data_report["load_time"] = collect_load_skips(run_dir / "load_skips")
+        (run_dir / "data_report.json").write_text(json.dumps(data_report, indent=2))
     # The Trainer drops its pickled TrainingArguments next to the weights; a deployable adapter
     # directory must load without pickle (inference.check_adapter_dir refuses it), so it goes.
     (adapter_dir / "training_args.bin").unlink(missing_ok=True)
@@ -99,7 +120,8 @@ def train(cfg: DictConfig) -> dict:
         "recipe": cfg.recipe_name, "run_dir": str(run_dir), "model": cfg.model.name_or_path, "params": params,
         "lora": OmegaConf.to_container(cfg.lora) if cfg.train.mode == "lora" else None,
         "train": {"steps": result.global_step, "train_loss": result.training_loss, "seconds": round(train_seconds, 1),
-                  "train_utterances": len(train_ds), "best_checkpoint": trainer.state.best_model_checkpoint,
+                  "train_utterances": n_train, "streaming": streaming,
+                  "best_checkpoint": trainer.state.best_model_checkpoint,
                   "best_dev_wer": trainer.state.best_metric},
         "adapter_bytes": _dir_bytes(adapter_dir), "synthetic_data": bool(cfg.data.synthetic),
     }

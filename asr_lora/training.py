@@ -129,9 +129,18 @@ def use_bf16(setting: str) -> bool:
     return str(setting).lower() in ("true", "1", "yes")
 
 
-def training_args(cfg, output_dir: Path, report_to: list[str], has_dev: bool) -> Seq2SeqTrainingArguments:
+def training_args(cfg, output_dir: Path, report_to: list[str], has_dev: bool,
+                  streaming: bool = False) -> Seq2SeqTrainingArguments:
     t = cfg.train
+    extra = {}
+    if streaming:
+        # Each rank reads its own manifest shards (Accelerate shards a datasets IterableDataset by
+        # rank when batches are not dispatched from rank 0), and workers split them again.
+        extra["accelerator_config"] = {"dispatch_batches": False, "split_batches": False}
+    elif cfg.data.get("length_buckets"):
+        extra.update(train_sampling_strategy="group_by_length", length_column_name="n_labels")
     return Seq2SeqTrainingArguments(
+        **extra,
         output_dir=str(output_dir),
         max_steps=t.max_steps,
         num_train_epochs=t.num_train_epochs,

@@ -1,39 +1,35 @@
-"""Data path at scale: a precomputed log-mel feature cache vs log-mel computed on the fly in
-DataLoader workers.
+"""Data path at scale: the in-memory path (decode every clip into a `datasets` table, then the
+log-mel feature cache where it fits the budget) vs the streaming path (sharded manifests, clips
+decoded and featurised in DataLoader workers), both exactly as `python -m asr_lora.train` runs them.
 
-    .venv/bin/python bench/scale_data_path.py                 # 128 utterances, small and quick
-    .venv/bin/python bench/scale_data_path.py --n 2048 --workers 0 2 4
+    .venv/bin/python bench/scale_data_path.py                            # 1k/4k both paths, 32k streaming
+    .venv/bin/python bench/scale_data_path.py --sizes 500 2000 --in-memory-max 2000 --batches 10
 
-The embedded sg_english corpus clips (a few dozen distinct ones, replicated to --n) go through:
-
-  cached     decode + log-mel every clip once into an (N, 80, 3000) float32 memmap on disk, then
-             train-style batches read rows back (what a feature cache costs: build time, disk,
-             page cache);
-  on_the_fly DataLoader workers decode the WAV and run WhisperFeatureExtractor per item (what
-             the training collator does; nothing stored).
-
-Reports utterances/s, bytes per utterance, cache size extrapolated to IMDA NSC (~2 M utterances),
-and peak RSS (main process + DataLoader workers, sampled). Writes bench/results/scale_data_path.json.
+The embedded sg_english train clips (1594) are replicated, with fresh ids, to each size and written
+as sharded JSONL. Each (path, size, workers) point runs in a fresh subprocess so that peak RSS
+(process + DataLoader workers, sampled every 50 ms) belongs to that point alone. Reports the
+preparation time, the bytes it leaves on disk, the rate at which training batches (log-mel + labels,
+batch 16) come out, and peak RSS. Writes bench/results/scale_data_path.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-N_MELS, FRAMES, SR = 80, 3000, 16000
 NSC_UTTERANCES = 2_000_000
+SHARD_ROWS = 500
 
 
 class RssSampler:
@@ -70,135 +66,141 @@ class RssSampler:
         return False
 
 
-def _extractor():
-    from transformers import WhisperFeatureExtractor
+def write_manifest(out: Path, n: int) -> Path:
+    """n train rows cycling over the embedded corpus's train clips, sharded SHARD_ROWS per file."""
+    from asr_lora.corpus import build_corpus
+    from asr_lora.readers import read_jsonl
+    from asr_lora.records import Ledger
 
-    return WhisperFeatureExtractor(feature_size=N_MELS)
-
-
-def log_mel_one(fe, audio: np.ndarray) -> np.ndarray:
-    return fe(audio, sampling_rate=SR, return_tensors="np").input_features[0].astype(np.float32)
-
-
-class OnTheFly:
-    """Dataset over audio paths: decode + log-mel in __getitem__ (so in the DataLoader worker)."""
-
-    def __init__(self, paths: list[str]):
-        self.paths, self.fe = paths, None
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        from asr_lora.audio import load_audio
-
-        if self.fe is None:
-            self.fe = _extractor()
-        return log_mel_one(self.fe, load_audio(self.paths[i], SR))
+    base = [r for r in read_jsonl(build_corpus(progress=False), Ledger()) if r.split == "train"]
+    out.mkdir(parents=True)
+    for k in range(0, n, SHARD_ROWS):
+        with open(out / f"train-{k // SHARD_ROWS:05d}.jsonl", "w") as f:
+            for i in range(k, min(n, k + SHARD_ROWS)):
+                r = base[i % len(base)]
+                f.write(json.dumps({"id": f"{r.id}#{i}", "audio_filepath": r.audio_path, "text": r.text,
+                                    "duration": r.duration, "speaker": r.speaker, "split": "train"}) + "\n")
+    return out
 
 
-class Cached:
-    """Dataset over a (N, 80, 3000) float32 memmap written once."""
-
-    def __init__(self, path: Path, n: int):
-        self.path, self.n, self.arr = path, n, None
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        if self.arr is None:
-            self.arr = np.load(self.path, mmap_mode="r")
-        return np.array(self.arr[i])
+def _dir_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in Path(d).rglob("*") if p.is_file())
 
 
-def _collate(items):
+def one(args) -> dict:
+    """One measurement point (runs in its own process)."""
     import torch
+    from omegaconf import OmegaConf
+    from transformers import WhisperProcessor
 
-    return torch.from_numpy(np.stack(items))
+    from asr_lora.config import DataConfig
+    from asr_lora.data import add_features, prepare_data, use_feature_cache
+    from asr_lora.features import SpeechCollator
+    from asr_lora.model import resolve_model_dir
+    from asr_lora.streaming import index_corpus, stream_train
 
-
-def iterate(ds, batch: int, workers: int) -> dict:
-    import torch
-
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=_collate,
-                                     generator=torch.Generator().manual_seed(0),
-                                     persistent_workers=False, prefetch_factor=2 if workers else None)
+    torch.manual_seed(0)
+    processor = WhisperProcessor.from_pretrained(resolve_model_dir("bundled:tiny.en"))
+    dcfg = OmegaConf.structured(DataConfig(name=f"bench{args.n}", source="jsonl", path=args.manifest,
+                                           streaming=str(args.one == "streaming").lower(), shard_rows=SHARD_ROWS,
+                                           feature_cache_budget_gb=args.feature_budget_gb))
+    cache = Path(args.cache)
+    collator = SpeechCollator(processor, 50257)
+    workers = args.workers[0]
+    out: dict = {"path": args.one, "n": args.n, "workers": workers}
+    with RssSampler() as prep_rss:
+        t0 = time.perf_counter()
+        if args.one == "streaming":
+            root, _ = index_corpus(dcfg, processor.tokenizer, cache, progress=False)
+            ds = stream_train(root, dcfg, args.batch, 0, None)
+            kw = {}
+        else:
+            splits, _ = prepare_data(dcfg, processor.tokenizer, cache, progress=False)
+            ds = splits["train"]
+            out["feature_cache"] = use_feature_cache(dcfg, len(ds))
+            if out["feature_cache"]:
+                ds = add_features(ds, processor)
+            ds = ds.select_columns(["id", "labels", "input_features" if out["feature_cache"] else "audio"])
+            kw = {"shuffle": True, "generator": torch.Generator().manual_seed(0)}
+        out["prepare_s"] = round(time.perf_counter() - t0, 1)
+    out["prepare_peak_rss_mb"] = round(prep_rss.peak / 2**20)
+    out["disk_mb"] = round(_dir_bytes(cache) / 2**20, 1)
+    dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, num_workers=workers, collate_fn=collator,
+                                     prefetch_factor=2 if workers else None, **kw)
     n = 0
     with RssSampler() as rss:
         t0 = time.perf_counter()
-        for x in dl:
-            assert x.shape[1:] == (N_MELS, FRAMES)
-            n += len(x)
+        for b, batch in enumerate(dl):
+            assert batch["input_features"].shape[1:] == (80, 3000)
+            n += len(batch["labels"])
+            if b + 1 == args.batches:
+                break
         dt = time.perf_counter() - t0
-    return {"utterances": n, "seconds": round(dt, 3), "utt_per_s": round(n / dt, 1),
-            "peak_rss_mb": round(rss.peak / 2**20, 1)}
-
-
-def build_cache(paths: list[str], path: Path) -> dict:
-    from asr_lora.audio import load_audio
-
-    fe = _extractor()
-    with RssSampler() as rss:
-        t0 = time.perf_counter()
-        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(paths), N_MELS, FRAMES))
-        decoded: dict[str, np.ndarray] = {}
-        for i, p in enumerate(paths):
-            # replicated clips are recomputed on purpose: the cost per utterance is what scales
-            arr[i] = log_mel_one(fe, decoded.setdefault(p, load_audio(p, SR)))
-        arr.flush()
-        del arr
-        dt = time.perf_counter() - t0
-    size = path.stat().st_size
-    return {"utterances": len(paths), "seconds": round(dt, 3), "utt_per_s": round(len(paths) / dt, 1),
-            "peak_rss_mb": round(rss.peak / 2**20, 1), "bytes": size, "bytes_per_utt": size // len(paths)}
+    out |= {"batches": b + 1, "utt_per_s": round(n / dt, 1), "train_peak_rss_mb": round(rss.peak / 2**20)}
+    return out
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=128, help="utterances (distinct clips replicated to N)")
-    ap.add_argument("--distinct", type=int, default=32, help="distinct corpus clips")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 32000])
+    ap.add_argument("--in-memory-max", type=int, default=4000, help="largest size the in-memory path is run at")
+    ap.add_argument("--batches", type=int, default=40, help="training batches drawn per point")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--tmp", default=None, help="where the feature cache memmap goes (default: a temp dir)")
+    ap.add_argument("--feature-budget-gb", type=float, default=8.0)
+    ap.add_argument("--tmp", default=None)
+    ap.add_argument("--one", choices=["in_memory", "streaming"], help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--manifest", help=argparse.SUPPRESS)
+    ap.add_argument("--cache", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     common.quiet()
+    if args.one:
+        print("RESULT " + json.dumps(one(args)))
+        return {}
 
-    clips = common.corpus_clips(args.distinct)
-    paths = [clips[i % len(clips)]["audio_path"] for i in range(args.n)]
     tmp = Path(tempfile.mkdtemp(prefix="scale_data_path_", dir=args.tmp))
-    rows, runs = [], {}
+    points = []
     try:
-        build = build_cache(paths, tmp / "features.npy")
-        runs["cache_build"] = build
-        rows.append({"path": "cached: build (decode + log-mel, write)", "workers": 0, **build})
-        for w in args.workers:
-            r = iterate(Cached(tmp / "features.npy", args.n), args.batch, w)
-            runs[f"cached_read_w{w}"] = r
-            rows.append({"path": "cached: read batches", "workers": w, **r})
-        for w in args.workers:
-            r = iterate(OnTheFly(paths), args.batch, w)
-            runs[f"on_the_fly_w{w}"] = r
-            rows.append({"path": "on the fly: decode + log-mel in workers", "workers": w, **r})
+        for n in args.sizes:
+            manifest = write_manifest(tmp / f"manifest{n}", n)
+            for path in ("in_memory", "streaming"):
+                if path == "in_memory" and n > args.in_memory_max:
+                    continue
+                for w in args.workers:
+                    cache = tmp / f"cache_{path}_{n}_{w}"
+                    cmd = [sys.executable, __file__, "--one", path, "--n", str(n), "--manifest", str(manifest),
+                           "--cache", str(cache), "--workers", str(w), "--batches", str(args.batches),
+                           "--batch", str(args.batch), "--feature-budget-gb", str(args.feature_budget_gb)]
+                    res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"ASR_LORA_CACHE": str(
+                        Path(os.environ.get("ASR_LORA_CACHE", Path.home() / ".cache/asr_lora")))})
+                    line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+                    if res.returncode or not line:
+                        raise SystemExit(f"{path} n={n} w={w} failed:\n{res.stderr[-3000:]}")
+                    points.append(json.loads(line[0][7:]))
+                    print(points[-1], flush=True)
+                    shutil.rmtree(cache, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    per_utt = build["bytes_per_utt"]
+    feature_mb = 80 * 3000 * 4 / 2**20
     payload = {
-        "machine": common.machine_info(), "args": vars(args), "runs": runs,
-        "feature_bytes_per_utterance": per_utt,
-        "feature_cache_for_nsc_tb": round(per_utt * NSC_UTTERANCES / 1e12, 2),
-        "note": "log-mel float32 (80 x 3000) per utterance, Whisper pads every clip to 30 s",
+        "machine": common.machine_info(), "args": {k: v for k, v in vars(args).items() if v is not None},
+        "points": points,
+        "feature_cache_bytes_per_utterance": 80 * 3000 * 4,
+        "feature_cache_for_nsc_tb": round(80 * 3000 * 4 * NSC_UTTERANCES / 1e12, 2),
+        "note": "prepare = in_memory: decode all + datasets table + log-mel cache (if within budget); "
+                "streaming: header-only index to sharded JSONL. utt_per_s = training batches out of the DataLoader.",
     }
-    cols = ["path", "workers", "utterances", "seconds", "utt_per_s", "peak_rss_mb"]
-    print(common.table(rows, cols))
-    print(f"\nfeature cache: {per_utt / 1e6:.2f} MB per utterance -> {payload['feature_cache_for_nsc_tb']} TB "
-          f"for {NSC_UTTERANCES:,} utterances (IMDA NSC Parts 1-3)")
+    cols = ["path", "n", "workers", "feature_cache", "prepare_s", "disk_mb", "prepare_peak_rss_mb", "utt_per_s",
+            "train_peak_rss_mb"]
+    print(common.table(points, cols))
+    print(f"\nlog-mel cache: {feature_mb:.2f} MB per utterance -> {payload['feature_cache_for_nsc_tb']} TB for "
+          f"{NSC_UTTERANCES:,} utterances (IMDA NSC Parts 1-3)")
     out = common.write_result("scale_data_path", payload)
     print(f"wrote {out}")
     return payload
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()

@@ -220,3 +220,35 @@ def test_only_rank_0_writes_reports_adapter_checkpoints_and_cache(runs):
 
 def test_rank_1_writes_nothing_but_hydra_config(runs):
     assert not _rank1_writes(runs), f"rank 1 wrote: {_rank1_writes(runs)}"
+
+
+def test_streaming_ddp_gives_each_rank_its_own_shards(tmp_path, tiny_whisper_dir):
+    """2 processes on the streaming path: Accelerate hands each rank its own manifest shards. Each
+    shard holds one silent clip; the decode-time skip logs show which rank read which shard."""
+    manifest = make_equal_length_corpus(tmp_path / "corpus", n=20)
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    audio = tmp_path / "corpus" / "audio"
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k in range(2):
+        sf.write(audio / f"silent{k}.wav", np.zeros(16000, np.float32), 16000)
+        part = rows[k::2] + [{"audio_filepath": f"audio/silent{k}.wav", "text": SENTENCES[0], "id": f"silent{k}",
+                              "speaker": "spk0", "split": "train"}]
+        for r in part:
+            r["audio_filepath"] = str(tmp_path / "corpus" / r["audio_filepath"])
+        (shards / f"part{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    run = tmp_path / "run"
+    args = overrides(tiny_whisper_dir, shards, tmp_path / "cache", run, 2)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+          "asr_lora.train", *args, "data.streaming=true", "data.shard_rows=11", "data.shuffle_buffer=4"],
+         _env(tmp_path), "torchrun streaming run")
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["streaming"]["shards"]["train"] == 2 and report["counts"]["seen"] == 22
+    skips = [json.loads(x) for f in (run / "load_skips").glob("skips-*.jsonl") for x in f.read_text().splitlines()]
+    by_rank = {}
+    for s in skips:
+        by_rank.setdefault(s["rank"], set()).add(s["id"])
+    # each rank read exactly one of the two shards (which one: the seeded shard-order shuffle decides)
+    assert sorted(by_rank) == [0, 1] and sorted(map(sorted, by_rank.values())) == [["silent0"], ["silent1"]], by_rank
+    assert report["load_time"]["skipped_by_reason"] == {"silent": 2}
+    assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == STEPS
