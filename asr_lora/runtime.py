@@ -195,7 +195,8 @@ def print_summary(summary: dict) -> None:
     t.add_column("value", justify="right")
     p = summary.get("params", {})
     t.add_row("trainable params", f"{p.get('trainable', 0):,} / {p.get('total', 0):,}")
-    t.add_row("adapter size", f"{summary.get('adapter_bytes', 0) / 1e6:.2f} MB")
+    saved = "adapter size" if summary.get("lora") else "saved model size"
+    t.add_row(saved, f"{summary.get('adapter_bytes', 0) / 1e6:.2f} MB")
     tr = summary.get("train", {})
     t.add_row("train steps / time", f"{tr.get('steps')} / {tr.get('seconds')} s")
     ev = summary.get("eval")

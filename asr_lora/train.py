@@ -124,6 +124,9 @@ def train(cfg: DictConfig) -> dict:
                   "best_checkpoint": trainer.state.best_model_checkpoint,
                   "best_dev_wer": trainer.state.best_metric},
         "adapter_bytes": _dir_bytes(adapter_dir), "synthetic_data": bool(cfg.data.synthetic),
+        # What the Trainer actually ran (not only what was asked): process count and sharding engine.
+        "distributed": {"world_size": args.world_size, "fsdp": bool(trainer.is_fsdp_enabled),
+                        "deepspeed": bool(trainer.is_deepspeed_enabled)},
     }
     ev = None
     if test_ds is not None:

@@ -21,6 +21,10 @@ from .text import normalize
 log = logging.getLogger(__name__)
 
 
+class ShardingUnavailableError(RuntimeError):
+    """A sharding preset (FSDP) was asked for where the Trainer/Accelerate cannot provide it."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the last saved checkpoint is the last good one."""
 
@@ -235,4 +239,10 @@ def build_trainer(model, cfg, args, train_ds, dev_ds, collator, processor) -> Se
     # `num_items_in_batch`; left True, the Trainer multiplies the loss (and gradients) by the world
     # size under DDP and skips the 1/gradient_accumulation_steps scaling (tests/test_distributed.py).
     trainer.model_accepts_loss_kwargs = False
+    if args.fsdp and not trainer.is_fsdp_enabled:
+        # Accelerate turns FSDP on only for multi-GPU jobs; elsewhere the run would quietly be DDP.
+        raise ShardingUnavailableError(
+            f"train.fsdp=true but Accelerate did not enable FSDP for this job ({args.world_size} process(es), "
+            f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}): FSDP needs torchrun on 2+ GPUs. "
+            "Use train=ddp (or train=default) here.")
     return trainer

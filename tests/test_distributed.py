@@ -252,3 +252,15 @@ def test_streaming_ddp_gives_each_rank_its_own_shards(tmp_path, tiny_whisper_dir
     assert sorted(by_rank) == [0, 1] and sorted(map(sorted, by_rank.values())) == [["silent0"], ["silent1"]], by_rank
     assert report["load_time"]["skipped_by_reason"] == {"silent": 2}
     assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == STEPS
+
+
+
+def test_fsdp_preset_on_two_cpu_processes_stops_instead_of_running_as_ddp(tmp_path, tiny_whisper_dir):
+    manifest = make_equal_length_corpus(tmp_path / "corpus")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "asr_lora.train",
+           *overrides(tiny_whisper_dir, manifest, tmp_path / "cache", tmp_path / "run", 2),
+           "train=fsdp", "lora=none", "train.mode=full", "train.dataloader_num_workers=0"]
+    out = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert out.returncode != 0
+    assert "ShardingUnavailableError" in out.stderr and "FSDP needs torchrun on 2+ GPUs" in out.stderr
+    assert not (tmp_path / "run" / "model").exists()

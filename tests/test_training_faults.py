@@ -46,3 +46,20 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, tiny_wh
         trainer.train()
     assert (tmp_path / "ckpt" / "checkpoint-4" / "adapter_model.safetensors").exists()
     assert not (tmp_path / "ckpt" / "checkpoint-6").exists()
+
+
+def test_fsdp_preset_without_gpus_is_refused_not_silently_ddp(tmp_path, tiny_whisper_dir):
+    """Accelerate enables FSDP only on multi-GPU jobs; on CPU the `train=fsdp` preset would quietly
+    run as plain DDP, so the run stops at start and says what to use instead."""
+    from test_train_e2e import tiny_cfg
+
+    from asr_lora.train import train
+    from asr_lora.training import ShardingUnavailableError
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine can run FSDP; the refusal is for machines without 2+ GPUs")
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "train=fsdp", "lora=none", "train.mode=full",
+                   "train.max_steps=2", "train.dataloader_num_workers=0", "eval.before_training=false")
+    # One process: the Trainer itself refuses. Two CPU processes: ours does (tests/test_distributed.py).
+    with pytest.raises((ShardingUnavailableError, ValueError), match="fsdp only works in distributed|FSDP needs"):
+        train(cfg)
