@@ -106,6 +106,10 @@ def train(cfg: DictConfig) -> dict:
     trainer.save_model(str(adapter_dir))  # every rank: sharded (FSDP/DeepSpeed) saves gather across ranks
     if not main:
         return {}
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # The trained weights are sharded over the ranks, and rank 0 alone cannot run a sharded
+        # forward; it scores the full copy `save_model` just gathered to disk instead.
+        model = reload_trained(cfg, adapter_dir, next(model.parameters()).device)
     if streaming:  # decode-level rejects found by the workers join the run's data report
         from .streaming import collect_load_skips
 
@@ -145,6 +149,20 @@ def train(cfg: DictConfig) -> dict:
                        cfg.logger.wandb.log_artifacts)
     print_summary(summary)
     return summary
+
+
+def reload_trained(cfg, saved_dir: Path, device=None):
+    """The trained model as saved in the run (adapter on the base, or full weights), unwrapped."""
+    from .model import load_whisper
+
+    if cfg.train.mode == "full":
+        model, _ = load_whisper(str(saved_dir), dtype=getattr(torch, cfg.model.dtype))
+    else:
+        from peft import PeftModel
+
+        base, _ = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
+        model = PeftModel.from_pretrained(base, str(saved_dir), is_trainable=False)
+    return model.to(device).eval() if device is not None else model.eval()
 
 
 def _export(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, splits, processor, cache) -> dict | None:

@@ -63,3 +63,31 @@ def test_fsdp_preset_without_gpus_is_refused_not_silently_ddp(tmp_path, tiny_whi
     # One process: the Trainer itself refuses. Two CPU processes: ours does (tests/test_distributed.py).
     with pytest.raises((ShardingUnavailableError, ValueError), match="fsdp only works in distributed|FSDP needs"):
         train(cfg)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_reload_trained_gives_the_model_that_was_trained(tmp_path, tiny_whisper_dir, mode):
+    """What rank 0 scores after a sharded (FSDP/DeepSpeed) run: the saved copy, reloaded; its logits
+    must equal the in-memory trained model's."""
+    from test_train_e2e import tiny_cfg
+
+    from asr_lora.train import reload_trained
+
+    extra = ["lora=none", "train.mode=full"] if mode == "full" else []
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", *extra)
+    model, _ = prepare_model(WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir), cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))  # stands in for training
+    model.save_pretrained(tmp_path / "saved")
+    if mode == "full":
+        WhisperProcessor.from_pretrained(tiny_whisper_dir).save_pretrained(tmp_path / "saved")
+    again = reload_trained(cfg, tmp_path / "saved")
+    feats = torch.randn(1, 80, 3000)
+    dec = torch.tensor([[50257, 50362, 100, 200]])
+    with torch.no_grad():
+        a = model.eval()(input_features=feats, decoder_input_ids=dec).logits
+        b = again(input_features=feats, decoder_input_ids=dec).logits
+    assert torch.allclose(a, b, atol=1e-5)
