@@ -264,3 +264,29 @@ def test_fsdp_preset_on_two_cpu_processes_stops_instead_of_running_as_ddp(tmp_pa
     assert out.returncode != 0
     assert "ShardingUnavailableError" in out.stderr and "FSDP needs torchrun on 2+ GPUs" in out.stderr
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_two_nodes_with_c10d_rendezvous_match_one_process(runs, tmp_path):
+    """`torchrun --nnodes=2 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT` as on a cluster, with the
+    two "nodes" being two launchers on this machine (1 process each, sharing the run directory as
+    nodes share a filesystem): same loss curve as the 1-process run at twice the batch."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "two_nodes"
+    args = overrides(runs["model"], runs["manifest"], runs["cache"], run, GLOBAL_BATCH // 2)
+    launchers = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={k}",
+         "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=asr_lora_test", "-m",
+         "asr_lora.train", *args], cwd=REPO_ROOT, env=_env(tmp_path), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    outs = [p.communicate(timeout=900) for p in launchers]
+    for p, (out, err) in zip(launchers, outs):
+        assert p.returncode == 0, f"node failed ({p.returncode}):\n{out[-3000:]}\n{err[-5000:]}"
+    one, two = curve(runs["one"]), curve(run)
+    assert [h["step"] for h in two] == list(range(1, STEPS + 1))
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=RTOL), (a["step"], a["loss"], b["loss"])
+    assert json.loads((run / "metrics.json").read_text())["distributed"]["world_size"] == 2
