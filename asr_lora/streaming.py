@@ -248,6 +248,10 @@ class LengthBuckets:
         return {k: [v[i] for i in idx] for k, v in batch.items()}
 
 
+def _kept(row: dict) -> bool:  # a module-level function, so spawn-started workers can unpickle it
+    return not row["skip"]
+
+
 def split_shards(root: Path, split: str) -> list[Path]:
     return sorted((Path(root) / split).glob("shard-*.jsonl"))
 
@@ -266,7 +270,7 @@ def stream_train(root: Path, dcfg, batch_size: int, seed: int, skip_dir: str | P
     ds = load_dataset("json", data_files=[str(s) for s in shards], split="train", streaming=True)
     ds = ds.shuffle(seed=seed, buffer_size=int(dcfg.shuffle_buffer))
     ds = ds.map(DecodeClip(dcfg, LoadSkipLog(skip_dir)))
-    ds = ds.filter(lambda row: not row["skip"])
+    ds = ds.filter(_kept)
     if dcfg.length_buckets:
         window = batch_size * int(dcfg.length_buckets)
         ds = ds.map(LengthBuckets(batch_size, seed), batched=True, batch_size=window)
