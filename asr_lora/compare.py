@@ -32,7 +32,7 @@ from .report import _atomic_write, _num, _png, pct, render_markdown_table
 log = logging.getLogger(__name__)
 
 COLUMNS = ["run", "overrides", "r", "alpha", "targets", "scope", "mode", "trainable params", "adapter size",
-           "train time", "dev WER", "test WER [95% CI]", "base WER", "control WER", "rel. reduction"]
+           "steps x batch", "train time", "dev WER", "test WER [95% CI]", "base WER", "control WER", "rel. reduction"]
 CSV_FIELDS = ["run", "run_dir", "recipe", "overrides", "r", "alpha", "targets", "scope", "mode", "trainable_params",
               "total_params", "adapter_bytes", "train_seconds", "train_steps", "dev_wer", "test_wer", "test_ci_low",
               "test_ci_high", "base_wer", "base_ci_low", "base_ci_high", "control_wer", "base_control_wer",
@@ -153,6 +153,7 @@ def run_row(run: dict[str, Any], label: str) -> dict[str, Any]:
         "adapter_bytes": m.get("adapter_bytes"),
         "train_seconds": _num(_get(m, "train", "seconds")),
         "train_steps": _get(m, "train", "steps"),
+        "batch": _get(cfg, "train", "per_device_train_batch_size"),
         "dev_wer": dev,
         "test_wer": test_wer,
         "test_ci_low": _num(adapted.get("ci_low")),
@@ -175,7 +176,13 @@ def run_labels(dirs: Sequence[Path]) -> list[str]:
     common = 0
     while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
         common += 1
-    return ["/".join(p[common:]) for p in parts]
+    # Hydra names sweep jobs "<num>_<override_dirname>"; the overrides column already says the rest.
+    return ["/".join(_short(x) for x in p[common:]) for p in parts]
+
+
+def _short(part: str) -> str:
+    num, _, rest = part.partition("_")
+    return num if num.isdigit() and "=" in rest else part
 
 
 def sort_rows(rows: list[dict], key: str = "wer") -> list[dict]:
@@ -228,6 +235,7 @@ def display_row(r: dict) -> dict[str, Any]:
         "run": r["run"], "overrides": r["overrides"], "r": r["r"], "alpha": r["alpha"], "targets": r["targets"],
         "scope": r["scope"], "mode": r["mode"], "trainable params": _count(r["trainable_params"]),
         "adapter size": _size(r["adapter_bytes"]), "train time": _secs(r["train_seconds"]),
+        "steps x batch": f"{r['train_steps']} x {r.get('batch')}" if r.get("train_steps") is not None else "",
         "dev WER": pct(r["dev_wer"]) if r["dev_wer"] is not None else "", "test WER [95% CI]": _wer_ci(r),
         "base WER": pct(r["base_wer"]) if r["base_wer"] is not None else "",
         "control WER": pct(r["control_wer"]) if r["control_wer"] is not None else "",
@@ -236,7 +244,14 @@ def display_row(r: dict) -> dict[str, Any]:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    return render_markdown_table([display_row(r) for r in rows], COLUMNS)
+    """The overrides column shows only what differs between the runs shown (the rest is common)."""
+    shown = [display_row(r) for r in rows]
+    if len(rows) > 1:
+        sets = [set(r["overrides"].split()) for r in rows]
+        common = set.intersection(*sets)
+        for d, r in zip(shown, rows):
+            d["overrides"] = " ".join(o for o in r["overrides"].split() if o not in common)
+    return render_markdown_table(shown, COLUMNS)
 
 
 def csv_text(rows: Sequence[dict]) -> str:

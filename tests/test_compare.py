@@ -60,7 +60,7 @@ def test_find_runs_recurses_into_multirun_and_dedupes(multirun):
 
 def test_rows_carry_every_column_and_sort_by_test_wer(multirun):
     rows = collect([multirun])
-    assert [r["run"] for r in rows] == ["1_lora.r=16", "2_lora=none,train=full", "0_lora.r=4"]  # 20% < 22% < 25%
+    assert [r["run"] for r in rows] == ["1", "2", "0"]  # 20% < 22% < 25%
     best = rows[0]
     assert best["r"] == 16 and best["alpha"] == 32 and best["targets"] == "q_proj,v_proj"
     assert best["scope"] == "decoder_self,decoder_cross" and best["mode"] == "lora"
@@ -76,7 +76,7 @@ def test_rows_carry_every_column_and_sort_by_test_wer(multirun):
     by_params = sort_rows(rows, "params")
     assert [r["trainable_params"] for r in by_params] == [49_152, 196_608, 37_858_560]
     by_red = sort_rows(rows, "reduction")
-    assert by_red[0]["run"] == "1_lora.r=16"  # biggest reduction first
+    assert by_red[0]["run"] == "1"  # biggest reduction first
 
     md = markdown_table(rows).splitlines()
     assert md[0].startswith("| run | overrides | r | alpha | targets | scope | mode | trainable params")
@@ -88,12 +88,12 @@ def test_cli_writes_md_csv_json_and_valid_pngs(multirun, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main([str(multirun), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| 1_lora.r=16 |" in printed and "3 runs" in printed
+    assert "| 1 |" in printed and "3 runs" in printed
     for name in ("compare.md", "compare.csv", "compare.json", "compare_wer.png", "compare_params.png"):
         assert (out / name).is_file(), name
     with open(out / "compare.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["run"] for r in rows] == ["1_lora.r=16", "2_lora=none,train=full", "0_lora.r=4"]
+    assert [r["run"] for r in rows] == ["1", "2", "0"]
     assert float(rows[0]["test_wer"]) == 0.20 and rows[1]["r"] == "" and rows[2]["trainable_params"] == "49152"
     data = json.loads((out / "compare.json").read_text())
     assert len(data) == 3 and data[0]["test_ci_high"] == pytest.approx(0.26)
@@ -114,3 +114,14 @@ def test_cli_single_run_dir_defaults_out_to_it_and_missing_runs_fail(multirun, t
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(empty)]) == 2
+
+
+def test_table_shows_only_the_overrides_that_differ(multirun):
+    from asr_lora.compare import collect, markdown_table
+
+    rows = collect([multirun])
+    for r in rows:
+        r["overrides"] = "+recipe=sg_english logger.wandb.group=g " + r["overrides"]
+    table = markdown_table(rows)
+    assert "+recipe=sg_english" not in table and "logger.wandb.group" not in table
+    assert all(r["overrides"].startswith("+recipe=sg_english") for r in rows)  # raw rows keep everything
