@@ -73,10 +73,22 @@ def log_final(run, summary: dict[str, Any], ev: dict | None, run_dir: Path, arti
     if log_artifacts:
         for name, path in artifacts.items():
             if path and Path(path).exists():
-                art = wandb.Artifact(name=f"{run.name}-{name}".replace("/", "_"), type=name)
+                art = wandb.Artifact(name=artifact_name(run.name, name), type=name)
                 (art.add_dir if Path(path).is_dir() else art.add_file)(str(path))
                 run.log_artifact(art)
     run.finish()
+
+
+def artifact_name(run_name: str, kind: str) -> str:
+    """wandb accepts only [A-Za-z0-9_.-] in artefact names, but Hydra names sweep jobs after their
+    overrides ("3_lora.scope=[encoder],lora.r=8"); keep the readable part, hash the rest."""
+    import hashlib
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{run_name}-{kind}")
+    if len(name) > 120:
+        name = f"{name[:100]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}-{kind}"
+    return name
 
 
 def write_metrics(run_dir: Path, summary: dict) -> Path:

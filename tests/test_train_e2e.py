@@ -132,3 +132,16 @@ def test_main_job_real_model_shortened(tmp_path):
     for d in ("hf", "adapter", "ct2-int8"):
         assert (run / "export" / d / "README.md").is_file()
     assert set(exp["wer"]) == {"merged_hf", "ct2-int8"}
+
+
+def test_wandb_accepts_artifact_names_made_from_hydra_sweep_job_names():
+    import wandb
+
+    from asr_lora.tracking import artifact_name
+
+    job = "sg_english-2_lora.scope=[encoder,decoder_self],train.max_steps=64,logger.wandb.group=study" * 3
+    for kind in ("report", "adapter"):
+        name = artifact_name(job, kind)
+        wandb.Artifact(name=name, type=kind)  # raises on characters wandb refuses
+        assert name.endswith(kind) and len(name) <= 128 and name.startswith("sg_english-2_lora.scope_encoder")
+    assert artifact_name(job, "report") != artifact_name(job[:-1], "report")  # long names stay distinct
