@@ -140,6 +140,44 @@ def one(args) -> dict:
     return out
 
 
+def label_padding(batch: int, window_batches: int = 50, seed: int = 0) -> dict:
+    """What length-aware batching saves: decoder positions per batch (batch x longest label)
+    with random batches vs `LengthBuckets` windows, over the embedded corpus's train labels.
+    Decoder compute (self + cross attention, FFN, logits) scales with these positions; the encoder,
+    always 30 s, does not, so this is the saving on the decoder side only."""
+    import numpy as np
+    from transformers import WhisperTokenizer
+
+    from asr_lora.corpus import build_corpus
+    from asr_lora.data import training_text
+    from asr_lora.model import resolve_model_dir
+    from asr_lora.readers import read_jsonl
+    from asr_lora.records import Ledger
+    from asr_lora.streaming import LengthBuckets
+
+    tok = WhisperTokenizer.from_pretrained(resolve_model_dir("bundled:tiny.en"))
+    recs = [r for r in read_jsonl(build_corpus(progress=False), Ledger()) if r.split == "train"]
+    labels = [tok(training_text(r.text)).input_ids for r in recs]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    ids = [recs[i].id for i in order]
+    shuffled = [labels[i] for i in order]
+
+    def positions(seq):
+        return sum(len(seq[i : i + batch]) * max(map(len, seq[i : i + batch])) for i in range(0, len(seq), batch))
+
+    window = batch * window_batches
+    bucketed, buckets = [], LengthBuckets(batch, seed)
+    for k in range(0, len(shuffled), window):
+        bucketed += buckets({"id": ids[k : k + window], "labels": shuffled[k : k + window]})["labels"]
+    real = sum(map(len, labels))
+    rand, buck = positions(shuffled), positions(bucketed)
+    return {"clips": len(labels), "batch": batch, "window_batches": window_batches, "label_tokens": real,
+            "decoder_positions_random": rand, "decoder_positions_bucketed": buck,
+            "padding_random": round(1 - real / rand, 3), "padding_bucketed": round(1 - real / buck, 3),
+            "decoder_positions_saved": round(1 - buck / rand, 3)}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 32000])
@@ -184,7 +222,9 @@ def main(argv=None) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
     feature_mb = 80 * 3000 * 4 / 2**20
+    padding = label_padding(args.batch)
     payload = {
+        "length_buckets": padding,
         "machine": common.machine_info(), "args": {k: v for k, v in vars(args).items() if v is not None},
         "points": points,
         "feature_cache_bytes_per_utterance": 80 * 3000 * 4,
@@ -197,6 +237,9 @@ def main(argv=None) -> dict:
     print(common.table(points, cols))
     print(f"\nlog-mel cache: {feature_mb:.2f} MB per utterance -> {payload['feature_cache_for_nsc_tb']} TB for "
           f"{NSC_UTTERANCES:,} utterances (IMDA NSC Parts 1-3)")
+    print(f"length-aware batching (windows of {padding['window_batches']} batches): label padding "
+          f"{100 * padding['padding_random']:.0f}% -> {100 * padding['padding_bucketed']:.0f}%, decoder positions "
+          f"-{100 * padding['decoder_positions_saved']:.0f}%")
     out = common.write_result("scale_data_path", payload)
     print(f"wrote {out}")
     return payload
