@@ -170,7 +170,7 @@ def run_row(run: dict[str, Any], label: str) -> dict[str, Any]:
 def run_labels(dirs: Sequence[Path]) -> list[str]:
     """Shortest distinguishing names: paths relative to the runs' common parent."""
     if len(dirs) == 1:
-        return [dirs[0].resolve().name]
+        return [_short(dirs[0].resolve().name)]
     resolved = [d.resolve() for d in dirs]
     parts = [p.parts for p in resolved]
     common = 0
