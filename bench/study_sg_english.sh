@@ -15,7 +15,7 @@ short=(train.max_steps=64 train.per_device_train_batch_size=8 train.warmup_steps
        train.save_steps=32)
 
 if [[ $what == scopes || $what == all ]]; then
-  $PY -m asr_lora.train -m +recipe=sg_english "${common[@]}" "${short[@]}" \
+  $PY -m asr_lora.train -m +recipe=sg_english_decoder "${common[@]}" "${short[@]}" \
       'lora.scope=[decoder_self,decoder_cross],[encoder],[encoder,decoder_self,decoder_cross]' \
       hydra.sweep.dir=$OUT/scopes
 fi
@@ -25,10 +25,10 @@ if [[ $what == full || $what == all ]]; then
       hydra.sweep.dir=$OUT/full
 fi
 if [[ $what == targets || $what == all ]]; then
-  $PY -m asr_lora.train -m +recipe=sg_english "${common[@]}" lora=qkvo,qv_ffn \
+  $PY -m asr_lora.train -m +recipe=sg_english_decoder "${common[@]}" lora=qkvo,qv_ffn \
       'lora.scope=[decoder_self,decoder_cross]' lora.dropout=0.0 hydra.sweep.dir=$OUT/targets
 fi
 if [[ $what == ranks || $what == all ]]; then
-  $PY -m asr_lora.train -m +recipe=sg_english "${common[@]}" lora.r=1,2,32 lora.alpha=null \
+  $PY -m asr_lora.train -m +recipe=sg_english_decoder "${common[@]}" lora.r=1,2,32 lora.alpha=null \
       hydra.sweep.dir=$OUT/ranks
 fi

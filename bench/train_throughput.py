@@ -6,9 +6,9 @@
 
 Variants (same clips, same model, same batch size, same number of optimizer steps):
 
-- `lora_sg_english`  this project as `+recipe=sg_english` runs it: LoRA r=8 q/v on decoder self+cross
+- `lora_decoder_cached` `+recipe=sg_english_decoder`: LoRA r=8 q/v on decoder self+cross
                      attention, SpeechCollator, frozen-encoder cache (encoder run once per clip)
-- `lora_all_scopes`  this project with `lora.scope=[encoder,decoder_self,decoder_cross]` (no cache:
+- `lora_all_scopes`  the adapters of `+recipe=sg_english` (q/v in encoder + decoder; no cache:
                      log-mel per batch in SpeechCollator, encoder forward+backward every step)
 - `full`             this project's full fine-tuning baseline (`lora=none train=full`)
 - `reference`        written the way the PEFT Whisper example / HF fine-tuning blog do it: numpy
@@ -22,7 +22,7 @@ variant of one invocation shares the machine state, so the printed ratios are th
 quote; absolute times move with machine load.
 
 "prep" is the per-run preprocessing each pipeline pays before its first step (encoder cache fill
-for lora_sg_english, datasets.map feature extraction for reference, nothing for the others);
+for lora_decoder_cached, datasets.map feature extraction for reference, nothing for the others);
 end-to-end throughput counts it, loop throughput does not.
 """
 
@@ -39,11 +39,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-VARIANTS = ("lora_sg_english", "lora_all_scopes", "full", "reference")
+VARIANTS = ("lora_decoder_cached", "lora_all_scopes", "full", "reference")
 OURS_OVERRIDES = {
-    "lora_sg_english": ["+recipe=sg_english"],
-    "lora_all_scopes": ["+recipe=sg_english", "lora.scope=[encoder,decoder_self,decoder_cross]"],
-    "full": ["+recipe=sg_english", "lora=none", "train=full"],
+    "lora_decoder_cached": ["+recipe=sg_english_decoder"],
+    "lora_all_scopes": ["+recipe=sg_english_decoder", "lora.scope=[encoder,decoder_self,decoder_cross]"],
+    "full": ["+recipe=sg_english_decoder", "lora=none", "train=full"],
 }
 
 
@@ -350,18 +350,18 @@ def main(argv=None) -> int:
     ref = ok.get("reference")
     full = ok.get("full")
     ratios = {}
-    for v in ("lora_sg_english", "lora_all_scopes"):
+    for v in ("lora_decoder_cached", "lora_all_scopes"):
         if v in ok and ref:
             ratios[f"{v}/reference throughput (loop)"] = ratio(ok[v]["audio_s_per_s_loop"], ref["audio_s_per_s_loop"])
             ratios[f"{v}/reference throughput (e2e)"] = ratio(ok[v]["audio_s_per_s_e2e"], ref["audio_s_per_s_e2e"])
-    for v in ("lora_sg_english", "lora_all_scopes", "reference"):
+    for v in ("lora_decoder_cached", "lora_all_scopes", "reference"):
         if v in ok and full:
             ratios[f"{v}/full peak memory"] = ratio(ok[v].get(mem_key), full.get(mem_key))
             if mem_key == "peak_rss_mb":
                 ratios[f"{v}/full peak memory above loaded"] = ratio(
                     ok[v][mem_key] - ok[v]["rss_after_load_mb"], full[mem_key] - full["rss_after_load_mb"])
     if full and ok:
-        for v in ("lora_sg_english", "lora_all_scopes"):
+        for v in ("lora_decoder_cached", "lora_all_scopes"):
             if v in ok:
                 ratios[f"{v}/full throughput (e2e)"] = ratio(ok[v]["audio_s_per_s_e2e"], full["audio_s_per_s_e2e"])
 

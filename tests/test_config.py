@@ -46,9 +46,11 @@ def test_every_recipe_composes_with_plus(recipe):
 
 def test_recipe_is_a_delta_over_defaults():
     default, recipe = _compose([]), _compose(["+recipe=sg_english"])
-    assert default.lora.scope == ["encoder", "decoder_self", "decoder_cross"]
-    assert recipe.lora.scope == ["decoder_self", "decoder_cross"]
-    assert recipe.lora.r == default.lora.r == 8 and recipe.lora.alpha == 16
+    decoder = _compose(["+recipe=sg_english_decoder"])
+    assert default.lora.scope == recipe.lora.scope == ["encoder", "decoder_self", "decoder_cross"]
+    assert decoder.lora.scope == ["decoder_self", "decoder_cross"]
+    assert (default.train.max_steps, recipe.train.max_steps, decoder.train.max_steps) == (300, 64, 220)
+    assert recipe.lora.r == default.lora.r == 8 and recipe.lora.alpha == 16 and recipe.lora.dropout == 0.0
 
 
 def test_misspelled_key_fails_naming_it():

@@ -114,7 +114,7 @@ def make_equal_length_corpus(root: Path, n: int = N_TRAIN) -> Path:
 
 def overrides(model_dir: Path, manifest: Path, cache: Path, run_dir: Path, batch: int) -> list[str]:
     return [
-        "+recipe=sg_english", f"model.name_or_path={model_dir}", "data=jsonl", f"data.path={manifest}",
+        "+recipe=sg_english_decoder", f"model.name_or_path={model_dir}", "data=jsonl", f"data.path={manifest}",
         f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}",  # one run dir for every rank
         "lora.r=4", "lora.alpha=8", "lora.dropout=0.0", f"train.max_steps={STEPS}", "train.warmup_steps=0",
         f"train.per_device_train_batch_size={batch}", "train.logging_steps=1", "train.save_steps=1000",
