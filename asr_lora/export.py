@@ -235,6 +235,9 @@ def transcribe_ct2(ct2_dir: Path, audios: Sequence[np.ndarray], beam_size: int =
     if missing:  # without tokenizer.json faster-whisper silently downloads one from the hub
         raise ExportError(f"{ct2_dir}: missing {missing}; not a complete CTranslate2 export")
     fw = WhisperModel(str(ct2_dir), device="cpu", compute_type=compute_type, local_files_only=True)
+    # faster-whisper logs one INFO line per clip ("Processing audio with duration ..."), which
+    # buries the job's own log under hundreds of lines; our progress is reported elsewhere.
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     lang = {"language": "en"} if fw.model.is_multilingual else {}
     out = []
     for audio in audios:
