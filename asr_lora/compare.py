@@ -289,6 +289,20 @@ def _base_line(ax, rows: Sequence[dict], xs: Sequence[float]) -> None:
                    label="base (zero-shot)")
 
 
+_SHORT = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "o", "encoder": "enc", "decoder_self": "dec",
+          "decoder_cross": "x"}
+
+
+def describe(r: dict) -> str:
+    """A plot label that says what the run trained: "full 64x8" or "r8 qv enc+dec+x 64x8"."""
+    steps = f" {r['train_steps']}x{r.get('batch')}" if r.get("train_steps") is not None else ""
+    if r.get("mode") == "full":
+        return "full FT" + steps
+    targets = "".join(_SHORT.get(t, t) for t in (r.get("targets") or "").split(",") if t)
+    scope = "+".join(_SHORT.get(t, t) for t in (r.get("scope") or "").split(",") if t)
+    return f"r{r.get('r')} {targets} {scope}{steps}"
+
+
 def plot_wer(rows: Sequence[dict]) -> bytes:
     rows = [r for r in rows if r.get("test_wer") is not None]
     fig = Figure(figsize=(max(5.0, 0.7 * len(rows) + 2.0), 3.8))
@@ -298,7 +312,7 @@ def plot_wer(rows: Sequence[dict]) -> bytes:
     colors = ["#ff7f0e" if r.get("mode") == "full" else "#1f77b4" for r in rows]
     ax.bar(xs, ys, 0.6, yerr=err, capsize=3, color=colors)
     _base_line(ax, rows, xs)
-    ax.set_xticks(xs, [r["run"] for r in rows], rotation=30 if len(rows) > 3 else 0, ha="right" if len(rows) > 3
+    ax.set_xticks(xs, [describe(r) for r in rows], rotation=30 if len(rows) > 3 else 0, ha="right" if len(rows) > 3
                   else "center", fontsize=8)
     ax.set_ylabel("test WER (%)")
     ax.set_title("Test WER per run (95% speaker-bootstrap CI)")
@@ -317,7 +331,7 @@ def plot_params(rows: Sequence[dict]) -> bytes:
         ys, err = _errs(rows)
         ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, color="#1f77b4")
         for x, y, r in zip(xs, ys, rows):
-            ax.annotate(r["run"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(describe(r), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         _base_line(ax, rows, xs)
         ax.set_xscale("log")
         if ax.get_legend_handles_labels()[0]:

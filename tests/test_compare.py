@@ -125,3 +125,12 @@ def test_table_shows_only_the_overrides_that_differ(multirun):
     table = markdown_table(rows)
     assert "+recipe=sg_english" not in table and "logger.wandb.group" not in table
     assert all(r["overrides"].startswith("+recipe=sg_english") for r in rows)  # raw rows keep everything
+
+
+def test_plot_labels_say_what_each_run_trained():
+    from asr_lora.compare import describe
+
+    lora = {"mode": "lora", "r": 8, "targets": "q_proj,v_proj", "scope": "encoder,decoder_self,decoder_cross",
+            "train_steps": 64, "batch": 8}
+    assert describe(lora) == "r8 qv enc+dec+x 64x8"
+    assert describe({"mode": "full", "train_steps": 64, "batch": 8}) == "full FT 64x8"
