@@ -143,6 +143,15 @@ def rms_dbfs(x: np.ndarray) -> float:
     return 10.0 * np.log10(power) if power > 0 else float("-inf")
 
 
+def duration_reason(seconds: float, min_s: float, max_s: float) -> str | None:
+    """"too_long" / "too_short" / None: the length rule, for decoded clips and file headers alike."""
+    if seconds > max_s:
+        return "too_long"
+    if seconds < min_s:
+        return "too_short"
+    return None
+
+
 def check_audio(
     samples: np.ndarray, sr: int, min_s: float = 0.1, max_s: float = 30.0, silence_dbfs: float = -60.0
 ) -> str | None:
@@ -150,11 +159,8 @@ def check_audio(
     silence is judged on RMS so a lone click does not make a silent file look usable."""
     if not np.isfinite(samples).all():
         return "nan"
-    seconds = len(samples) / sr
-    if seconds > max_s:
-        return "too_long"
-    if seconds < min_s:
-        return "too_short"
+    if reason := duration_reason(len(samples) / sr, min_s, max_s):
+        return reason
     if rms_dbfs(samples) < silence_dbfs:
         return "silent"
     return None

@@ -120,26 +120,41 @@ def process_records(records: list[Record], ledger: Ledger, dcfg, tokenizer, prog
             continue
         reason = check_audio(x, SAMPLE_RATE, dcfg.min_seconds, dcfg.max_seconds, dcfg.silence_dbfs)
         if reason:
-            ledger.drop(rec.id, reason, f"{rec.audio_path}: audio {reason} ({len(x) / SAMPLE_RATE:.2f} s){where}",
-                        rec.source, rec.split)
+            drop_audio(ledger, rec, reason, len(x) / SAMPLE_RATE)
             continue
-        label_text = training_text(rec.text)
-        if not normalize(rec.text) or not label_text:
-            ledger.drop(rec.id, "empty_text", f"{rec.audio_path}: empty text after normalisation{where}",
-                        rec.source, rec.split)
-            continue
-        labels = tokenizer(label_text).input_ids
-        if len(labels) > dcfg.max_label_tokens:
-            ledger.drop(rec.id, "label_too_long", f"{rec.audio_path}: label has {len(labels)} tokens "
-                        f"> {dcfg.max_label_tokens}{where}", rec.source, rec.split)
-            continue
-        rows.append({
-            "id": rec.id, "text": rec.text, "label_text": label_text, "labels": labels, "audio": x,
+        if (label := label_or_drop(rec, ledger, dcfg, tokenizer)) is not None:
+            rows.append(row_of(rec, *label, len(x) / SAMPLE_RATE) | {"audio": x})
+    return rows
+
+
+def drop_audio(ledger: Ledger, rec: Record, reason: str, seconds: float) -> None:
+    where = f" ({rec.source})" if rec.source else ""
+    ledger.drop(rec.id, reason, f"{rec.audio_path}: audio {reason} ({seconds:.2f} s){where}", rec.source, rec.split)
+
+
+def label_or_drop(rec: Record, ledger: Ledger, dcfg, tokenizer) -> tuple[str, list[int]] | None:
+    """(label text, token ids) for a record, or None after moving it to the ledger's skips
+    (empty text after normalisation, or a label longer than `max_label_tokens`)."""
+    where = f" ({rec.source})" if rec.source else ""
+    label_text = training_text(rec.text)
+    if not normalize(rec.text) or not label_text:
+        ledger.drop(rec.id, "empty_text", f"{rec.audio_path}: empty text after normalisation{where}",
+                    rec.source, rec.split)
+        return None
+    labels = tokenizer(label_text).input_ids
+    if len(labels) > dcfg.max_label_tokens:
+        ledger.drop(rec.id, "label_too_long", f"{rec.audio_path}: label has {len(labels)} tokens "
+                    f"> {dcfg.max_label_tokens}{where}", rec.source, rec.split)
+        return None
+    return label_text, labels
+
+
+def row_of(rec: Record, label_text: str, labels: list[int], seconds: float) -> dict:
+    """A kept record as a dataset/manifest row (without samples), the same on both data paths."""
+    return {"id": rec.id, "text": rec.text, "label_text": label_text, "labels": labels,
             "speaker": rec.speaker, "accent": rec.accent, "split": rec.split, "subset": rec.subset,
             "engine": rec.engine or "", "voice": rec.voice or "", "audio_path": rec.audio_path or "",
-            "duration": round(len(x) / SAMPLE_RATE, 3),
-        })
-    return rows
+            "duration": round(seconds, 3)}
 
 
 def data_report(ledger: Ledger, rows: Iterable[dict], info: dict) -> dict:
@@ -169,7 +184,7 @@ def data_report(ledger: Ledger, rows: Iterable[dict], info: dict) -> dict:
     }
 
 
-def _prep_key(dcfg, tokenizer, records_sig: str) -> str:
+def _prep_key(dcfg, tokenizer, records_sig: Any) -> str:
     fields = {k: getattr(dcfg, k) for k in (
         "source", "path", "min_seconds", "max_seconds", "silence_dbfs", "max_label_tokens", "corpus_seed",
         "corpus_max_sentences")}

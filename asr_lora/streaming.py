@@ -30,14 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, check_audio, load_audio
+from .audio import AudioError, check_audio, duration_reason, load_audio
 from .records import Ledger, Record
 
 log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 DECODED_BYTES_PER_SECOND = SAMPLE_RATE * 4  # float32 mono
-COLUMNS = ("id", "text", "label_text", "labels", "speaker", "accent", "split", "subset", "engine", "voice",
-           "audio_path", "duration")
 
 
 def use_streaming(dcfg, records: Iterable[Record] | None = None) -> bool:
@@ -101,54 +99,31 @@ class ShardWriter:
 
 def index_rows(records: Iterable[Record], ledger: Ledger, dcfg, tokenizer) -> Iterator[dict]:
     """Header-level checks and labels for each record, without decoding audio."""
-    from .data import training_text
-    from .text import normalize
+    from .data import drop_audio, label_or_drop, row_of
 
     for rec in records:
-        where = f" ({rec.source})" if rec.source else ""
         if rec.audio is not None:
             raise ValueError(f"data.streaming needs audio files; {rec.source or rec.id} holds in-memory samples "
                              "(use a manifest/CSV source, or data.streaming=false)")
         seconds = _duration(rec)
-        reason = None
-        if seconds is not None:
-            reason = "too_long" if seconds > dcfg.max_seconds else "too_short" if seconds < dcfg.min_seconds else None
-        if reason:
-            ledger.drop(rec.id, reason, f"{rec.audio_path}: audio {reason} ({seconds:.2f} s){where}", rec.source,
-                        rec.split)
+        if seconds is not None and (reason := duration_reason(seconds, dcfg.min_seconds, dcfg.max_seconds)):
+            drop_audio(ledger, rec, reason, seconds)
             continue
-        label_text = training_text(rec.text)
-        if not normalize(rec.text) or not label_text:
-            ledger.drop(rec.id, "empty_text", f"{rec.audio_path}: empty text after normalisation{where}",
-                        rec.source, rec.split)
-            continue
-        labels = tokenizer(label_text).input_ids
-        if len(labels) > dcfg.max_label_tokens:
-            ledger.drop(rec.id, "label_too_long", f"{rec.audio_path}: label has {len(labels)} tokens "
-                        f"> {dcfg.max_label_tokens}{where}", rec.source, rec.split)
-            continue
-        yield {"id": rec.id, "text": rec.text, "label_text": label_text, "labels": labels,
-               "speaker": rec.speaker, "accent": rec.accent, "split": rec.split, "subset": rec.subset,
-               "engine": rec.engine or "", "voice": rec.voice or "", "audio_path": rec.audio_path or "",
-               "duration": round(seconds, 3) if seconds is not None else 0.0}
+        if (label := label_or_drop(rec, ledger, dcfg, tokenizer)) is not None:
+            yield row_of(rec, *label, seconds or 0.0)
 
 
 def index_corpus(dcfg, tokenizer, cache_dir: Path, progress: bool = True) -> tuple[Path, dict]:
     """Stage 1: sharded, filtered, tokenised manifests per split + the data report (cached)."""
     from rich.progress import Progress
 
-    from .data import PIPELINE_VERSION, data_report, iter_records, manifest_signature
-    from .text import NORMALIZER_VERSION
+    from .data import _prep_key, data_report, iter_records, manifest_signature
 
-    fields = {k: getattr(dcfg, k) for k in ("source", "path", "min_seconds", "max_seconds", "max_label_tokens",
-                                           "corpus_seed", "corpus_max_sentences", "shard_rows")}
-    fields["options"] = json.dumps(dict(dcfg.options or {}), sort_keys=True, default=str)
-    fields["split_fractions"] = list(dcfg.split_fractions)
     ledger = Ledger()
     records, info = iter_records(dcfg, ledger, progress)
-    blob = json.dumps([PIPELINE_VERSION, NORMALIZER_VERSION, fields, len(tokenizer),
-                       manifest_signature(info["manifest"])], default=str)
-    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    # The in-memory path's key (settings, versions, tokenizer), over the manifest files instead of
+    # every audio file, plus the shard size that shapes the output.
+    key = _prep_key(dcfg, tokenizer, [manifest_signature(info["manifest"]), dcfg.shard_rows])
     target = Path(cache_dir) / "prepared" / f"{dcfg.name}-{key}-stream"
     if (target / "data_report.json").is_file():
         log.info("reusing indexed shards %s", target)
