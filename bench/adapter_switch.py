@@ -144,10 +144,7 @@ def main(argv=None) -> int:
     print(f"\nadapter switch: model={'tiny-random' if a.tiny else a.model}, clip {clip['duration']:.1f} s, "
           f"device cpu, torch threads {torch.get_num_threads()}, load avg at start {machine.get('loadavg_at_start')}; "
           f"adapter {adapter_bytes['a'] / 1e6:.2f} MB, merged model {merged_bytes['a'] / 1e6:.1f} MB")
-    print(common.table(rows, ["method", "median_ms", "p90_ms", "n"]))
-    print("\nratios (same invocation):")
-    for k, v in ratios.items():
-        print(f"  {k}: {v}")
+    common.print_results(rows, ["method", "median_ms", "p90_ms", "n"], ratios)
     name = a.name or ("adapter_switch_tiny" if a.tiny else "adapter_switch")
     path = common.write_result(name, {
         "benchmark": "adapter_switch", "args": {k: str(v) for k, v in vars(a).items()}, "machine": machine,

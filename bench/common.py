@@ -176,6 +176,14 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def print_results(rows: list[dict], columns: list[str], ratios: dict[str, Any]) -> None:
+    """The variants' table, then the ratios between them (the numbers to quote)."""
+    print(table(rows, columns))
+    print("\nratios (same invocation):")
+    for k, v in ratios.items():
+        print(f"  {k}: {v}")
+
+
 def write_result(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -194,10 +194,7 @@ def main(argv=None) -> int:
     print(f"\ninference RTF: model={'tiny-random' if a.tiny else a.model}, {len(clips)} clips "
           f"({_audio_seconds(clips):.1f} s audio), batch {a.batch_size}, device {device}, torch threads "
           f"{machine['torch_threads']}, load avg at start {machine.get('loadavg_at_start')}")
-    print(common.table(rows, cols))
-    print("\nratios (same invocation):")
-    for k, v in ratios.items():
-        print(f"  {k}: {v}")
+    common.print_results(rows, cols, ratios)
     name = a.name or ("inference_rtf_tiny" if a.tiny else "inference_rtf")
     path = common.write_result(name, {
         "benchmark": "inference_rtf", "args": {k: str(v) for k, v in vars(a).items()}, "machine": machine,

@@ -371,10 +371,7 @@ def main(argv=None) -> int:
     print(f"\ntrain throughput: model={'tiny-random' if a.tiny else a.model}, {first.get('clips')} clips "
           f"(mean {first.get('mean_clip_s')} s), batch {a.batch_size}, {a.steps} steps, device {machine['device']}, "
           f"torch threads {machine['torch_threads']}, load avg at start {machine.get('loadavg_at_start')}")
-    print(common.table(rows, cols))
-    print("\nratios (same invocation):")
-    for k, v in ratios.items():
-        print(f"  {k}: {v}")
+    common.print_results(rows, cols, ratios)
     for p in profiles:
         if "profile_top_tottime" in p:
             print(f"\n--- cProfile top time sinks (tottime): {p['variant']} ---\n{p['profile_top_tottime']}")
