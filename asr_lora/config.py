@@ -108,6 +108,11 @@ class TrainConfig:
     early_stopping_patience: Optional[int] = 3
     gradient_checkpointing: bool = False
     bf16: str = "auto"  # auto: bf16 autocast on a bf16-capable GPU, fp32 on CPU
+    # full: every training step runs the encoder on Whisper's 30 s input. batch: on the batch's
+    # longest clip + context_pad_s, rounded up to whole seconds (asr_lora/context.py); evaluation
+    # and exported models always use 30 s.
+    encoder_context: str = "full"  # full | batch
+    context_pad_s: float = 1.0
     seed: int = 42
     resume: bool = False
     dataloader_num_workers: int = 0

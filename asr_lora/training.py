@@ -122,6 +122,13 @@ def prepare_model(model, cfg):
         info = {"mode": "lora", "adapted_modules": len(names), **counts}
     else:
         raise ValueError(f"train.mode must be 'lora' or 'full', not {cfg.train.mode!r}")
+    context = cfg.train.get("encoder_context", "full")
+    if context == "batch":
+        from .context import enable_short_context
+
+        model = enable_short_context(model, cfg.train.context_pad_s)
+    elif context != "full":
+        raise ValueError(f"train.encoder_context must be 'full' or 'batch', not {context!r}")
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{info['trainable']:,}", f"{info['total']:,}",
              100 * info["trainable"] / info["total"])
     return model, info

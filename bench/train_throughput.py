@@ -8,13 +8,23 @@ Variants (same clips, same model, same batch size, same number of optimizer step
 
 - `lora_decoder_cached` `+recipe=sg_english_decoder`: LoRA r=8 q/v on decoder self+cross
                      attention, SpeechCollator, frozen-encoder cache (encoder run once per clip)
-- `lora_all_scopes`  the adapters of `+recipe=sg_english` (q/v in encoder + decoder; no cache:
-                     log-mel per batch in SpeechCollator, encoder forward+backward every step)
-- `full`             this project's full fine-tuning baseline (`lora=none train=full`)
+- `lora_all_scopes`  `+recipe=sg_english` with the stock 30 s encoder input: q/v in encoder +
+                     decoder, log-mel per batch in SpeechCollator, encoder forward+backward every step
+- `lora_short_context` the same with `train.encoder_context=batch` (asr_lora/context.py): each
+                     training step runs the encoder on the batch's longest clip + 1 s, not 30 s
+- `full`             this project's full fine-tuning baseline (`+recipe=sg_english_full`)
+- `full_short_context` the same with `train.encoder_context=batch`
 - `reference`        written the way the PEFT Whisper example / HF fine-tuning blog do it: numpy
                      WhisperFeatureExtractor in `datasets.map` -> input_features, the blog's
                      DataCollatorSpeechSeq2SeqWithPadding, Seq2SeqTrainer, peft LoRA r=8 alpha=16
                      on q_proj/v_proj of every attention block (the same trainable set as lora_all_scopes)
+
+Ours run their recipe's learning rate and warm-up; the reference runs the blog's (1e-3, dropout 0.05).
+`--extra NAME="override ..."` adds a variant of ours built from Hydra overrides.
+
+With `--dev-clips N` every variant, once trained, decodes N accented dev clips greedily with the
+standard 30 s input (the same code for all) and the table gains its dev WER: a speed-up that
+changes what the model computes shows its WER effect next to its speed.
 
 Each variant runs in its own subprocess so its peak memory is its own (CPU: the kernel's peak-RSS
 mark, reset after the model and audio are loaded; GPU: torch.cuda.max_memory_allocated). Every
@@ -39,12 +49,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-VARIANTS = ("lora_decoder_cached", "lora_all_scopes", "full", "reference")
 OURS_OVERRIDES = {
     "lora_decoder_cached": ["+recipe=sg_english_decoder"],
-    "lora_all_scopes": ["+recipe=sg_english_decoder", "lora.scope=[encoder,decoder_self,decoder_cross]"],
-    "full": ["+recipe=sg_english_decoder", "lora=none", "train=full"],
+    "lora_all_scopes": ["+recipe=sg_english", "train.encoder_context=full"],
+    "lora_short_context": ["+recipe=sg_english", "train.encoder_context=batch"],
+    "full": ["+recipe=sg_english_full", "train.encoder_context=full"],
+    "full_short_context": ["+recipe=sg_english_full", "train.encoder_context=batch"],
 }
+VARIANTS = (*OURS_OVERRIDES, "reference")
+DEFAULT_VARIANTS = ("lora_decoder_cached", "lora_all_scopes", "lora_short_context", "full", "full_short_context",
+                    "reference")
 
 
 # ---------------------------------------------------------------- worker (one variant, own process)
@@ -94,12 +108,16 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     from asr_lora.training import build_trainer, prepare_model, training_args
 
     steps, bs = spec["steps"], spec["batch_size"]
-    overrides = OURS_OVERRIDES[variant] + [
+    base = spec["extra"].get(variant) or OURS_OVERRIDES[variant]
+    shared = [
         f"model.name_or_path={spec['model']}", "logger=none", f"train.max_steps={steps}",
-        f"train.per_device_train_batch_size={bs}", "train.gradient_accumulation_steps=1", "train.warmup_steps=0",
+        f"train.per_device_train_batch_size={bs}", "train.gradient_accumulation_steps=1",
         f"train.logging_steps={max(1, steps)}", "train.save_steps=1000000", "train.eval_steps=1000000",
         "train.early_stopping_patience=0", f"eval.batch_size={bs}",
     ]
+    # A variant's own setting (e.g. train.max_steps=128 in an --extra) wins over the shared one.
+    own = {o.split("=", 1)[0] for o in base}
+    overrides = base + [o for o in shared if o.split("=", 1)[0] not in own]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     t0 = time.perf_counter()
@@ -112,7 +130,8 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     trainer = build_trainer(model, cfg, args, ds.select_columns(keep), None, CountingCollator(collator), processor)
     prep = time.perf_counter() - t0
     info = {"params": params, "encoder_cache": cache is not None,
-            "overrides": overrides[: len(OURS_OVERRIDES[variant])], "learning_rate": cfg.train.learning_rate}
+            "overrides": overrides[: len(base)], "learning_rate": cfg.train.learning_rate,
+            "encoder_context": cfg.train.encoder_context}
     return trainer, prep, info
 
 
@@ -217,6 +236,8 @@ def worker(variant: str, spec: dict, profile: bool) -> dict:
         prof.disable()
     if cuda:
         torch.cuda.synchronize()
+    peak_train = common.peak_rss_mb() if peak_reset else None
+    dev = _dev_wer(trainer.model, processor, spec) if spec.get("dev_clips") and not profile else None
     loop = clock.t1 - clock.t0
     steps = clock.steps()
     # One optimizer step = one batch (no accumulation); the collator's own count also includes the
@@ -234,9 +255,11 @@ def worker(variant: str, spec: dict, profile: bool) -> dict:
         "audio_s_per_s_loop": round(audio_s / loop, 3) if loop else None,
         "audio_s_per_s_e2e": round(audio_s / (prep + loop), 3),
         "train_loss": result.training_loss, "rss_after_load_mb": round(rss_loaded, 1),
-        "peak_rss_mb": round(common.peak_rss_mb(), 1) if peak_reset else None,
+        "peak_rss_mb": round(peak_train, 1) if peak_reset else None,
         "peak_rss_is_since_start": not peak_reset, **info,
     }
+    if dev is not None:
+        out.update(dev)
     if not peak_reset:
         out["peak_rss_mb"] = round(common.peak_rss_mb(), 1)
     if cuda:
@@ -250,6 +273,22 @@ def worker(variant: str, spec: dict, profile: bool) -> dict:
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
         out["profile_top_tottime"] = _trim_profile(buf.getvalue())
     return out
+
+
+def _dev_wer(model, processor, spec: dict) -> dict:
+    """Greedy dev WER with the stock 30 s input, through the project's decode loop for every variant."""
+    from datasets import Dataset
+
+    from asr_lora.evaluation import transcribe_split
+    from asr_lora.text import normalize
+
+    clips = common.load_clips(spec["dev_clips"])
+    ds = Dataset.from_dict({"id": [c["id"] for c in clips], "audio": [c["audio"] for c in clips]})
+    t0 = time.perf_counter()
+    hyps = transcribe_split(model, processor, ds, 1, 16, 128, progress=False)
+    refs = [normalize(c["text"]) for c in clips]
+    return {"dev_wer": round(common.wer(refs, [normalize(h) for h in hyps]), 4), "dev_n": len(clips),
+            "dev_decode_s": round(time.perf_counter() - t0, 1)}
 
 
 def _trim_profile(text: str) -> str:
@@ -281,6 +320,31 @@ def ratio(a, b):
     return round(a / b, 3) if a is not None and b else None
 
 
+def _ratios(ok: dict, mem_key: str) -> dict:
+    """Every variant of ours against the reference (throughput) and against full fine-tuning at the
+    same encoder context (peak memory, throughput); short-context LoRA also against 30 s full FT."""
+    ref, out = ok.get("reference"), {}
+    ours = [v for v in ok if v != "reference" and not v.startswith("full")]
+    for v in ours:
+        if ref:
+            out[f"{v}/reference throughput (loop)"] = ratio(ok[v]["audio_s_per_s_loop"], ref["audio_s_per_s_loop"])
+            out[f"{v}/reference throughput (e2e)"] = ratio(ok[v]["audio_s_per_s_e2e"], ref["audio_s_per_s_e2e"])
+            # With unequal step counts (an --extra variant), what matters at a given dev WER is time.
+            out[f"reference/{v} training time (e2e)"] = ratio(ref["end_to_end_s"], ok[v]["end_to_end_s"])
+    for v in [*ours, "reference", "full_short_context"]:
+        peers = ["full"] + (["full_short_context"] if ok.get(v, {}).get("encoder_context") == "batch"
+                            and v != "full_short_context" else [])
+        for peer in peers:
+            if v not in ok or peer not in ok:
+                continue
+            out[f"{v}/{peer} peak memory"] = ratio(ok[v].get(mem_key), ok[peer].get(mem_key))
+            if mem_key == "peak_rss_mb":
+                out[f"{v}/{peer} peak memory above loaded"] = ratio(
+                    ok[v][mem_key] - ok[v]["rss_after_load_mb"], ok[peer][mem_key] - ok[peer]["rss_after_load_mb"])
+            out[f"{v}/{peer} throughput (e2e)"] = ratio(ok[v]["audio_s_per_s_e2e"], ok[peer]["audio_s_per_s_e2e"])
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=6)
@@ -288,7 +352,11 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=int, default=24)
     ap.add_argument("--model", default="bundled:tiny.en")
     ap.add_argument("--tiny", action="store_true", help="random tiny Whisper + synthetic tones (smoke run)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list from {VARIANTS}")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list from {VARIANTS}")
+    ap.add_argument("--extra", action="append", default=[], metavar='NAME="OVERRIDE ..."',
+                    help="an extra variant of ours from Hydra overrides (repeatable)")
+    ap.add_argument("--dev-clips", type=int, default=0,
+                    help="after training, decode this many accented dev clips (30 s input) and report dev WER")
     ap.add_argument("--profile", nargs="?", const="all", default=None, metavar="VARIANTS",
                     help="after the measured runs, rerun these variants (comma list; default all) under cProfile "
                          "and print their top time sinks")
@@ -306,7 +374,14 @@ def main(argv=None) -> int:
         return 0
 
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
-    bad = sorted(set(variants) - set(VARIANTS))
+    extra = {}
+    for item in a.extra:
+        name, _, ovs = item.partition("=")
+        if not name or not ovs.split() or name in VARIANTS:
+            ap.error(f"--extra wants NAME=\"override ...\" with a new name, not {item!r}")
+        extra[name] = ovs.split()
+    variants += list(extra)
+    bad = sorted(set(variants) - set(VARIANTS) - set(extra))
     if bad:
         ap.error(f"unknown variants {bad}")
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
@@ -317,7 +392,11 @@ def main(argv=None) -> int:
             clips = common.tone_clips(a.clips, tmp / "tones")
         else:
             model, clips = a.model, common.corpus_clips(a.clips, "train")
-        spec = {"model": model, "clips": clips, "steps": a.steps, "batch_size": a.batch_size, "tmp": str(tmp)}
+        dev_clips = []
+        if a.dev_clips:
+            dev_clips = clips[: a.dev_clips] if a.tiny else common.corpus_clips(a.dev_clips, "dev")
+        spec = {"model": model, "clips": clips, "steps": a.steps, "batch_size": a.batch_size, "tmp": str(tmp),
+                "extra": extra, "dev_clips": dev_clips}
         spec_path = tmp / "spec.json"
         spec_path.write_text(json.dumps(spec))
         machine = common.machine_info()
@@ -341,35 +420,21 @@ def main(argv=None) -> int:
             rows.append({"variant": r["variant"], "trainable": "FAILED"})
             continue
         rows.append({
-            "variant": r["variant"], "trainable": f"{r['params']['trainable']:,}", "prep s": r["prep_s"],
+            "variant": r["variant"], "trainable": f"{r['params']['trainable']:,}", "steps": r["steps"],
+            "prep s": r["prep_s"],
             "loop s": r["loop_s"], "step median s": r["step_median_s"], "step 1 s": r["step_first_s"],
             "audio s/s (loop)": r["audio_s_per_s_loop"], "audio s/s (e2e)": r["audio_s_per_s_e2e"],
             "peak MB": r.get(mem_key), "peak - loaded MB": (round(r[mem_key] - r["rss_after_load_mb"], 1)
                                                              if mem_key == "peak_rss_mb" else r.get("peak_gpu_mb")),
+            "dev WER": f"{100 * r['dev_wer']:.2f}%" if "dev_wer" in r else None,
         })
-    ref = ok.get("reference")
-    full = ok.get("full")
-    ratios = {}
-    for v in ("lora_decoder_cached", "lora_all_scopes"):
-        if v in ok and ref:
-            ratios[f"{v}/reference throughput (loop)"] = ratio(ok[v]["audio_s_per_s_loop"], ref["audio_s_per_s_loop"])
-            ratios[f"{v}/reference throughput (e2e)"] = ratio(ok[v]["audio_s_per_s_e2e"], ref["audio_s_per_s_e2e"])
-    for v in ("lora_decoder_cached", "lora_all_scopes", "reference"):
-        if v in ok and full:
-            ratios[f"{v}/full peak memory"] = ratio(ok[v].get(mem_key), full.get(mem_key))
-            if mem_key == "peak_rss_mb":
-                ratios[f"{v}/full peak memory above loaded"] = ratio(
-                    ok[v][mem_key] - ok[v]["rss_after_load_mb"], full[mem_key] - full["rss_after_load_mb"])
-    if full and ok:
-        for v in ("lora_decoder_cached", "lora_all_scopes"):
-            if v in ok:
-                ratios[f"{v}/full throughput (e2e)"] = ratio(ok[v]["audio_s_per_s_e2e"], full["audio_s_per_s_e2e"])
-
-    cols = ["variant", "trainable", "prep s", "loop s", "step median s", "step 1 s", "audio s/s (loop)",
-            "audio s/s (e2e)", "peak MB", "peak - loaded MB"]
+    ratios = _ratios(ok, mem_key)
+    cols = ["variant", "trainable", "steps", "prep s", "loop s", "step median s", "step 1 s", "audio s/s (loop)",
+            "audio s/s (e2e)", "peak MB", "peak - loaded MB"] + (["dev WER"] if a.dev_clips else [])
     first = next(iter(ok.values()), {})
     print(f"\ntrain throughput: model={'tiny-random' if a.tiny else a.model}, {first.get('clips')} clips "
-          f"(mean {first.get('mean_clip_s')} s), batch {a.batch_size}, {a.steps} steps, device {machine['device']}, "
+          f"(mean {first.get('mean_clip_s')} s), batch {a.batch_size}, {a.steps} steps unless the row says otherwise, "
+          f"dev WER on {len(dev_clips)} clips, device {machine['device']}, "
           f"torch threads {machine['torch_threads']}, load avg at start {machine.get('loadavg_at_start')}")
     common.print_results(rows, cols, ratios)
     for p in profiles:
