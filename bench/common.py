@@ -19,7 +19,7 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-RESULTS = BENCH / "results"
+RESULTS = Path(os.environ.get("ASR_LORA_BENCH_RESULTS", BENCH / "results"))  # tests point it at a tmp dir
 SR = 16000
 
 if str(REPO) not in sys.path:

@@ -49,7 +49,10 @@ def test_recipe_is_a_delta_over_defaults():
     decoder = _compose(["+recipe=sg_english_decoder"])
     assert default.lora.scope == recipe.lora.scope == ["encoder", "decoder_self", "decoder_cross"]
     assert decoder.lora.scope == ["decoder_self", "decoder_cross"]
-    assert (default.train.max_steps, recipe.train.max_steps, decoder.train.max_steps) == (300, 64, 220)
+    assert (default.train.max_steps, recipe.train.max_steps, decoder.train.max_steps) == (300, 128, 220)
+    # Short encoder context only where the encoder trains; the default stays Whisper's 30 s.
+    assert (default.train.encoder_context, recipe.train.encoder_context, decoder.train.encoder_context) == (
+        "full", "batch", "full")
     assert recipe.lora.r == default.lora.r == 8 and recipe.lora.alpha == 16 and recipe.lora.dropout == 0.0
 
 
