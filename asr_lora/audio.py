@@ -215,6 +215,19 @@ def reverberate(
     return (y * (in_rms / out_rms if out_rms > 0 else 0.0)).astype(np.float32)
 
 
+def speech_frames(logmel: np.ndarray | torch.Tensor) -> int:
+    """Frames of a (..., n_mels, T) Whisper log-mel before its padding, over all leading dims.
+
+    Whisper zero-pads the waveform to 30 s, so a clip's padding is a run of identical frames at
+    the end (all at the clamp floor, or floor plus a frequency mask's fill): the speech ends at the
+    last frame that differs from the final one.
+    """
+    x = torch.as_tensor(logmel)
+    differs = (x != x[..., -1:]).any(dim=-2).reshape(-1, x.shape[-1])
+    frames = torch.arange(1, x.shape[-1] + 1, device=x.device)
+    return int((differs * frames).amax()) if differs.numel() else 0
+
+
 def spec_augment(
     logmel: np.ndarray | torch.Tensor,
     rng: np.random.Generator,
@@ -225,11 +238,13 @@ def spec_augment(
 ) -> np.ndarray | torch.Tensor:
     """SpecAugment masks on a (..., n_mels, T) log-mel; returns a masked copy of the same type.
     Masks are filled with the input's mean: Whisper features are scaled to about [-1, 1], where
-    zero is not "silence", so the mean is the least surprising value."""
+    zero is not "silence", so the mean is the least surprising value. Time masks fall on the
+    speech, not on Whisper's 30 s padding (masking padding teaches nothing, and would make the
+    short training context of context.py reach to the mask)."""
     out = logmel.clone() if isinstance(logmel, torch.Tensor) else np.array(logmel, copy=True)
     if out.ndim < 2:
         raise ValueError(f"spec_augment expects (..., n_mels, T), got shape {tuple(out.shape)}")
-    n_mels, n_frames = out.shape[-2], out.shape[-1]
+    n_mels, n_frames = out.shape[-2], max(1, speech_frames(out))
     fill = out.mean()
     for _ in range(n_freq_masks):
         w = int(rng.integers(0, min(freq_width, n_mels) + 1))

@@ -23,22 +23,16 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
+from .audio import speech_frames
+
 FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
 STEP_FRAMES = FRAMES_PER_SECOND  # context lengths are whole seconds: few distinct shapes
 
 
 def content_frames(features: torch.Tensor) -> int:
-    """Frames up to the last one that differs from the padding floor, over the whole batch.
-
-    Whisper's zero padding becomes log-mel frames that sit exactly at each clip's minimum (the
-    clamp at max - 8 dB, normalised), so everything after a clip's last non-floor frame is padding.
-    """
-    floor = features.amin(dim=(1, 2), keepdim=True)
-    active = (features > floor).any(dim=1)  # (batch, frames)
-    if not bool(active.any()):
-        return 0
-    frames = torch.arange(1, features.shape[-1] + 1, device=features.device)
-    return int((active * frames).amax())
+    """Frames up to the end of the batch's longest clip (audio.speech_frames: Whisper's padding is
+    a run of identical frames, which a SpecAugment frequency mask leaves identical)."""
+    return speech_frames(features)
 
 
 def context_length(features: torch.Tensor, pad_s: float) -> int:

@@ -96,3 +96,15 @@ def test_unknown_context_setting_is_named(tiny_whisper_dir):
         prepare_model(model, _cfg(context="30s"))
     with pytest.raises(ValueError, match="context_pad_s"):
         enable_short_context(model, pad_s=-1)
+
+
+def test_specaugment_keeps_the_short_context(processor):
+    from asr_lora.audio import spec_augment
+
+    feats = log_mel(processor, [_speech(2.9)])
+    plain = context_length(feats, pad_s=1.0)
+    for seed in range(5):  # frequency masks span the padding; time masks must stay on the speech
+        masked = spec_augment(feats, np.random.default_rng(seed), 2, 27, 2, 40)
+        assert not torch.equal(masked, feats)
+        assert context_length(masked, pad_s=1.0) == plain == 400
+        assert torch.equal(masked[..., 300:], masked[..., -1:].expand_as(masked[..., 300:]))
