@@ -29,15 +29,10 @@ FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
 STEP_FRAMES = FRAMES_PER_SECOND  # context lengths are whole seconds: few distinct shapes
 
 
-def content_frames(features: torch.Tensor) -> int:
-    """Frames up to the end of the batch's longest clip (audio.speech_frames: Whisper's padding is
-    a run of identical frames, which a SpecAugment frequency mask leaves identical)."""
-    return speech_frames(features)
-
-
 def context_length(features: torch.Tensor, pad_s: float) -> int:
+    """Frames a training batch needs: its longest clip (audio.speech_frames) + pad_s, in whole seconds."""
     full = features.shape[-1]
-    need = content_frames(features) + math.ceil(pad_s * FRAMES_PER_SECOND)
+    need = speech_frames(features) + math.ceil(pad_s * FRAMES_PER_SECOND)
     return min(full, max(STEP_FRAMES, math.ceil(need / STEP_FRAMES) * STEP_FRAMES))
 
 

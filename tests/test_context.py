@@ -9,9 +9,8 @@ from omegaconf import OmegaConf
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from asr_lora.config import LoraSettings, TrainConfig
-from asr_lora.context import (
-    content_frames, context_length, disable_short_context, enable_short_context, whisper_encoder,
-)
+from asr_lora.audio import speech_frames
+from asr_lora.context import context_length, disable_short_context, enable_short_context, whisper_encoder
 from asr_lora.features import log_mel
 from asr_lora.training import prepare_model
 
@@ -31,17 +30,17 @@ def processor(tiny_whisper_dir):
     return WhisperProcessor.from_pretrained(tiny_whisper_dir)
 
 
-def test_content_frames_find_the_longest_clip_and_round_to_seconds(processor):
+def test_speech_frames_find_the_longest_clip_and_round_to_seconds(processor):
     feats = log_mel(processor, [_speech(2.0), _speech(4.3, 1)])
     # 4.3 s of audio ends at frame 430 (10 ms hop; the STFT window reaches one frame past it).
-    assert 430 <= content_frames(feats) <= 432
-    assert content_frames(feats[:1]) in range(200, 203)
+    assert 430 <= speech_frames(feats) <= 432
+    assert speech_frames(feats[:1]) in range(200, 203)
     assert context_length(feats, pad_s=1.0) == 600  # 4.3 s + 1 s, up to whole seconds
     assert context_length(feats, pad_s=0.0) == 500
     assert context_length(feats[:1], pad_s=0.0) == 300
     assert context_length(log_mel(processor, [_speech(29.9)]), pad_s=1.0) == 3000  # never past 30 s
     silent = log_mel(processor, [np.zeros(16000, np.float32)])
-    assert content_frames(silent) == 0 and context_length(silent, 0.0) == 100
+    assert speech_frames(silent) == 0 and context_length(silent, 0.0) == 100
 
 
 def test_training_mode_runs_the_prefix_and_eval_keeps_30_seconds(tiny_whisper_dir, processor):
