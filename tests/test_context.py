@@ -107,3 +107,19 @@ def test_specaugment_keeps_the_short_context(processor):
         assert not torch.equal(masked, feats)
         assert context_length(masked, pad_s=1.0) == plain == 400
         assert torch.equal(masked[..., 300:], masked[..., -1:].expand_as(masked[..., 300:]))
+
+
+def test_gradient_checkpointing_trains_encoder_adapters_through_the_short_context(tiny_whisper_dir, processor):
+    # FIELD_NOTES 1: reentrant checkpoints starve encoder adapters; the short path must not either.
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    model, _ = prepare_model(model, _cfg(r=4, alpha=8, scope=["encoder", "decoder_self"]))
+    model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    seen = []
+    whisper_encoder(model).layers[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    model.train()
+    feats = log_mel(processor, [_speech(1.5)])
+    model(input_features=feats, labels=torch.randint(0, 50000, (1, 5))).loss.backward()
+    assert seen and set(seen) == {150}  # 1.5 + 1 s -> 300 frames, also when recomputed for the backward
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n and ".encoder." in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
