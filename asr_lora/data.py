@@ -25,6 +25,7 @@ import numpy as np
 from datasets import Dataset, load_from_disk
 
 from .audio import AudioError, check_audio, load_audio, resample
+from .inference import SAMPLE_RATE
 from .model import cache_root
 from .readers import read
 from .records import Ledger, Record
@@ -32,7 +33,6 @@ from .text import NORMALIZER_VERSION, _resolve_markers, normalize
 
 log = logging.getLogger(__name__)
 PIPELINE_VERSION = "1"
-SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
 
 

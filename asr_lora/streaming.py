@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AudioError, check_audio, duration_reason, load_audio
+from .inference import SAMPLE_RATE
 from .records import Ledger, Record
 
 log = logging.getLogger(__name__)
-SAMPLE_RATE = 16000
 DECODED_BYTES_PER_SECOND = SAMPLE_RATE * 4  # float32 mono
 
 
