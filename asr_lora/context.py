@@ -52,12 +52,13 @@ def _short_forward(encoder, input_features: torch.Tensor, pad_s: float) -> BaseM
 
 
 def whisper_encoder(model) -> nn.Module:
+    """The model's WhisperEncoder (through peft's wrapper, as features.encode reaches it)."""
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    found = [m for m in model.modules() if isinstance(m, WhisperEncoder)]
-    if len(found) != 1:
-        raise TypeError(f"expected one WhisperEncoder in {type(model).__name__}, found {len(found)}")
-    return found[0]
+    encoder = model.get_encoder() if hasattr(model, "get_encoder") else None
+    if not isinstance(encoder, WhisperEncoder):
+        raise TypeError(f"{type(model).__name__} has no WhisperEncoder (found {type(encoder).__name__})")
+    return encoder
 
 
 def enable_short_context(model, pad_s: float = 1.0):
