@@ -236,7 +236,7 @@ def worker(variant: str, spec: dict, profile: bool) -> dict:
         prof.disable()
     if cuda:
         torch.cuda.synchronize()
-    peak_train = common.peak_rss_mb() if peak_reset else None
+    peak_train = common.peak_rss_mb()  # before the dev decode, so the peak is training's own
     dev = _dev_wer(trainer.model, processor, spec) if spec.get("dev_clips") and not profile else None
     loop = clock.t1 - clock.t0
     steps = clock.steps()
@@ -255,13 +255,10 @@ def worker(variant: str, spec: dict, profile: bool) -> dict:
         "audio_s_per_s_loop": round(audio_s / loop, 3) if loop else None,
         "audio_s_per_s_e2e": round(audio_s / (prep + loop), 3),
         "train_loss": result.training_loss, "rss_after_load_mb": round(rss_loaded, 1),
-        "peak_rss_mb": round(peak_train, 1) if peak_reset else None,
-        "peak_rss_is_since_start": not peak_reset, **info,
+        "peak_rss_mb": round(peak_train, 1), "peak_rss_is_since_start": not peak_reset, **info,
     }
     if dev is not None:
         out.update(dev)
-    if not peak_reset:
-        out["peak_rss_mb"] = round(common.peak_rss_mb(), 1)
     if cuda:
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         out["gpu_mb_before_train"] = round(gpu_base, 1)
