@@ -78,13 +78,26 @@ class DataConfig:
     corpus_workers: int = 2
 
 
+def _off() -> dict[str, Any]:
+    return {"enabled": False}
+
+
 @dataclass
 class AugmentConfig:
+    """Training-only augmentation (asr_lora/data/augment.py). `enabled` is the group's master switch;
+    every other field is one section passed to `Augmenter` (its keys and defaults live there, so a
+    misspelt key fails when the job builds the Augmenter)."""
+
     enabled: bool = False
-    speed: dict[str, Any] = field(default_factory=lambda: {"enabled": False, "factors": [0.9, 1.0, 1.1]})
-    noise: dict[str, Any] = field(default_factory=lambda: {"enabled": False, "snr_db": [10, 30], "prob": 0.5})
-    reverb: dict[str, Any] = field(default_factory=lambda: {"enabled": False, "rt60": [0.2, 0.8], "prob": 0.3})
-    specaugment: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    tempo: dict[str, Any] = field(default_factory=_off)
+    pitch: dict[str, Any] = field(default_factory=_off)
+    eq: dict[str, Any] = field(default_factory=_off)
+    room: dict[str, Any] = field(default_factory=_off)
+    noise: dict[str, Any] = field(default_factory=_off)
+    telephone: dict[str, Any] = field(default_factory=_off)
+    codec: dict[str, Any] = field(default_factory=_off)
+    gain: dict[str, Any] = field(default_factory=_off)
+    specaugment: dict[str, Any] = field(default_factory=_off)
 
 
 @dataclass
@@ -180,6 +193,7 @@ class Config:
     device: Optional[str] = None
     run_dir: Optional[str] = None  # export/evaluate: an existing run directory
     adapter: Optional[str] = None  # evaluate: an adapter directory to score against its base
+    quiet: bool = False  # console: warnings, errors and progress bars only (the run's log file keeps INFO)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataConfig = field(default_factory=DataConfig)

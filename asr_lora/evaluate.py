@@ -13,27 +13,31 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from .config import CONF_DIR
-from .runtime import encoder_batch_size, eval_info, load_data, run_dir_of, seed_everything, setup_logging
+from asr_lora.config import CONF_DIR
+from asr_lora.core.logs import setup_logging
+from asr_lora.core.runtime import run_dir_of, seed_everything
+from asr_lora.data.loading import load_data
+from asr_lora.evaluation.scoring import eval_info
+from asr_lora.model.encoder_cache import encoder_batch_size
 
 log = logging.getLogger("asr_lora.evaluate")
 
 
 def evaluate(cfg: DictConfig) -> dict:
     run_dir = run_dir_of(cfg)
-    setup_logging(run_dir)
+    setup_logging(run_dir, quiet=cfg.quiet)
     seed_everything(cfg.seed)
-    from .data import subsample
-    from .evaluation import evaluate_systems, headline
-    from .features import EncoderCache
-    from .model import load_whisper
+    from asr_lora.data.splits import subsample
+    from asr_lora.evaluation.scoring import evaluate_systems, headline
+    from asr_lora.model.encoder_cache import EncoderCache
+    from asr_lora.model.whisper import load_whisper
 
     model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
     systems: tuple[str, ...] = ("base",)
     if cfg.adapter:
         from peft import PeftModel
 
-        from .inference import check_adapter_dir
+        from asr_lora.inference.decode import check_adapter_dir
 
         model = PeftModel.from_pretrained(model, str(check_adapter_dir(cfg.adapter)), is_trainable=False)
         systems = ("base", "adapted")

@@ -7,8 +7,10 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from .config import CONF_DIR
-from .runtime import load_data, run_dir_of, setup_logging
+from asr_lora.config import CONF_DIR
+from asr_lora.core.logs import setup_logging
+from asr_lora.core.runtime import run_dir_of
+from asr_lora.data.loading import load_data
 
 log = logging.getLogger("asr_lora.prepare")
 
@@ -16,8 +18,8 @@ log = logging.getLogger("asr_lora.prepare")
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     run_dir = run_dir_of(cfg)
-    setup_logging(run_dir)
-    from .model import load_whisper
+    setup_logging(run_dir, quiet=cfg.quiet)
+    from asr_lora.model.whisper import load_whisper
 
     _, processor = load_whisper(cfg.model.name_or_path)  # the tokenizer decides label lengths
     _, report = load_data(cfg, processor.tokenizer, run_dir)

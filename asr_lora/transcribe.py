@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
-from .audio import AudioError, check_audio, load_audio
+from asr_lora.core.logs import setup_logging
+from asr_lora.data.audio import AudioError, check_audio, load_audio
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,10 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    import transformers
-
-    transformers.logging.set_verbosity_error()  # generate() warns on settings we pass on purpose
+    setup_logging(None, quiet=True)  # a CLI whose output is the transcript: warnings and errors only
     adapters = {}
     for i, spec in enumerate(args.adapter):
         name, _, path = spec.rpartition("=")
@@ -56,7 +53,7 @@ def main(argv=None) -> int:
         names.append(path)
 
     if audios:
-        from .inference import Transcriber
+        from asr_lora.inference.decode import Transcriber
 
         t = Transcriber(args.model, adapters=adapters, device=args.device, beam_size=args.beam_size)
         texts = t.transcribe_arrays(audios, use=use)

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    from asr_lora.inference import Transcriber, transcribe_arrays
+    from asr_lora.inference.decode import Transcriber, transcribe_arrays
 
     with tempfile.TemporaryDirectory(prefix="bench_switch_") as tmp:
         tmp = Path(tmp)

@@ -41,9 +41,9 @@ SENTENCES = ["the kopi here very nice lah", "take the MRT to Tampines", "the haw
 def corpus_clips(n: int, split: str = "train", subset: str = "main", seed: int = 0) -> list[dict]:
     """n clips of the embedded sg_english corpus (built on first use), spread over voices, as
     {id, text, audio_path, duration}; deterministic for a seed."""
-    from asr_lora.corpus import build_corpus
-    from asr_lora.readers import read_jsonl
-    from asr_lora.records import Ledger
+    from asr_lora.data.corpus import build_corpus
+    from asr_lora.data.readers.manifest import read_jsonl
+    from asr_lora.data.records import Ledger
 
     manifest = build_corpus(progress=False)
     recs = [r for r in read_jsonl(manifest, Ledger()) if r.split == split and r.subset == subset]
@@ -73,7 +73,7 @@ def tone_clips(n: int, out_dir: Path, seed: int = 0) -> list[dict]:
 
 def load_clips(clips: list[dict]) -> list[dict]:
     """Adds the decoded 16 kHz float32 `audio` and exact `duration` to each clip."""
-    from asr_lora.audio import load_audio
+    from asr_lora.data.audio import load_audio
 
     out = []
     for c in clips:
@@ -225,8 +225,8 @@ def random_adapter(base: str, out_dir: Path, seed: int = 0, r: int = 8, alpha: i
 
     import torch
 
-    from asr_lora.lora import add_lora
-    from asr_lora.model import load_whisper
+    from asr_lora.model.lora import add_lora
+    from asr_lora.model.whisper import load_whisper
 
     if (out_dir / "adapter_model.safetensors").is_file():
         return out_dir
@@ -246,8 +246,9 @@ def random_adapter(base: str, out_dir: Path, seed: int = 0, r: int = 8, alpha: i
 
 def merged_hf_dir(base: str, adapter_dir: Path, out_dir: Path) -> Path:
     """Merge an adapter into the fp32 base with asr_lora.export and write a plain transformers dir."""
-    from asr_lora.export import export_hf, load_adapter_model, merge_loaded
-    from asr_lora.model import resolve_model_dir
+    from asr_lora.export.formats import export_hf
+    from asr_lora.export.merge import load_adapter_model, merge_loaded
+    from asr_lora.model.whisper import resolve_model_dir
 
     if (out_dir / "model.safetensors").is_file():
         return out_dir
@@ -257,7 +258,7 @@ def merged_hf_dir(base: str, adapter_dir: Path, out_dir: Path) -> Path:
 
 
 def wer(refs: list[str], hyps: list[str]) -> float:
-    from asr_lora.metrics import corpus_wer
-    from asr_lora.text import normalize
+    from asr_lora.data.text import normalize
+    from asr_lora.evaluation.metrics import corpus_wer
 
     return corpus_wer([normalize(r) for r in refs], [normalize(h) for h in hyps])["wer"]

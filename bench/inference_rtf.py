@@ -37,7 +37,7 @@ def _audio_seconds(clips) -> float:
 def bench_transformers(label: str, load, clips, beams, batch_size: int, device: str, max_new_tokens: int) -> list[dict]:
     import torch
 
-    from asr_lora.inference import decode_ids, generate_features
+    from asr_lora.inference.decode import decode_ids, generate_features
 
     t0 = time.perf_counter()
     model, processor = load()
@@ -118,8 +118,9 @@ def main(argv=None) -> int:
 
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from asr_lora.export import export_ct2, load_adapter_model
-    from asr_lora.model import load_whisper, resolve_model_dir
+    from asr_lora.export.formats import export_ct2
+    from asr_lora.export.merge import load_adapter_model
+    from asr_lora.model.whisper import load_whisper, resolve_model_dir
 
     with tempfile.TemporaryDirectory(prefix="bench_rtf_") as tmp:
         tmp = Path(tmp)

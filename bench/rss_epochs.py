@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import make_tiny_whisper, machine_info, quiet, rss_mb, table, tone_clips, write_result  # noqa: E402
+from common import machine_info, make_tiny_whisper, quiet, rss_mb, table, tone_clips, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from transformers import TrainerCallback
 
-    import asr_lora.training as training
+    import asr_lora.training.trainer as training
     from asr_lora.config import CONF_DIR
 
     samples: list[dict] = []

@@ -68,9 +68,9 @@ class RssSampler:
 
 def write_manifest(out: Path, n: int) -> Path:
     """n train rows cycling over the embedded corpus's train clips, sharded SHARD_ROWS per file."""
-    from asr_lora.corpus import build_corpus
-    from asr_lora.readers import read_jsonl
-    from asr_lora.records import Ledger
+    from asr_lora.data.corpus import build_corpus
+    from asr_lora.data.readers.manifest import read_jsonl
+    from asr_lora.data.records import Ledger
 
     base = [r for r in read_jsonl(build_corpus(progress=False), Ledger()) if r.split == "train"]
     out.mkdir(parents=True)
@@ -94,10 +94,10 @@ def one(args) -> dict:
     from transformers import WhisperProcessor
 
     from asr_lora.config import DataConfig
-    from asr_lora.data import add_features, prepare_data, use_feature_cache
-    from asr_lora.features import SpeechCollator
-    from asr_lora.model import resolve_model_dir
-    from asr_lora.streaming import index_corpus, stream_train
+    from asr_lora.data.features import SpeechCollator
+    from asr_lora.data.splits import add_features, prepare_data, use_feature_cache
+    from asr_lora.data.streaming import index_corpus, stream_train
+    from asr_lora.model.whisper import resolve_model_dir
 
     torch.manual_seed(0)
     processor = WhisperProcessor.from_pretrained(resolve_model_dir("bundled:tiny.en"))
@@ -148,12 +148,12 @@ def label_padding(batch: int, window_batches: int = 50, seed: int = 0) -> dict:
     import numpy as np
     from transformers import WhisperTokenizer
 
-    from asr_lora.corpus import build_corpus
-    from asr_lora.data import training_text
-    from asr_lora.model import resolve_model_dir
-    from asr_lora.readers import read_jsonl
-    from asr_lora.records import Ledger
-    from asr_lora.streaming import LengthBuckets
+    from asr_lora.data.corpus import build_corpus
+    from asr_lora.data.readers.manifest import read_jsonl
+    from asr_lora.data.records import Ledger
+    from asr_lora.data.splits import training_text
+    from asr_lora.data.streaming import LengthBuckets
+    from asr_lora.model.whisper import resolve_model_dir
 
     tok = WhisperTokenizer.from_pretrained(resolve_model_dir("bundled:tiny.en"))
     recs = [r for r in read_jsonl(build_corpus(progress=False), Ledger()) if r.split == "train"]

@@ -38,7 +38,7 @@ def make_tiny_whisper(out_dir: Path, seed: int = 0, d_model: int = 32, layers: i
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from asr_lora.model import _generation_config, _tokenizer_from_ct2
+    from asr_lora.model.whisper import _generation_config, _tokenizer_from_ct2
 
     torch.manual_seed(seed)
     tok_src = out_dir.parent / f"{out_dir.name}_tok"

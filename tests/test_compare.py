@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_lora.compare import collect, find_runs, main, markdown_table, sort_rows
+from asr_lora.evaluation.comparison import collect, find_runs, main, markdown_table, sort_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -117,7 +117,7 @@ def test_cli_single_run_dir_defaults_out_to_it_and_missing_runs_fail(multirun, t
 
 
 def test_table_shows_only_the_overrides_that_differ(multirun):
-    from asr_lora.compare import collect, markdown_table
+    from asr_lora.evaluation.comparison import collect, markdown_table
 
     rows = collect([multirun])
     for r in rows:
@@ -128,7 +128,7 @@ def test_table_shows_only_the_overrides_that_differ(multirun):
 
 
 def test_plot_labels_say_what_each_run_trained():
-    from asr_lora.compare import describe
+    from asr_lora.evaluation.comparison import describe
 
     lora = {"mode": "lora", "r": 8, "targets": "q_proj,v_proj", "scope": "encoder,decoder_self,decoder_cross",
             "train_steps": 64, "batch": 8}

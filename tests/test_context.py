@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from asr_lora.config import LoraSettings, TrainConfig
-from asr_lora.audio import speech_frames
-from asr_lora.context import context_length, disable_short_context, enable_short_context, whisper_encoder
-from asr_lora.features import log_mel
-from asr_lora.training import prepare_model
+from asr_lora.data.audio import speech_frames
+from asr_lora.data.features import log_mel
+from asr_lora.model.context import context_length, disable_short_context, enable_short_context, whisper_encoder
+from asr_lora.training.trainer import prepare_model
 
 
 def _cfg(context="batch", pad_s=1.0, **lora):
@@ -98,7 +98,7 @@ def test_unknown_context_setting_is_named(tiny_whisper_dir):
 
 
 def test_specaugment_keeps_the_short_context(processor):
-    from asr_lora.audio import spec_augment
+    from asr_lora.data.augment import spec_augment
 
     feats = log_mel(processor, [_speech(2.9)])
     plain = context_length(feats, pad_s=1.0)
@@ -113,7 +113,7 @@ def test_gradient_checkpointing_trains_encoder_adapters_through_the_short_contex
     # FIELD_NOTES 1: reentrant checkpoints starve encoder adapters; the short path must not either.
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
     model, _ = prepare_model(model, _cfg(r=4, alpha=8, scope=["encoder", "decoder_self"]))
-    model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     seen = []
     whisper_encoder(model).layers[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))

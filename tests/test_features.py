@@ -9,8 +9,9 @@ from omegaconf import OmegaConf
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from asr_lora.config import DataConfig
-from asr_lora.data import add_features, use_feature_cache
-from asr_lora.features import EncoderCache, SpeechCollator, log_mel, pad_labels
+from asr_lora.data.features import SpeechCollator, log_mel, pad_labels
+from asr_lora.data.splits import add_features, use_feature_cache
+from asr_lora.model.encoder_cache import EncoderCache
 
 
 def test_pad_labels_strips_decoder_start_and_pads_with_ignore_index():

@@ -12,9 +12,9 @@ import soundfile as sf
 from omegaconf import OmegaConf
 
 from asr_lora.config import DataConfig
-from asr_lora.data import prepare_data
-from asr_lora.readers import read
-from asr_lora.records import Ledger
+from asr_lora.data.readers import read
+from asr_lora.data.records import Ledger
+from asr_lora.data.splits import prepare_data
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from test_train_e2e import make_corpus
 
-from asr_lora.training import COMPLETE, last_complete_checkpoint
+from asr_lora.training.trainer import COMPLETE, last_complete_checkpoint
 
 RUNNER = """
 import sys

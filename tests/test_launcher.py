@@ -44,8 +44,8 @@ def _prepare(manifest: Path, model_dir: Path, cache: Path) -> None:
     # write the same prepared-data cache entry (see docs/SCALING.md).
     from hydra import compose, initialize_config_dir
 
-    from asr_lora.data import prepare_data
-    from asr_lora.model import load_whisper
+    from asr_lora.data.splits import prepare_data
+    from asr_lora.model.whisper import load_whisper
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["data=jsonl", f"data.path={manifest}"])

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 from transformers import WhisperForConditionalGeneration
 
 from asr_lora.config import LoraSettings, TrainConfig
-from asr_lora.lora import LoraScopeError, adapted_module_names, expected_lora_parameters, lora_modules_in
-from asr_lora.training import prepare_model
+from asr_lora.model.lora import LoraScopeError, adapted_module_names, expected_lora_parameters, lora_modules_in
+from asr_lora.training.trainer import prepare_model
 
 LAYERS = 2  # make_tiny_whisper default
 
@@ -88,7 +88,8 @@ def test_training_moves_every_lora_b_and_freezes_the_base(tiny_whisper_dir):
 def test_nonreentrant_gradient_checkpointing_trains_encoder_adapters(tiny_whisper_dir):
     model = _model(tiny_whisper_dir)
     peft_model, _ = prepare_model(model, _cfg(r=4, alpha=8, scope=["encoder", "decoder_self"]))
-    peft_model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base = peft_model.get_base_model()
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     peft_model.enable_input_require_grads()
     _train_steps(peft_model)
     enc_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n and ".encoder." in n]

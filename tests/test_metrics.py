@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asr_lora.metrics import (
+from asr_lora.evaluation.metrics import (
     bootstrap_ci,
     corpus_cer,
     corpus_wer,

@@ -10,15 +10,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 from omegaconf import OmegaConf
+from test_train_e2e import make_corpus, tiny_cfg
 
 from asr_lora.config import DataConfig
-from asr_lora.readers import read
-from asr_lora.records import Ledger, Record
-from asr_lora.streaming import (
-    LengthBuckets, collect_load_skips, index_corpus, load_split, stream_train, use_streaming,
+from asr_lora.data.readers import read
+from asr_lora.data.records import Ledger, Record
+from asr_lora.data.streaming import (
+    LengthBuckets,
+    collect_load_skips,
+    index_corpus,
+    load_split,
+    stream_train,
+    use_streaming,
 )
-from asr_lora.train import train
-from test_train_e2e import make_corpus, tiny_cfg
+from asr_lora.training.job import train
 
 
 def shard(manifest: Path, out: Path, n: int) -> Path:
@@ -150,7 +155,7 @@ def test_main_job_streams_with_workers_and_records_load_skips(tmp_path, tiny_whi
 
 
 def test_length_aware_batching_in_memory_uses_the_trainers_length_grouped_sampler(tmp_path, tiny_whisper_dir):
-    from asr_lora.training import training_args
+    from asr_lora.training.trainer import training_args
 
     cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "data.length_buckets=2", "train.max_steps=2",
                    "eval.before_training=false")

@@ -13,8 +13,8 @@ import soundfile as sf
 from hydra import compose, initialize_config_dir
 
 from asr_lora.config import CONF_DIR
-from asr_lora.tracking import read_offline_run
-from asr_lora.train import train
+from asr_lora.core.tracking import read_offline_run
+from asr_lora.training.job import train
 
 SENTENCES = ["the kopi here very nice lah", "take the MRT to Tampines", "the hawker centre is crowded",
              "can or not", "the void deck is quiet today", "chope the table first"]
@@ -143,7 +143,7 @@ def test_main_job_real_model_shortened(tmp_path):
 def test_wandb_accepts_artifact_names_made_from_hydra_sweep_job_names():
     import wandb
 
-    from asr_lora.tracking import artifact_name
+    from asr_lora.core.tracking import artifact_name
 
     job = "sg_english-2_lora.scope=[encoder,decoder_self],train.max_steps=64,logger.wandb.group=study" * 3
     for kind in ("report", "adapter"):

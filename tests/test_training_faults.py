@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from asr_lora.config import Config
-from asr_lora.features import SpeechCollator
-from asr_lora.training import NonFiniteLossError, build_trainer, prepare_model, training_args
+from asr_lora.data.features import SpeechCollator
+from asr_lora.training.trainer import NonFiniteLossError, build_trainer, prepare_model, training_args
 
 
 class PoisonAfter(SpeechCollator):
@@ -53,8 +53,8 @@ def test_fsdp_preset_without_gpus_is_refused_not_silently_ddp(tmp_path, tiny_whi
     run as plain DDP, so the run stops at start and says what to use instead."""
     from test_train_e2e import tiny_cfg
 
-    from asr_lora.train import train
-    from asr_lora.training import ShardingUnavailableError
+    from asr_lora.training.job import train
+    from asr_lora.training.trainer import ShardingUnavailableError
 
     if torch.cuda.device_count() >= 2:
         pytest.skip("this machine can run FSDP; the refusal is for machines without 2+ GPUs")
@@ -71,7 +71,7 @@ def test_reload_trained_gives_the_model_that_was_trained(tmp_path, tiny_whisper_
     must equal the in-memory trained model's."""
     from test_train_e2e import tiny_cfg
 
-    from asr_lora.train import reload_trained
+    from asr_lora.training.job import reload_trained
 
     extra = ["lora=none", "train.mode=full"] if mode == "full" else []
     cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", *extra)

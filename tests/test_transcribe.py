@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-from asr_lora.inference import Transcriber, UnsafeAdapterError, check_adapter_dir
-from asr_lora.transcribe import main
-
 from conftest import REPO, write_tone
 from test_export import make_random_adapter
+
+from asr_lora.inference.decode import Transcriber, UnsafeAdapterError, check_adapter_dir
+from asr_lora.transcribe import main
 
 
 def _adapter(tiny_whisper_dir, out, seed):
@@ -80,9 +79,9 @@ def test_cli_bundled_model_transcribes_a_clear_sentence(tmp_path):
 
 @pytest.mark.slow
 def test_long_audio_is_transcribed_whole(tmp_path):
-    from asr_lora.model import load_whisper
-    from asr_lora.inference import transcribe_arrays
-    from asr_lora.audio import load_audio
+    from asr_lora.data.audio import load_audio
+    from asr_lora.inference.decode import transcribe_arrays
+    from asr_lora.model.whisper import load_whisper
 
     text = " ".join(f"This is sentence number {w} about the weather in the city." for w in
                     ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",

@@ -1,0 +1,88 @@
+"""Publishing files and directories atomically: write beside the target, then rename into place.
+
+Every result a user or a later stage reads (reports, metrics, prepared data, caches, exports) goes
+through here, so a crash leaves either the old version or the new one, never half of one. The
+temporary name is a hidden sibling (same filesystem, so the rename is atomic) unique to the
+process, so parallel sweep jobs writing the same cache entry never share one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write `path`'s new content into; it replaces `path` only if the
+    block finishes. On an error the temporary file is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, "tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # the data must be on disk before the name points at it
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> Path:
+    dump_kwargs.setdefault("indent", 2)
+    return write_text(path, json.dumps(obj, **dump_kwargs))
+
+
+def stage_dir(target: str | os.PathLike) -> Path:
+    """A fresh temporary sibling directory to build `target` in (see `publish_dir`)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+
+
+def publish_dir(staged: Path, target: str | os.PathLike) -> Path:
+    """Move a staged directory into place, replacing any previous `target` as a whole."""
+    target = Path(target)
+    staged.chmod(0o755)  # mkdtemp makes 0700 directories
+    if target.exists():  # os.replace cannot overwrite a non-empty directory: move the old one aside
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / target.name)
+        os.replace(staged, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(staged, target)
+    return target
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging directory; it becomes `target` only if the block finishes, else it is removed."""
+    staged = stage_dir(target)
+    try:
+        yield staged
+        publish_dir(staged, target)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise

@@ -1,0 +1,368 @@
+"""Build the embedded, synthetic Singapore English corpus (and validate its cache).
+
+Inputs live in `data/sg_english/`: Singlish sentences, plain-English control sentences and a
+voice inventory. The corpus is split so that test scores say something about unseen speech:
+
+* speaker-disjoint: every voice (and every human behind a voice) belongs to one split, and a
+  split's sentences are rendered only by that split's voices;
+* sentence-disjoint: sentences are shuffled with the seed and cut 75/10/15 into
+  train/dev/test before any voice is chosen;
+* control sentences (subset="control") go to dev and test only: they exist to measure
+  forgetting of general English, never to be trained on. Real recorded English from Debian's
+  pocketsphinx-testdata joins the test control set when installed;
+* general sentences (subset="general") go to train only, one train voice each: plain English
+  replayed during training (rehearsal) so the adapter does not forget general English. They never
+  reach dev or test and share no sentence with the control set;
+* engine-disjoint part (FIELD_NOTES 13): dev and test also have voices of engines that no train
+  voice uses (part="unseen_engine", see `voices.py`). Each dev/test main and control sentence is
+  rendered once more by one of them, dealt by its own seeded rng, so the seen-engine plan (and
+  its cached audio) is the same with or without them. Quoted figures and the forgetting gate
+  come from this part; records carry it in `Record.part`.
+
+Audio files are named by a hash of (text, voice spec), so a file that exists is exactly the
+render the plan asks for; a rebuild with another seed re-renders only new pairs. The manifest is
+reused untouched when `corpus_info.json` holds the same inputs hash and every file exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+
+import soundfile as sf
+
+from asr_lora.core.io import write_json, write_text
+from asr_lora.core.logs import progress as progress_bar
+from asr_lora.data.records import Record
+from asr_lora.data.synth import SYNTH_VERSION, SynthError, Voice, check_voice, synthesize, write_wav_16k
+from asr_lora.data.voices import REAL_PART, VOICES, load_voices, part_of
+
+__all__ = ["VOICES", "build_corpus", "load_manifest", "load_sentences", "load_voices", "plan_corpus"]
+
+log = logging.getLogger(__name__)
+
+
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "sg_english"
+
+
+SENTENCES = DATA_DIR / "sg_sentences.txt"
+
+
+CONTROL = DATA_DIR / "control_sentences.txt"
+
+
+GENERAL = DATA_DIR / "general_sentences.txt"
+
+
+POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
+
+
+PLAN_VERSION = 3  # bump when the split/assignment logic changes, to invalidate caches
+
+
+SPLIT_FRACTIONS = {"train": 0.75, "dev": 0.10, "test": 0.15}
+
+
+# Voices per sentence. Two voices per main sentence gives ~1150 train / ~230 test utterances
+# from ~770 sentences and builds in a few minutes on two cores; control and general (~440
+# short train-only replay clips) need only one.
+VOICES_PER_SENTENCE = {"main": 2, "control": 1, "general": 1}
+
+
+# Unseen-engine voices per dev/test sentence (main and control alike): every dev/test sentence
+# once, so the headline part has as many sentences as the seen-engine part.
+UNSEEN_VOICES_PER_SENTENCE = 1
+
+
+ID_PREFIX = {"main": "sg", "control": "ctl", "general": "gen"}
+
+
+CONTROL_DEV_FRACTION = 1 / 3
+
+
+MIN_WORDS, MAX_WORDS = 5, 20
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("ASR_LORA_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "asr_lora"
+    return base / "corpora" / "sg_english"
+
+
+def load_sentences(path: Path = SENTENCES) -> list[str]:
+    """One sentence a line; blank lines and '#' comments ignored. Raises ValueError, naming
+    file:line, on duplicates, digits/symbols (the TTS engines would read them differently from
+    the reference) or a length outside 5-20 words."""
+    seen: dict[str, int] = {}
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        where = f"{path}:{n}"
+        key = re.sub(r"[^a-z ]", "", s.lower())
+        if key in seen:
+            raise ValueError(f"{where}: duplicate of line {seen[key]}: {s!r}")
+        if re.search(r"[0-9$%&@/]", s):
+            raise ValueError(f"{where}: write numbers and prices in words: {s!r}")
+        if not MIN_WORDS <= len(s.split()) <= MAX_WORDS:
+            raise ValueError(f"{where}: {len(s.split())} words, want {MIN_WORDS}-{MAX_WORDS}: {s!r}")
+        seen[key] = n
+        out.append(s)
+    return out
+
+
+def _key(s: str) -> str:
+    return " ".join(re.findall(r"[a-z]+", s.lower()))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _real_control_sources() -> list[tuple[str, str, Path, str]]:
+    """(id, text, wav, speaker) for pocketsphinx-testdata clips that come with a transcript."""
+    out = []
+    for sub, transcript, speaker in (("librivox", "transcription", "librivox-austen-reader"),
+                                     ("cards", "cards.transcription", "pocketsphinx-cards")):
+        path = POCKETSPHINX / sub / transcript
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            m = re.match(r"\s*<s>(.*)</s>\s*\((\S+)\)", line)
+            if m and (POCKETSPHINX / sub / f"{m.group(2)}.wav").is_file():
+                out.append((f"psx-{sub}-{m.group(2)}", " ".join(m.group(1).split()),
+                            POCKETSPHINX / sub / f"{m.group(2)}.wav", speaker))
+    return out
+
+
+def _deal(voices: list[Voice], k: int, n: int, rng: random.Random) -> list[list[Voice]]:
+    """n hands of k distinct voices, dealt from reshuffled decks so every voice gets an equal
+    share while the pairings still vary."""
+    k = min(k, len(voices))
+    deck: list[Voice] = []
+    hands = []
+    for _ in range(n):
+        hand: list[Voice] = []
+        while len(hand) < k:
+            if not deck:
+                deck = rng.sample(voices, len(voices))
+            v = deck.pop()
+            if v in hand:
+                deck.insert(0, v)
+            else:
+                hand.append(v)
+        hands.append(hand)
+    return hands
+
+
+def _cut(items: list, fractions: dict[str, float]) -> dict[str, list]:
+    n = len(items)
+    sizes = {s: max(1, round(f * n)) if n >= len(fractions) else 0 for s, f in fractions.items()}
+    first = next(iter(fractions))
+    sizes[first] = n - sum(v for s, v in sizes.items() if s != first)
+    out, i = {}, 0
+    for s in fractions:
+        out[s] = items[i : i + sizes[s]]
+        i += sizes[s]
+    return out
+
+
+def plan_corpus(
+    sentences: list[str], control: list[str], voices: list[Voice], seed: int = 0, max_sentences: int | None = None,
+    general: list[str] | None = None,
+) -> list[Record]:
+    """Every synthetic utterance as a Record (audio_path relative to the corpus dir), no audio.
+
+    `general` sentences (rehearsal data) all go to train, one train voice each."""
+    general = general or []
+    rng = random.Random(seed)
+    order = rng.sample(range(len(sentences)), len(sentences))
+    ctl_order = rng.sample(range(len(control)), len(control))
+    if max_sentences is not None:
+        order = order[:max_sentences]
+        ctl_order = ctl_order[: max(2, max_sentences // 4)]
+    if overlap := {_key(t) for t in general} & {_key(t) for t in control}:
+        raise ValueError(f"general sentences repeat control sentences: {sorted(overlap)[:3]}")
+    # A separate seeded rng, so adding general data changes neither the main/control split nor
+    # their voice hands (their cached audio stays valid).
+    gen_rng = random.Random(f"general-{seed}")
+    gen_order = gen_rng.sample(range(len(general)), len(general))
+    if max_sentences is not None:
+        gen_order = gen_order[: max(1, max_sentences // 4)] if general else []
+    # Seen-engine voices only here: the unseen-engine part below is dealt apart, by its own rng.
+    by_split = {s: [v for v in voices if v.split == s and part_of(v) != "unseen_engine"] for s in SPLIT_FRACTIONS}
+    unseen = {s: [v for v in voices if v.split == s and part_of(v) == "unseen_engine"] for s in ("dev", "test")}
+    ctl_fracs = {"test": 1 - CONTROL_DEV_FRACTION, "dev": CONTROL_DEV_FRACTION}
+    main_idx, ctl_idx = _cut(order, SPLIT_FRACTIONS), _cut(ctl_order, ctl_fracs)
+
+    records = []
+    jobs = [("main", SENTENCES, sentences, main_idx, rng, by_split, VOICES_PER_SENTENCE["main"]),
+            ("control", CONTROL, control, ctl_idx, rng, by_split, VOICES_PER_SENTENCE["control"]),
+            ("general", GENERAL, general, {"train": gen_order}, gen_rng, by_split, VOICES_PER_SENTENCE["general"])]
+    if any(unseen.values()):
+        # A separate seeded rng again: adding (or changing) unseen-engine voices leaves the rest as is.
+        un_rng = random.Random(f"unseen-engine-{seed}")
+        dev_test = lambda d: {s: d[s] for s in ("dev", "test") if s in d}  # noqa: E731
+        jobs += [("main", SENTENCES, sentences, dev_test(main_idx), un_rng, unseen, UNSEEN_VOICES_PER_SENTENCE),
+                 ("control", CONTROL, control, dev_test(ctl_idx), un_rng, unseen, UNSEEN_VOICES_PER_SENTENCE)]
+    for subset, path, texts, split_idx, deal_rng, pool, k in jobs:
+        for split, idx in split_idx.items():
+            if not idx:
+                continue
+            if not pool[split]:
+                raise ValueError(f"no voices for split {split!r} in {VOICES}")
+            for i, hand in zip(idx, _deal(pool[split], k, len(idx), deal_rng)):
+                for v in hand:
+                    key = hashlib.sha1(json.dumps([texts[i], v.spec()], sort_keys=True).encode()).hexdigest()[:16]
+                    prefix = ID_PREFIX[subset]
+                    records.append(Record(
+                        id=f"{prefix}-{i:04d}-{v.id}", text=texts[i], audio_path=f"audio/{v.id}/{key}.wav",
+                        speaker=v.speaker, accent=v.accent, split=split, subset=subset, engine=v.engine,
+                        voice=v.id, part=part_of(v), source=f"{path.relative_to(DATA_DIR.parent.parent)}:{i + 1}",
+                    ))
+    return records
+
+
+def _init_worker() -> None:
+    # One process per core already; let neither torch nor onnxruntime fan out on top of that.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _render(text: str, voice: Voice, out: str, seed: int) -> float:
+    return synthesize(text, voice, out, seed)
+
+
+def _render_missing(records: list[Record], out_dir: Path, voices: dict[str, Voice], seed: int,
+                    workers: int, progress: bool) -> int:
+    todo = [r for r in records if r.engine and not (out_dir / r.audio_path).is_file()]
+    if not todo:
+        return 0
+    for vid in sorted({r.voice for r in todo}):
+        check_voice(voices[vid])  # fail before spending minutes on the others
+    with progress_bar("synthesising sg_english", len(todo), progress) as advance, ProcessPoolExecutor(
+        max_workers=max(1, workers), mp_context=get_context("spawn"), initializer=_init_worker
+    ) as pool:
+        futures = {pool.submit(_render, r.text, voices[r.voice], str(out_dir / r.audio_path), seed): r for r in todo}
+        for fut in as_completed(futures):
+            try:
+                fut.result()
+            except SynthError:
+                for f in futures:
+                    f.cancel()
+                raise
+            advance()
+    return len(todo)
+
+
+def _add_real_control(out_dir: Path) -> tuple[list[Record], dict]:
+    sources = _real_control_sources()
+    if not sources:
+        return [], {"included": False, "reason": f"pocketsphinx-testdata not found under {POCKETSPHINX} "
+                    "(apt-get install pocketsphinx-testdata)"}
+    records = []
+    for rid, text, wav, speaker in sources:
+        rel = f"audio/real/{rid}.wav"
+        if not (out_dir / rel).is_file():
+            x, sr = sf.read(wav, dtype="float32")
+            write_wav_16k(x, sr, out_dir / rel)
+        records.append(Record(id=rid, text=text, audio_path=rel, speaker=speaker, accent="unknown", split="test",
+                              subset="control", engine=None, voice=None, part=REAL_PART, source=str(wav)))
+    return records, {"included": True, "source": str(POCKETSPHINX), "package": "pocketsphinx-testdata",
+                     "utterances": len(records)}
+
+
+def _summary(records: list[Record]) -> dict:
+    counts: dict = defaultdict(Counter)
+    parts: dict = defaultdict(Counter)
+    hours: dict = defaultdict(float)
+    voices: dict = defaultdict(set)
+    for r in records:
+        counts[r.split][r.subset] += 1
+        if r.part:
+            parts[r.split][f"{r.part}/{r.subset}"] += 1
+        hours[r.split] += (r.duration or 0.0) / 3600
+        if r.voice:
+            voices[r.split].add(r.voice)
+    return {
+        "counts": {s: dict(c) for s, c in counts.items()},
+        "parts": {s: dict(sorted(c.items())) for s, c in parts.items()},
+        "hours": {s: round(h, 4) for s, h in hours.items()},
+        "voices": {s: sorted(v) for s, v in voices.items()},
+        "utterances": len(records),
+    }
+
+
+def load_manifest(path: Path) -> list[Record]:
+    """manifest.jsonl -> Records (audio_filepath becomes audio_path)."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [Record(**{("audio_path" if k == "audio_filepath" else k): v for k, v in row.items()}) for row in rows]
+
+
+def build_corpus(
+    out_dir: Path | None = None, seed: int = 0, workers: int = 2, max_sentences: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Render (or reuse) the corpus under `out_dir`; returns the path of its manifest.jsonl.
+
+    Writes out_dir/audio/<voice>/<hash>.wav, manifest.jsonl (one `Record.to_manifest()` row per
+    utterance, absolute audio_filepath) and corpus_info.json. Raises SynthError if a voice in
+    voices.json is not installed.
+    """
+    t0 = time.time()
+    out_dir = Path(out_dir) if out_dir is not None else default_cache_dir()
+    manifest, info_path = out_dir / "manifest.jsonl", out_dir / "corpus_info.json"
+    files = {p.name: _sha256(p) for p in (SENTENCES, CONTROL, GENERAL, VOICES)}
+    real_sources = [str(s[2]) for s in _real_control_sources()]
+    inputs_hash = hashlib.sha256(json.dumps(
+        [PLAN_VERSION, SYNTH_VERSION, seed, max_sentences, files, real_sources], sort_keys=True).encode()).hexdigest()
+
+    if manifest.is_file() and info_path.is_file():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if info.get("inputs_hash") == inputs_hash:
+            missing = [r.id for r in load_manifest(manifest) if not Path(r.audio_path).is_file()]
+            if not missing:
+                log.info("sg_english: reusing %s (%d utterances)", out_dir, info["utterances"])
+                return manifest
+            log.warning("sg_english: %d cached files missing (e.g. %s); re-rendering them", len(missing), missing[0])
+
+    voices = load_voices()
+    records = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), voices, seed, max_sentences,
+                          general=load_sentences(GENERAL))
+    rendered = _render_missing(records, out_dir, {v.id: v for v in voices}, seed, workers, progress)
+    real, real_info = _add_real_control(out_dir)
+    records = [replace(r, audio_path=str((out_dir / r.audio_path).resolve()),
+                       duration=round(sf.info(out_dir / r.audio_path).duration, 3)) for r in records + real]
+
+    write_text(manifest, "".join(json.dumps(r.to_manifest(), ensure_ascii=False) + "\n" for r in records))
+    summary = _summary(records)
+    info = {
+        "name": "sg_english", "synthetic": True, "seed": seed, "max_sentences": max_sentences,
+        "inputs_hash": inputs_hash, "input_files_sha256": files, "plan_version": PLAN_VERSION,
+        **summary, "rendered": rendered, "reused": len(records) - len(real) - rendered,
+        "real_control": real_info, "build_seconds": round(time.time() - t0, 1),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_json(info_path, info)
+    msg = (f"sg_english: {len(records)} utterances ({rendered} rendered) in {info['build_seconds']:.0f}s; "
+           f"counts {summary['counts']}; hours {summary['hours']}")
+    log.info(msg)
+    if progress:
+        from rich import print as rprint
+
+        rprint(msg)
+    return manifest

@@ -1,0 +1,106 @@
+"""What every reader shares: the row accounting helper, table reading, path resolution."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from asr_lora.data.records import Ledger, Record
+
+
+class Reject(Exception):
+    """A row that becomes a ledger skip rather than a Record."""
+
+    def __init__(self, reason: str, why: str, id: str | None = None) -> None:
+        super().__init__(why)
+        self.reason, self.id = reason, id
+
+
+def snip(s: Any, n: int = 160) -> str:
+    s = s if isinstance(s, str) else repr(s)
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def resolve(base: Path, p: str) -> str:
+    return str(Path(p) if os.path.isabs(p) else base / p)
+
+
+class Rows:
+    """Per-call bookkeeping shared by all readers: counting, the checks every row ends with,
+    and turning `Reject` into a ledger skip. Ids are claimed only once a row is kept, so a
+    good row may reuse the id of an earlier row that was skipped."""
+
+    def __init__(self, ledger: Ledger, split: str | None, check_files: bool = True) -> None:
+        self.ledger, self.split, self.check_files, self.ids = ledger, split, check_files, set()
+
+    def take(self, where: str, make: Callable[..., Record], *args: Any, line: str = "") -> Record | None:
+        """Count one input row; `make(*args)` builds its Record or raises `Reject`."""
+        self.ledger.see()
+        try:
+            rec = make(*args)
+            self._check(rec)
+        except Reject as e:
+            shown = f" [{snip(line)}]" if line and e.reason in ("missing_file", "duplicate_id") else ""
+            self.ledger.skip(e.id or where, e.reason, f"{where}: {e}{shown}", where, self.split)
+            return None
+        self.ids.add(rec.id)
+        self.ledger.keep()
+        return rec
+
+    def _check(self, rec: Record) -> None:
+        if not rec.text.strip():
+            raise Reject("empty_text", "transcript is empty", rec.id)
+        if rec.id in self.ids:
+            raise Reject("duplicate_id", f"id {rec.id!r} already used", rec.id)
+        # os.path.isfile, unlike Path.exists, returns False for NUL bytes and over-long names.
+        if self.check_files and rec.audio is None and not os.path.isfile(rec.audio_path or ""):
+            raise Reject("missing_file", f"audio not found: {rec.audio_path}", rec.id)
+
+
+def read_table(path: Path, delimiter: str, quoting: int) -> Iterator[Any]:
+    """First yields the header, then (line number, {column: value} | Reject) per non-blank row.
+    Undecodable bytes survive as surrogates so the row, not the file, is rejected."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        header = [h.strip() for h in next(reader, [])]
+        if not header:
+            raise ValueError(f"{path}: empty file, expected a header row")
+        yield header
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield reader.line_num, Reject("bad_line", f"malformed row: {e}")
+                continue
+            text = delimiter.join(row)
+            if not text.strip():
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                yield reader.line_num, Reject("bad_line", f"not UTF-8: {snip(text)!a}")
+                continue
+            if len(row) != len(header):
+                yield (
+                    reader.line_num,
+                    Reject("bad_line", f"expected {len(header)} fields, got {len(row)}: {snip(row)}"),
+                )
+                continue
+            yield reader.line_num, dict(zip(header, row))
+
+
+def require_columns(path: Path, header: list[str], wanted: Mapping[str, str]) -> None:
+    for field, column in wanted.items():
+        if column not in header:
+            raise ValueError(f"{path}: column {column!r} (for {field!r}) is not in the header {header}")
+
+
+def ok(row: dict[str, str] | Reject) -> dict[str, str]:
+    if isinstance(row, Reject):
+        raise row
+    return row

@@ -1,0 +1,142 @@
+"""Hugging Face datasets and audiofolders (audio often carried as bytes)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from asr_lora.data.audio import AudioError, decode_bytes, to_mono
+from asr_lora.data.readers.base import Reject, Rows
+from asr_lora.data.records import Ledger, Record
+
+
+@contextlib.contextmanager
+def _audio_paths_without_torchcodec() -> Iterator[None]:
+    """datasets 4+ imports torchcodec even to store a path or bytes in an Audio column (field
+    notes, trap 10), so an audiofolder cannot even be listed without it. Storing a path or bytes
+    needs no codec: while reading, and only if torchcodec is absent, do exactly that."""
+    from datasets import config
+    from datasets.features import Audio
+
+    if config.TORCHCODEC_AVAILABLE:
+        yield
+        return
+    original = Audio.encode_example
+
+    def encode(self: Audio, value: Any) -> Any:
+        if isinstance(value, (str, os.PathLike)):
+            return {"bytes": None, "path": os.fspath(value)}
+        if isinstance(value, Mapping) and "array" not in value and (value.get("bytes") or value.get("path")):
+            return {"bytes": value.get("bytes"), "path": value.get("path")}
+        return original(self, value)
+
+    Audio.encode_example = encode
+    try:
+        yield
+    finally:
+        Audio.encode_example = original
+
+
+def read_hf(
+    source: Any,
+    ledger: Ledger,
+    *,
+    split: str = "train",
+    name: str | None = None,
+    streaming: bool = False,
+    columns: Mapping[str, str] | None = None,
+    audio_column: str = "audio",
+    cache_dir: str | os.PathLike | None = None,
+    subset: str = "main",
+    accent: str = "unknown",
+    **load_kwargs: Any,
+) -> Iterator[Record]:
+    """A Hugging Face dataset: a Hub name, a local folder (an `audiofolder` when it holds a
+    metadata.csv/jsonl), or an already loaded (Iterable)Dataset. `streaming=True` for corpora
+    that do not fit on disk. `columns` maps Record fields (text, id, speaker, accent) to column
+    names; unmapped ones are guessed from common names (text/transcription/sentence, ...).
+    Audio is never decoded by datasets (no torchcodec): bytes are decoded here with soundfile
+    into `Record.audio` at their native rate; a row with only a local path gets `audio_path`."""
+    import datasets
+
+    with _audio_paths_without_torchcodec():
+        if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
+            ds, label = source, f"<{type(source).__name__}>"
+        else:
+            folder, label = Path(source), str(source)
+            kw = {"split": split, "streaming": streaming, "cache_dir": cache_dir, **load_kwargs}
+            if folder.is_dir() and (any(folder.rglob("metadata.csv")) or any(folder.rglob("metadata.jsonl"))):
+                ds = datasets.load_dataset("audiofolder", data_dir=str(folder), **kw)
+            else:
+                ds = datasets.load_dataset(str(source), name, **kw)
+        yield from _hf_rows(ds, label, ledger, split, columns, audio_column, subset, accent)
+
+
+_HF_GUESSES = {
+    "text": ("text", "transcription", "sentence", "transcript", "normalized_text"),
+    "id": ("id", "file_name"),
+    "speaker": ("speaker_id", "client_id", "speaker"),
+    "accent": ("accent", "accents"),
+}
+
+
+def _hf_rows(
+    ds: Any,
+    label: str,
+    ledger: Ledger,
+    split: str,
+    columns: Mapping[str, str] | None,
+    audio_column: str,
+    subset: str,
+    accent: str,
+) -> Iterator[Record]:
+    from datasets import Audio
+
+    names = list(ds.features or {})
+    if audio_column not in names:
+        raise ValueError(f"{label}: no audio column {audio_column!r}; columns are {names}")
+    cols = dict(columns or {})
+    for field, guesses in _HF_GUESSES.items():
+        cols.setdefault(field, next((c for c in guesses if c in names), None))
+    for field, column in cols.items():
+        if (column is None and field == "text") or (column is not None and column not in names):
+            raise ValueError(f"{label}: column {column!r} for {field!r} is not among {names}")
+    if isinstance(ds.features[audio_column], Audio):
+        ds = ds.cast_column(audio_column, Audio(decode=False))
+
+    def make(row: Mapping[str, Any], where: str) -> Record:
+        get = {f: "" if c is None or row[c] is None else str(row[c]) for f, c in cols.items()}
+        audio = row[audio_column]
+        audio = {"path": audio} if isinstance(audio, str) else audio or {}
+        rec = Record(
+            id=get["id"] or where,
+            text=get["text"].strip(),
+            speaker=get["speaker"] or "unknown",
+            accent=get["accent"] or accent,
+            split=split,
+            subset=subset,
+            source=where,
+        )
+        try:
+            if audio.get("bytes"):
+                rec.audio, rec.sampling_rate = decode_bytes(audio["bytes"], f"{where} ({audio.get('path')})")
+                rec.duration = len(rec.audio) / rec.sampling_rate
+            elif audio.get("array") is not None:
+                rec.audio, rec.sampling_rate = to_mono(audio["array"]), int(audio["sampling_rate"])
+            elif audio.get("path"):
+                rec.audio_path = str(audio["path"])
+                rec.id = get["id"] or rec.audio_path  # a local file names the row better than its index
+            else:
+                raise Reject("missing_field", "no audio bytes, array or path", rec.id)
+        except AudioError as e:
+            raise Reject(e.reason, str(e), rec.id) from None
+        return rec
+
+    rows = Rows(ledger, split, check_files=True)
+    for index, row in enumerate(ds):
+        where = f"{label}[{split}]:{index}"
+        if (rec := rows.take(where, make, row, where)) is not None:
+            yield rec

@@ -1,0 +1,168 @@
+"""Write the deployable formats: merged transformers, the adapter alone, CTranslate2 for
+faster-whisper; and the model card every one of them carries."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from transformers import GenerationConfig
+
+from asr_lora.data.text import normalize
+from asr_lora.evaluation.metrics import corpus_wer
+from asr_lora.evaluation.report import pct, pct_ci, render_markdown_table
+from asr_lora.export.merge import ADAPTER_FILES, ExportError
+from asr_lora.inference.decode import BUNDLED_HUB_IDS, check_adapter_dir, make_adapter_portable
+
+log = logging.getLogger(__name__)
+
+
+
+CT2_COPY_FILES = ["tokenizer.json", "preprocessor_config.json"]  # else faster-whisper goes to the hub
+
+
+def export_hf(merged, processor, base_dir: str | Path, out_dir: Path) -> Path:
+    """Plain transformers directory: safetensors, tokenizer, preprocessor_config.json, base generation config."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The base's generation config carries alignment_heads and suppress lists; a reload without
+    # them decodes differently (FIELD_NOTES 6) and loses word timestamps.
+    merged.generation_config = GenerationConfig.from_pretrained(str(base_dir))
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
+    # transformers 5 writes processor_config.json; faster-whisper and older readers want this file.
+    processor.feature_extractor.save_pretrained(out_dir)
+    return out_dir
+
+
+def export_adapter(adapter_dir: Path, out_dir: Path, base: str | None = None) -> Path:
+    """The adapter's config and safetensors weights only (never pickles, optimiser state or peft's card).
+
+    The config's `base_model_name_or_path` becomes portable (`bundled:tiny.en`, not this machine's
+    converted cache directory), so the copy loads anywhere asr_lora is installed."""
+    adapter_dir = check_adapter_dir(adapter_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ADAPTER_FILES:
+        shutil.copy2(adapter_dir / name, out_dir / name)
+    make_adapter_portable(out_dir, base)
+    return out_dir
+
+
+def export_ct2(hf_dir: Path, out_dir: Path, quantization: str = "int8") -> Path:
+    """CTranslate2 conversion of a merged transformers directory (overwrites out_dir)."""
+    from ctranslate2.converters import TransformersConverter
+
+    missing = [f for f in CT2_COPY_FILES if not (Path(hf_dir) / f).is_file()]
+    if missing:
+        raise ExportError(f"{hf_dir}: missing {missing}; export with export_hf first")
+    # dtype comes from config.json (fp32 here); the quantisation happens in convert().
+    TransformersConverter(str(hf_dir), copy_files=CT2_COPY_FILES).convert(
+        str(out_dir), quantization=quantization, force=True
+    )
+    return Path(out_dir)
+
+
+def transcribe_ct2(ct2_dir: Path, audios: Sequence[np.ndarray], beam_size: int = 1,
+                   compute_type: str = "default") -> list[str]:
+    """faster-whisper decoding set up like ours: greedy, one temperature, no context, no VAD.
+
+    faster-whisper's defaults (beam 5, temperature fallback, conditioning on previous text and
+    timestamp tokens) would make any comparison with transformers meaningless (FIELD_NOTES 12).
+    """
+    from faster_whisper import WhisperModel
+
+    missing = [f for f in CT2_COPY_FILES if not (Path(ct2_dir) / f).is_file()]
+    if missing:  # without tokenizer.json faster-whisper silently downloads one from the hub
+        raise ExportError(f"{ct2_dir}: missing {missing}; not a complete CTranslate2 export")
+    fw = WhisperModel(str(ct2_dir), device="cpu", compute_type=compute_type, local_files_only=True)
+    # faster-whisper logs one INFO line per clip ("Processing audio with duration ..."), which
+    # buries the job's own log under hundreds of lines; our progress is reported elsewhere.
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    lang = {"language": "en"} if fw.model.is_multilingual else {}
+    out = []
+    for audio in audios:
+        segments, _ = fw.transcribe(
+            np.asarray(audio, dtype=np.float32), beam_size=beam_size, temperature=0.0,
+            condition_on_previous_text=False, without_timestamps=True, vad_filter=False, **lang,
+        )
+        out.append(" ".join(s.text.strip() for s in segments).strip())
+    return out
+
+
+def _wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    return corpus_wer([normalize(r) for r in refs], [normalize(h) for h in hyps])["wer"]
+
+
+def _loading_snippets(base: str, exports: Sequence[str]) -> list[str]:
+    ct2 = next((e for e in exports if e.startswith("ct2-")), "ct2-int8")
+    if base.startswith(("bundled:", "ct2:")):  # not a transformers name: asr_lora converts it
+        load_base = ["from asr_lora.model import load_whisper", f'base, _ = load_whisper("{base}")']
+    else:
+        load_base = ["from transformers import WhisperForConditionalGeneration",
+                     f'base = WhisperForConditionalGeneration.from_pretrained("{base}")  # fp32, not 8-bit']
+    return [
+        "## Loading", "", "Decode greedily (beam 1) to reproduce the figures above.", "",
+        "transformers, merged model in `hf/` (no peft needed):", "", "```python",
+        "from transformers import pipeline",
+        'asr = pipeline("automatic-speech-recognition", model="hf")',
+        'asr("clip.wav", generate_kwargs={"num_beams": 1})  # the transformers 5 pipeline defaults to 5 beams',
+        "```", "", "peft, adapter in `adapter/` on top of the base:", "", "```python",
+        "from peft import PeftModel", *load_base, 'model = PeftModel.from_pretrained(base, "adapter")', "```", "",
+        f"faster-whisper, CTranslate2 model in `{ct2}/`:", "", "```python",
+        "from faster_whisper import WhisperModel",
+        f'model = WhisperModel("{ct2}", device="cpu")',
+        'segments, _ = model.transcribe("clip.wav", beam_size=1, temperature=0.0,  # its default is beam 5',
+        "                               condition_on_previous_text=False)", "```", "",
+    ]
+
+
+def write_model_card(out_dir: Path, info: dict) -> Path:
+    """README.md for one export. ``info`` follows `asr_lora.report`'s eval dict, plus ``lora``,
+    ``verification``, ``export_wer``, ``forced`` (messages of gates that force overrode),
+    ``this`` (this directory's name) and ``exports`` (all directory names)."""
+    base = info.get("model", {}).get("base", "?")
+    lora, corpus = info.get("lora", {}), info.get("corpus", {})
+    lines = [f"# Whisper + LoRA for Singapore English ({info.get('this', 'export')})", ""]
+    if info.get("forced"):
+        lines += ["> **WARNING: EXPORTED WITH force=True OVER FAILED GATES. Do not deploy without review.**",
+                  *[f"> - {msg}" for msg in info["forced"]], ""]
+    if info.get("synthetic"):
+        lines += [("> **Synthetic corpus**: trained and evaluated on synthesised speech, not recordings. "
+                   "The WER figures below say little about real Singapore English speakers."), ""]
+    data = corpus.get("name", "n/a") + (f" - {corpus['description']}" if corpus.get("description") else "")
+    hub = [f"- Base weights: `{BUNDLED_HUB_IDS[base]}` (Hugging Face hub id; `{base}` ships them offline)"
+           ] if base in BUNDLED_HUB_IDS else []
+    lines += ["## Model", "", f"- Base model: `{base}`", *hub, f"- Data: {data}",
+              (f"- LoRA: r={lora.get('r', '?')}, alpha={lora.get('alpha', '?')}, "
+               f"targets={lora.get('target_modules', '?')}, scope={lora.get('scope', 'all matching modules')}"), ""]
+
+    if systems := info.get("systems"):
+        variant = info.get("headline", "norm")
+        rows = [[name, pct_ci(s.get("wer", {}).get(variant, {}))] for name, s in systems.items()]
+        lines += [f"## WER (test split, {variant} text, 95% speaker-bootstrap interval)", "",
+                  render_markdown_table(rows, ["system", "WER [95% CI]"]), ""]
+    if ew := info.get("export_wer"):
+        lines += [("WER of the exported files on the test audio, greedy (faster-whisper pads the log-mel "
+                   "differently from transformers, so small gaps are expected):"), "",
+                  render_markdown_table([[k, pct(x)] for k, x in ew.items()], ["export", "WER"]), ""]
+    if f := info.get("forgetting"):
+        lines += [(f"Forgetting gate (general-English control set): **{'PASS' if f.get('passed') else 'FAIL'}**, "
+                   f"control WER {pct(f.get('control_wer_base'))} -> {pct(f.get('control_wer_adapted'))} "
+                   f"(relative change {pct(f.get('relative_degradation'), 1)}, "
+                   f"allowed {pct(f.get('max_relative_degradation'), 1)})."), ""]
+    if v := info.get("verification"):
+        lines += ["## Merge verification", "",
+                  (f"Merged vs unmerged adapter on {v.get('n_probe')} probe clips ({v.get('probe', 'dev')}): "
+                   f"max |logit diff| = {v.get('max_abs_logit_diff', float('nan')):.2e} "
+                   f"(tolerance {v.get('atol')}), greedy tokens identical: {v.get('tokens_identical')}. "
+                   + (f"In float64 the gap is {v['max_abs_logit_diff_float64']:.2e}: the fp32 gap is rounding, "
+                      "not a different model. " if "max_abs_logit_diff_float64" in v else "")
+                   + f"**{'PASS' if v.get('passed') else 'FAIL'}**"), ""]
+    lines += _loading_snippets(base, info.get("exports", []))
+    path = Path(out_dir) / "README.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,95 @@
+"""Export for a training run: `python -m asr_lora.export run_dir=DIR [export.formats=[hf,ct2]]
+[export.quantization=[int8]] [export.force=true]`, also called at the end of training.
+
+Feeds `export.export_run` what only a run knows: a probe batch from the dev split, the test split's
+accented utterances for the export WER, and the eval dict (WER table, forgetting gate).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from asr_lora.config import CONF_DIR
+from asr_lora.core.io import write_json
+
+log = logging.getLogger("asr_lora.export")
+
+
+
+def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, splits: dict, processor=None,
+                    encoder_cache=None) -> dict:
+    from asr_lora.data.features import log_mel
+    from asr_lora.evaluation.scoring import transcribe_split
+    from asr_lora.export.run import export_run
+    from asr_lora.model.whisper import load_whisper
+
+    if processor is None:
+        _, processor = load_whisper(cfg.model.name_or_path)
+    dev = splits.get(cfg.data.dev_split)
+    probe = None
+    if dev is not None and len(dev):
+        rows = dev.select(range(min(cfg.export.probe_size, len(dev))))
+        probe = log_mel(processor, [np.asarray(a, dtype=np.float32) for a in rows["audio"]])
+    test = splits.get(cfg.eval.split)
+    audios = refs = transcriber = None
+    if cfg.export.ct2_eval and test is not None:
+        main = test.filter(lambda s: s != "control", input_columns="subset")
+        if ev and ev.get("n_utterances") and cfg.data.max_eval_samples:
+            main = main.select(range(min(len(main), cfg.data.max_eval_samples)))
+        audios = [np.asarray(a, dtype=np.float32) for a in main["audio"]]
+        refs = list(main["text"])
+        if encoder_cache is not None and all(i in encoder_cache.store for i in main["id"]):
+            # The merge only touched the decoder, so the cached encoder outputs are still exact.
+            def transcriber(merged):
+                return transcribe_split(merged, processor, main, cfg.eval.beam_size, cfg.eval.batch_size,
+                                        cfg.eval.max_new_tokens, encoder_cache, description="decoding (merged)")
+    info = dict(ev or {})
+    info["lora"] = {"scope": list(cfg.lora.scope)}
+    summary = export_run(
+        cfg.model.name_or_path, adapter_dir, run_dir / "export", formats=list(cfg.export.formats),
+        ct2_quantizations=list(cfg.export.quantization), probe_features=probe, test_audios=audios,
+        test_refs=refs, info=info, force=cfg.export.force, merged_transcriber=transcriber,
+    )
+    log.info("export: %s", json.dumps({k: summary[k] for k in ("paths", "sizes_bytes", "wer")}, default=str))
+    write_json(run_dir / "export" / "export_summary.json", summary, default=str)
+    return summary
+
+
+def run_config(cfg: DictConfig) -> DictConfig:
+    """The run's own resolved config, with this command's `export.*` settings on top."""
+    run_dir = Path(cfg.run_dir)
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"{saved} not found: run_dir must be a training run directory")
+    base = OmegaConf.load(saved)
+    base.export = cfg.export
+    base.run_dir = str(run_dir)
+    return base
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> dict:
+    from asr_lora.core.logs import setup_logging
+    from asr_lora.data.loading import load_data
+
+    if not cfg.run_dir:
+        raise SystemExit("usage: python -m asr_lora.export run_dir=outputs/<recipe>/<timestamp> [export.*=...]")
+    run_cfg = run_config(cfg)
+    run_dir = Path(run_cfg.run_dir)
+    setup_logging(run_dir, quiet=cfg.quiet)
+    from asr_lora.model.whisper import load_whisper
+
+    _, processor = load_whisper(run_cfg.model.name_or_path)
+    splits, _ = load_data(run_cfg, processor.tokenizer, None)
+    ev_path = run_dir / "eval" / "eval.json"
+    ev = json.loads(ev_path.read_text()) if ev_path.is_file() else None
+    if ev is None:
+        log.warning("%s missing: the model card will carry no WER table and the forgetting gate is unchecked",
+                    ev_path)
+    return export_from_run(run_cfg, run_dir, run_dir / "adapter", ev, splits, processor)

@@ -1,0 +1,134 @@
+"""Turn a trained LoRA adapter into deployable checkpoints, refusing any that would mislead.
+
+Outputs under ``out_root`` (each directory carries a README.md model card):
+
+- ``hf/``            merged fp32 Whisper; plain transformers loads it, no peft needed
+- ``adapter/``       the peft adapter alone (safetensors), to stack on the base at load time
+- ``ct2-<quant>/``   CTranslate2 conversion of ``hf/`` for faster-whisper (``int8``, ``float16``, ...)
+
+Refusals (all `ExportError`): a quantised base (merging into rounded weights shifts outputs well
+beyond peft's ~1e-4 guarantee, FIELD_NOTES 6), non-finite adapter or merged weights, a merged
+model whose logits or greedy tokens differ from the unmerged adapter model, and a failed
+forgetting gate. ``force=True`` overrides the last two gates only, and every model card then says so.
+
+Every directory is built in a temporary sibling and moved into place with `os.replace` only
+after all formats, checks and cards are complete, so a failed export never leaves a
+half-written directory where a deployable one is expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asr_lora.core.io import publish_dir, stage_dir
+from asr_lora.evaluation.report import pct
+from asr_lora.export.formats import _wer, export_adapter, export_ct2, export_hf, transcribe_ct2, write_model_card
+from asr_lora.export.merge import ExportError, load_adapter_model, merge_loaded, synthetic_probe, verify_merge
+from asr_lora.inference.decode import check_adapter_dir, transcribe_arrays
+from asr_lora.model.whisper import resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+
+
+def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[str] = ("hf", "adapter", "ct2"),
+               ct2_quantizations: Sequence[str] = ("int8",), probe_features: torch.Tensor | None = None,
+               test_audios: Sequence[np.ndarray] | None = None, test_refs: Sequence[str] | None = None,
+               info: dict | None = None, force: bool = False, atol: float = 1e-4,
+               verify_max_new_tokens: int = 128,
+               merged_transcriber: Callable[[Any], list[str]] | None = None) -> dict[str, Any]:
+    """Merge, verify, gate, then write every requested format atomically; returns a summary.
+
+    `merged_transcriber(merged_model) -> hypotheses for test_audios` lets the caller reuse work it
+    already has (e.g. cached encoder outputs when the adapter never touched the encoder).
+    """
+    unknown = set(formats) - {"hf", "adapter", "ct2"}
+    if unknown:
+        raise ValueError(f"unknown export formats {sorted(unknown)}; choose from hf, adapter, ct2")
+    adapter_dir, out_root = Path(adapter_dir), Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    info = copy.deepcopy(info or {})
+    info.setdefault("model", {}).setdefault("base", base)
+    adapter_cfg = json.loads((check_adapter_dir(adapter_dir) / "adapter_config.json").read_text())
+    # The adapter's own config is the truth for r/alpha/targets; the caller adds e.g. scope.
+    info["lora"] = {**info.get("lora", {}), "r": adapter_cfg.get("r"), "alpha": adapter_cfg.get("lora_alpha"),
+                    "target_modules": sorted(adapter_cfg.get("target_modules") or [])}
+
+    adapter_model, processor = load_adapter_model(base, adapter_dir)
+    merged = merge_loaded(copy.deepcopy(adapter_model))
+    probe = "dev"
+    if probe_features is None:
+        probe_features, probe = synthetic_probe(processor), "synthetic tones; no dev features given"
+    verification = {**verify_merge(adapter_model, merged, probe_features, atol=atol,
+                                    max_new_tokens=verify_max_new_tokens), "probe": probe}
+    info["verification"] = verification
+    del adapter_model
+
+    failures = []
+    if not verification["passed"]:
+        failures.append(f"merge verification failed: max |logit diff| {verification['max_abs_logit_diff']:.2e} "
+                        f"(atol {atol}), tokens identical: {verification['tokens_identical']}")
+    if (info.get("forgetting") or {}).get("passed") is False:
+        f = info["forgetting"]
+        change, allowed = pct(f.get("relative_degradation"), 1), pct(f.get("max_relative_degradation"), 1)
+        failures.append(f"forgetting gate failed: control WER relative change {change} > allowed {allowed}")
+    if failures and not force:
+        raise ExportError("export refused (pass force=True to override): " + "; ".join(failures))
+    info["forced"] = failures  # empty unless force overrode something
+
+    targets = {}
+    if "hf" in formats:
+        targets["hf"] = out_root / "hf"
+    if "adapter" in formats:
+        targets["adapter"] = out_root / "adapter"
+    if "ct2" in formats:
+        targets.update({f"ct2-{q}": out_root / f"ct2-{q}" for q in ct2_quantizations})
+    staged = {name: stage_dir(t) for name, t in targets.items()}
+    scratch = None
+    try:
+        hf_dir = staged.get("hf") or (scratch := Path(tempfile.mkdtemp(prefix=".hf-scratch-", dir=out_root)))
+        export_hf(merged, processor, resolve_model_dir(base), hf_dir)
+        if "adapter" in staged:
+            export_adapter(adapter_dir, staged["adapter"])
+        for q in ct2_quantizations if "ct2" in formats else ():
+            export_ct2(hf_dir, staged[f"ct2-{q}"], q)
+
+        export_wer = {}
+        if test_audios is not None and test_refs is not None:
+            merged_hyps = (merged_transcriber(merged) if merged_transcriber
+                           else transcribe_arrays(merged, processor, test_audios))
+            export_wer["merged_hf"] = _wer(test_refs, merged_hyps)
+            for q in ct2_quantizations if "ct2" in formats else ():
+                export_wer[f"ct2-{q}"] = _wer(test_refs, transcribe_ct2(staged[f"ct2-{q}"], test_audios))
+            info["export_wer"] = export_wer
+        for name, tmp in staged.items():
+            write_model_card(tmp, {**info, "this": name, "exports": list(targets)})
+        sizes = {"adapter": (adapter_dir / "adapter_model.safetensors").stat().st_size,
+                 "merged": (hf_dir / "model.safetensors").stat().st_size}
+        sizes.update({f"ct2-{q}": (staged[f"ct2-{q}"] / "model.bin").stat().st_size
+                      for q in ct2_quantizations if "ct2" in formats})
+        for name, tmp in staged.items():
+            publish_dir(tmp, targets[name])
+    except BaseException:
+        for tmp in staged.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    if failures:
+        log.warning("EXPORTED WITH force=True over failed gates: %s", "; ".join(failures))
+    return {"paths": {k: str(v) for k, v in targets.items()}, "sizes_bytes": sizes,
+            "verification": verification, "wer": export_wer or None, "forced": bool(failures),
+            "gate_failures": failures}

@@ -1,0 +1,138 @@
+"""Frozen-encoder output cache.
+
+Hand-written: neither transformers nor peft offers it. When no adapter sits in the encoder, the
+encoder is a fixed function of the clean audio, so its output for each clip is computed once and
+fed to the decoder as `encoder_outputs` in every training step and in both the base and the
+adapted evaluation. On 2 CPU cores the 30 s encoder pass is ~0.6 s per clip, so this turns hours
+into minutes; it changes nothing the model computes. It is skipped when waveform/spectrogram
+augmentation is on (each step would need a fresh encoder pass anyway)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asr_lora.core.io import atomic_file
+from asr_lora.core.logs import progress as progress_bar
+from asr_lora.data.features import log_mel
+
+log = logging.getLogger(__name__)
+log = logging.getLogger("asr_lora")
+
+
+
+@torch.no_grad()
+def encode(model, processor, audios: Sequence[np.ndarray], batch_size: int = 8, progress: bool = False,
+           description: str = "encoding") -> torch.Tensor:
+    """Encoder hidden states (N, 1500, d) for clean audio, in batches."""
+
+    encoder = model.get_encoder()
+    param = next(encoder.parameters())
+    outs = []
+    with progress_bar(description, len(audios), progress) as advance:
+        for i in range(0, len(audios), batch_size):
+            feats = log_mel(processor, audios[i : i + batch_size]).to(param.device, param.dtype)
+            outs.append(encoder(feats).last_hidden_state.float().cpu())
+            advance(len(feats))
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+class EncoderCache:
+    """id -> encoder output for clean audio; filled lazily in batches."""
+
+    def __init__(self, model, processor, batch_size: int = 8):
+        self.model, self.processor, self.batch_size = model, processor, batch_size
+        self.store: dict[str, torch.Tensor] = {}
+
+    def fill(self, ids: Sequence[str], audios: Sequence[np.ndarray], progress: bool = True, description="encoding"):
+        todo = [(i, a) for i, a in zip(ids, audios) if i not in self.store]
+        if not todo:
+            return
+        hidden = encode(self.model, self.processor, [a for _, a in todo], self.batch_size, progress, description)
+        for (i, _), h in zip(todo, hidden):
+            self.store[i] = h.clone()
+
+    def load_or_fill(self, path, ids: Sequence[str], audios_fn, progress: bool = True, description="encoding"):
+        """Reuse a saved cache file for exactly these ids, else encode and save it (atomically)."""
+        from safetensors.torch import load_file, save_file
+
+        path = Path(path)
+        if path.is_file():
+            stored = load_file(str(path))
+            if set(ids) <= set(stored):
+                self.store.update({i: stored[i] for i in ids})
+                log.info("encoder outputs for %d clips reused from %s", len(ids), path)
+                return
+        self.fill(ids, audios_fn(), progress, description)
+        with atomic_file(path) as tmp:
+            save_file({i: self.store[i].contiguous() for i in ids}, str(tmp))
+
+    def get(self, ids: Sequence[str]) -> torch.Tensor:
+        return torch.stack([self.store[i] for i in ids])
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.store.values())
+
+
+def cache_enabled(cfg) -> bool:
+    setting = str(cfg.train.cache_encoder_outputs).lower()
+    if setting in ("false", "0", "no"):
+        return False
+    encoder_frozen = cfg.train.mode == "lora" and "encoder" not in cfg.lora.scope
+    if setting in ("true", "1", "yes"):
+        if not encoder_frozen or cfg.augment.enabled:
+            raise ValueError("train.cache_encoder_outputs=true needs a frozen encoder (no 'encoder' in lora.scope, "
+                             "train.mode=lora) and augment.enabled=false")
+        return True
+    return encoder_frozen and not cfg.augment.enabled
+
+
+def encoder_batch_size(cfg, model) -> int:
+    # On CPU the 1500-position attention is memory-bound: one clip at a time is fastest (measured
+    # 0.21 s/clip at batch 1 vs 0.27 at 16 on 2 cores); GPUs want big batches.
+    return cfg.eval.batch_size if next(model.parameters()).is_cuda else 1
+
+
+def _encoder_cache_key(cfg, model, ds) -> str:
+    import hashlib
+
+    from asr_lora.model.whisper import resolve_model_dir
+
+    src = Path(resolve_model_dir(cfg.model.name_or_path))
+    weights = src / "model.safetensors"
+    ident = [str(src.resolve()), weights.stat().st_mtime_ns if weights.is_file() else None, cfg.model.dtype,
+             ds._fingerprint, len(ds)]
+    return hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:20]
+
+
+def build_encoder_cache(cfg, model, processor, splits: dict):
+    if not cache_enabled(cfg):
+        return None
+
+    n = sum(len(ds) for ds in splits.values() if ds is not None)
+    gb = n * model.config.max_source_positions * model.config.d_model * 4 / 2**30
+    if str(cfg.train.cache_encoder_outputs).lower() == "auto" and gb > cfg.train.encoder_cache_budget_gb:
+        log.info("encoder cache would need %.1f GB > %.1f GB budget: encoder runs every step", gb,
+                 cfg.train.encoder_cache_budget_gb)
+        return None
+    from asr_lora.core.paths import cache_root
+
+    root = Path(cfg.paths.cache_dir) if cfg.paths.cache_dir else cache_root()
+    cache = EncoderCache(model, processor, batch_size=encoder_batch_size(cfg, model))
+    for name, ds in splits.items():
+        if ds is None or not len(ds):
+            continue
+        audios = lambda ds=ds: [np.asarray(a, dtype=np.float32) for a in ds["audio"]]  # noqa: E731
+        label = f"encoding {name} ({len(ds)} clips, frozen encoder)"
+        if cfg.train.encoder_cache_on_disk:
+            path = root / "encoder" / f"{_encoder_cache_key(cfg, model, ds)}.safetensors"
+            cache.load_or_fill(path, ds["id"], audios, True, label)
+        else:
+            cache.fill(ds["id"], audios(), True, label)
+    log.info("encoder cache: %d clips, %.0f MB", len(cache.store), cache.nbytes() / 2**20)
+    return cache

@@ -1,0 +1,96 @@
+"""LoRA on Whisper through peft: which matrices get W = W0 + (alpha/r)·B·A, and nothing else trains.
+
+`q_proj`/`v_proj` name three kinds of attention in Whisper (encoder self, decoder self, decoder
+cross), so the config's `scope` picks among them and the adapted modules are passed to peft as
+full names. No `task_type`: peft's SEQ_2_SEQ_LM wrapper feeds `input_ids` to Whisper (FIELD_NOTES 2).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+SCOPES = ("encoder", "decoder_self", "decoder_cross")
+
+
+_ATTN = {
+    "encoder": re.compile(r"^model\.encoder\.layers\.\d+\.self_attn\.(\w+)$"),
+    "decoder_self": re.compile(r"^model\.decoder\.layers\.\d+\.self_attn\.(\w+)$"),
+    "decoder_cross": re.compile(r"^model\.decoder\.layers\.\d+\.encoder_attn\.(\w+)$"),
+}
+
+
+_FFN = {
+    "encoder": re.compile(r"^model\.encoder\.layers\.\d+\.(fc1|fc2)$"),
+    "decoder": re.compile(r"^model\.decoder\.layers\.\d+\.(fc1|fc2)$"),
+}
+
+
+class LoraScopeError(ValueError):
+    """The LoRA settings select nothing, or name a scope/module Whisper does not have."""
+
+
+def lora_alpha(cfg) -> int:
+    return cfg.alpha if cfg.alpha is not None else 2 * cfg.r
+
+
+def adapted_module_names(model: torch.nn.Module, target_modules, scope) -> list[str]:
+    """Full names of the Linear layers the adapter will wrap, in model order."""
+    bad = sorted(set(scope) - set(SCOPES))
+    if bad:
+        raise LoraScopeError(f"lora.scope has {bad}; choose from {list(SCOPES)}")
+    targets = set(target_modules)
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf not in targets:
+            continue
+        in_attn = any(_ATTN[s].match(name) for s in scope)
+        in_ffn = (_FFN["encoder"].match(name) and "encoder" in scope) or (
+            _FFN["decoder"].match(name) and any(s.startswith("decoder") for s in scope)
+        )
+        if in_attn or in_ffn:
+            names.append(name)
+    if not names:
+        raise LoraScopeError(f"lora.target_modules={list(target_modules)} with scope={list(scope)} matches no layer")
+    return names
+
+
+def expected_lora_parameters(model: torch.nn.Module, names: list[str], r: int) -> int:
+    """sum over adapted matrices of r·(d_in + d_out): what A (r×d_in) and B (d_out×r) hold."""
+    modules = dict(model.named_modules())
+    return sum(r * (modules[n].in_features + modules[n].out_features) for n in names)
+
+
+def add_lora(model, cfg, adapter_name: str = "default") -> PeftModel:
+    """Freeze the base and wrap the selected matrices with peft LoRA adapters."""
+    names = adapted_module_names(model, cfg.target_modules, cfg.scope)
+    config = LoraConfig(
+        r=cfg.r,
+        lora_alpha=lora_alpha(cfg),
+        lora_dropout=cfg.dropout,
+        target_modules=names,
+        bias=cfg.bias,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+    )
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total}
+
+
+def lora_modules_in(model) -> list[str]:
+    """Names of wrapped modules in a peft model (those holding lora_A)."""
+    return [n for n, m in model.named_modules() if hasattr(m, "lora_A") and len(getattr(m, "lora_A", {})) > 0]
+
+
+def touches_encoder(cfg) -> bool:
+    return bool(cfg.enabled) and "encoder" in cfg.scope

@@ -1,0 +1,256 @@
+"""The training loop is transformers' Seq2SeqTrainer; this module only configures it for Whisper +
+peft (FIELD_NOTES 1-3) and adds what it lacks: a stop on non-finite loss, and dev WER through our
+normaliser.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+from asr_lora.core.io import write_json
+from asr_lora.data.text import normalize
+from asr_lora.evaluation.metrics import corpus_wer
+from asr_lora.model.lora import adapted_module_names, add_lora, count_parameters, expected_lora_parameters
+
+log = logging.getLogger(__name__)
+
+
+
+class ShardingUnavailableError(RuntimeError):
+    """A sharding preset (FSDP) was asked for where the Trainer/Accelerate cannot provide it."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last saved checkpoint is the last good one."""
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            last = state.best_model_checkpoint or _last_checkpoint(Path(args.output_dir))
+            raise NonFiniteLossError(
+                f"loss became {loss} at step {state.global_step}; stopping. Last good checkpoint: {last or 'none'}. "
+                "Lower train.learning_rate or check the data."
+            )
+
+
+def _last_checkpoint(d: Path) -> str | None:
+    return last_complete_checkpoint(d)
+
+
+COMPLETE = "checkpoint_complete.json"
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """The Trainer writes `checkpoint-N/` in place, so a kill mid-write leaves a directory that looks
+    like a checkpoint. Once the Trainer reports the save done, flush it to disk and drop a marker
+    listing its files; resume only ever trusts marked checkpoints, and `last_checkpoint.json` in
+    the checkpoint folder names the newest one."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not ckpt.is_dir():
+            return
+        files = {}
+        for f in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != COMPLETE):
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            files[str(f.relative_to(ckpt))] = f.stat().st_size
+        write_json(ckpt / COMPLETE, {"step": state.global_step, "files": files})
+        write_json(Path(args.output_dir) / "last_checkpoint.json", {"checkpoint": ckpt.name,
+                                                                       "step": state.global_step})
+
+
+def checkpoint_is_complete(ckpt: Path) -> bool:
+    marker = ckpt / COMPLETE
+    if not marker.is_file():
+        return False
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError):
+        return False
+    return all((ckpt / f).is_file() and (ckpt / f).stat().st_size == n for f, n in files.items())
+
+
+def last_complete_checkpoint(d: Path) -> str | None:
+    """Newest `checkpoint-N` whose marker and files are intact; half-written ones are ignored."""
+    d = Path(d)
+    if not d.is_dir():
+        return None
+    found = []
+    for c in d.glob("checkpoint-*"):
+        step = c.name.split("-")[-1]
+        if c.is_dir() and step.isdigit() and checkpoint_is_complete(c):
+            found.append((int(step), c))
+    return str(max(found)[1]) if found else None
+
+
+def prepare_model(model, cfg):
+    """LoRA (frozen base, adapters trainable) or full fine-tuning; returns (model, param info)."""
+    if cfg.train.mode == "full":
+        if cfg.lora.enabled:
+            raise ValueError("train.mode=full trains every weight: use it with lora=none")
+        for p in model.parameters():
+            p.requires_grad_(True)
+        info = {"mode": "full", **count_parameters(model)}
+    elif cfg.train.mode == "lora":
+        if not cfg.lora.enabled:
+            raise ValueError("train.mode=lora needs lora.enabled=true (or use lora=none train.mode=full)")
+        names = adapted_module_names(model, cfg.lora.target_modules, cfg.lora.scope)
+        expected = expected_lora_parameters(model, names, cfg.lora.r)
+        model = add_lora(model, cfg.lora)
+        counts = count_parameters(model)
+        if not cfg.lora.use_dora and counts["trainable"] != expected:
+            raise RuntimeError(f"trainable parameters {counts['trainable']} != r*(d_in+d_out) sum {expected}")
+        info = {"mode": "lora", "adapted_modules": len(names), **counts}
+    else:
+        raise ValueError(f"train.mode must be 'lora' or 'full', not {cfg.train.mode!r}")
+    context = cfg.train.get("encoder_context", "full")
+    if context == "batch":
+        from asr_lora.model.context import enable_short_context
+
+        model = enable_short_context(model, cfg.train.context_pad_s)
+    elif context != "full":
+        raise ValueError(f"train.encoder_context must be 'full' or 'batch', not {context!r}")
+    log.info("trainable parameters: %s of %s (%.3f%%)", f"{info['trainable']:,}", f"{info['total']:,}",
+             100 * info["trainable"] / info["total"])
+    return model, info
+
+
+def use_bf16(setting: str) -> bool:
+    if setting == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return str(setting).lower() in ("true", "1", "yes")
+
+
+def _checkpointing_args(enabled: bool) -> dict:
+    # transformers 5.x renamed gradient_checkpointing* to activation_checkpointing* (the old names
+    # warn); use whichever this transformers knows. Reentrant checkpoints leave encoder adapters
+    # untrained (FIELD_NOTES 1).
+    kwargs = {"use_reentrant": False} if enabled else None
+    if "activation_checkpointing" in Seq2SeqTrainingArguments.__dataclass_fields__:
+        return {"activation_checkpointing": enabled, "activation_checkpointing_kwargs": kwargs}
+    return {"gradient_checkpointing": enabled, "gradient_checkpointing_kwargs": kwargs}
+
+
+def training_args(cfg, output_dir: Path, report_to: list[str], has_dev: bool,
+                  streaming: bool = False) -> Seq2SeqTrainingArguments:
+    t = cfg.train
+    extra = {}
+    if streaming:
+        # Each rank reads its own manifest shards (Accelerate shards a datasets IterableDataset by
+        # rank when batches are not dispatched from rank 0), and workers split them again.
+        extra["accelerator_config"] = {"dispatch_batches": False, "split_batches": False}
+    elif cfg.data.get("length_buckets"):
+        extra.update(train_sampling_strategy="group_by_length", length_column_name="n_labels")
+    return Seq2SeqTrainingArguments(
+        **extra,
+        output_dir=str(output_dir),
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        # The Trainer would otherwise log a NaN step as the running mean and train on silently.
+        logging_nan_inf_filter=False,
+        eval_strategy="steps" if has_dev else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=has_dev,
+        metric_for_best_model="wer" if has_dev else None,
+        greater_is_better=False,
+        predict_with_generate=True,
+        generation_max_length=cfg.eval.max_new_tokens,
+        generation_num_beams=1,
+        bf16=use_bf16(t.bf16),
+        **_checkpointing_args(t.gradient_checkpointing),
+        # PeftModel.forward takes **kwargs, so the Trainer must not prune columns (FIELD_NOTES 3).
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to=report_to,
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=t.dataloader_num_workers,
+        ddp_backend=t.ddp_backend,
+        # Accelerate treats torchrun's processes as one distributed job on CPU (gloo) only with
+        # use_cpu; without it every rank silently trains alone on the whole data set.
+        use_cpu=cfg.get("device") == "cpu" or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        fsdp=bool(t.get("fsdp", False)) or None,
+        fsdp_config=_plain(t.get("fsdp_config")) or None,
+        deepspeed=_deepspeed_config(t.get("deepspeed")),
+        ddp_find_unused_parameters=False,
+        disable_tqdm=False,
+    )
+
+
+def _plain(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _deepspeed_config(path: str | None) -> str | None:
+    """The DeepSpeed JSON path, or a clear error before the Trainer's when deepspeed is missing."""
+    if not path:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise RuntimeError(f"train.deepspeed={path} needs the deepspeed package (pip install deepspeed, on a CUDA "
+                           "machine), or use train=ddp / train=fsdp")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"train.deepspeed: no DeepSpeed config at {path}")
+    return str(path)
+
+
+def wer_metric(tokenizer):
+    def compute(pred):
+        preds = pred.predictions
+        labels = pred.label_ids.copy()
+        labels[labels == -100] = tokenizer.pad_token_id
+        preds[preds == -100] = tokenizer.pad_token_id
+        hyps = [normalize(t) for t in tokenizer.batch_decode(preds, skip_special_tokens=True)]
+        refs = [normalize(t) for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        return {"wer": corpus_wer(refs, hyps)["wer"]}
+
+    return compute
+
+
+def build_trainer(model, cfg, args, train_ds, dev_ds, collator, processor) -> Seq2SeqTrainer:
+    callbacks = [StopOnNonFiniteLoss(), MarkCompleteCheckpoints()]
+    if dev_ds is not None and cfg.train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    trainer = Seq2SeqTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds, data_collator=collator,
+        processing_class=processor.feature_extractor, compute_metrics=wer_metric(processor.tokenizer),
+        callbacks=callbacks,
+    )
+    # Whisper's forward takes **kwargs but its loss is a plain token mean that ignores
+    # `num_items_in_batch`; left True, the Trainer multiplies the loss (and gradients) by the world
+    # size under DDP and skips the 1/gradient_accumulation_steps scaling (tests/test_distributed.py).
+    trainer.model_accepts_loss_kwargs = False
+    if args.fsdp and not trainer.is_fsdp_enabled:
+        # Accelerate turns FSDP on only for multi-GPU jobs; elsewhere the run would quietly be DDP.
+        raise ShardingUnavailableError(
+            f"train.fsdp=true but Accelerate did not enable FSDP for this job ({args.world_size} process(es), "
+            f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}): FSDP needs torchrun on 2+ GPUs. "
+            "Use train=ddp (or train=default) here.")
+    return trainer
