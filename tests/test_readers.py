@@ -22,8 +22,8 @@ from fixtures_build import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asr_lora.readers import READERS, read
-from asr_lora.records import Ledger
+from asr_lora.data.readers import READERS, read
+from asr_lora.data.records import Ledger
 
 CSV_COLUMNS = {"audio": "path", "text": "sentence", "speaker": "client_id", "duration": "dur"}
 

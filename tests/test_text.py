@@ -2,12 +2,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asr_lora import text
-from asr_lora.text import FILLERS, NORMALIZER_VERSION, PARTICLES, SgNormalizer, normalize
+import asr_lora.data.text as text
+from asr_lora.data.text import FILLERS, NORMALIZER_VERSION, PARTICLES, SgNormalizer, normalize
 
 
 def test_version_is_recorded_string():
-    assert NORMALIZER_VERSION == "sg-1"
+    assert NORMALIZER_VERSION.split()[0] == "sg-2"
     assert SgNormalizer().version == NORMALIZER_VERSION
 
 
@@ -166,3 +166,28 @@ def test_never_crashes_on_unicode(s, particles):
     out = normalize(s, particles)
     assert isinstance(out, str)
     assert out == out.strip() and "  " not in out
+
+
+# NSC markers as they occur in the corpus's transcripts, one test each.
+def test_nsc_fil_tag():
+    assert normalize("<FIL/> so we go") == "so we go"
+
+
+def test_nsc_ppb_breath():
+    assert normalize("so (ppb) we go") == "so we go"
+
+
+def test_nsc_bracketed_lah_both_modes():
+    assert normalize("can [lah]") == "can lah" and normalize("can [lah]", particles=False) == "can"
+
+
+def test_nsc_unk_tag():
+    assert normalize("<UNK> okay") == "okay"
+
+
+@pytest.mark.parametrize("span, word", [("<malay>makan:eat</malay>", "makan"), ("<mandarin>mei you:none</mandarin>",
+                                        "mei you"), ("<tamil>okay:sari</tamil>", "sari"), ("<Hokkien>paiseh</Hokkien>",
+                                        "paiseh"), ("< malay >makan:eat</ malay >", "makan")])
+def test_nsc_part4_mother_tongue_word_kept_gloss_dropped(span, word):
+    assert normalize(f"we {span} now") == f"we {word} now"
+    assert normalize(normalize(f"we {span} now")) == normalize(f"we {span} now")
