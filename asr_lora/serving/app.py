@@ -1,0 +1,214 @@
+"""The OpenAI-compatible HTTP API: `POST /v1/audio/transcriptions`, `GET /v1/models`, `GET /health`,
+and the browser page at `/`.
+
+Every refusal is an OpenAI error body `{"error": {"message", "type", "param", "code"}}` and the
+server keeps serving. Uploads are decoded by `asr_lora.data.audio.load_audio`, the loader training
+uses, so the same files are refused for the same reasons (`code` is the loader's reason key). A
+request never names a path: the upload goes to a private temporary file whose only borrowed part
+is a sanitised suffix, and error messages name the client's file name, not the server's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from asr_lora.data.audio import SAMPLE_RATE, AudioError, check_audio, load_audio
+from asr_lora.serving.batcher import Batcher
+from asr_lora.serving.cards import adapter_card
+from asr_lora.serving.engine import BASE, ENGLISH, OptionError, Options
+from asr_lora.serving.formats import FORMATS, TIMESTAMP_FORMATS, APIError, render
+from asr_lora.serving.page import PAGE
+
+log = logging.getLogger(__name__)
+FORM_ALLOWANCE = 64 * 1024  # multipart boundaries and the small text fields around the file
+_SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+OPEN_ROUTES = {"/health", "/"}  # the page is static HTML; its API calls carry the key typed into it
+
+
+@dataclass
+class Settings:
+    api_key: str | None = None
+    max_upload_mb: float = 25.0
+
+    @property
+    def max_body(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024) + FORM_ALLOWANCE
+
+
+def decode_upload(data: bytes, filename: str):
+    """float32 16 kHz mono audio, or raise APIError(400) with the loader's reason as `code`."""
+    suffix = Path(filename or "").suffix.lower()
+    suffix = suffix if _SUFFIX.match(suffix) else ""
+    with tempfile.TemporaryDirectory(prefix="asr-lora-upload-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            audio = load_audio(path, SAMPLE_RATE)
+            # The transcribe CLI's rule: no samples, NaN or silence is refused, any length is decoded.
+            reason = check_audio(audio, SAMPLE_RATE, min_s=0.0, max_s=float("inf"))
+            if reason in ("nan", "silent") or len(audio) == 0:
+                raise AudioError(path, reason or "empty_file", f"audio is {reason or 'empty'}")
+        except AudioError as e:
+            msg = str(e).replace(str(path), filename or "file")
+            raise APIError(400, msg, "file", e.reason) from None
+    return audio
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    over = declared is not None and declared.isdigit() and int(declared) > limit
+    body, size = bytearray(), 0
+    async for chunk in request.stream():  # drained even when over the limit, never kept
+        size += len(chunk)
+        if not over and size <= limit:
+            body += chunk
+    if over or size > limit:
+        raise APIError(413, f"upload of {size} bytes exceeds the limit of {limit - FORM_ALLOWANCE} bytes",
+                       "file", "file_too_large")
+    return bytes(body)
+
+
+def _field(form, name: str, default: str | None = None) -> str | None:
+    v = form.get(name)
+    return v.strip() if isinstance(v, str) and v.strip() else default
+
+
+def create_app(batcher: Batcher, settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    engine = batcher.engine
+    app = FastAPI(title="asr-lora", docs_url=None, redoc_url=None, openapi_url=None)
+    cards = {name: adapter_card(path) for name, path in engine.adapter_dirs.items()}
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next):
+        if settings.api_key and request.url.path not in OPEN_ROUTES:
+            header = request.headers.get("authorization", "")
+            token = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+                err = APIError(401, "invalid or missing API key (send Authorization: Bearer KEY)",
+                               None, "invalid_api_key", "invalid_request_error")
+                return JSONResponse(err.body(), status_code=401)
+        return await call_next(request)
+
+    @app.exception_handler(APIError)
+    async def api_error(_, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return JSONResponse(APIError(e.status_code, str(e.detail), None, code).body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(_, e: Exception):
+        log.exception("unhandled error")
+        body = APIError(500, f"internal error: {type(e).__name__}", None, "server_error", "server_error").body()
+        return JSONResponse(body, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse(PAGE)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": engine.models}
+
+    @app.get("/v1/models")
+    async def models():
+        data = [{"id": BASE, "object": "model", "created": 0, "owned_by": "asr-lora",
+                 "card": {"base": engine.base_name, "adapter": None}}]
+        data += [{"id": n, "object": "model", "created": 0, "owned_by": "asr-lora", "card": c}
+                 for n, c in cards.items()]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request):
+        body = await _read_body(request, settings.max_body)
+        request._body = body  # starlette's form parser reads the cached body
+        try:
+            form = await request.form(max_files=1, max_fields=32)
+        except Exception as e:
+            raise APIError(400, f"request is not valid multipart/form-data: {e}", None, "invalid_form") from None
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise APIError(400, "missing required multipart field 'file'", "file", "missing_file")
+        model = _field(form, "model")
+        if model is None:
+            raise APIError(400, "missing required field 'model' (base or an adapter name)", "model", "missing_model")
+        if model not in engine.models:
+            raise APIError(404, f"model {model!r} not found; available: {engine.models}", "model", "model_not_found")
+        fmt = _field(form, "response_format", "json")
+        if fmt not in FORMATS:
+            raise APIError(400, f"response_format {fmt!r} is not supported; choose one of {list(FORMATS)}",
+                           "response_format", "unsupported_response_format")
+        if "word" in form.getlist("timestamp_granularities[]"):
+            raise APIError(400, "word timestamps are not supported; use 'segment'", "timestamp_granularities[]",
+                           "unsupported_value")
+        try:
+            temperature = float(_field(form, "temperature", "0"))
+        except ValueError:
+            raise APIError(400, "temperature must be a number", "temperature", "invalid_value") from None
+        language = _field(form, "language")
+        if language and not engine.multilingual and language.lower() in ENGLISH:
+            language = None  # English-only models take no language argument (FIELD_NOTES 5)
+        options = Options(timestamps=fmt in TIMESTAMP_FORMATS, temperature=temperature,
+                          prompt=_field(form, "prompt"), language=language)
+        data = await upload.read()
+        audio = await run_in_threadpool(decode_upload, data, upload.filename or "file")
+        try:
+            fut = batcher.submit(audio, model, options)
+        except OptionError as e:
+            raise APIError(400, str(e), e.param, "unsupported_value") from None
+        result = await asyncio.wrap_future(fut)
+        lang = "english" if not language else language
+        content, media = render(result, fmt, lang, temperature, engine.processor.tokenizer)
+        if isinstance(content, dict):
+            return JSONResponse(content)
+        return PlainTextResponse(content, media_type=media)
+
+    return app
+
+
+class ServerThread:
+    """uvicorn serving `app` from a background thread (tests, benchmarks); port 0 picks a free one.
+
+    >>> with ServerThread(app) as s: openai.OpenAI(base_url=s.url + "/v1", api_key="x")
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0):
+        import threading
+
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="asr-lora-uvicorn", daemon=True)
+        self.host = host
+
+    def __enter__(self) -> "ServerThread":
+        import time
+
+        self.thread.start()
+        t0 = time.monotonic()
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() - t0 > 30:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,79 @@
+"""Collect requests that arrive together into one decode call.
+
+A single worker thread owns the model. It waits for a first job, then keeps collecting for
+`window_ms` or until `max_batch` jobs are waiting, groups them by decoding options (adapters are
+NOT part of the key: mixed-adapter batches are the point), and hands each group to
+`Engine.decode`. Callers get a `concurrent.futures.Future`; an exception in a batch fails that
+batch's futures only, and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+
+import numpy as np
+
+from asr_lora.serving.engine import Engine, Job, Options
+
+log = logging.getLogger(__name__)
+
+
+class Batcher:
+    def __init__(self, engine: Engine, max_batch: int = 8, window_ms: float = 20.0):
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.engine, self.max_batch, self.window_s = engine, max_batch, max(0.0, window_ms) / 1000
+        self._queue: queue.Queue[tuple[Job, Future] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="asr-lora-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, audio: np.ndarray, model: str, options: Options = Options()) -> Future:
+        if model not in self.engine.models:
+            raise KeyError(model)
+        self.engine.check_options(options)
+        fut: Future = Future()
+        self._queue.put((Job(audio, model, options), fut))
+        return fut
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _collect(self, first) -> tuple[list, bool]:
+        batch, deadline = [first], time.perf_counter() + self.window_s
+        while len(batch) < self.max_batch:
+            left = deadline - time.perf_counter()
+            try:
+                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch, stop = self._collect(first)
+            groups: dict[Options, list] = {}
+            for job, fut in batch:
+                groups.setdefault(job.options, []).append((job, fut))
+            for items in groups.values():
+                futs = [f for _, f in items]
+                try:
+                    results = self.engine.decode([j for j, _ in items])
+                except Exception as e:  # fail these requests, keep the worker alive
+                    log.exception("decode failed for a batch of %d", len(items))
+                    for f in futs:
+                        f.set_exception(e)
+                    continue
+                for f, r in zip(futs, results):
+                    f.set_result(r)
