@@ -12,6 +12,11 @@ Variants (same clips, same model, same batch size, same number of optimizer step
                      decoder, log-mel per batch in SpeechCollator, encoder forward+backward every step
 - `lora_short_context` the same with `train.encoder_context=batch` (asr_lora/context.py): each
                      training step runs the encoder on the batch's longest clip + 1 s, not 30 s
+- `lora_short_context_augment` the same with `augment=default` (conf/augment/default.yaml: the
+                     audiomentations/pyroomacoustics waveform effects + SpecAugment, per clip per step
+                     in the collator; the room bank is simulated once, counted in prep)
+- `lora_short_context_augment_workers` the same, augmenting in one DataLoader worker
+                     (`train.dataloader_num_workers=1`) so it overlaps the step
 - `full`             this project's full fine-tuning baseline (`+recipe=sg_english_full`)
 - `full_short_context` the same with `train.encoder_context=batch`
 - `reference`        written the way the PEFT Whisper example / HF fine-tuning blog do it: numpy
@@ -53,6 +58,9 @@ OURS_OVERRIDES = {
     "lora_decoder_cached": ["+recipe=sg_english_decoder"],
     "lora_all_scopes": ["+recipe=sg_english", "train.encoder_context=full"],
     "lora_short_context": ["+recipe=sg_english", "train.encoder_context=batch"],
+    "lora_short_context_augment": ["+recipe=sg_english", "train.encoder_context=batch", "augment=default"],
+    "lora_short_context_augment_workers": ["+recipe=sg_english", "train.encoder_context=batch", "augment=default",
+                                           "train.dataloader_num_workers=1"],
     "full": ["+recipe=sg_english_full", "train.encoder_context=full"],
     "full_short_context": ["+recipe=sg_english_full", "train.encoder_context=batch"],
 }
@@ -103,9 +111,9 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     from hydra import compose, initialize_config_dir
 
     from asr_lora.config import CONF_DIR
-    from asr_lora.features import SpeechCollator
-    from asr_lora.runtime import build_encoder_cache
-    from asr_lora.training import build_trainer, prepare_model, training_args
+    from asr_lora.data.features import SpeechCollator
+    from asr_lora.model.encoder_cache import build_encoder_cache
+    from asr_lora.training.trainer import build_trainer, prepare_model, training_args
 
     steps, bs = spec["steps"], spec["batch_size"]
     base = spec["extra"].get(variant) or OURS_OVERRIDES[variant]
@@ -123,7 +131,15 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     t0 = time.perf_counter()
     model, params = prepare_model(model, cfg)
     cache = build_encoder_cache(cfg, model, processor, {"train": ds})
-    collator = SpeechCollator(processor, model.config.decoder_start_token_id, None, cache, cfg.seed)
+    augmenter = None
+    if cfg.augment.enabled:  # built as asr_lora/training/job.py builds it
+        from omegaconf import OmegaConf
+
+        from asr_lora.data.augment import Augmenter
+
+        sections = OmegaConf.to_container(cfg.augment, resolve=True)
+        augmenter = Augmenter({k: v for k, v in sections.items() if k != "enabled"})
+    collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter, cache, cfg.seed)
     keep = ["id", "labels"] if cache is not None else ["id", "labels", "audio"]
     args = training_args(cfg, out_dir, [], False)
     args.disable_tqdm = True
@@ -131,7 +147,8 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     prep = time.perf_counter() - t0
     info = {"params": params, "encoder_cache": cache is not None,
             "overrides": overrides[: len(base)], "learning_rate": cfg.train.learning_rate,
-            "encoder_context": cfg.train.encoder_context}
+            "encoder_context": cfg.train.encoder_context, "augment": bool(cfg.augment.enabled),
+            "dataloader_num_workers": cfg.train.dataloader_num_workers}
     return trainer, prep, info
 
 
@@ -196,9 +213,9 @@ def worker(variant: str, spec: dict, profile: bool) -> dict:
     import torch
     from datasets import Dataset
 
-    from asr_lora.data import training_text
-    from asr_lora.model import load_whisper
-    from asr_lora.runtime import seed_everything
+    from asr_lora.core.runtime import seed_everything
+    from asr_lora.data.splits import training_text
+    from asr_lora.model.whisper import load_whisper
 
     common.quiet()
     seed_everything(42)
@@ -276,8 +293,8 @@ def _dev_wer(model, processor, spec: dict) -> dict:
     """Greedy dev WER with the stock 30 s input, through the project's decode loop for every variant."""
     from datasets import Dataset
 
-    from asr_lora.evaluation import transcribe_split
-    from asr_lora.text import normalize
+    from asr_lora.data.text import normalize
+    from asr_lora.evaluation.scoring import transcribe_split
 
     clips = common.load_clips(spec["dev_clips"])
     ds = Dataset.from_dict({"id": [c["id"] for c in clips], "audio": [c["audio"] for c in clips]})
@@ -339,6 +356,12 @@ def _ratios(ok: dict, mem_key: str) -> dict:
                 out[f"{v}/{peer} peak memory above loaded"] = ratio(
                     ok[v][mem_key] - ok[v]["rss_after_load_mb"], ok[peer][mem_key] - ok[peer]["rss_after_load_mb"])
             out[f"{v}/{peer} throughput (e2e)"] = ratio(ok[v]["audio_s_per_s_e2e"], ok[peer]["audio_s_per_s_e2e"])
+    # Augmentation cost: each augmented variant's step time against the same pipeline without it.
+    for v in ok:
+        plain = v.split("_augment")[0]
+        if "_augment" in v and plain in ok:
+            out[f"{v}/{plain} step time (median)"] = ratio(ok[v]["step_median_s"], ok[plain]["step_median_s"])
+            out[f"{v}/{plain} loop time"] = ratio(ok[v]["loop_s"], ok[plain]["loop_s"])
     return out
 
 
@@ -349,6 +372,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=int, default=24)
     ap.add_argument("--model", default="bundled:tiny.en")
     ap.add_argument("--tiny", action="store_true", help="random tiny Whisper + synthetic tones (smoke run)")
+    ap.add_argument("--tones", action="store_true",
+                    help="the real --model on synthetic 1-3 s tone clips (no corpus build; e.g. augmentation cost)")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list from {VARIANTS}")
     ap.add_argument("--extra", action="append", default=[], metavar='NAME="OVERRIDE ..."',
                     help="an extra variant of ours from Hydra overrides (repeatable)")
@@ -387,11 +412,13 @@ def main(argv=None) -> int:
         if a.tiny:
             model = str(common.make_tiny_whisper(tmp / "tiny-whisper"))
             clips = common.tone_clips(a.clips, tmp / "tones")
+        elif a.tones:
+            model, clips = a.model, common.tone_clips(a.clips, tmp / "tones")
         else:
             model, clips = a.model, common.corpus_clips(a.clips, "train")
         dev_clips = []
         if a.dev_clips:
-            dev_clips = clips[: a.dev_clips] if a.tiny else common.corpus_clips(a.dev_clips, "dev")
+            dev_clips = clips[: a.dev_clips] if a.tiny or a.tones else common.corpus_clips(a.dev_clips, "dev")
         spec = {"model": model, "clips": clips, "steps": a.steps, "batch_size": a.batch_size, "tmp": str(tmp),
                 "extra": extra, "dev_clips": dev_clips}
         spec_path = tmp / "spec.json"

@@ -10,6 +10,12 @@ done
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   echo "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The unseen-engine voices (SVOX Pico, MBROLA) live in Debian's contrib and non-free components.
+  src=/etc/apt/sources.list.d/asr-lora-contrib-nonfree.sources
+  if [ ! -f "$src" ] && . /etc/os-release && [ -n "${VERSION_CODENAME:-}" ]; then
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$VERSION_CODENAME" > "$src"
+  fi
   apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null || {
     echo "apt-get install failed for: ${missing[*]}" >&2; exit 1; }
 else

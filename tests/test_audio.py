@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 
@@ -11,18 +12,8 @@ import soundfile as sf
 import torch
 from fixtures_build import tone, write_tone
 
-from asr_lora.audio import (
-    AudioError,
-    Augmenter,
-    add_noise,
-    check_audio,
-    load_audio,
-    peak_dbfs,
-    reverberate,
-    rms_dbfs,
-    spec_augment,
-    speed_perturb,
-)
+from asr_lora.data.audio import AudioError, check_audio, load_audio, peak_dbfs, rms_dbfs
+from asr_lora.data.augment import WAVE_SECTIONS, Augmenter, reverberate, simulate_rooms, spec_augment
 
 SR = 16000
 
@@ -177,39 +168,99 @@ def test_loudness():
 # ------------------------------------------------------------------------------------ augmentation
 
 
-@pytest.mark.parametrize("factor", [0.9, 1.1])
-def test_speed_perturb_scales_length_and_pitch(factor):
+def only(section: str, **keys) -> Augmenter:
+    """An Augmenter with one wave section on, always firing."""
+    return Augmenter({section: {"enabled": True, "prob": 1.0, **keys}})
+
+
+def band_db(x: np.ndarray, lo: float, hi: float) -> float:
+    power = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
+    f = np.fft.rfftfreq(len(x), 1 / SR)
+    return float(10 * np.log10(power[(f >= lo) & (f < hi)].sum() + 1e-20))
+
+
+@pytest.mark.parametrize("rate", [0.9, 1.1])
+def test_tempo_changes_length_not_pitch(rate):
     x = tone(1.0, freq=500.0)
-    y = speed_perturb(x, SR, factor)
-    assert abs(len(y) - len(x) / factor) <= 1
-    assert dominant_hz(y, SR) == pytest.approx(500 * factor, abs=3)
-    assert speed_perturb(x, SR, 1.0) is x
+    y = only("tempo", rate=[rate, rate])(x, np.random.default_rng(0))
+    assert abs(len(y) - len(x) / rate) <= 0.01 * len(x)
+    assert dominant_hz(y, SR) == pytest.approx(500, abs=5)
 
 
-@pytest.mark.parametrize("color", ["white", "pink"])
-@pytest.mark.parametrize("snr", [0.0, 10.0, 25.0])
-def test_noise_hits_requested_snr(color, snr):
-    x = tone(1.0)
-    y = add_noise(x, snr, np.random.default_rng(3), color=color)
-    assert snr_db(x, y) == pytest.approx(snr, abs=0.01)
-    np.testing.assert_array_equal(y, add_noise(x, snr, np.random.default_rng(3), color=color))
+@pytest.mark.parametrize("semitones", [-2.0, 2.0])
+def test_pitch_changes_pitch_not_length(semitones):
+    x = tone(1.0, freq=500.0)
+    y = only("pitch", semitones=[semitones, semitones])(x, np.random.default_rng(0))
+    assert len(y) == len(x)
+    assert dominant_hz(y, SR) == pytest.approx(500 * 2 ** (semitones / 12), rel=0.02)
 
 
-def test_pink_noise_is_pink():
-    noisy = add_noise(tone(2.0, amp=1.0), 0.0, np.random.default_rng(0), color="pink") - tone(2.0, amp=1.0)
-    power = np.abs(np.fft.rfft(noisy)) ** 2
-    freqs = np.fft.rfftfreq(len(noisy), 1 / SR)
-    low, high = power[(freqs > 100) & (freqs < 200)].mean(), power[(freqs > 4000) & (freqs < 8000)].mean()
-    assert low > 10 * high
+@pytest.mark.parametrize("snr", [5.0, 20.0])
+def test_noise_hits_requested_snr(snr):
+    x = tone(1.0, amp=0.3)
+    y = only("noise", snr_db=[snr, snr], f_decay=[0.0, 0.0])(x, np.random.default_rng(3))
+    assert snr_db(x, y) == pytest.approx(snr, abs=0.5)
+
+
+def test_brown_noise_is_low_heavy_and_white_is_flat():
+    x = np.zeros(2 * SR, dtype=np.float32)
+    x[::400] = 1.0  # a click train: flat spectrum, so the noise's colour shows in the difference
+    brown = only("noise", snr_db=[0.0, 0.0], f_decay=[-6.0, -6.0])(x, np.random.default_rng(0)) - x
+    white = only("noise", snr_db=[0.0, 0.0], f_decay=[0.0, 0.0])(x, np.random.default_rng(0)) - x
+    assert band_db(brown, 100, 200) - band_db(brown, 4000, 4100) > 20
+    assert abs(band_db(white, 100, 200) - band_db(white, 4000, 4100)) < 3
+
+
+def test_telephone_band_cuts_lows_and_highs():
+    aug = only("telephone")
+    for hz, kept in [(100.0, False), (1000.0, True), (6000.0, False)]:
+        x = tone(1.0, freq=hz, amp=0.3)
+        y = aug(x, np.random.default_rng(0))
+        drop = rms_dbfs(x) - rms_dbfs(y)
+        assert (abs(drop) < 1.5) if kept else (drop > 15), (hz, drop)
+
+
+def test_codec_keeps_length_and_most_of_the_signal():
+    x = tone(1.0, freq=700.0, amp=0.3)
+    y = only("codec", bitrate_kbps=[32, 32])(x, np.random.default_rng(0))
+    assert len(y) == len(x) and not np.allclose(x, y)
+    assert snr_db(x, y) > 5  # lossy but aligned: no added delay
+
+
+def test_gain_and_eq():
+    x = tone(1.0, amp=0.1)
+    assert rms_dbfs(only("gain", gain_db=[6.0, 6.0])(x, np.random.default_rng(0))) == pytest.approx(
+        rms_dbfs(x) + 6.0, abs=0.01)
+    clicks = np.zeros(SR, dtype=np.float32)
+    clicks[::200] = 0.5
+    y = only("eq", gain_db=[-12.0, 12.0])(clicks, np.random.default_rng(1))
+    assert len(y) == len(clicks)
+    bands = [(100, 200), (400, 800), (1600, 3200), (4000, 7000)]
+    changes = [band_db(y, *b) - band_db(clicks, *b) for b in bands]
+    assert max(changes) - min(changes) > 3  # the timbre moved, not only the level
+
+
+def test_simulated_rooms_are_seeded_and_reverberant():
+    a, b = simulate_rooms(2, SR, (0.4, 0.6), seed=7), simulate_rooms(2, SR, (0.4, 0.6), seed=7)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert not np.array_equal(a[0], simulate_rooms(1, SR, (0.4, 0.6), seed=8)[0])
+    for rir in a:
+        assert int(np.argmax(np.abs(rir))) == 0  # direct path first: reverb adds no delay
+        energy = np.cumsum(rir[::-1] ** 2)[::-1]
+        tail = energy[int(0.1 * SR)] / energy[0]  # energy left after 100 ms
+        assert 1e-4 < tail < 0.5
 
 
 def test_reverb_keeps_length_and_level():
     x = tone(1.0)
-    y = reverberate(x, SR, np.random.default_rng(0), (0.3, 0.6))
+    rir = simulate_rooms(1, SR, (0.3, 0.6), seed=0)[0]
+    y = reverberate(x, rir)
     assert len(y) == len(x) and y.dtype == np.float32
     assert rms_dbfs(y) == pytest.approx(rms_dbfs(x), abs=0.01)
     assert not np.allclose(x, y)
-    np.testing.assert_array_equal(y, reverberate(x, SR, np.random.default_rng(0), (0.3, 0.6)))
+    room = Augmenter({"room": {"enabled": True, "prob": 1.0, "n_rooms": 2, "rt60": [0.3, 0.6]}})
+    out = room(x, np.random.default_rng(0))
+    assert any(np.array_equal(out, reverberate(x, r)) for r in room.rirs)
 
 
 def test_spec_augment_numpy_and_torch():
@@ -225,37 +276,80 @@ def test_spec_augment_numpy_and_torch():
     np.testing.assert_allclose(out_t.numpy(), out, atol=1e-6)
 
 
-CONFIG = {
-    "speed": {"enabled": True, "factors": [0.9, 1.0, 1.1]},
-    "noise": {"enabled": True, "snr_db": [10, 30], "prob": 1.0},
-    "reverb": {"enabled": True, "prob": 1.0, "rt60": [0.2, 0.8]},
-    "specaugment": {
-        "enabled": True,
-        "n_freq_masks": 2,
-        "freq_width": 10,
-        "n_time_masks": 2,
-        "time_width": 20,
-    },
+CONFIG = {s: {"enabled": True, "prob": 0.7} for s in WAVE_SECTIONS} | {
+    "room": {"enabled": True, "prob": 0.7, "n_rooms": 3},
+    "specaugment": {"enabled": True, "n_freq_masks": 2, "freq_width": 10, "n_time_masks": 2, "time_width": 20},
 }
 
 
-def test_augmenter_is_deterministic_per_seed():
-    aug, x = Augmenter(CONFIG), tone(1.0)
+@pytest.fixture(scope="module")
+def full_augmenter():
+    return Augmenter(CONFIG)
+
+
+def test_augmenter_is_deterministic_per_seed(full_augmenter):
+    aug, x = full_augmenter, tone(1.0)
     a, b = aug(x, np.random.default_rng(42)), aug(x, np.random.default_rng(42))
     np.testing.assert_array_equal(a, b)
     outputs = {aug(x, np.random.default_rng(seed)).tobytes() for seed in range(6)}
-    assert len(outputs) > 1
+    assert len(outputs) == 6
+    # A fresh Augmenter built from the same config reproduces the same clip (rooms included).
+    np.testing.assert_array_equal(a, Augmenter(CONFIG)(x, np.random.default_rng(42)))
     logmel = np.zeros((80, 100), dtype=np.float32) + np.arange(100, dtype=np.float32)
     np.testing.assert_array_equal(
         aug.spec(logmel, np.random.default_rng(5)), aug.spec(logmel, np.random.default_rng(5))
     )
 
 
+def test_augmenter_leaves_global_random_states_alone(full_augmenter):
+    random.seed(1)
+    np.random.seed(1)
+    expected = (random.random(), np.random.random())
+    random.seed(1)
+    np.random.seed(1)
+    for seed in range(4):
+        full_augmenter(tone(0.5), np.random.default_rng(seed))
+    assert (random.random(), np.random.random()) == expected
+
+
+def test_one_sections_outcome_does_not_shift_the_next():
+    """The gain drawn for a clip is the same whether or not the noise before it fired."""
+    x = tone(0.5, amp=0.1)
+    levels = []
+    for noise_prob in (0.0, 1.0):  # 60 dB SNR: the noise itself moves the level by < 0.001 dB
+        aug = Augmenter({"noise": {"enabled": True, "prob": noise_prob, "snr_db": [60.0, 60.0]},
+                         "gain": {"enabled": True, "prob": 1.0, "gain_db": [-6.0, 6.0]}})
+        levels.append([rms_dbfs(aug(x, np.random.default_rng(seed))) for seed in range(4)])
+    np.testing.assert_allclose(levels[0], levels[1], atol=0.01)
+    assert np.ptp(levels[0]) > 0.5  # the gains themselves vary with the seed
+
+
 def test_augmenter_off_by_default_and_strict_config():
     x = tone(0.5)
     assert Augmenter()(x, np.random.default_rng(0)) is x
-    assert Augmenter({"speed": {"enabled": False}}).spec(x, np.random.default_rng(0)) is x
+    assert Augmenter({"pitch": {"enabled": False}}).spec(x, np.random.default_rng(0)) is x
     with pytest.raises(ValueError, match="snr"):
         Augmenter({"noise": {"enabled": True, "snr": [5, 10]}})
     with pytest.raises(ValueError, match="unknown augmentation section"):
-        Augmenter({"pitch": {}})
+        Augmenter({"speed": {}})
+    with pytest.raises(ValueError, match="unknown augmentation section 'enabled'"):
+        Augmenter({"enabled": True})  # the Hydra group's switch is the caller's to strip
+    with pytest.raises(ValueError, match="prob"):
+        Augmenter({"gain": {"enabled": True, "prob": 1.5}})
+
+
+def test_default_group_builds_an_augmenter():
+    """conf/augment/default.yaml, as the job passes it, is a valid Augmenter config with every effect on."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from asr_lora.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["augment=default", "augment.room.n_rooms=1"])
+    sections = OmegaConf.to_container(cfg.augment, resolve=True)
+    assert sections.pop("enabled") is True
+    aug = Augmenter(sections)
+    assert all(aug.on(s) for s in (*WAVE_SECTIONS, "specaugment"))
+    y = aug(tone(1.0), np.random.default_rng(0))
+    assert y.dtype == np.float32 and np.isfinite(y).all()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from asr_lora import corpus
-from asr_lora.corpus import (
+import asr_lora.data.corpus as corpus
+from asr_lora.data.corpus import (
     CONTROL,
     GENERAL,
     SENTENCES,
@@ -74,11 +74,12 @@ def test_voice_inventory_is_speaker_disjoint_and_covers_engines():
     voices = load_voices()
     assert len({v.id for v in voices}) >= 15
     engines = {v.engine for v in voices}
-    assert engines == {"espeak", "flite", "festival", "piper"}
+    assert engines == {"espeak", "flite", "festival", "piper", "pico", "mbrola"}
     by_split = defaultdict(set)
     for v in voices:
         by_split[v.split].add(v)
-    assert {v.engine for v in by_split["train"]} == engines
+    # pico and mbrola are the unseen engines: dev/test only (tests/test_unseen_engine.py).
+    assert {v.engine for v in by_split["train"]} == engines - {"pico", "mbrola"}
     speakers = {s: {v.speaker for v in vs} for s, vs in by_split.items()}
     assert not speakers["train"] & speakers["dev"]
     assert not speakers["train"] & speakers["test"]
@@ -115,7 +116,9 @@ def test_full_plan_sizes_and_disjointness():
     for r in records:
         n[r.split, r.subset] += 1
     assert 800 <= n["train", "main"] <= 1500
-    assert 150 <= n["test", "main"] <= 300
+    seen_test = sum(1 for r in records if r.split == "test" and r.subset == "main" and r.part == "seen_engine")
+    assert 150 <= seen_test <= 300
+    assert 100 <= n["test", "main"] - seen_test <= 150  # unseen engine: each test sentence once
     assert n["train", "control"] == 0
     assert n["train", "general"] == len(general) >= 400  # one voice each
     assert n["dev", "general"] == n["test", "general"] == 0
@@ -166,6 +169,9 @@ def test_small_build_manifest_split_and_cache(tmp_path):
     assert set(info["input_files_sha256"]) == {"sg_sentences.txt", "control_sentences.txt",
                                                "general_sentences.txt", "voices.json"}
     assert info["counts"]["train"]["general"] == 3  # max(1, 12 // 4)
+    # Unseen-engine part (tests/test_unseen_engine.py): rendered, in dev and test, counted per part.
+    assert {r.split for r in records if r.part == "unseen_engine"} == {"dev", "test"}
+    assert info["parts"]["test"]["unseen_engine/main"] == info["parts"]["test"]["seen_engine/main"] // 2
     assert "general" not in info["counts"]["dev"] and "general" not in info["counts"]["test"]
     real = [r for r in records if r.engine is None]
     if info["real_control"]["included"]:

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from asr_lora.metrics import (
+from asr_lora.data.text import NORMALIZER_VERSION, normalize
+from asr_lora.evaluation.metrics import (
     bootstrap_ci,
     corpus_cer,
     corpus_wer,
@@ -13,8 +14,7 @@ from asr_lora.metrics import (
     per_utterance_errors,
     worst_utterances,
 )
-from asr_lora.report import pct, render_markdown_table, write_report
-from asr_lora.text import NORMALIZER_VERSION, normalize
+from asr_lora.evaluation.report import pct, render_markdown_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

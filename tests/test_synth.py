@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_lora.corpus import load_voices
-from asr_lora.synth import SAMPLE_RATE, SynthError, Voice, available_engines, synthesize
+from asr_lora.data.corpus import load_voices
+from asr_lora.data.synth import SAMPLE_RATE, SynthError, Voice, available_engines, synthesize
 
 TEXT = "Uncle, one kopi siew dai and one teh peng, takeaway ah."
 
@@ -28,7 +28,7 @@ ENGINE_VOICES = [pytest.param(v, id=v.engine) for v in _one_voice_per_engine()]
 
 def test_inventory_names_install_hint_for_every_engine():
     inv = available_engines()
-    assert set(inv) == {"espeak", "flite", "festival", "piper"}
+    assert set(inv) == {"espeak", "flite", "festival", "piper", "pico", "mbrola"}
     for engine, entry in inv.items():
         assert entry["install"], engine
         assert entry["installed"] == bool(entry["voices"])
@@ -66,7 +66,7 @@ def test_every_inventory_voice_is_installed_and_renders(tmp_path):
 
 
 def test_missing_engine_raises_with_install_hint(tmp_path, monkeypatch):
-    from asr_lora import synth
+    import asr_lora.data.synth as synth
 
     fake = {e: {"installed": False, "voices": [], "install": synth.INSTALL_HINTS[e]} for e in synth.ENGINES}
     monkeypatch.setattr(synth, "available_engines", lambda: fake)
@@ -79,7 +79,8 @@ def test_missing_engine_raises_with_install_hint(tmp_path, monkeypatch):
 def test_unknown_voice_raises_instead_of_silent_fallback(tmp_path):
     # flite and espeak-ng quietly substitute a default voice for an unknown name.
     for engine, name, opts in [("flite", "no_such_voice", {}), ("espeak", "en-us", {"variant": "nosuch9"}),
-                               ("festival", "no_such_voice", {}), ("bogus", "x", {})]:
+                               ("festival", "no_such_voice", {}), ("pico", "xx-XX", {}), ("mbrola", "us9", {}),
+                               ("bogus", "x", {})]:
         voice = Voice(id=f"{engine}-bad", engine=engine, voice=name, speaker="s", accent="x", split="train",
                       options=opts)
         with pytest.raises(SynthError, match=f"{engine}-bad"):
@@ -87,7 +88,7 @@ def test_unknown_voice_raises_instead_of_silent_fallback(tmp_path):
 
 
 def test_cli_failure_names_engine_voice_and_text(tmp_path, monkeypatch):
-    from asr_lora import synth
+    import asr_lora.data.synth as synth
 
     if not available_engines()["espeak"]["installed"]:
         pytest.skip("espeak-ng not installed")

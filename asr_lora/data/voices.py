@@ -1,0 +1,87 @@
+"""The sg_english voice inventory (`data/sg_english/voices.json`) and its split rules.
+
+Every voice belongs to one split, and every human (or formant variant) behind a voice to one
+split. Dev and test voices also belong to one *part* (FIELD_NOTES 13, engine leakage):
+
+* ``seen_engine``: a new voice of an engine that train also uses (espeak, flite, festival,
+  piper). Gains measured here partly reward learning the engine's sound, not the accent;
+* ``unseen_engine``: a voice of an engine that NO train voice uses (SVOX Pico, MBROLA). The
+  figures the project quotes and the forgetting gate come from this part.
+
+`load_voices` refuses an inventory that breaks either rule, so a voice added to train on an
+unseen engine (or a dev/test voice mislabelled as unseen) fails loudly instead of leaking.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from functools import lru_cache
+from pathlib import Path
+
+from asr_lora.data.synth import Voice
+
+VOICES = Path(__file__).resolve().parents[2] / "data" / "sg_english" / "voices.json"
+
+
+SPLITS = ("train", "dev", "test")
+
+
+PARTS = ("seen_engine", "unseen_engine")
+
+
+# Part of real recorded speech (pocketsphinx-testdata control clips): no TTS engine at all.
+REAL_PART = "real"
+
+
+def part_of(voice: Voice) -> str | None:
+    """The part of a dev/test voice ("seen_engine" unless voices.json says otherwise); None in train."""
+    if voice.split == "train":
+        return None
+    return voice.part or "seen_engine"
+
+
+def check_parts(voices: list[Voice], where: str = "voices") -> None:
+    """Raise ValueError unless unseen-engine voices sit in dev/test only, on engines no train voice
+    uses, each of dev and test has some, and every seen-engine voice's engine is in train."""
+    if bad := [v.id for v in voices if v.part and v.part not in PARTS]:
+        raise ValueError(f"{where}: voices {bad} have a part outside {list(PARTS)}")
+    if bad := [v.id for v in voices if v.split == "train" and v.part]:
+        raise ValueError(f"{where}: train voices {bad} carry a part; parts are for dev/test voices only")
+    train_engines = {v.engine for v in voices if v.split == "train"}
+    unseen = [v for v in voices if part_of(v) == "unseen_engine"]
+    if leaks := sorted({f"{v.id} ({v.engine})" for v in unseen if v.engine in train_engines}):
+        raise ValueError(f"{where}: unseen-engine voices {leaks} use an engine that train also uses "
+                         f"(train engines: {sorted(train_engines)})")
+    if bad := sorted(v.id for v in voices if part_of(v) == "seen_engine" and v.engine not in train_engines):
+        raise ValueError(f"{where}: voices {bad} are marked seen_engine but no train voice uses their engine")
+    if unseen and (missing := [s for s in ("dev", "test") if not any(v.split == s for v in unseen)]):
+        raise ValueError(f"{where}: no unseen-engine voice in {missing}; dev and test each need one")
+
+
+def load_voices(path: Path = VOICES) -> list[Voice]:
+    """Voices from voices.json; raises ValueError unless ids are unique, splits are known, every
+    speaker sits in exactly one split and the parts obey `check_parts`."""
+    voices = [Voice.from_dict(d) for d in json.loads(Path(path).read_text(encoding="utf-8"))["voices"]]
+    ids = Counter(v.id for v in voices)
+    if dup := [i for i, c in ids.items() if c > 1]:
+        raise ValueError(f"{path}: duplicate voice ids {dup}")
+    if bad := [v.id for v in voices if v.split not in SPLITS]:
+        raise ValueError(f"{path}: voices {bad} have no split in {list(SPLITS)}")
+    splits_of = defaultdict(set)
+    for v in voices:
+        splits_of[v.speaker].add(v.split)
+    if leaks := {s: sorted(sp) for s, sp in splits_of.items() if len(sp) > 1}:
+        raise ValueError(f"{path}: speakers in more than one split: {leaks}")
+    check_parts(voices, str(path))
+    return voices
+
+
+@lru_cache(maxsize=4)
+def voice_parts(path: Path = VOICES) -> dict[str, str]:
+    """{voice id: part} for the dev/test voices of the inventory ({} when it cannot be read)."""
+    try:
+        voices = load_voices(path)
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {v.id: p for v in voices if (p := part_of(v))}
