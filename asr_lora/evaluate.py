@@ -1,67 +1,17 @@
 """`python -m asr_lora.evaluate +recipe=sg_english [model=...] [adapter=DIR] [data.split=test] [eval.beam_size=1]`.
 
-With an adapter, base and adapted are scored from one loaded peft model (`disable_adapter()` gives
-the base), with a paired comparison and the forgetting gate; without one, the model alone.
+The work is `evaluation.job.evaluate`: base (and adapted, with an adapter) scored on one split.
 """
 
 from __future__ import annotations
 
-import logging
-
 import hydra
-import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from asr_lora.config import CONF_DIR
-from asr_lora.core.logs import setup_logging
-from asr_lora.core.runtime import run_dir_of, seed_everything
-from asr_lora.data.loading import load_data
-from asr_lora.evaluation.scoring import eval_info
-from asr_lora.model.encoder_cache import encoder_batch_size
+from asr_lora.evaluation.job import evaluate
 
-log = logging.getLogger("asr_lora.evaluate")
-
-
-def evaluate(cfg: DictConfig) -> dict:
-    run_dir = run_dir_of(cfg)
-    setup_logging(run_dir, quiet=cfg.quiet)
-    seed_everything(cfg.seed)
-    from asr_lora.data.splits import subsample
-    from asr_lora.evaluation.scoring import evaluate_systems, headline
-    from asr_lora.model.encoder_cache import EncoderCache
-    from asr_lora.model.whisper import load_whisper
-
-    model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
-    systems: tuple[str, ...] = ("base",)
-    if cfg.adapter:
-        from peft import PeftModel
-
-        from asr_lora.inference.decode import check_adapter_dir
-
-        model = PeftModel.from_pretrained(model, str(check_adapter_dir(cfg.adapter)), is_trainable=False)
-        systems = ("base", "adapted")
-    model.eval()
-    splits, report = load_data(cfg, processor.tokenizer, run_dir)
-    split = cfg.data.split or cfg.eval.split
-    if split not in splits:
-        raise ValueError(f"split {split!r} is empty or missing; have {sorted(splits)} (see data_report.json)")
-    ds = subsample(splits[split], cfg.data.max_eval_samples, cfg.seed)
-
-    cache = None
-    if not any(".encoder." in n and "lora_A" in n for n, _ in model.named_parameters()):
-        # The encoder is the same for every system here: run it once per clip.
-        cache = EncoderCache(model, processor, encoder_batch_size(cfg, model))
-        cache.fill(ds["id"], [np.asarray(a, dtype=np.float32) for a in ds["audio"]], True, f"encoding {split}")
-    info = eval_info(cfg, report, cfg.adapter, split)
-    ev = evaluate_systems(model, processor, ds, cfg.eval, run_dir / "eval", info, systems, cache)
-    for s in systems:
-        h = headline(ev, s)
-        log.info("%s WER %.2f%% [%.2f, %.2f] (norm), %.2f%% particles removed%s", s, 100 * h["wer"],
-                 100 * h["ci_low"], 100 * h["ci_high"], 100 * h["wer_no_particles"],
-                 f"; control {100 * h['control_wer']:.2f}%" if "control_wer" in h else "")
-    log.info("report: %s", run_dir / "eval" / "report.html")
-    return ev
+__all__ = ["evaluate", "main"]
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
