@@ -360,9 +360,5 @@ def build_corpus(
     write_json(info_path, info)
     msg = (f"sg_english: {len(records)} utterances ({rendered} rendered) in {info['build_seconds']:.0f}s; "
            f"counts {summary['counts']}; hours {summary['hours']}")
-    log.info(msg)
-    if progress:
-        from rich import print as rprint
-
-        rprint(msg)
+    log.info(msg)  # once: the console handler shows it (it was also rich-printed, so it appeared twice)
     return manifest
