@@ -92,8 +92,14 @@ def test_bundled_tiny_en_matches_ctranslate2(tmp_path):
         theirs = ct2.generate(sv, [[50257, 50362]], beam_size=1)[0].sequences_ids[0]
         assert [t for t in ours if t < 50256] == theirs, text
         theirs_enc = np.array(ct2.encode(sv))
-        # Most utterances agree within 1e-4 (max |diff|, outputs reach ~12). On the first sentence
-        # CTranslate2's own fp32 kernels sit 1.7e-4 from a float64 run of the same weights (ours 5e-5),
-        # so the max bound is 2.5e-4 and the mean bound carries the precision.
-        assert np.abs(theirs_enc - enc).max() < 2.5e-4
+        with torch.no_grad():
+            exact = model.double().model.encoder(feats.double()).last_hidden_state.numpy()
+        model.float()
+        # Judged against a float64 run of our converted weights: ours must sit no farther from it
+        # than CTranslate2's own fp32 kernels do (or within 2.5e-4; outputs reach ~12). How far
+        # CTranslate2 lands depends on the CPU's kernels: on one machine 1.7e-4 on the first
+        # sentence, on another 1.2e-3 (ours 1.8e-4 on both), so a fixed bound on ours-vs-theirs
+        # measured the machine, not the conversion. The mean bound carries the agreement.
+        ours_err, theirs_err = np.abs(enc - exact).max(), np.abs(theirs_enc - exact).max()
+        assert ours_err <= max(2.5e-4, theirs_err), (text, ours_err, theirs_err)
         assert np.abs(theirs_enc - enc).mean() < 1e-5
