@@ -70,6 +70,8 @@ class DataConfig:
     # batches (0 = off). Streaming: a batched map; in memory: the Trainer's group_by_length.
     length_buckets: int = 0
     max_train_samples: Optional[int] = None
+    # Train without these TTS engines' clips (leave-one-engine-out study); dev/test are untouched.
+    exclude_train_engines: list[str] = field(default_factory=list)
     max_eval_samples: Optional[int] = None
     synthetic: bool = False
     # Embedded corpus build settings (source=embedded only).
@@ -135,6 +137,9 @@ class TrainConfig:
     encoder_cache_budget_gb: float = 8.0  # auto turns the cache off past this (it lives in RAM)
     encoder_cache_on_disk: bool = True  # also keep it under the cache dir for the next run
     dev_eval_max_samples: Optional[int] = 64
+    # Choose checkpoints on one part of the dev split only (voices.json parts): unseen_engine picks
+    # the checkpoint that carries to engines training never heard. null: the whole dev split.
+    dev_part: Optional[str] = None
     ddp_backend: Optional[str] = None
     # Sharding through the Trainer/Accelerate integration (conf/train/fsdp.yaml, deepspeed_zero2.yaml).
     fsdp: bool = False
@@ -152,6 +157,8 @@ class EvalConfig:
     max_control_degradation: float = 0.05
     worst_n: int = 15
     before_training: bool = True
+    # Score one part of the split only (voices.json parts: unseen_engine | seen_engine); null: all.
+    part: Optional[str] = None
 
 
 @dataclass

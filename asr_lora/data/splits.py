@@ -276,3 +276,38 @@ def subsample(ds: Dataset | None, n: int | None, seed: int) -> Dataset | None:
     if ds is None or n is None or n >= len(ds):
         return ds
     return ds.shuffle(seed=seed).select(range(n))
+
+
+def keep_part(ds, part: str | None, what: str):
+    """The rows of `ds` whose voice lies in `part` of voices.json (e.g. the unseen-engine dev
+    part, so checkpoints are chosen on voices of engines training never heard). None: all rows."""
+    if ds is None or part is None:
+        return ds
+    from asr_lora.data.voices import voice_parts
+
+    table = voice_parts()
+    have = sorted({table[v] for v in set(ds["voice"]) if v in table})
+    if not have:  # a corpus without parts (real speech, a user's manifest): nothing to choose from
+        log.warning("%s=%s: this split has no voices.json parts; using all %d rows", what, part, len(ds))
+        return ds
+    kept = ds.filter(lambda v: table.get(v) == part, input_columns="voice", desc=f"{what}: {part} rows")
+    if not len(kept):
+        raise ValueError(f"{what}={part!r}: no rows of that part (parts present: {have}; "
+                         "see data/sg_english/voices.json)")
+    log.info("%s=%s: %d of %d rows", what, part, len(kept), len(ds))
+    return kept
+
+
+def drop_engines(ds, engines, what: str):
+    """`ds` without the rows of these TTS engines: the leave-one-engine-out study trains without
+    engine E and scores on E's dev voices (bench/study_unseen.py)."""
+    engines = sorted(set(engines or []))
+    if ds is None or not engines:
+        return ds
+    present = set(ds["engine"]) if isinstance(ds, Dataset) else None
+    if present is not None and (unknown := [e for e in engines if e not in present]):
+        raise ValueError(f"{what}: engines {unknown} have no rows (engines present: {sorted(present - {''})})")
+    kept = ds.filter(lambda e: e not in engines, input_columns="engine")
+    if present is not None:
+        log.info("%s=%s: %d of %d rows kept", what, engines, len(kept), len(ds))
+    return kept

@@ -1,0 +1,145 @@
+"""Recipe study chosen on voices of engines training never heard, and the leave-one-engine-out table.
+
+    python bench/study_unseen.py variants        # the recipe variants (below), scored on dev
+    python bench/study_unseen.py loo --base NAME # train without engine E, score on E's dev voices
+    python bench/study_unseen.py table           # study.md / study.json from the runs present
+
+Every run is `python -m asr_lora.train +recipe=sg_english <variant>` with export off, checkpoints
+chosen on the unseen-engine dev part (`train.dev_part=unseen_engine`, all of it) and the final
+scoring on the dev split (`eval.split=dev`): the test split is never looked at, so the recipe it
+picks can still be judged there. A run whose metrics.json exists is reused (the study resumes).
+Tables come from each run's eval/per_utterance.csv (norm), grouped by part, engine and subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from asr_lora.core.io import write_json, write_text  # noqa: E402
+from asr_lora.evaluation.report import render_markdown_table  # noqa: E402
+
+COMMON = ["export.enabled=false", "logger=none", "eval.split=dev", "train.dev_part=unseen_engine",
+          "train.dev_eval_max_samples=null"]
+DECODER = "lora.scope=[decoder_self,decoder_cross]"
+# name -> overrides on top of +recipe=sg_english (128 steps x 8 clips, lr 2e-3, q/v r=8).
+VARIANTS = {
+    "encdec": [],
+    "encdec_aug": ["augment=default"],
+    "dec": [DECODER],
+    "dec_aug": [DECODER, "augment=default"],
+    "dec_aug_r16": [DECODER, "augment=default", "lora.r=16", "lora.alpha=32"],
+    "dec_aug_256": [DECODER, "augment=default", "train.max_steps=256", "train.eval_steps=128",
+                    "train.save_steps=128"],
+}
+LOO_ENGINES = ("espeak", "festival", "flite")  # piper has no dev voice to score on
+
+
+def run(name: str, overrides: list[str], out: Path, eval_part: str | None) -> Path:
+    run_dir = out / name
+    if (run_dir / "metrics.json").is_file():
+        print(f"[study] {name}: reusing {run_dir}", flush=True)
+        return run_dir
+    cmd = [sys.executable, "-m", "asr_lora.train", "+recipe=sg_english", *COMMON, *overrides,
+           f"eval.part={eval_part or 'null'}", f"run_dir={run_dir}", "quiet=true"]
+    print("[study]", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    write_json(run_dir / "study_overrides.json", {"name": name, "overrides": overrides, "eval_part": eval_part})
+    return run_dir
+
+
+def wer_groups(run_dir: Path) -> dict[tuple, dict[str, float]]:
+    """{(system, part, engine, subset): {"err": ..., "n": ...}}, engine "*" for the whole part."""
+    from asr_lora.data.voices import voice_parts
+
+    parts = voice_parts()  # scoring leaves "part" empty when the set has no unseen-engine rows
+    sums: dict[tuple, dict[str, float]] = defaultdict(lambda: {"err": 0.0, "n": 0.0})
+    with open(run_dir / "eval" / "per_utterance.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            e, n = int(r["sub"]) + int(r["del"]) + int(r["ins"]), int(r["n_ref"])
+            for engine in (r["engine"] or "real", "*"):
+                g = sums[(r["system"], r["part"] or parts.get(r["voice"], "real"), engine, r["subset"])]
+                g["err"] += e
+                g["n"] += n
+    return sums
+
+
+def wer(sums, *key) -> float | None:
+    g = sums.get(key)
+    return g["err"] / g["n"] if g and g["n"] else None
+
+
+def fmt(b: float | None, a: float | None) -> str:
+    if a is None:
+        return "n/a"
+    if b is None:
+        return f"{100 * a:.2f}%"
+    return f"{100 * b:.2f} -> {100 * a:.2f}% ({100 * (a - b) / b:+.0f}%)" if b else f"{100 * a:.2f}%"
+
+
+def table(out: Path) -> str:
+    runs = sorted(p.parent for p in out.glob("*/eval/per_utterance.csv"))
+    summary, rows, engine_rows = {}, [], []
+    for d in runs:
+        m = json.loads((d / "metrics.json").read_text())
+        meta = json.loads((d / "study_overrides.json").read_text()) if (d / "study_overrides.json").is_file() else {}
+        s = wer_groups(d)
+        figs = {f"{system}/{part}/{subset}": wer(s, system, part, "*", subset)
+                for system in ("base", "adapted") for part in ("unseen_engine", "seen_engine")
+                for subset in ("main", "control")}
+        per_engine = {f"{system}/{part}/{engine}/{subset}": wer(s, system, part, engine, subset)
+                      for (system, part, engine, subset) in s if engine != "*"}
+        summary[d.name] = {"overrides": meta.get("overrides"), "train_seconds": m["train"]["seconds"],
+                           "best_dev_wer": m["train"]["best_dev_wer"], "steps": m["train"]["steps"],
+                           "params": m["params"], "wer": figs, "per_engine": per_engine}
+        g = lambda sy, p, su: figs[f"{sy}/{p}/{su}"]  # noqa: E731
+        rows.append([d.name, " ".join(meta.get("overrides") or []) or "(recipe)",
+                     f"{m['train']['seconds']:.0f} s", f"{100 * (m['train']['best_dev_wer'] or 0):.2f}%",
+                     fmt(g("base", "unseen_engine", "main"), g("adapted", "unseen_engine", "main")),
+                     fmt(g("base", "unseen_engine", "control"), g("adapted", "unseen_engine", "control")),
+                     fmt(g("base", "seen_engine", "main"), g("adapted", "seen_engine", "main")),
+                     fmt(g("base", "seen_engine", "control"), g("adapted", "seen_engine", "control"))])
+        for (system, part, engine, subset) in sorted(k for k in s if k[0] == "adapted" and k[2] != "*"):
+            engine_rows.append([d.name, part, engine, subset, fmt(wer(s, "base", part, engine, subset),
+                                                                  wer(s, system, part, engine, subset))])
+    md = ["# Study on the dev split, chosen on the unseen-engine part (bench/study_unseen.py)", "",
+          render_markdown_table(rows, ["run", "overrides", "train time", "best dev WER (unseen part)",
+                                       "unseen-engine SG English", "unseen-engine control",
+                                       "training-engine SG English", "training-engine control"]),
+          "", "## Per engine (dev voices; zero-shot -> adapted)", "",
+          render_markdown_table(engine_rows, ["run", "part", "engine", "subset", "WER"])]
+    text = "\n".join(md) + "\n"
+    write_text(out / "study.md", text)
+    write_json(out / "study.json", summary)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["variants", "loo", "table"])
+    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "study_unseen")
+    ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    ap.add_argument("--base", default="dec_aug", help="loo: the variant every leave-one-out run starts from")
+    args = ap.parse_args()
+    if args.what == "variants":
+        for name in args.only or VARIANTS:
+            run(name, VARIANTS[name], args.out, "unseen_engine")
+    elif args.what == "loo":
+        base = VARIANTS[args.base]
+        run(f"loo_{args.base}_all", base, args.out, "seen_engine")
+        for e in LOO_ENGINES:
+            run(f"loo_{args.base}_no_{e}", [*base, f"data.exclude_train_engines=[{e}]"], args.out, "seen_engine")
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""train.dev_part / eval.part choose rows by their voice's part; data.exclude_train_engines drops a
+TTS engine's training clips (the leave-one-engine-out study). Both refuse what they cannot do."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset
+
+from asr_lora.data.splits import drop_engines, keep_part
+from asr_lora.data.voices import load_voices, part_of
+
+VOICES = load_voices()
+UNSEEN = next(v for v in VOICES if v.split == "dev" and part_of(v) == "unseen_engine")
+SEEN = next(v for v in VOICES if v.split == "dev" and part_of(v) == "seen_engine")
+
+
+def rows(voices):
+    return Dataset.from_dict({"id": [f"u{i}" for i in range(len(voices))], "voice": [v.id for v in voices],
+                              "engine": [v.engine for v in voices]})
+
+
+def test_keep_part_keeps_only_that_part():
+    ds = rows([UNSEEN, SEEN, SEEN, UNSEEN, SEEN])
+    assert keep_part(ds, "unseen_engine", "train.dev_part")["id"] == ["u0", "u3"]
+    assert keep_part(ds, "seen_engine", "eval.part")["id"] == ["u1", "u2", "u4"]
+    assert keep_part(ds, None, "eval.part") is ds
+
+
+def test_keep_part_refuses_a_part_the_split_lacks():
+    with pytest.raises(ValueError, match=r"eval.part='unseen_engine'.*parts present: \['seen_engine'\]"):
+        keep_part(rows([SEEN, SEEN]), "unseen_engine", "eval.part")
+
+
+def test_keep_part_leaves_a_corpus_without_parts_whole(caplog):
+    ds = Dataset.from_dict({"id": ["a", "b"], "voice": ["", ""], "engine": ["", ""]})
+    assert keep_part(ds, "unseen_engine", "train.dev_part")["id"] == ["a", "b"]
+    assert "no voices.json parts" in caplog.text
+
+
+def test_drop_engines_removes_that_engines_rows():
+    train = [v for v in VOICES if v.split == "train"]
+    ds = rows(train)
+    kept = drop_engines(ds, ["espeak"], "data.exclude_train_engines")
+    assert len(kept) == sum(v.engine != "espeak" for v in train) and "espeak" not in set(kept["engine"])
+    assert drop_engines(ds, [], "x") is ds
+
+
+def test_drop_engines_refuses_an_engine_with_no_rows():
+    with pytest.raises(ValueError, match=r"engines \['pico'\] have no rows"):
+        drop_engines(rows([v for v in VOICES if v.split == "train"]), ["pico"], "data.exclude_train_engines")
