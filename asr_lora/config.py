@@ -157,6 +157,8 @@ class EvalConfig:
     max_control_degradation: float = 0.05
     worst_n: int = 15
     before_training: bool = True
+    # Keep the zero-shot pass under the cache and reuse it when base, rows and settings are the same.
+    reuse_zero_shot: bool = True
     # Score one part of the split only (voices.json parts: unseen_engine | seen_engine); null: all.
     part: Optional[str] = None
 

@@ -73,10 +73,19 @@ def train(cfg: DictConfig) -> dict:
     # Zero-shot first: in full fine-tuning the base weights are about to change.
     base_hyps = None
     if cfg.eval.before_training and test_ds is not None and main:
-        ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-        with ctx:
-            base_hyps = transcribe_split(model, processor, test_ds, cfg.eval.beam_size, cfg.eval.batch_size,
-                                         cfg.eval.max_new_tokens, cache, description="zero-shot decoding")
+        from asr_lora.core.paths import cache_root
+        from asr_lora.evaluation.zero_shot import zero_shot_hypotheses
+        from asr_lora.model.whisper import resolve_model_dir
+
+        def decode():
+            ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+            with ctx:
+                return transcribe_split(model, processor, test_ds, cfg.eval.beam_size, cfg.eval.batch_size,
+                                        cfg.eval.max_new_tokens, cache, description="zero-shot decoding")
+
+        keep_dir = Path(cfg.paths.cache_dir or cache_root()) if cfg.eval.reuse_zero_shot else None
+        base_hyps = zero_shot_hypotheses(decode, resolve_model_dir(cfg.model.name_or_path),
+                                         next(model.parameters()).device, test_ds, cfg.eval, keep_dir)
 
     augmenter = None
     if cfg.augment.enabled:

@@ -1,0 +1,41 @@
+"""The zero-shot pass is reused only when nothing that could change a hypothesis changed."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import numpy as np
+from datasets import Dataset
+
+from asr_lora.evaluation.zero_shot import zero_shot_hypotheses
+
+
+def make(audio_scale=1.0):
+    rng = np.random.default_rng(0)
+    return Dataset.from_dict({"id": ["a", "b"], "text": ["one", "two"],
+                              "audio": [audio_scale * rng.standard_normal(800).astype(np.float32) for _ in range(2)]})
+
+
+def test_reuse_and_every_invalidation(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"w0")
+    ecfg = SimpleNamespace(beam_size=1, batch_size=2, max_new_tokens=8)
+    calls = []
+
+    def decode():
+        calls.append(1)
+        return [f"hyp{len(calls)}-a", f"hyp{len(calls)}-b"]
+
+    run = lambda ds, e=ecfg: zero_shot_hypotheses(decode, str(model_dir), "cpu", ds, e, tmp_path / "c")  # noqa: E731
+    assert run(make()) == ["hyp1-a", "hyp1-b"]
+    assert run(make()) == ["hyp1-a", "hyp1-b"] and len(calls) == 1  # same everything: reused
+    run(make(audio_scale=0.5))  # other samples under the same ids and texts
+    assert len(calls) == 2
+    run(make(), SimpleNamespace(beam_size=4, batch_size=2, max_new_tokens=8))
+    assert len(calls) == 3
+    os.utime(model_dir / "model.safetensors", ns=(1, 1))  # weights rewritten in place
+    run(make())
+    assert len(calls) == 4
+    assert zero_shot_hypotheses(decode, str(model_dir), "cpu", make(), ecfg, None) and len(calls) == 5
