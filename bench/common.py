@@ -5,7 +5,6 @@ Not a package module: every script does `sys.path.insert(0, <bench dir>)` and im
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -51,7 +50,8 @@ def corpus_clips(n: int, split: str = "train", subset: str = "main", seed: int =
         raise SystemExit(f"{manifest}: no {split}/{subset} clips")
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(recs), size=min(n, len(recs)), replace=False))
-    return [{"id": recs[i].id, "text": recs[i].text, "audio_path": recs[i].audio_path} for i in pick]
+    return [{"id": recs[i].id, "text": recs[i].text, "audio_path": recs[i].audio_path, "voice": recs[i].voice,
+             "part": recs[i].part} for i in pick]
 
 
 def tone_clips(n: int, out_dir: Path, seed: int = 0) -> list[dict]:
@@ -185,11 +185,10 @@ def print_results(rows: list[dict], columns: list[str], ratios: dict[str, Any]) 
 
 
 def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    from asr_lora.core.io import write_json
+
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json(path, payload, default=str)
     return path
 
 
