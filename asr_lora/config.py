@@ -161,6 +161,7 @@ class EvalConfig:
     reuse_zero_shot: bool = True
     # Score one part of the split only (voices.json parts: unseen_engine | seen_engine); null: all.
     part: Optional[str] = None
+    engines: list[str] = field(default_factory=list)  # score only these TTS engines' rows ([]: all)
 
 
 @dataclass

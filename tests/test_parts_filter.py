@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from asr_lora.data.splits import drop_engines, keep_part
+from asr_lora.data.splits import filter_engines, keep_part
 from asr_lora.data.voices import load_voices, part_of
 
 VOICES = load_voices()
@@ -37,14 +37,17 @@ def test_keep_part_leaves_a_corpus_without_parts_whole(caplog):
     assert "no voices.json parts" in caplog.text
 
 
-def test_drop_engines_removes_that_engines_rows():
+def test_filter_engines_drops_or_keeps_that_engines_rows():
     train = [v for v in VOICES if v.split == "train"]
     ds = rows(train)
-    kept = drop_engines(ds, ["espeak"], "data.exclude_train_engines")
+    kept = filter_engines(ds, ["espeak"], "data.exclude_train_engines")
     assert len(kept) == sum(v.engine != "espeak" for v in train) and "espeak" not in set(kept["engine"])
-    assert drop_engines(ds, [], "x") is ds
+    assert filter_engines(ds, [], "x") is ds
+    only = filter_engines(ds, ["flite", "piper"], "eval.engines", keep=True)
+    assert sorted(set(only["engine"])) == ["flite", "piper"]
+    assert len(only) == sum(v.engine in ("flite", "piper") for v in train)
 
 
-def test_drop_engines_refuses_an_engine_with_no_rows():
+def test_filter_engines_refuses_an_engine_with_no_rows():
     with pytest.raises(ValueError, match=r"engines \['pico'\] have no rows"):
-        drop_engines(rows([v for v in VOICES if v.split == "train"]), ["pico"], "data.exclude_train_engines")
+        filter_engines(rows([v for v in VOICES if v.split == "train"]), ["pico"], "data.exclude_train_engines")

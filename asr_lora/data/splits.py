@@ -298,16 +298,17 @@ def keep_part(ds, part: str | None, what: str):
     return kept
 
 
-def drop_engines(ds, engines, what: str):
-    """`ds` without the rows of these TTS engines: the leave-one-engine-out study trains without
-    engine E and scores on E's dev voices (bench/study_unseen.py)."""
+def filter_engines(ds, engines, what: str, keep: bool = False):
+    """`ds` without (keep=False) or with only (keep=True) the rows of these TTS engines. The
+    leave-one-engine-out study trains without engine E and scores on E's dev voices
+    (bench/study_unseen.py)."""
     engines = sorted(set(engines or []))
     if ds is None or not engines:
         return ds
     present = set(ds["engine"]) if isinstance(ds, Dataset) else None
     if present is not None and (unknown := [e for e in engines if e not in present]):
         raise ValueError(f"{what}: engines {unknown} have no rows (engines present: {sorted(present - {''})})")
-    kept = ds.filter(lambda e: e not in engines, input_columns="engine")
+    kept = ds.filter(lambda e: (e in engines) == keep, input_columns="engine")
     if present is not None:
         log.info("%s=%s: %d of %d rows kept", what, engines, len(kept), len(ds))
     return kept

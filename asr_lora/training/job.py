@@ -49,9 +49,9 @@ def train(cfg: DictConfig) -> dict:
                else len(train_ds or []))
     if train_ds is None or not n_train:
         raise ValueError(f"no training data in split {cfg.data.train_split!r}; see {run_dir}/data_report.json")
-    from asr_lora.data.splits import add_features, drop_engines, keep_part, subsample, use_feature_cache
+    from asr_lora.data.splits import add_features, filter_engines, keep_part, subsample, use_feature_cache
 
-    train_ds = drop_engines(train_ds, cfg.data.exclude_train_engines, "data.exclude_train_engines")
+    train_ds = filter_engines(train_ds, cfg.data.exclude_train_engines, "data.exclude_train_engines")
     dev_ds = keep_part(dev_ds, cfg.train.dev_part, "train.dev_part")
     if not streaming and not (n_train := len(train_ds)):
         raise ValueError(f"data.exclude_train_engines={list(cfg.data.exclude_train_engines)} leaves no training data")
@@ -61,7 +61,9 @@ def train(cfg: DictConfig) -> dict:
     else:
         train_ds = subsample(train_ds, cfg.data.max_train_samples, cfg.seed)
     dev_ds = subsample(dev_ds, cfg.train.dev_eval_max_samples, cfg.seed)
-    test_ds = subsample(keep_part(test_ds, cfg.eval.part, "eval.part"), cfg.data.max_eval_samples, cfg.seed)
+    test_ds = keep_part(test_ds, cfg.eval.part, "eval.part")
+    test_ds = filter_engines(test_ds, cfg.eval.engines, "eval.engines", keep=True)
+    test_ds = subsample(test_ds, cfg.data.max_eval_samples, cfg.seed)
 
     model, params = prepare_model(model, cfg)
     if torch.cuda.is_available() and cfg.get("device") != "cpu":
