@@ -313,6 +313,9 @@ def load_manifest(path: Path) -> list[Record]:
     return [Record(**{("audio_path" if k == "audio_filepath" else k): v for k, v in row.items()}) for row in rows]
 
 
+_REUSE_LOGGED: set = set()
+
+
 def build_corpus(
     out_dir: Path | None = None, seed: int = 0, workers: int = 2, max_sentences: int | None = None,
     progress: bool = True,
@@ -336,7 +339,11 @@ def build_corpus(
         if info.get("inputs_hash") == inputs_hash:
             missing = [r.id for r in load_manifest(manifest) if not Path(r.audio_path).is_file()]
             if not missing:
-                log.info("sg_english: reusing %s (%d utterances)", out_dir, info["utterances"])
+                # One entry point may ask twice (the streaming size estimate, then preparation):
+                # say it once per process.
+                if (manifest, inputs_hash) not in _REUSE_LOGGED:
+                    _REUSE_LOGGED.add((manifest, inputs_hash))
+                    log.info("sg_english: reusing %s (%d utterances)", out_dir, info["utterances"])
                 return manifest
             log.warning("sg_english: %d cached files missing (e.g. %s); re-rendering them", len(missing), missing[0])
 
