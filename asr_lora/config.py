@@ -140,6 +140,9 @@ class TrainConfig:
     # Choose checkpoints on one part of the dev split only (voices.json parts): unseen_engine picks
     # the checkpoint that carries to engines training never heard. null: the whole dev split.
     dev_part: Optional[str] = None
+    # Share of training targets with segment timestamps instead of <|notimestamps|> (distil-whisper's
+    # timestamp_probability): keeps long-form decoding's segments after adaptation (bench/timestamps.py).
+    timestamp_probability: float = 0.0
     ddp_backend: Optional[str] = None
     # Sharding through the Trainer/Accelerate integration (conf/train/fsdp.yaml, deepspeed_zero2.yaml).
     fsdp: bool = False

@@ -62,3 +62,29 @@ def test_encoder_cache_equals_a_fresh_encoder_pass(tiny_whisper_dir):
         via_cache = model(encoder_outputs=batch["encoder_outputs"], labels=batch["labels"]).loss
         direct = model(input_features=log_mel(processor, [audios[0], audios[2]]), labels=batch["labels"]).loss
     assert torch.allclose(via_cache, direct, atol=1e-5)
+
+
+def test_timestamp_targets_replace_notimestamps_with_the_clip_as_one_segment(tiny_whisper_dir):
+    from asr_lora.data.features import with_timestamps
+
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    tok = processor.tokenizer
+    sot, no_ts, eot = tok.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>"])
+    labels = [sot, no_ts, 11, 12, 13, eot]
+    assert with_timestamps(labels, 2.345, no_ts, eot) == [sot, no_ts + 1, 11, 12, 13, no_ts + 1 + 117, eot]
+    assert tok.convert_ids_to_tokens([no_ts + 1, no_ts + 1 + 117]) == ["<|0.00|>", "<|2.34|>"]
+    assert with_timestamps(labels, 99.0, no_ts, eot)[-2] == no_ts + 1 + 1500  # capped at <|30.00|>
+    assert with_timestamps([sot, 11, eot], 1.0, no_ts, eot) == [sot, 11, eot]  # no <|notimestamps|>: as is
+
+    rng = np.random.default_rng(0)
+    rows = [{"id": f"u{i}", "audio": (0.1 * rng.standard_normal(16000 * (i + 1))).astype("float32"),
+             "labels": labels} for i in range(8)]
+    plain = SpeechCollator(processor, sot)(rows)["labels"]
+    assert (plain == no_ts).sum() == 8
+    every = SpeechCollator(processor, sot, timestamp_probability=1.0)(rows)["labels"]
+    assert (every == no_ts).sum() == 0
+    # each clip's end from its own length: 1 s, 2 s, ... -> <|1.00|>, <|2.00|>, ...
+    assert [row[row != -100][-2].item() - (no_ts + 1) for row in every] == [50 * (i + 1) for i in range(8)]
+    first = SpeechCollator(processor, sot, seed=3, timestamp_probability=0.5)(rows)["labels"]
+    again = SpeechCollator(processor, sot, seed=3, timestamp_probability=0.5)(rows)["labels"]
+    assert torch.equal(first, again) and 0 < (first[:, 0] == no_ts + 1).sum() < 8

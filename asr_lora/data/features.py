@@ -33,6 +33,23 @@ def pad_labels(label_lists: Sequence[Sequence[int]], decoder_start_token_id: int
     return out
 
 
+def with_timestamps(labels: Sequence[int], seconds: float, no_timestamps_id: int, eot_id: int) -> list[int]:
+    """`<|0.00|> text <|T|> <|endoftext|>` in place of `<|notimestamps|> text <|endoftext|>`: the
+    clip as one segment ending at the clip's end (T, in Whisper's 0.02 s steps, capped at 30 s).
+
+    distil-whisper's `timestamp_probability` is the precedent: training only on `<|notimestamps|>`
+    targets lets the adapter drift away from emitting segment boundaries, which long-form decoding
+    (the server past 30 s) depends on. The end includes the clip's trailing silence: synthetic and
+    read clips have no word timings to say where the speech stops."""
+    ids = list(labels)
+    if no_timestamps_id not in ids or not ids or ids[-1] != eot_id:
+        return ids
+    begin = no_timestamps_id + 1  # <|0.00|>: Whisper's timestamp tokens follow <|notimestamps|>
+    end = begin + int(round(min(max(seconds, 0.02), 30.0) / 0.02))
+    i = ids.index(no_timestamps_id)
+    return ids[:i] + [begin] + ids[i + 1 : -1] + [end, eot_id]
+
+
 class SpeechCollator:
     """Batches dataset rows (audio, labels, id) into model inputs.
 
@@ -41,8 +58,13 @@ class SpeechCollator:
     `encoder_outputs` instead of `input_features`.
     """
 
-    def __init__(self, processor, decoder_start_token_id: int, augmenter=None, encoder_cache=None, seed: int = 0):
+    def __init__(self, processor, decoder_start_token_id: int, augmenter=None, encoder_cache=None, seed: int = 0,
+                 timestamp_probability: float = 0.0):
         self.processor = processor
+        # A share of training targets carries segment timestamps (`with_timestamps`), drawn per row
+        # from its own seeded stream so the augmentation draws stay what they were.
+        self.timestamp_probability = timestamp_probability
+        self.ts_calls = 0
         self.decoder_start_token_id = decoder_start_token_id
         self.augmenter = augmenter
         self.encoder_cache = encoder_cache
@@ -58,13 +80,28 @@ class SpeechCollator:
         self.calls += 1
         return rng
 
+    def _labels(self, rows: list[dict], seconds: Sequence[float] | None = None) -> torch.Tensor:
+        label_lists = [r["labels"] for r in rows]
+        if self.timestamp_probability > 0:
+            info = torch.utils.data.get_worker_info()
+            rng = np.random.default_rng([self.seed, 7, 0 if info is None else info.id + 1, self.ts_calls])
+            self.ts_calls += 1
+            tok = self.processor.tokenizer
+            no_ts, eot = tok.convert_tokens_to_ids("<|notimestamps|>"), tok.eos_token_id
+            if seconds is None:
+                seconds = [float(r["duration"]) for r in rows]
+            label_lists = [with_timestamps(x, t, no_ts, eot) if rng.random() < self.timestamp_probability else x
+                           for x, t in zip(label_lists, seconds)]
+        return pad_labels(label_lists, self.decoder_start_token_id)
+
     def __call__(self, rows: list[dict]) -> dict:
-        labels = pad_labels([r["labels"] for r in rows], self.decoder_start_token_id)
         if self.encoder_cache is not None:
+            labels = self._labels(rows)
             hidden = self.encoder_cache.get([r["id"] for r in rows])
             return {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden), "labels": labels}
         if "input_features" in rows[0] and (self.augmenter is None or not self.augmenter.touches_waveform()):
             feats = torch.stack([torch.as_tensor(np.asarray(r["input_features"], dtype=np.float32)) for r in rows])
+            labels = self._labels(rows)
             if self.augmenter is not None:
                 rng = self._batch_rng()
                 feats = torch.stack([torch.as_tensor(self.augmenter.spec(f.numpy(), rng)) for f in feats])
@@ -77,4 +114,6 @@ class SpeechCollator:
             feats = torch.stack([torch.as_tensor(self.augmenter.spec(f.numpy(), rng)) for f in feats])
         else:
             feats = log_mel(self.processor, audios)
+        # Durations after augmentation: a tempo change moves the clip's end.
+        labels = self._labels(rows, [len(a) / SAMPLE_RATE for a in audios])
         return {"input_features": feats, "labels": labels}

@@ -97,12 +97,13 @@ def train(cfg: DictConfig) -> dict:
         augmenter = Augmenter({k: v for k, v in sections.items() if k != "enabled"})  # `enabled` is the group switch
     # Streaming: the collator (run in the DataLoader workers) computes every log-mel on the fly.
     collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter,
-                              None if streaming else cache, cfg.seed)
+                              None if streaming else cache, cfg.seed, cfg.train.timestamp_probability)
     if not streaming and cache is None and use_feature_cache(cfg.data, len(train_ds) + len(dev_ds or [])):
         train_ds = add_features(train_ds, processor)
         dev_ds = add_features(dev_ds, processor) if dev_ds is not None else None
     keep = ["id", "labels"] if cache is not None and not streaming else ["id", "labels", "audio"]
     keep += ["input_features"] if "input_features" in (train_ds.column_names or []) else []
+    keep += ["duration"] if cfg.train.timestamp_probability > 0 else []  # the timestamp targets' clip end
     if cfg.data.length_buckets and not streaming:
         # The Trainer's group_by_length reads this column (and groups dev batches the same way).
         train_ds, dev_ds = (d.map(lambda r: {"n_labels": len(r["labels"])}, desc="label lengths")
