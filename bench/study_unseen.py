@@ -44,6 +44,8 @@ VARIANTS = {
     "dec_aug": [DECODER, "augment=default", NO_CACHE],
     "dec": [DECODER, NO_CACHE],
 }
+# Each variant again with a share of timestamp targets (train.timestamp_probability, bench/timestamps.py).
+TIMESTAMP_VARIANTS = {f"{k}_ts": [*v, "train.timestamp_probability=0.5"] for k, v in VARIANTS.items()}
 LOO_ENGINES = ("espeak", "festival", "flite")  # piper has no dev voice to score on
 
 
@@ -136,7 +138,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.what == "variants":
         for name in args.only or VARIANTS:
-            run(name, VARIANTS[name], args.out, "unseen_engine")
+            run(name, (VARIANTS | TIMESTAMP_VARIANTS)[name], args.out, "unseen_engine")
     elif args.what == "loo":
         # Leave-one-engine-out: the same variant trained on every engine, then without engine E,
         # both scored on the training-engine dev voices (the no-E runs on E's voices only).
