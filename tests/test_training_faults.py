@@ -91,3 +91,34 @@ def test_reload_trained_gives_the_model_that_was_trained(tmp_path, tiny_whisper_
         a = model.eval()(input_features=feats, decoder_input_ids=dec).logits
         b = again(input_features=feats, decoder_input_ids=dec).logits
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_dev_batches_come_clean_while_training_batches_are_augmented(tmp_path, tiny_whisper_dir):
+    """The Trainer has one data_collator for train and eval: dev batches must still see the clean
+    audio and <|notimestamps|> targets, or augmentation would choose the checkpoint."""
+    from asr_lora.data.augment import Augmenter
+    from asr_lora.data.features import log_mel
+
+    cfg = OmegaConf.structured(Config)
+    cfg.train.max_steps, cfg.train.per_device_train_batch_size, cfg.train.per_device_eval_batch_size = 1, 4, 4
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    model, _ = prepare_model(model, cfg)
+    rng = np.random.default_rng(0)
+    rows = [{"id": f"u{i}", "labels": processor.tokenizer("kopi lah").input_ids, "duration": 1.0,
+             "audio": (0.1 * rng.standard_normal(16000)).astype("float32")} for i in range(4)]
+    ds = Dataset.from_list(rows)
+    aug = Augmenter({"gain": {"enabled": True, "prob": 1.0, "gain_db": [6.0, 6.0]}})
+    start = model.config.decoder_start_token_id
+    train_collator = SpeechCollator(processor, start, aug, timestamp_probability=1.0)
+    clean = SpeechCollator(processor, start)
+    args = training_args(cfg, tmp_path / "ckpt", [], has_dev=True)
+    trainer = build_trainer(model, cfg, args, ds, ds, train_collator, processor, eval_collator=clean)
+    dev = next(iter(trainer.get_eval_dataloader()))
+    expected = log_mel(processor, [r["audio"] for r in rows])
+    assert torch.allclose(dev["input_features"], expected)
+    no_ts = processor.tokenizer.convert_tokens_to_ids("<|notimestamps|>")
+    assert (dev["labels"][:, 0] == no_ts).all()
+    assert trainer.data_collator is train_collator  # training batches still augmented
+    batch = train_collator(rows)
+    assert not torch.allclose(batch["input_features"], expected) and (batch["labels"][:, 0] != no_ts).all()

@@ -98,6 +98,10 @@ def train(cfg: DictConfig) -> dict:
     # Streaming: the collator (run in the DataLoader workers) computes every log-mel on the fly.
     collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter,
                               None if streaming else cache, cfg.seed, cfg.train.timestamp_probability)
+    # Dev batches: clean audio, <|notimestamps|> targets (only training gets augmentation/timestamps).
+    eval_collator = (SpeechCollator(processor, model.config.decoder_start_token_id, None,
+                                    None if streaming else cache, cfg.seed)
+                     if augmenter is not None or cfg.train.timestamp_probability > 0 else None)
     if not streaming and cache is None and use_feature_cache(cfg.data, len(train_ds) + len(dev_ds or [])):
         train_ds = add_features(train_ds, processor)
         dev_ds = add_features(dev_ds, processor) if dev_ds is not None else None
@@ -114,7 +118,8 @@ def train(cfg: DictConfig) -> dict:
     run = tracking.init_run(cfg, run_dir, OmegaConf.to_container(cfg, resolve=True) | {"params": params},
                             report_to) if main else None
     trainer = build_trainer(model, cfg, args, train_ds.select_columns(keep),
-                            dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor)
+                            dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor,
+                            eval_collator)
     resume = _resume_point(cfg, ckpt_dir)
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)

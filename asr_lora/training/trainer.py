@@ -234,14 +234,33 @@ def wer_metric(tokenizer):
     return compute
 
 
-def build_trainer(model, cfg, args, train_ds, dev_ds, collator, processor) -> Seq2SeqTrainer:
+class SpeechTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer whose dev batches come from a clean collator. The Trainer feeds train and
+    eval through one `data_collator`, so training-only augmentation and timestamp targets would
+    otherwise reach the dev WER that picks the checkpoint."""
+
+    def __init__(self, *args, eval_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+
+def build_trainer(model, cfg, args, train_ds, dev_ds, collator, processor, eval_collator=None) -> Seq2SeqTrainer:
     callbacks = [StopOnNonFiniteLoss(), MarkCompleteCheckpoints()]
     if dev_ds is not None and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    trainer = Seq2SeqTrainer(
+    trainer = SpeechTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds, data_collator=collator,
         processing_class=processor.feature_extractor, compute_metrics=wer_metric(processor.tokenizer),
-        callbacks=callbacks,
+        callbacks=callbacks, eval_collator=eval_collator,
     )
     # Whisper's forward takes **kwargs but its loss is a plain token mean that ignores
     # `num_items_in_batch`; left True, the Trainer multiplies the loss (and gradients) by the world
