@@ -141,7 +141,8 @@ class TrainConfig:
     # the checkpoint that carries to engines training never heard. null: the whole dev split.
     dev_part: Optional[str] = None
     # Share of training targets with segment timestamps instead of <|notimestamps|> (distil-whisper's
-    # timestamp_probability): keeps long-form decoding's segments after adaptation (bench/timestamps.py).
+    # timestamp_probability), each clip as one segment. Off in the recipes: at 0.5 it broke long-form
+    # decoding (bench/timestamps.py, docs/BENCHMARKS.md); single-clip segments teach "one segment, stop".
     timestamp_probability: float = 0.0
     ddp_backend: Optional[str] = None
     # Sharding through the Trainer/Accelerate integration (conf/train/fsdp.yaml, deepspeed_zero2.yaml).

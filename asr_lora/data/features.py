@@ -38,9 +38,10 @@ def with_timestamps(labels: Sequence[int], seconds: float, no_timestamps_id: int
     clip as one segment ending at the clip's end (T, in Whisper's 0.02 s steps, capped at 30 s).
 
     distil-whisper's `timestamp_probability` is the precedent: training only on `<|notimestamps|>`
-    targets lets the adapter drift away from emitting segment boundaries, which long-form decoding
-    (the server past 30 s) depends on. The end includes the clip's trailing silence: synthetic and
-    read clips have no word timings to say where the speech stops."""
+    targets moves the segment boundaries long-form decoding (the server past 30 s) depends on. The
+    end includes the clip's trailing silence: synthetic and read clips have no word timings. Measured
+    (bench/timestamps.py): one segment per clip teaches the model to stop after one segment in a
+    30 s window, so long-form WER got far worse; windows joined from several clips would be needed."""
     ids = list(labels)
     if no_timestamps_id not in ids or not ids or ids[-1] != eot_id:
         return ids
