@@ -3,6 +3,7 @@
     python bench/study_unseen.py variants        # the recipe variants (below), scored on dev
     python bench/study_unseen.py loo --base NAME [--steps N]  # train without engine E, score on E's dev voices
     python bench/study_unseen.py table           # study.md / study.json from the runs present
+    python bench/study_unseen.py engines RUN_DIR # per-engine table of any run (its eval/per_utterance.csv)
 
 Every run is `python -m asr_lora.train +recipe=sg_english <variant>` with export off, checkpoints
 chosen on the unseen-engine dev part (`train.dev_part=unseen_engine`, 48 of its clips) and the final
@@ -131,9 +132,18 @@ def table(out: Path) -> str:
     return text
 
 
+def engine_table(run_dir: Path) -> str:
+    """Per part / engine / subset, zero-shot -> adapted, for any run or evaluate directory."""
+    s = wer_groups(run_dir)
+    rows = [[part, engine, subset, fmt(wer(s, "base", part, engine, subset), wer(s, "adapted", part, engine, subset))]
+            for (system, part, engine, subset) in sorted(k for k in s if k[0] == "adapted" and k[2] != "*")]
+    return render_markdown_table(rows, ["part", "engine", "subset", "WER (zero-shot -> adapted)"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["variants", "loo", "table"])
+    ap.add_argument("what", choices=["variants", "loo", "table", "engines"])
+    ap.add_argument("runs", nargs="*", type=Path, help="engines: run or evaluate directories")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "study_unseen")
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     ap.add_argument("--base", default="encdec_aug", help="loo: the variant every leave-one-out run starts from")
@@ -152,6 +162,10 @@ def main() -> None:
         for e in LOO_ENGINES:
             run(f"{tag}_no_{e}", [*base, f"data.exclude_train_engines=[{e}]", f"eval.engines=[{e}]"], args.out,
                 "seen_engine")
+    if args.what == "engines":
+        for d in args.runs:
+            print(f"## {d}\n\n{engine_table(d)}\n")
+        return
     print(table(args.out))
 
 
