@@ -148,6 +148,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     ap.add_argument("--base", default="encdec_aug", help="loo: the variant every leave-one-out run starts from")
     ap.add_argument("--steps", type=int, help="loo: train this many steps (one dev evaluation, at the end)")
+    ap.add_argument("--engines", nargs="*", help=f"loo: engines to leave out (default {list(LOO_ENGINES)})")
+    ap.add_argument("--skip-all", action="store_true",
+                    help="loo: no with-every-engine run (score the variant's own adapter with evaluate instead)")
     args = ap.parse_args()
     if args.what == "variants":
         for name in args.only or VARIANTS:
@@ -158,8 +161,9 @@ def main() -> None:
         base = VARIANTS[args.base] + ([f"train.max_steps={args.steps}", f"train.eval_steps={args.steps}",
                                        f"train.save_steps={args.steps}"] if args.steps else [])
         tag = f"loo_{args.base}" + (f"_{args.steps}" if args.steps else "")
-        run(f"{tag}_all", base, args.out, "seen_engine")
-        for e in LOO_ENGINES:
+        if not args.skip_all:
+            run(f"{tag}_all", base, args.out, "seen_engine")
+        for e in args.engines or LOO_ENGINES:
             run(f"{tag}_no_{e}", [*base, f"data.exclude_train_engines=[{e}]", f"eval.engines=[{e}]"], args.out,
                 "seen_engine")
     if args.what == "engines":
