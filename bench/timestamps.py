@@ -61,8 +61,6 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="random tiny Whisper and adapter, tone clips (smoke)")
     args = ap.parse_args()
     common.quiet()
-    from asr_lora.evaluation.metrics import corpus_wer
-    from asr_lora.data.text import normalize
     from asr_lora.serving.engine import Engine, Job, Options
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_ts_"))
@@ -89,8 +87,8 @@ def main() -> None:
             out = engine.decode([Job(rec["audio"], model, Options(timestamps=True))])[0]
             errors += start_errors(rec["starts"], out["segments"])
             n_segments += len(out["segments"])
-            refs.append(normalize(rec["text"], particles=True))
-            hyps.append(normalize(out["text"], particles=True))
+            refs.append(rec["text"])
+            hyps.append(out["text"])
         e = np.array(errors)
         per_system[system] = {"errors": errors, "segments": n_segments}
         rows.append({"system": system, "recordings": len(recordings), "clip starts": len(e),
@@ -98,7 +96,7 @@ def main() -> None:
                      "p90 s": round(float(np.percentile(e, 90)), 3),
                      "within 0.5 s": f"{100 * float((e <= 0.5).mean()):.1f}%",
                      "segments / clip": round(n_segments / len(e), 2),
-                     "long-form WER": f"{100 * corpus_wer(refs, hyps)['wer']:.2f}%"})
+                     "long-form WER": f"{100 * common.wer(refs, hyps):.2f}%"})
     cols = list(rows[0])
     print(common.table(rows, cols))
     path = common.write_result("timestamps" + ("_tiny" if args.tiny else ""), {
