@@ -87,10 +87,13 @@ def _off() -> dict[str, Any]:
 @dataclass
 class AugmentConfig:
     """Training-only augmentation (asr_lora/data/augment.py). `enabled` is the group's master switch;
-    every other field is one section passed to `Augmenter` (its keys and defaults live there, so a
-    misspelt key fails when the job builds the Augmenter)."""
+    every other field but `copies` is one section passed to `Augmenter` (its keys and defaults live
+    there, so a misspelt key fails when the job builds the Augmenter). `copies` > 0 renders that many
+    augmented takes of every training clip once, before training (`augment.prerender`), instead of
+    augmenting every batch on the fly."""
 
     enabled: bool = False
+    copies: int = 0
     tempo: dict[str, Any] = field(default_factory=_off)
     pitch: dict[str, Any] = field(default_factory=_off)
     eq: dict[str, Any] = field(default_factory=_off)

@@ -3,6 +3,7 @@
     python bench/study_unseen.py variants        # the recipe variants (below), scored on dev
     python bench/study_unseen.py loo --base NAME [--steps N]  # train without engine E, score on E's dev voices
     python bench/study_unseen.py table           # study.md / study.json from the runs present
+    python bench/study_unseen.py loo-table --base NAME [--with-all DIR]  # loo.md: E's voices, with vs without E
     python bench/study_unseen.py engines RUN_DIR # per-engine table of any run (its eval/per_utterance.csv)
 
 Every run is `python -m asr_lora.train +recipe=sg_english <variant>` with export off, checkpoints
@@ -132,6 +133,41 @@ def table(out: Path) -> str:
     return text
 
 
+def loo_table(out: Path, tag: str, with_all: Path | None) -> str:
+    """Per left-out engine E, on E's dev voices: zero-shot, adapted on every engine, adapted without E.
+    `with_all` is the every-engine run or an evaluate of its adapter on the training-engine dev part
+    (with --skip-all no `<tag>_all` run exists)."""
+    all_dir = with_all or out / f"{tag}_all"
+    every = wer_groups(all_dir)
+    rows, summary = [], {}
+    for d in sorted(out.glob(f"{tag}_no_*/eval/per_utterance.csv")):
+        run_dir, engine = d.parent.parent, d.parent.parent.name.removeprefix(f"{tag}_no_")
+        s = wer_groups(run_dir)
+        for subset in ("main", "control"):
+            zs, a_all, a_no = (wer(s, "base", "seen_engine", engine, subset),
+                               wer(every, "adapted", "seen_engine", engine, subset),
+                               wer(s, "adapted", "seen_engine", engine, subset))
+            if zs is None:
+                continue
+            n = int(s[("base", "seen_engine", engine, subset)]["n"])
+            summary[f"{engine}/{subset}"] = {"zero_shot": zs, "adapted_all_engines": a_all, "adapted_without": a_no,
+                                             "n_ref_words": n}
+            share = (f"{100 * (zs - a_no) / (zs - a_all):.0f}%" if a_all is not None and a_no is not None
+                     and zs - a_all > 0 else "n/a")
+            rows.append([engine, "SG English" if subset == "main" else "control", n, f"{100 * zs:.2f}%",
+                         fmt(zs, a_all), fmt(zs, a_no), share])
+    md = [f"# Leave-one-engine-out ({tag}; bench/study_unseen.py loo)", "",
+          f"Each row: the dev voices of engine E only. 'every engine' is {all_dir}; 'without E' trained with "
+          "data.exclude_train_engines=[E]. The last column is the share of the every-engine gain on E that "
+          "survives when E is not heard in training.", "",
+          render_markdown_table(rows, ["engine E", "subset", "ref words", "zero-shot", "adapted, every engine",
+                                       "adapted, without E", "gain kept without E"])]
+    text = "\n".join(md) + "\n"
+    write_text(out / "loo.md", text)
+    write_json(out / "loo.json", summary)
+    return text
+
+
 def engine_table(run_dir: Path) -> str:
     """Per part / engine / subset, zero-shot -> adapted, for any run or evaluate directory."""
     s = wer_groups(run_dir)
@@ -142,13 +178,15 @@ def engine_table(run_dir: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["variants", "loo", "table", "engines"])
+    ap.add_argument("what", choices=["variants", "loo", "table", "engines", "loo-table"])
     ap.add_argument("runs", nargs="*", type=Path, help="engines: run or evaluate directories")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "study_unseen")
     ap.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     ap.add_argument("--base", default="encdec_aug", help="loo: the variant every leave-one-out run starts from")
     ap.add_argument("--steps", type=int, help="loo: train this many steps (one dev evaluation, at the end)")
     ap.add_argument("--engines", nargs="*", help=f"loo: engines to leave out (default {list(LOO_ENGINES)})")
+    ap.add_argument("--with-all", type=Path,
+                    help="loo-table: the every-engine run or evaluate directory (default <out>/loo_<base>_all)")
     ap.add_argument("--skip-all", action="store_true",
                     help="loo: no with-every-engine run (score the variant's own adapter with evaluate instead)")
     args = ap.parse_args()
@@ -166,6 +204,9 @@ def main() -> None:
         for e in args.engines or LOO_ENGINES:
             run(f"{tag}_no_{e}", [*base, f"data.exclude_train_engines=[{e}]", f"eval.engines=[{e}]"], args.out,
                 "seen_engine")
+    if args.what == "loo-table":
+        print(loo_table(args.out, f"loo_{args.base}" + (f"_{args.steps}" if args.steps else ""), args.with_all))
+        return
     if args.what == "engines":
         for d in args.runs:
             print(f"## {d}\n\n{engine_table(d)}\n")

@@ -17,6 +17,9 @@ Variants (same clips, same model, same batch size, same number of optimizer step
                      in the collator; the room bank is simulated once, counted in prep)
 - `lora_short_context_augment_workers` the same, augmenting in one DataLoader worker
                      (`train.dataloader_num_workers=1`) so it overlaps the step
+- `lora_short_context_augment_prerendered` the same with `augment.copies=1`: the waveform effects
+                     render one augmented take of every clip before the first step (counted in
+                     prep); per step only SpecAugment runs
 - `full`             this project's full fine-tuning baseline (`+recipe=sg_english_full`)
 - `full_short_context` the same with `train.encoder_context=batch`
 - `reference`        written the way the PEFT Whisper example / HF fine-tuning blog do it: numpy
@@ -61,6 +64,8 @@ OURS_OVERRIDES = {
     "lora_short_context_augment": ["+recipe=sg_english", "train.encoder_context=batch", "augment=default"],
     "lora_short_context_augment_workers": ["+recipe=sg_english", "train.encoder_context=batch", "augment=default",
                                            "train.dataloader_num_workers=1"],
+    "lora_short_context_augment_prerendered": ["+recipe=sg_english", "train.encoder_context=batch",
+                                               "augment=default", "augment.copies=1"],
     "full": ["+recipe=sg_english_full", "train.encoder_context=full"],
     "full_short_context": ["+recipe=sg_english_full", "train.encoder_context=batch"],
 }
@@ -111,6 +116,7 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     from hydra import compose, initialize_config_dir
 
     from asr_lora.config import CONF_DIR
+    from asr_lora.data.augment import build_augmenter, prerender
     from asr_lora.data.features import SpeechCollator
     from asr_lora.model.encoder_cache import build_encoder_cache
     from asr_lora.training.trainer import build_trainer, prepare_model, training_args
@@ -130,15 +136,11 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
         cfg = compose("config", overrides=overrides)
     t0 = time.perf_counter()
     model, params = prepare_model(model, cfg)
+    augmenter = build_augmenter(cfg.augment)  # as asr_lora/training/job.py builds it
+    if augmenter is not None and cfg.augment.copies > 0:  # the render is prep, paid once before the first step
+        ds = prerender(ds, augmenter, cfg.augment.copies, cfg.seed)
+        augmenter = augmenter.spec_only()
     cache = build_encoder_cache(cfg, model, processor, {"train": ds})
-    augmenter = None
-    if cfg.augment.enabled:  # built as asr_lora/training/job.py builds it
-        from omegaconf import OmegaConf
-
-        from asr_lora.data.augment import Augmenter
-
-        sections = OmegaConf.to_container(cfg.augment, resolve=True)
-        augmenter = Augmenter({k: v for k, v in sections.items() if k != "enabled"})
     collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter, cache, cfg.seed)
     keep = ["id", "labels"] if cache is not None else ["id", "labels", "audio"]
     args = training_args(cfg, out_dir, [], False)

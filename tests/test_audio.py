@@ -353,3 +353,48 @@ def test_default_group_builds_an_augmenter():
     assert all(aug.on(s) for s in (*WAVE_SECTIONS, "specaugment"))
     y = aug(tone(1.0), np.random.default_rng(0))
     assert y.dtype == np.float32 and np.isfinite(y).all()
+
+
+def test_prerender_renders_reproducible_takes_that_keep_labels():
+    from datasets import Dataset
+
+    from asr_lora.data.augment import prerender
+
+    aug = Augmenter({"tempo": {"enabled": True, "prob": 1.0, "rate": [0.8, 0.8]},
+                     "noise": {"enabled": True, "prob": 1.0, "snr_db": [20.0, 20.0]}})
+    clips = [tone(0.5 + 0.25 * i) for i in range(3)]
+    ds = Dataset.from_dict({"id": ["a", "b", "c"], "audio": clips, "labels": [[1, 2], [3], [4, 5, 6]],
+                            "duration": [len(c) / 16000 for c in clips]})
+    out = prerender(ds, aug, copies=2, seed=7, batch_size=2)
+    assert out["id"] == ["a~aug1", "a~aug2", "b~aug1", "b~aug2", "c~aug1", "c~aug2"]
+    assert out["labels"] == [[1, 2], [1, 2], [3], [3], [4, 5, 6], [4, 5, 6]]
+    audio = [np.asarray(a, dtype=np.float32) for a in out["audio"]]
+    # tempo 0.8 stretches every take to 1.25x its clip, and the duration column follows.
+    for k, a in enumerate(audio):
+        assert len(a) == pytest.approx(1.25 * len(clips[k // 2]), rel=0.02)
+        assert out["duration"][k] == pytest.approx(len(a) / 16000)
+    assert not np.array_equal(audio[0], audio[1])  # two takes of one clip differ
+    # The same seed renders the same takes whatever the batch size; another seed does not.
+    again = prerender(ds, aug, copies=2, seed=7, batch_size=5)
+    for a, b in zip(audio, again["audio"]):
+        np.testing.assert_array_equal(a, np.asarray(b, dtype=np.float32))
+    other = prerender(ds, aug, copies=2, seed=8)
+    assert not np.array_equal(audio[0], np.asarray(other["audio"][0], dtype=np.float32))
+    with pytest.raises(ValueError, match="copies"):
+        prerender(ds, aug, copies=0, seed=7)
+    with pytest.raises(ValueError, match="training audio"):
+        prerender(ds.remove_columns("audio"), aug, copies=1, seed=7)
+
+
+def test_build_augmenter_takes_the_hydra_group():
+    from omegaconf import OmegaConf
+
+    from asr_lora.data.augment import build_augmenter
+
+    assert build_augmenter(OmegaConf.create({"enabled": False, "copies": 0})) is None
+    aug = build_augmenter(OmegaConf.create({"enabled": True, "copies": 2, "gain": {"enabled": True},
+                                            "specaugment": {"enabled": True}}))
+    assert aug.on("gain") and aug.touches_waveform()
+    spec = aug.spec_only()
+    assert spec.on("specaugment") and not spec.touches_waveform()
+    assert build_augmenter(OmegaConf.create({"enabled": True, "gain": {"enabled": True}})).spec_only() is None

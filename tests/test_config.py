@@ -92,3 +92,20 @@ def test_recipe_group_link_points_at_recipes():
     link = CONF_DIR / "recipe"
     assert link.is_symlink() and link.resolve() == (REPO_ROOT / "recipes").resolve()
     assert Path(link / "sg_english.yaml").is_file()
+
+
+def test_encoder_cache_only_when_the_training_audio_is_fixed():
+    """Per-step augmentation rules the frozen-encoder cache out; pre-rendered takes without
+    SpecAugment are fixed audio and may be cached."""
+    from asr_lora.model.encoder_cache import cache_enabled
+
+    def cfg(*overrides):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=["+recipe=sg_english_decoder", *overrides])
+
+    assert cache_enabled(cfg())
+    assert not cache_enabled(cfg("augment=default"))
+    assert not cache_enabled(cfg("augment=default", "augment.copies=2"))  # SpecAugment still per step
+    assert cache_enabled(cfg("augment=default", "augment.copies=2", "augment.specaugment.enabled=false"))
+    with pytest.raises(ValueError, match="no per-step augmentation"):
+        cache_enabled(cfg("augment=default", "train.cache_encoder_outputs=true"))

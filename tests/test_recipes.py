@@ -20,7 +20,8 @@ from asr_lora.training.job import train
 RECIPES = sorted(p.stem for p in (REPO_ROOT / "recipes").glob("*.yaml"))
 # (recipe, extra overrides a user types on top of it): every recipe as shipped, plus the documented
 # combinations that have broken before.
-CASES = [(r, ()) for r in RECIPES] + [("sg_english", ("augment=default",))]
+CASES = [(r, ()) for r in RECIPES] + [("sg_english", ("augment=default",)),
+                                      ("sg_english", ("augment=default", "augment.copies=2"))]
 SENTENCES = ["the kopi here very nice lah", "take the MRT to Tampines", "can or not", "chope the table first"]
 
 
@@ -74,6 +75,8 @@ def test_recipe_trains_a_few_steps(recipe, extra, corpus, tmp_path, tiny_whisper
     weights = "adapter/adapter_model.safetensors" if cfg.train.mode == "lora" else "model/model.safetensors"
     assert (tmp_path / "run" / weights).is_file()
     assert (tmp_path / "run" / "metrics.json").is_file()
+    if cfg.augment.enabled and cfg.augment.copies:  # trained on the pre-rendered takes, 2 per train clip
+        assert "training on 12 pre-rendered augmented clips (from 6)" in (tmp_path / "run" / "asr_lora.log").read_text()
 
 
 def _get(cfg, dotted: str):

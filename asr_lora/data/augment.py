@@ -21,10 +21,21 @@ noise ~4 ms, band-pass ~3 ms. audiomentations' RoomSimulator builds a new room p
 (~230 ms with ray tracing), which would more than double a CPU step, so rooms are simulated
 once, when the Augmenter is built (`room.n_rooms` impulse responses from `room.seed`), and each
 clip convolves with one drawn from the generator (~2 ms): the RIR equivalent of Kaldi's
-pre-rendered speed-perturbed copies."""
+pre-rendered speed-perturbed copies.
+
+Pre-rendering (`augment.copies: K`, `prerender`): on 2 CPU cores the waveform effects cost more
+per step than the whole plain step allows, so a run can instead render K augmented copies of every
+training clip once, before training, and train on those (SpecAugment still draws per step on
+their log-mels, which is cheap). `datasets` fingerprints the render, so a later run with the same
+clips, sections, K and seed reuses its cache file next to the prepared corpus. The price is
+variety: a clip has K takes instead of a new one every epoch, which matters only when training
+sees each clip more than K times."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import random
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -33,7 +44,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr_lora.data.audio import speech_frames
+from asr_lora.core.logs import progress
+from asr_lora.data.audio import SAMPLE_RATE, speech_frames
+
+log = logging.getLogger(__name__)
 
 WAVE_SECTIONS = ("tempo", "pitch", "eq", "room", "noise", "telephone", "codec", "gain")  # application order
 
@@ -204,6 +218,12 @@ class Augmenter:
             r = self.cfg["room"]
             self.rirs = simulate_rooms(int(r["n_rooms"]), sr, tuple(r["rt60"]), int(r["seed"]))
 
+    def spec_only(self) -> Augmenter | None:
+        """This augmenter with the waveform sections off (what runs per step after `prerender`)."""
+        if not self.on("specaugment"):
+            return None
+        return Augmenter({"specaugment": self.cfg["specaugment"]}, self.sr)
+
     def on(self, section: str) -> bool:
         return bool(self.cfg[section]["enabled"])
 
@@ -235,3 +255,50 @@ class Augmenter:
         return spec_augment(
             logmel, rng, s["n_freq_masks"], s["freq_width"], s["n_time_masks"], s["time_width"]
         )
+
+
+def build_augmenter(augment_cfg) -> Augmenter | None:
+    """The Augmenter of a Hydra `augment` group, or None when it is off. `enabled` (the group's
+    switch) and `copies` (`prerender`) are the group's own keys, not sections."""
+    if not augment_cfg.enabled:
+        return None
+    from omegaconf import OmegaConf
+
+    sections = OmegaConf.to_container(augment_cfg, resolve=True)
+    return Augmenter({k: v for k, v in sections.items() if k not in ("enabled", "copies")})
+
+
+def prerender(ds, augmenter: Augmenter, copies: int, seed: int, batch_size: int = 16):
+    """`copies` augmented takes of every row of a (map-style) `datasets.Dataset`, rendered once.
+
+    Row i's take k draws from `default_rng([seed, 11, i, k])`, so the render is reproducible and
+    does not depend on the batch size. Each take keeps the row's labels and metadata, gets id
+    `<id>~aug<k>` (per-utterance tables then tell takes apart) and, when the row has one, the
+    duration of its augmented audio (tempo changes it). Returns a dataset of len(ds) * copies rows."""
+    if copies < 1:
+        raise ValueError(f"augment.copies must be >= 1 to pre-render, got {copies}")
+    if "audio" not in ds.column_names:
+        raise ValueError(f"augment.copies needs the training audio; the train split has only {ds.column_names}")
+    key = hashlib.sha256(json.dumps([ds._fingerprint, augmenter.cfg, copies, seed, "prerender-1"],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    total = len(ds) * copies
+    with progress(f"pre-rendering {copies} augmented cop{'y' if copies == 1 else 'ies'} ({total} clips)",
+                  total) as advance:
+        def render(batch, indices):
+            out = {col: [] for col in batch}
+            for j, i in enumerate(indices):
+                for k in range(copies):
+                    wave = augmenter(np.asarray(batch["audio"][j], dtype=np.float32),
+                                     np.random.default_rng([seed, 11, i, k]))
+                    for col in batch:
+                        out[col].append(batch[col][j])
+                    out["audio"][-1] = wave
+                    out["id"][-1] = f"{batch['id'][j]}~aug{k + 1}"
+                    if "duration" in out:
+                        out["duration"][-1] = len(wave) / SAMPLE_RATE
+                advance(copies)
+            return out
+
+        rendered = ds.map(render, batched=True, batch_size=batch_size, with_indices=True, new_fingerprint=key)
+    log.info("augment.copies=%d: training on %d pre-rendered augmented clips (from %d)", copies, len(rendered), len(ds))
+    return rendered

@@ -5,7 +5,8 @@ encoder is a fixed function of the clean audio, so its output for each clip is c
 fed to the decoder as `encoder_outputs` in every training step and in both the base and the
 adapted evaluation. On 2 CPU cores the 30 s encoder pass is ~0.6 s per clip, so this turns hours
 into minutes; it changes nothing the model computes. It is skipped when waveform/spectrogram
-augmentation is on (each step would need a fresh encoder pass anyway)."""
+augmentation runs per step (each step would need a fresh encoder pass anyway); augmented takes
+pre-rendered once (`augment.copies`, no SpecAugment) are fixed audio and are cached like any clip."""
 
 from __future__ import annotations
 
@@ -84,12 +85,15 @@ def cache_enabled(cfg) -> bool:
     if setting in ("false", "0", "no"):
         return False
     encoder_frozen = cfg.train.mode == "lora" and "encoder" not in cfg.lora.scope
+    a = cfg.augment
+    fixed_audio = not a.enabled or (a.copies > 0 and not (a.specaugment or {}).get("enabled", False))
     if setting in ("true", "1", "yes"):
-        if not encoder_frozen or cfg.augment.enabled:
+        if not encoder_frozen or not fixed_audio:
             raise ValueError("train.cache_encoder_outputs=true needs a frozen encoder (no 'encoder' in lora.scope, "
-                             "train.mode=lora) and augment.enabled=false")
+                             "train.mode=lora) and no per-step augmentation (augment.enabled=false, or "
+                             "augment.copies>0 with augment.specaugment.enabled=false)")
         return True
-    return encoder_frozen and not cfg.augment.enabled
+    return encoder_frozen and fixed_audio
 
 
 def encoder_batch_size(cfg, model) -> int:

@@ -65,6 +65,17 @@ def train(cfg: DictConfig) -> dict:
     test_ds = filter_engines(test_ds, cfg.eval.engines, "eval.engines", keep=True)
     test_ds = subsample(test_ds, cfg.data.max_eval_samples, cfg.seed)
 
+    from asr_lora.data.augment import build_augmenter, prerender
+
+    augmenter = build_augmenter(cfg.augment)
+    if augmenter is not None and cfg.augment.copies > 0:
+        if streaming:
+            raise ValueError("augment.copies pre-renders the train split, which streaming never holds; "
+                             "use augment.copies=0 (augment per batch) with data.streaming")
+        # The waveform effects run once here; per step only SpecAugment is left.
+        train_ds = prerender(train_ds, augmenter, cfg.augment.copies, cfg.seed)
+        augmenter = augmenter.spec_only()
+
     model, params = prepare_model(model, cfg)
     if torch.cuda.is_available() and cfg.get("device") != "cpu":
         model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
@@ -89,12 +100,6 @@ def train(cfg: DictConfig) -> dict:
         base_hyps = zero_shot_hypotheses(decode, resolve_model_dir(cfg.model.name_or_path),
                                          next(model.parameters()).device, test_ds, cfg.eval, keep_dir)
 
-    augmenter = None
-    if cfg.augment.enabled:
-        from asr_lora.data.augment import Augmenter
-
-        sections = OmegaConf.to_container(cfg.augment, resolve=True)
-        augmenter = Augmenter({k: v for k, v in sections.items() if k != "enabled"})  # `enabled` is the group switch
     # Streaming: the collator (run in the DataLoader workers) computes every log-mel on the fly.
     collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter,
                               None if streaming else cache, cfg.seed, cfg.train.timestamp_probability)
