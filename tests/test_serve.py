@@ -252,6 +252,16 @@ def test_bench_serve_load_smoke(tmp_path, monkeypatch):
     assert all(row["ok"] == 8 and row["lost"] == 0 for row in res["rows"])
 
 
+def test_bench_serve_profile_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASR_LORA_BENCH_RESULTS", str(tmp_path))
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "serve_profile.py"), "--tiny", "--batch", "4",
+                        "--reps", "1"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "serve_profile_tiny.json").read_text())["rows"]
+    assert [row["variant"] for row in rows][0].startswith("mixed") and len(rows) == 5
+    assert all(0 < row["encoder_s"] < row["batch_s"] and len(row["tokens"]) == 4 for row in rows)
+
+
 # ---------------------------------------------------------------- the browser page
 
 
