@@ -116,7 +116,7 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     from hydra import compose, initialize_config_dir
 
     from asr_lora.config import CONF_DIR
-    from asr_lora.data.augment import build_augmenter, prerender
+    from asr_lora.data.augment import training_augmentation
     from asr_lora.data.features import SpeechCollator
     from asr_lora.model.encoder_cache import build_encoder_cache
     from asr_lora.training.trainer import build_trainer, prepare_model, training_args
@@ -136,10 +136,7 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
         cfg = compose("config", overrides=overrides)
     t0 = time.perf_counter()
     model, params = prepare_model(model, cfg)
-    augmenter = build_augmenter(cfg.augment)  # as asr_lora/training/job.py builds it
-    if augmenter is not None and cfg.augment.copies > 0:  # the render is prep, paid once before the first step
-        ds = prerender(ds, augmenter, cfg.augment.copies, cfg.seed)
-        augmenter = augmenter.spec_only()
+    ds, augmenter = training_augmentation(cfg.augment, ds, cfg.seed)  # a pre-render is prep, paid once
     cache = build_encoder_cache(cfg, model, processor, {"train": ds})
     collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter, cache, cfg.seed)
     keep = ["id", "labels"] if cache is not None else ["id", "labels", "audio"]

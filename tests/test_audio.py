@@ -397,3 +397,22 @@ def test_build_augmenter_takes_the_hydra_group():
     spec = aug.spec_only()
     assert spec.on("specaugment") and not spec.touches_waveform()
     assert build_augmenter(OmegaConf.create({"enabled": True, "gain": {"enabled": True}})).spec_only() is None
+
+
+def test_training_augmentation_prerenders_only_when_asked():
+    from datasets import Dataset
+    from omegaconf import OmegaConf
+
+    from asr_lora.data.augment import training_augmentation
+
+    ds = Dataset.from_dict({"id": ["a"], "audio": [tone(0.5)], "labels": [[1]]})
+    group = {"enabled": True, "gain": {"enabled": True, "prob": 1.0}, "specaugment": {"enabled": True}}
+    same, aug = training_augmentation(OmegaConf.create({**group, "copies": 0}), ds, seed=0)
+    assert same is ds and aug.touches_waveform()  # per batch
+    takes, spec = training_augmentation(OmegaConf.create({**group, "copies": 2}), ds, seed=0)
+    assert takes["id"] == ["a~aug1", "a~aug2"] and not spec.touches_waveform() and spec.on("specaugment")
+    with pytest.raises(ValueError, match="streaming"):
+        training_augmentation(OmegaConf.create({**group, "copies": 1}), ds, seed=0, streaming=True)
+    with pytest.raises(ValueError, match="copies must be >= 1"):
+        training_augmentation(OmegaConf.create({**group, "copies": -1}), ds, seed=0)
+    assert training_augmentation(OmegaConf.create({"enabled": False, "copies": 2}), ds, seed=0) == (ds, None)

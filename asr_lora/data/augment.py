@@ -268,6 +268,19 @@ def build_augmenter(augment_cfg) -> Augmenter | None:
     return Augmenter({k: v for k, v in sections.items() if k not in ("enabled", "copies")})
 
 
+def training_augmentation(augment_cfg, train_ds, seed: int, streaming: bool = False):
+    """(train_ds, per-step Augmenter or None) for a Hydra `augment` group: with `copies` set, the
+    waveform effects are rendered into the train split here, once, and only SpecAugment is left
+    per step. The one place the training job and bench/train_throughput.py build augmentation."""
+    augmenter = build_augmenter(augment_cfg)
+    if augmenter is None or not augment_cfg.copies:
+        return train_ds, augmenter
+    if streaming:
+        raise ValueError("augment.copies pre-renders the train split, which streaming never holds; "
+                         "use augment.copies=0 (augment per batch) with data.streaming")
+    return prerender(train_ds, augmenter, augment_cfg.copies, seed), augmenter.spec_only()
+
+
 def prerender(ds, augmenter: Augmenter, copies: int, seed: int, batch_size: int = 16):
     """`copies` augmented takes of every row of a (map-style) `datasets.Dataset`, rendered once.
 

@@ -65,16 +65,10 @@ def train(cfg: DictConfig) -> dict:
     test_ds = filter_engines(test_ds, cfg.eval.engines, "eval.engines", keep=True)
     test_ds = subsample(test_ds, cfg.data.max_eval_samples, cfg.seed)
 
-    from asr_lora.data.augment import build_augmenter, prerender
+    from asr_lora.data.augment import training_augmentation
 
-    augmenter = build_augmenter(cfg.augment)
-    if augmenter is not None and cfg.augment.copies > 0:
-        if streaming:
-            raise ValueError("augment.copies pre-renders the train split, which streaming never holds; "
-                             "use augment.copies=0 (augment per batch) with data.streaming")
-        # The waveform effects run once here; per step only SpecAugment is left.
-        train_ds = prerender(train_ds, augmenter, cfg.augment.copies, cfg.seed)
-        augmenter = augmenter.spec_only()
+    # With augment.copies the waveform effects run once here; per step only SpecAugment is left.
+    train_ds, augmenter = training_augmentation(cfg.augment, train_ds, cfg.seed, streaming)
 
     model, params = prepare_model(model, cfg)
     if torch.cuda.is_available() and cfg.get("device") != "cpu":
