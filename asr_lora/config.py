@@ -139,7 +139,7 @@ class TrainConfig:
     cache_encoder_outputs: str = "auto"  # auto | true | false
     encoder_cache_budget_gb: float = 8.0  # auto turns the cache off past this (it lives in RAM)
     encoder_cache_on_disk: bool = True  # also keep it under the cache dir for the next run
-    dev_eval_max_samples: Optional[int] = 64
+    dev_eval_max_samples: Optional[int] = 64  # 0: no dev evaluation (no checkpoint choice)
     # Choose checkpoints on one part of the dev split only (voices.json parts): unseen_engine picks
     # the checkpoint that carries to engines training never heard. null: the whole dev split.
     dev_part: Optional[str] = None
@@ -166,8 +166,9 @@ class EvalConfig:
     before_training: bool = True
     # Keep the zero-shot pass under the cache and reuse it when base, rows and settings are the same.
     reuse_zero_shot: bool = True
-    # Score one part of the split only (voices.json parts: unseen_engine | seen_engine); null: all.
-    part: Optional[str] = None
+    # Score some parts of the split only (voices.json parts: unseen_engine | seen_engine, and real
+    # for the recorded clips); a name or a list of names; null: all.
+    part: Optional[Any] = None
     engines: list[str] = field(default_factory=list)  # score only these TTS engines' rows ([]: all)
 
 

@@ -26,6 +26,16 @@ def test_keep_part_keeps_only_that_part():
     assert keep_part(ds, None, "eval.part") is ds
 
 
+def test_keep_part_takes_a_list_and_real_names_the_recorded_clips():
+    ds = Dataset.from_dict({"id": ["u0", "u1", "r0", "u2"], "voice": [UNSEEN.id, SEEN.id, "", UNSEEN.id],
+                            "engine": [UNSEEN.engine, SEEN.engine, "", UNSEEN.engine]})
+    assert keep_part(ds, ["unseen_engine", "real"], "eval.part")["id"] == ["u0", "r0", "u2"]
+    assert keep_part(ds, "real", "eval.part")["id"] == ["r0"]
+    assert keep_part(ds, "unseen_engine", "eval.part")["id"] == ["u0", "u2"]
+    with pytest.raises(ValueError, match=r"unknown parts \['unseen'\]"):
+        keep_part(ds, ["unseen", "real"], "eval.part")
+
+
 def test_keep_part_refuses_a_part_the_split_lacks():
     with pytest.raises(ValueError, match=r"eval.part='unseen_engine'.*parts present: \['seen_engine'\]"):
         keep_part(rows([SEEN, SEEN]), "unseen_engine", "eval.part")

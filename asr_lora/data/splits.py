@@ -278,23 +278,30 @@ def subsample(ds: Dataset | None, n: int | None, seed: int) -> Dataset | None:
     return ds.shuffle(seed=seed).select(range(n))
 
 
-def keep_part(ds, part: str | None, what: str):
+def keep_part(ds, part, what: str):
     """The rows of `ds` whose voice lies in `part` of voices.json (e.g. the unseen-engine dev
-    part, so checkpoints are chosen on voices of engines training never heard). None: all rows."""
+    part, so checkpoints are chosen on voices of engines training never heard). `part` may be a
+    list of parts; "real" names the recorded clips (rows with no TTS engine). None: all rows."""
     if ds is None or part is None:
         return ds
-    from asr_lora.data.voices import voice_parts
+    from asr_lora.data.voices import PARTS, REAL_PART, voice_parts
 
+    wanted = [part] if isinstance(part, str) else list(part)
+    if bad := [p for p in wanted if p not in (*PARTS, REAL_PART)]:
+        raise ValueError(f"{what}={part!r}: unknown parts {bad}; choose from {[*PARTS, REAL_PART]}")
     table = voice_parts()
     have = sorted({table[v] for v in set(ds["voice"]) if v in table})
     if not have:  # a corpus without parts (real speech, a user's manifest): nothing to choose from
         log.warning("%s=%s: this split has no voices.json parts; using all %d rows", what, part, len(ds))
         return ds
-    kept = ds.filter(lambda v: table.get(v) == part, input_columns="voice", desc=f"{what}: {part} rows")
-    if not len(kept):
+    engines = ds["engine"] if "engine" in ds.column_names else [None] * len(ds)
+    keep = [i for i, (v, e) in enumerate(zip(ds["voice"], engines))
+            if table.get(v or "", REAL_PART if not e else None) in wanted]
+    if not keep:
         raise ValueError(f"{what}={part!r}: no rows of that part (parts present: {have}; "
                          "see data/sg_english/voices.json)")
-    log.info("%s=%s: %d of %d rows", what, part, len(kept), len(ds))
+    kept = ds.select(keep)
+    log.info("%s=%s: %d of %d rows", what, part if isinstance(part, str) else list(wanted), len(kept), len(ds))
     return kept
 
 

@@ -61,6 +61,8 @@ def train(cfg: DictConfig) -> dict:
     else:
         train_ds = subsample(train_ds, cfg.data.max_train_samples, cfg.seed)
     dev_ds = subsample(dev_ds, cfg.train.dev_eval_max_samples, cfg.seed)
+    if dev_ds is not None and not len(dev_ds):  # train.dev_eval_max_samples=0: no dev evaluation
+        dev_ds = None
     test_ds = keep_part(test_ds, cfg.eval.part, "eval.part")
     test_ds = filter_engines(test_ds, cfg.eval.engines, "eval.engines", keep=True)
     test_ds = subsample(test_ds, cfg.data.max_eval_samples, cfg.seed)
