@@ -61,3 +61,30 @@ def test_filter_engines_drops_or_keeps_that_engines_rows():
 def test_filter_engines_refuses_an_engine_with_no_rows():
     with pytest.raises(ValueError, match=r"engines \['pico'\] have no rows"):
         filter_engines(rows([v for v in VOICES if v.split == "train"]), ["pico"], "data.exclude_train_engines")
+
+
+def test_export_checks_the_exported_model_on_the_rows_the_evaluation_scored(monkeypatch, tmp_path):
+    """export_from_run hands export_run only the eval.part rows' accented clips (it used to decode the
+    whole split's, twice, whatever the run had scored)."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    import asr_lora.export.run as export_run_module
+    from asr_lora.export.job import export_from_run
+
+    voices = [UNSEEN, SEEN, UNSEEN, SEEN]
+    test = Dataset.from_dict({
+        "id": [f"t{i}" for i in range(5)], "voice": [v.id for v in voices] + [""],
+        "engine": [v.engine for v in voices] + [""], "subset": ["main", "main", "control", "main", "control"],
+        "text": ["a", "b", "c", "d", "e"], "audio": [np.zeros(160, dtype=np.float32)] * 5})
+    seen = {}
+    monkeypatch.setattr(export_run_module, "export_run", lambda *a, **kw: seen.update(kw) or {
+        "paths": {}, "sizes_bytes": {}, "wer": {}})
+    cfg = OmegaConf.create({"data": {"dev_split": "dev", "max_eval_samples": None},
+                            "eval": {"split": "test", "part": ["unseen_engine", "real"], "engines": [],
+                                     "beam_size": 1, "batch_size": 2, "max_new_tokens": 4},
+                            "export": {"ct2_eval": True, "formats": ["hf"], "quantization": [], "force": False,
+                                       "probe_size": 2},
+                            "model": {"name_or_path": "unused"}, "lora": {"scope": ["encoder"]}})
+    export_from_run(cfg, tmp_path, tmp_path / "adapter", None, {"test": test}, processor=object())
+    assert seen["test_refs"] == ["a"]  # unseen-engine main only: seen-engine and control rows are not decoded
