@@ -50,6 +50,8 @@ def steps(n: int) -> list[str]:
 # name -> overrides on top of +recipe=sg_english (128 steps x 8 clips, lr 2e-3, q/v r=8).
 # The study ran before the recipe took timestamp targets, so the plain variants turn them off.
 NO_TS = "train.timestamp_probability=0.0"
+# Every variant trains on the corpus voices.json defines. bench/results/study_unseen.md's runs used the
+# 18-train-voice corpus, except encdec_vox: `encdec` on stop 21's 20 voices (festival rab and don added).
 VARIANTS = {
     "encdec": [NO_TS],
     "encdec_aug": [NO_TS, "augment=default"],
