@@ -290,12 +290,13 @@ def keep_part(ds, part, what: str):
     if bad := [p for p in wanted if p not in (*PARTS, REAL_PART)]:
         raise ValueError(f"{what}={part!r}: unknown parts {bad}; choose from {[*PARTS, REAL_PART]}")
     table = voice_parts()
-    have = sorted({table[v] for v in set(ds["voice"]) if v in table})
+    voices = ds["voice"]
+    have = sorted({table[v] for v in set(voices) if v in table})
     if not have:  # a corpus without parts (real speech, a user's manifest): nothing to choose from
         log.warning("%s=%s: this split has no voices.json parts; using all %d rows", what, part, len(ds))
         return ds
     engines = ds["engine"] if "engine" in ds.column_names else [None] * len(ds)
-    keep = [i for i, (v, e) in enumerate(zip(ds["voice"], engines))
+    keep = [i for i, (v, e) in enumerate(zip(voices, engines))
             if table.get(v or "", REAL_PART if not e else None) in wanted]
     if not keep:
         raise ValueError(f"{what}={part!r}: no rows of that part (parts present: {have}; "
@@ -303,6 +304,13 @@ def keep_part(ds, part, what: str):
     kept = ds.select(keep)
     log.info("%s=%s: %d of %d rows", what, part if isinstance(part, str) else list(wanted), len(kept), len(ds))
     return kept
+
+
+def eval_rows(ds, eval_cfg):
+    """The rows of a split an evaluation scores: `eval.part`'s parts, then `eval.engines`' engines.
+    The training job, `python -m asr_lora.evaluate` and the export's WER check all score these."""
+    ds = keep_part(ds, eval_cfg.get("part"), "eval.part")
+    return filter_engines(ds, eval_cfg.get("engines") or [], "eval.engines", keep=True)
 
 
 def filter_engines(ds, engines, what: str, keep: bool = False):

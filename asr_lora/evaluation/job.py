@@ -26,7 +26,7 @@ def evaluate(cfg: DictConfig) -> dict:
     run_dir = run_dir_of(cfg)
     setup_logging(run_dir, quiet=cfg.quiet)
     seed_everything(cfg.seed)
-    from asr_lora.data.splits import filter_engines, keep_part, subsample
+    from asr_lora.data.splits import eval_rows, subsample
     from asr_lora.evaluation.scoring import evaluate_systems, headline
     from asr_lora.model.encoder_cache import EncoderCache
     from asr_lora.model.whisper import load_whisper
@@ -45,8 +45,7 @@ def evaluate(cfg: DictConfig) -> dict:
     split = cfg.data.split or cfg.eval.split
     if split not in splits:
         raise ValueError(f"split {split!r} is empty or missing; have {sorted(splits)} (see data_report.json)")
-    ds = keep_part(splits[split], cfg.eval.part, "eval.part")
-    ds = filter_engines(ds, cfg.eval.engines, "eval.engines", keep=True)
+    ds = eval_rows(splits[split], cfg.eval)
     ds = subsample(ds, cfg.data.max_eval_samples, cfg.seed)
 
     cache = None

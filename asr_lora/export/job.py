@@ -38,10 +38,9 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
         probe = log_mel(processor, [np.asarray(a, dtype=np.float32) for a in rows["audio"]])
     # The same test rows the run's evaluation scored (eval.part / eval.engines), so the exported
     # model's WER check is on what the report shows and costs no more than that evaluation.
-    from asr_lora.data.splits import filter_engines, keep_part
+    from asr_lora.data.splits import eval_rows
 
-    test = keep_part(splits.get(cfg.eval.split), OmegaConf.select(cfg, "eval.part"), "eval.part")
-    test = filter_engines(test, OmegaConf.select(cfg, "eval.engines") or [], "eval.engines", keep=True)
+    test = eval_rows(splits.get(cfg.eval.split), cfg.eval)
     audios = refs = transcriber = None
     if cfg.export.ct2_eval and test is not None:
         main = test.filter(lambda s: s != "control", input_columns="subset")

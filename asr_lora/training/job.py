@@ -49,7 +49,8 @@ def train(cfg: DictConfig) -> dict:
                else len(train_ds or []))
     if train_ds is None or not n_train:
         raise ValueError(f"no training data in split {cfg.data.train_split!r}; see {run_dir}/data_report.json")
-    from asr_lora.data.splits import add_features, filter_engines, keep_part, subsample, use_feature_cache
+    from asr_lora.data.splits import (add_features, eval_rows, filter_engines, keep_part, subsample,
+                                      use_feature_cache)
 
     train_ds = filter_engines(train_ds, cfg.data.exclude_train_engines, "data.exclude_train_engines")
     dev_ds = keep_part(dev_ds, cfg.train.dev_part, "train.dev_part")
@@ -63,8 +64,7 @@ def train(cfg: DictConfig) -> dict:
     dev_ds = subsample(dev_ds, cfg.train.dev_eval_max_samples, cfg.seed)
     if dev_ds is not None and not len(dev_ds):  # train.dev_eval_max_samples=0: no dev evaluation
         dev_ds = None
-    test_ds = keep_part(test_ds, cfg.eval.part, "eval.part")
-    test_ds = filter_engines(test_ds, cfg.eval.engines, "eval.engines", keep=True)
+    test_ds = eval_rows(test_ds, cfg.eval)
     test_ds = subsample(test_ds, cfg.data.max_eval_samples, cfg.seed)
 
     from asr_lora.data.augment import training_augmentation
