@@ -108,6 +108,44 @@ def test_merge_adapter_returns_plain_whisper(tiny_whisper_dir, adapter_dir):
     assert all(p.dtype == torch.float32 for p in merged.parameters())
 
 
+def test_merged_in_place_holds_the_export_weights_and_restores_the_base_bit_for_bit(tiny_whisper_dir, adapter_dir):
+    from asr_lora.model.lora import merged_in_place, merged_weights_digest
+
+    model, _ = merge.load_adapter_model(str(tiny_whisper_dir), adapter_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with merged_in_place(model) as merged:
+        assert merged
+        inside = merged_weights_digest(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # not just close: equal
+    # Outside, the digest is the base's (the adapter is not folded in); inside, the merged export's.
+    assert merged_weights_digest(model) == merged_weights_digest(merge.load_whisper(str(tiny_whisper_dir))[0])
+    assert inside != merged_weights_digest(model)
+    assert inside == merged_weights_digest(merge.merge_adapter(str(tiny_whisper_dir), adapter_dir))
+
+
+def test_export_takes_the_evaluated_hypotheses_only_for_bit_identical_weights(tiny_whisper_dir, adapter_dir, probe,
+                                                                               tmp_path):
+    from asr_lora.model.lora import merged_weights_digest
+
+    digest = merged_weights_digest(merge.merge_adapter(str(tiny_whisper_dir), adapter_dir))
+    refs = ["hello there", "one kopi please"]
+
+    def export(sha):
+        return run.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / sha[:4], formats=("hf",),
+                              probe_features=probe, verify_max_new_tokens=VERIFY_TOKENS,
+                              test_audios=[tone(1.0), tone(1.5, 300)], test_refs=refs, evaluated=(sha, refs))
+
+    same, other = export(digest), export("0" * 64)
+    # The evaluated hypotheses here are the references themselves, so reusing them scores 0%; the
+    # random-init model decoding the tones for itself cannot.
+    assert same["verification"]["evaluated_weights"] == {"sha256": digest, "identical": True}
+    assert same["wer"]["merged_hf"] == 0.0
+    assert other["verification"]["evaluated_weights"]["identical"] is False
+    assert other["wer"]["merged_hf"] > 0.5
+    card = (tmp_path / digest[:4] / "hf" / "README.md").read_text()
+    assert f"`{digest}`: bit-identical to the model the evaluation above decoded" in card
+
+
 @pytest.mark.slow
 def test_summary_layout_and_cards(exported):
     out, s = exported

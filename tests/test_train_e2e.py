@@ -132,6 +132,10 @@ def test_main_job_real_model_shortened(tmp_path):
     v = exp["verification"]
     assert v["passed"] and v["tokens_identical"]
     assert v["max_abs_logit_diff"] <= 1e-4 or v["max_abs_logit_diff_float64"] <= 1e-5
+    # The evaluation decoded with the adapter merged in: the export holds exactly those weights, so
+    # it takes the evaluation's hypotheses instead of decoding the test audio again.
+    assert v["evaluated_weights"] == {"sha256": ev["adapted_weights"]["sha256"], "identical": True}
+    assert exp["wer"]["merged_hf"] == pytest.approx(ev["systems"]["adapted"]["wer"]["norm"]["wer"])
     for d in ("hf", "adapter", "ct2-int8"):
         card = (run / "export" / d / "README.md").read_text()
         gate_passed = summary["eval"]["forgetting"]["passed"]

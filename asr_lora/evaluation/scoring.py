@@ -3,7 +3,9 @@ base-vs-adapted comparison, forgetting gate, error analysis; write eval.json, pe
 and the report.
 
 "Base" and "adapted" come from one loaded peft model (`disable_adapter()` gives the base), so the
-base is exactly the one the adapter was trained on. The accented set (subset "main") carries the
+base is exactly the one the adapter was trained on. "Adapted" decodes with the adapter merged into
+the weights (`model.lora.merged_in_place`): the weights a merged export holds, whose digest eval.json
+records (`adapted_weights`) so the export can show it ships exactly what was scored. The accented set (subset "main") carries the
 headline; the general-English control set (subset "control") feeds the forgetting gate.
 
 Engine leakage (FIELD_NOTES 13): a synthetic test set whose voices include engines the adapter was
@@ -40,8 +42,8 @@ from asr_lora.evaluation.metrics import paired_bootstrap, particle_stats, per_ut
 from asr_lora.evaluation.report import write_report
 from asr_lora.inference.decode import decode_ids
 from asr_lora.model.encoder_cache import EncoderCache
+from asr_lora.model.lora import merged_in_place, merged_weights_digest
 
-log = logging.getLogger(__name__)
 log = logging.getLogger("asr_lora")
 
 
@@ -257,15 +259,20 @@ def evaluate_systems(model, processor, ds, ecfg, out_dir: Path, info: dict, syst
     meta = [{k: (cols[k][i] if k in cols else None) for k in META} for i in range(len(ds))]
     for m, part in zip(meta, row_parts(meta)):
         m["part"] = part
-    hyps_by_system, rows_by_system, scored = {}, {}, {}
+    hyps_by_system, rows_by_system, scored, adapted_weights = {}, {}, {}, None
     for system in systems:
         if precomputed and system in precomputed:
             hyps = precomputed[system]
         else:
-            base = system == "base" and hasattr(model, "disable_adapter")
-            with model.disable_adapter() if base else contextlib.nullcontext():
+            if system == "base":
+                ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+            else:
+                ctx = merged_in_place(model)
+            with ctx as merged:
                 hyps = transcribe_split(model, processor, ds, ecfg.beam_size, ecfg.batch_size, ecfg.max_new_tokens,
                                         encoder_cache, progress, f"decoding ({system})")
+                if system == "adapted" and merged:
+                    adapted_weights = {"merged": True, "sha256": merged_weights_digest(model)}
         hyps_by_system[system] = hyps
         rows_by_system[system] = utterance_rows(meta, hyps)
         scored[system] = score_system(rows_by_system[system], ecfg.n_bootstrap, ecfg.worst_n)
@@ -281,6 +288,7 @@ def evaluate_systems(model, processor, ds, ecfg, out_dir: Path, info: dict, syst
         "beam_size": ecfg.beam_size,
         "manifest_hash": manifest_hash(ds),
         "n_utterances": len(ds),
+        "adapted_weights": adapted_weights,
         "systems": scored,
         "data": info.get("data", {}),
     }
@@ -302,7 +310,9 @@ def evaluate_systems(model, processor, ds, ecfg, out_dir: Path, info: dict, syst
             ev["forgetting"] = gate
     write_text(out_dir / "eval.json", json.dumps(ev, indent=2, default=float))
     write_per_utterance(out_dir / "per_utterance.csv", rows_by_system)
-    write_text(out_dir / "hypotheses.json", json.dumps(hyps_by_system, indent=1, ensure_ascii=False))
+    # {"ids": row ids, system: hypotheses in that order}: the export reuses the adapted ones by id.
+    write_text(out_dir / "hypotheses.json", json.dumps({"ids": [m["id"] for m in meta]} | hyps_by_system, indent=1,
+                                                       ensure_ascii=False))
     write_report(ev, out_dir)
     return ev
 

@@ -162,6 +162,12 @@ def write_model_card(out_dir: Path, info: dict) -> Path:
                    + (f"In float64 the gap is {v['max_abs_logit_diff_float64']:.2e}: the fp32 gap is rounding, "
                       "not a different model. " if "max_abs_logit_diff_float64" in v else "")
                    + f"**{'PASS' if v.get('passed') else 'FAIL'}**"), ""]
+        if ew := v.get("evaluated_weights"):
+            lines += [(f"Merged weights sha256 `{ew['sha256']}`: "
+                       + ("bit-identical to the model the evaluation above decoded (the adapter merged in), "
+                          "so its WER is this export's." if ew["identical"]
+                          else "not the evaluated model's weights, so the export decoded the test audio itself.")),
+                      ""]
     lines += _loading_snippets(base, info.get("exports", []))
     path = Path(out_dir) / "README.md"
     path.write_text("\n".join(lines))

@@ -21,7 +21,6 @@ from asr_lora.core.io import write_json
 log = logging.getLogger("asr_lora.export")
 
 
-
 def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, splits: dict, processor=None,
                     encoder_cache=None) -> dict:
     from asr_lora.data.features import log_mel
@@ -41,10 +40,14 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
     from asr_lora.data.splits import eval_rows
 
     test = eval_rows(splits.get(cfg.eval.split), cfg.eval)
-    audios = refs = transcriber = None
+    audios = refs = transcriber = reuse = None
+    evaluated = evaluated_hypotheses(run_dir, ev)
     if cfg.export.ct2_eval and test is not None:
         main = test.filter(lambda s: s != "control", input_columns="subset")
-        if ev and ev.get("n_utterances") and cfg.data.max_eval_samples:
+        if evaluated:  # exactly the accented rows the evaluation scored (its max_eval_samples draw too)
+            main = main.filter(lambda i: i in evaluated[1], input_columns="id")
+            reuse = (evaluated[0], [evaluated[1][i] for i in main["id"]])
+        elif ev and ev.get("n_utterances") and cfg.data.max_eval_samples:
             main = main.select(range(min(len(main), cfg.data.max_eval_samples)))
         audios = [np.asarray(a, dtype=np.float32) for a in main["audio"]]
         refs = list(main["text"])
@@ -58,11 +61,24 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
     summary = export_run(
         cfg.model.name_or_path, adapter_dir, run_dir / "export", formats=list(cfg.export.formats),
         ct2_quantizations=list(cfg.export.quantization), probe_features=probe, test_audios=audios,
-        test_refs=refs, info=info, force=cfg.export.force, merged_transcriber=transcriber,
+        test_refs=refs, info=info, force=cfg.export.force, merged_transcriber=transcriber, evaluated=reuse,
     )
     log.info("export: %s", json.dumps({k: summary[k] for k in ("paths", "sizes_bytes", "wer")}, default=str))
     write_json(run_dir / "export" / "export_summary.json", summary, default=str)
     return summary
+
+
+def evaluated_hypotheses(run_dir: Path, ev: dict | None) -> tuple[str, dict[str, str]] | None:
+    """(sha256 of the merged weights the run's evaluation decoded, {row id: adapted hypothesis}), or
+    None when it recorded none (full fine-tuning, runs evaluated before the digest existed)."""
+    digest = ((ev or {}).get("adapted_weights") or {}).get("sha256")
+    path = Path(run_dir) / "eval" / "hypotheses.json"
+    if not digest or not path.is_file():
+        return None
+    h = json.loads(path.read_text(encoding="utf-8"))
+    if "ids" not in h or len(h.get("adapted") or []) != len(h["ids"]):
+        return None
+    return digest, dict(zip(h["ids"], h["adapted"]))
 
 
 def run_config(cfg: DictConfig) -> DictConfig:

@@ -35,6 +35,7 @@ from asr_lora.evaluation.report import pct
 from asr_lora.export.formats import _wer, export_adapter, export_ct2, export_hf, transcribe_ct2, write_model_card
 from asr_lora.export.merge import ExportError, load_adapter_model, merge_loaded, synthetic_probe, verify_merge
 from asr_lora.inference.decode import check_adapter_dir, transcribe_arrays
+from asr_lora.model.lora import merged_weights_digest
 from asr_lora.model.whisper import resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,16 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                test_audios: Sequence[np.ndarray] | None = None, test_refs: Sequence[str] | None = None,
                info: dict | None = None, force: bool = False, atol: float = 1e-4,
                verify_max_new_tokens: int = 128,
-               merged_transcriber: Callable[[Any], list[str]] | None = None) -> dict[str, Any]:
+               merged_transcriber: Callable[[Any], list[str]] | None = None,
+               evaluated: tuple[str, Sequence[str]] | None = None) -> dict[str, Any]:
     """Merge, verify, gate, then write every requested format atomically; returns a summary.
 
     `merged_transcriber(merged_model) -> hypotheses for test_audios` lets the caller reuse work it
     already has (e.g. cached encoder outputs when the adapter never touched the encoder).
+    `evaluated = (sha256, hypotheses for test_audios)`: what the run's evaluation decoded with the
+    adapter merged in (`model.lora.merged_in_place`). When the merged model here has that digest, it
+    is bit for bit the model the evaluation scored, so its hypotheses are the merged model's and the
+    export does not decode the test audio a second time; otherwise it decodes.
     """
     unknown = set(formats) - {"hf", "adapter", "ct2"}
     if unknown:
@@ -105,8 +111,16 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
 
         export_wer = {}
         if test_audios is not None and test_refs is not None:
-            merged_hyps = (merged_transcriber(merged) if merged_transcriber
-                           else transcribe_arrays(merged, processor, test_audios))
+            digest = merged_weights_digest(merged)
+            same = evaluated is not None and evaluated[0] == digest and len(evaluated[1]) == len(test_audios)
+            verification["evaluated_weights"] = {"sha256": digest, "identical": same}
+            if same:
+                log.info("merged weights are bit-identical to the evaluated model (sha256 %s): its %d "
+                         "hypotheses stand for the merged export", digest[:12], len(test_audios))
+                merged_hyps = list(evaluated[1])
+            else:
+                merged_hyps = (merged_transcriber(merged) if merged_transcriber
+                               else transcribe_arrays(merged, processor, test_audios))
             export_wer["merged_hf"] = _wer(test_refs, merged_hyps)
             for q in ct2_quantizations if "ct2" in formats else ():
                 export_wer[f"ct2-{q}"] = _wer(test_refs, transcribe_ct2(staged[f"ct2-{q}"], test_audios))

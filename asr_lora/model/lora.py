@@ -7,10 +7,14 @@ full names. No `task_type`: peft's SEQ_2_SEQ_LM wrapper feeds `input_ids` to Whi
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
+from collections.abc import Iterator
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 
 SCOPES = ("encoder", "decoder_self", "decoder_cross")
 
@@ -94,3 +98,40 @@ def lora_modules_in(model) -> list[str]:
 
 def touches_encoder(cfg) -> bool:
     return bool(cfg.enabled) and "encoder" in cfg.scope
+
+
+@contextlib.contextmanager
+def merged_in_place(model) -> Iterator[bool]:
+    """Inside: the peft model's active adapter folded into its base weights (yields True; False and
+    nothing changed for a model without LoRA layers). Decoding there runs exactly the weights a merged
+    export holds, and skips the LoRA branch. On exit the base weights are restored bit for bit:
+    peft's `unmerge_adapter` subtracts the delta again, which rounds, so the originals are kept."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)] if isinstance(model, PeftModel) else []
+    if not layers:
+        yield False
+        return
+    saved = [(w, w.detach().clone()) for w in (m.get_base_layer().weight for m in layers)]
+    model.merge_adapter(safe_merge=True)  # the arithmetic of export's merge_and_unload(safe_merge=True)
+    try:
+        yield True
+    finally:
+        model.unmerge_adapter()
+        with torch.no_grad():
+            for w, orig in saved:
+                w.copy_(orig)
+
+
+def merged_weights_digest(model) -> str:
+    """sha256 of the weights a merged checkpoint holds, under plain Whisper parameter names.
+
+    The same for a peft model inside `merged_in_place` and for `merge_and_unload`'s output, so an
+    export can tell whether it holds bit for bit the weights an evaluation decoded.
+    """
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    named = {k.replace(".base_layer.", "."): t for k, t in base.state_dict().items() if "lora_" not in k}
+    h = hashlib.sha256()
+    for name in sorted(named):
+        t = named[name].detach().cpu().contiguous()
+        h.update(f"{name}\t{t.dtype}\t{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
