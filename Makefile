@@ -6,7 +6,6 @@ PYTHON  ?= python3.11
 # libttspico-utils and mbrola* are the dev/test-only "unseen engines" (no train voice uses them);
 # they live in Debian's contrib (mbrola) and non-free (pico, mbrola voices) components.
 APT_PKGS := espeak-ng flite festival festvox-us-slt-hts festvox-kdlpc16k festvox-kallpc16k festvox-rablpc16k festvox-don \
-            rhvoice rhvoice-english \
             libttspico-utils mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 \
             pocketsphinx-testdata sox libsndfile1 ffmpeg chromium chromium-driver
 STAMP   := $(VENV)/.installed

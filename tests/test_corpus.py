@@ -74,7 +74,7 @@ def test_voice_inventory_is_speaker_disjoint_and_covers_engines():
     voices = load_voices()
     assert len({v.id for v in voices}) >= 15
     engines = {v.engine for v in voices}
-    assert engines == {"espeak", "flite", "festival", "piper", "rhvoice", "pico", "mbrola"}
+    assert engines == {"espeak", "flite", "festival", "piper", "pico", "mbrola"}
     by_split = defaultdict(set)
     for v in voices:
         by_split[v.split].add(v)

