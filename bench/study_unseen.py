@@ -61,6 +61,13 @@ VARIANTS = {
     "encdec_s64": [NO_TS, *steps(64)],
     "dec_s256": [NO_TS, DECODER, NO_CACHE, *steps(256)],
     "encdec_r16": [NO_TS, "lora.r=16", "lora.alpha=32"],
+    # Stop 22 (20 train voices): LoRA dropout, and augmentation that varies the voice only (tempo,
+    # pitch, EQ, gain, SpecAugment), without the channel effects (room, noise, telephone, codec) that
+    # the clean unseen-engine speech never has.
+    "encdec_do": [NO_TS, "lora.dropout=0.1"],
+    "encdec_voiceaug": [NO_TS, "augment=default", *(f"augment.{k}.enabled=false" for k in
+                                                    ("room", "noise", "telephone", "codec")),
+                        *(f"augment.{k}.prob=0.5" for k in ("tempo", "pitch", "eq"))],
 }
 # Each variant again with a share of timestamp targets (train.timestamp_probability, bench/timestamps.py);
 # encdec_ts scored better on dev but broke long-form decoding (bench/timestamps.py), so the recipe is encdec.
