@@ -118,7 +118,9 @@ def fmt(b: float | None, a: float | None) -> str:
 
 
 def table(out: Path) -> str:
-    runs = sorted(p.parent.parent for p in out.glob("*/eval/per_utterance.csv"))
+    # Training runs only: an evaluate directory kept under --out (loo --with-all) has no metrics.json.
+    runs = sorted(p.parent.parent for p in out.glob("*/eval/per_utterance.csv")
+                  if (p.parent.parent / "metrics.json").is_file())
     summary, rows, engine_rows = {}, [], []
     for d in runs:
         m = json.loads((d / "metrics.json").read_text())

@@ -46,3 +46,14 @@ def test_groups_sum_errors_over_words_per_part_engine_subset(tmp_path):
     assert "| encdec | (recipe) |" in md and "20.00 -> 10.00% (-50%)" in md
     summary = json.loads((tmp_path / "study" / "study.json").read_text())
     assert summary["encdec"]["wer"]["adapted/unseen_engine/main"] == 0.1
+
+
+def test_table_leaves_out_an_evaluate_directory_kept_with_the_runs(tmp_path):
+    # `loo --with-all` scores the every-engine adapter with evaluate, under the same --out: it has
+    # per_utterance.csv but no training metrics.json, and the table used to crash on it.
+    row = ["adapted", "a", "s", "x", "main", "pico-en-us", "r", "h", 1, 0, 0, 10, "pico", "unseen_engine"]
+    write_run(tmp_path / "study" / "encdec", [row])
+    write_run(tmp_path / "study" / "all_eval", [row])
+    (tmp_path / "study" / "all_eval" / "metrics.json").unlink()
+    study_unseen.table(tmp_path / "study")
+    assert set(json.loads((tmp_path / "study" / "study.json").read_text())) == {"encdec"}
