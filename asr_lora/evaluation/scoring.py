@@ -5,8 +5,9 @@ and the report.
 "Base" and "adapted" come from one loaded peft model (`disable_adapter()` gives the base), so the
 base is exactly the one the adapter was trained on. "Adapted" decodes with the adapter merged into
 the weights (`model.lora.merged_in_place`): the weights a merged export holds, whose digest eval.json
-records (`adapted_weights`) so the export can show it ships exactly what was scored. The accented set (subset "main") carries the
-headline; the general-English control set (subset "control") feeds the forgetting gate.
+records (`adapted_weights`) so the export can show it ships exactly what was scored. The accented
+set (subset "main") carries the headline; the general-English control set (subset "control") feeds
+the forgetting gate.
 
 Engine leakage (FIELD_NOTES 13): a synthetic test set whose voices include engines the adapter was
 trained on rewards learning those engines' sound. When the test set has an *unseen-engine* part
