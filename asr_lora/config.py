@@ -72,6 +72,10 @@ class DataConfig:
     max_train_samples: Optional[int] = None
     # Train without these TTS engines' clips (leave-one-engine-out study); dev/test are untouched.
     exclude_train_engines: list[str] = field(default_factory=list)
+    # Share of the train split that is general-English replay (subset "general"), 0 <= x < 1:
+    # general clips are sampled down, or repeated, to reach it. None: the corpus as built (the
+    # embedded corpus: 442 general of 1,594 train clips, 28%).
+    replay_share: Optional[float] = None
     max_eval_samples: Optional[int] = None
     synthetic: bool = False
     # Embedded corpus build settings (source=embedded only).

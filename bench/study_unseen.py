@@ -69,6 +69,9 @@ VARIANTS = {
     "encdec_voiceaug": [NO_TS, "augment=default", *(f"augment.{k}.enabled=false" for k in
                                                     ("room", "noise", "telephone", "codec")),
                         *(f"augment.{k}.prob=0.5" for k in ("tempo", "pitch", "eq"))],
+    # Stop 23: the general-English replay share (the corpus as built has 28%).
+    "encdec_replay0": [NO_TS, "data.replay_share=0.0"],
+    "encdec_replay50": [NO_TS, "data.replay_share=0.5"],
 }
 # Each variant again with a share of timestamp targets (train.timestamp_probability, bench/timestamps.py);
 # encdec_ts scored better on dev but broke long-form decoding (bench/timestamps.py), so the recipe is encdec.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from asr_lora.data.splits import filter_engines, keep_part
+from asr_lora.data.splits import filter_engines, keep_part, set_replay_share
 from asr_lora.data.voices import load_voices, part_of
 
 VOICES = load_voices()
@@ -61,6 +61,37 @@ def test_filter_engines_drops_or_keeps_that_engines_rows():
 def test_filter_engines_refuses_an_engine_with_no_rows():
     with pytest.raises(ValueError, match=r"engines \['pico'\] have no rows"):
         filter_engines(rows([v for v in VOICES if v.split == "train"]), ["pico"], "data.exclude_train_engines")
+
+
+def replay_rows(n_main, n_general):
+    return Dataset.from_dict({"id": [f"m{i}" for i in range(n_main)] + [f"g{i}" for i in range(n_general)],
+                              "subset": ["main"] * n_main + ["general"] * n_general})
+
+
+def test_replay_share_samples_general_rows_down_to_the_share():
+    ds = replay_rows(6, 6)
+    kept = set_replay_share(ds, 0.25, seed=0)
+    ids = kept["id"]
+    assert [i for i in ids if i.startswith("m")] == [f"m{i}" for i in range(6)]
+    assert sum(i.startswith("g") for i in ids) == 2 and len(set(ids)) == 8
+    assert set_replay_share(ds, 0.25, seed=0)["id"] == ids  # seeded
+    assert set_replay_share(ds, 0.0, seed=0)["id"] == [f"m{i}" for i in range(6)]
+    assert set_replay_share(ds, None, seed=0) is ds
+
+
+def test_replay_share_repeats_general_rows_when_it_asks_for_more_than_there_are():
+    kept = set_replay_share(replay_rows(6, 2), 0.6, seed=1)["id"]  # 0.6 * 6 / 0.4 = 9 general rows
+    general = [i for i in kept if i.startswith("g")]
+    assert len(general) == 9 and sorted(set(general)) == ["g0", "g1"]
+    assert abs(general.count("g0") - general.count("g1")) == 1  # whole copies first, then a sample
+    assert len(kept) == 15
+
+
+@pytest.mark.parametrize("share, match", [(1.0, "below 1"), (-0.1, "at least 0"), (0.3, "no general-English")])
+def test_replay_share_refuses_what_it_cannot_do(share, match):
+    ds = replay_rows(4, 0) if share == 0.3 else replay_rows(4, 4)
+    with pytest.raises(ValueError, match=rf"data.replay_share={share}.*{match}"):
+        set_replay_share(ds, share, seed=0)
 
 
 def test_export_checks_the_exported_model_on_the_rows_the_evaluation_scored(monkeypatch, tmp_path):

@@ -327,3 +327,26 @@ def filter_engines(ds, engines, what: str, keep: bool = False):
     if present is not None:
         log.info("%s=%s: %d of %d rows kept", what, engines, len(kept), len(ds))
     return kept
+
+
+def set_replay_share(ds, share: float | None, seed: int, what: str = "data.replay_share"):
+    """`ds` with general-English replay rows (subset "general") making up `share` of it. The
+    Singapore English rows stay as they are; general rows are a seeded sample of the split's
+    own, whole copies of them first when the share asks for more than there are. Rehearsal is
+    the corpus's guard against forgetting, so how much of it to mix in is a study knob (#14)."""
+    if ds is None or share is None:
+        return ds
+    if not 0 <= share < 1:
+        raise ValueError(f"{what}={share}: must be at least 0 and below 1 (a share of the train split)")
+    subsets = ds["subset"] if "subset" in ds.column_names else [""] * len(ds)
+    general = [i for i, s in enumerate(subsets) if s == "general"]
+    rest = [i for i, s in enumerate(subsets) if s != "general"]
+    want = round(share * len(rest) / (1 - share))
+    if want and not general:
+        raise ValueError(f"{what}={share}: the train split has no general-English (subset 'general') rows")
+    rng = np.random.default_rng(seed)
+    picked = general * (want // len(general)) if general else []
+    picked += sorted(rng.choice(general, size=want - len(picked), replace=False).tolist()) if want > len(picked) else []
+    log.info("%s=%s: %d general-English replay rows (of %d distinct%s) with %d others", what, share,
+             len(picked), len(general), ", repeated" if len(picked) > len(general) else "", len(rest))
+    return ds.select(sorted(rest + picked))

@@ -49,10 +49,13 @@ def train(cfg: DictConfig) -> dict:
                else len(train_ds or []))
     if train_ds is None or not n_train:
         raise ValueError(f"no training data in split {cfg.data.train_split!r}; see {run_dir}/data_report.json")
-    from asr_lora.data.splits import (add_features, eval_rows, filter_engines, keep_part, subsample,
-                                      use_feature_cache)
+    from asr_lora.data.splits import (add_features, eval_rows, filter_engines, keep_part, set_replay_share,
+                                      subsample, use_feature_cache)
 
     train_ds = filter_engines(train_ds, cfg.data.exclude_train_engines, "data.exclude_train_engines")
+    if cfg.data.replay_share is not None and streaming:
+        raise ValueError("data.replay_share needs the in-memory train split; set data.streaming=false")
+    train_ds = set_replay_share(train_ds, cfg.data.replay_share, cfg.seed)
     dev_ds = keep_part(dev_ds, cfg.train.dev_part, "train.dev_part")
     if not streaming and not (n_train := len(train_ds)):
         raise ValueError(f"data.exclude_train_engines={list(cfg.data.exclude_train_engines)} leaves no training data")
