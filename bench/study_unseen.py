@@ -52,7 +52,8 @@ def steps(n: int) -> list[str]:
 NO_TS = "train.timestamp_probability=0.0"
 # Every variant trains on the corpus voices.json defines. bench/results/study_unseen.md's runs used the
 # 18-train-voice corpus, except encdec_vox (`encdec` on stop 21's 20 voices: festival rab and don added),
-# encdec_do and encdec_voiceaug (20 voices) and encdec_rhv (`encdec` on 19ca580's 25 voices, RHVoice added).
+# encdec_do, encdec_voiceaug and encdec_replay* (20 voices) and encdec_rhv (`encdec` on 19ca580's 25
+# voices, RHVoice added).
 VARIANTS = {
     "encdec": [NO_TS],
     "encdec_aug": [NO_TS, "augment=default"],
