@@ -91,13 +91,15 @@ def _off() -> dict[str, Any]:
 @dataclass
 class AugmentConfig:
     """Training-only augmentation (asr_lora/data/augment.py). `enabled` is the group's master switch;
-    every other field but `copies` is one section passed to `Augmenter` (its keys and defaults live
-    there, so a misspelt key fails when the job builds the Augmenter). `copies` > 0 renders that many
-    augmented takes of every training clip once, before training (`augment.prerender`), instead of
-    augmenting every batch on the fly."""
+    every other field but `copies` and `keep_clean` is one section passed to `Augmenter` (its keys and
+    defaults live there, so a misspelt key fails when the job builds the Augmenter). `copies` > 0
+    renders that many augmented takes of every training clip once, before training
+    (`augment.prerender`), instead of augmenting every batch on the fly; `keep_clean` keeps each
+    clean clip beside its takes."""
 
     enabled: bool = False
     copies: int = 0
+    keep_clean: bool = False  # with copies: train on each clean clip too, beside its takes
     tempo: dict[str, Any] = field(default_factory=_off)
     pitch: dict[str, Any] = field(default_factory=_off)
     eq: dict[str, Any] = field(default_factory=_off)

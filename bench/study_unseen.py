@@ -73,6 +73,8 @@ VARIANTS = {
     # Stop 23: the general-English replay share (the corpus as built has 28%).
     "encdec_replay0": [NO_TS, "data.replay_share=0.0"],
     "encdec_replay50": [NO_TS, "data.replay_share=0.5"],
+    # Stop 23: one pre-rendered augmented take of each clip beside the clean clip (as Kaldi keeps 1.0x).
+    "encdec_augclean": [NO_TS, "augment=default", "augment.copies=1", "augment.keep_clean=true"],
 }
 # Each variant again with a share of timestamp targets (train.timestamp_probability, bench/timestamps.py);
 # encdec_ts scored better on dev but broke long-form decoding (bench/timestamps.py), so the recipe is encdec.

@@ -20,6 +20,9 @@ Variants (same clips, same model, same batch size, same number of optimizer step
 - `lora_short_context_augment_prerendered` the same with `augment.copies=1`: the waveform effects
                      render one augmented take of every clip before the first step (counted in
                      prep); per step only SpecAugment runs
+- `lora_short_context_augment_clean` the same with `augment.keep_clean=true`: the train split holds
+                     each clean clip beside its one augmented take (Kaldi's speed perturbation keeps
+                     the 1.0x copy too), so half of what a run draws is clean
 - `full`             this project's full fine-tuning baseline (`+recipe=sg_english_full`)
 - `full_short_context` the same with `train.encoder_context=batch`
 - `reference`        written the way the PEFT Whisper example / HF fine-tuning blog do it: numpy
@@ -66,6 +69,8 @@ OURS_OVERRIDES = {
                                            "train.dataloader_num_workers=1"],
     "lora_short_context_augment_prerendered": ["+recipe=sg_english", "train.encoder_context=batch",
                                                "augment=default", "augment.copies=1"],
+    "lora_short_context_augment_clean": ["+recipe=sg_english", "train.encoder_context=batch", "augment=default",
+                                         "augment.copies=1", "augment.keep_clean=true"],
     "full": ["+recipe=sg_english_full", "train.encoder_context=full"],
     "full_short_context": ["+recipe=sg_english_full", "train.encoder_context=batch"],
 }

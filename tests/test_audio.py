@@ -379,6 +379,12 @@ def test_prerender_renders_reproducible_takes_that_keep_labels():
         np.testing.assert_array_equal(a, np.asarray(b, dtype=np.float32))
     other = prerender(ds, aug, copies=2, seed=8)
     assert not np.array_equal(audio[0], np.asarray(other["audio"][0], dtype=np.float32))
+    # keep_clean: each clip itself, untouched, before the same takes.
+    both = prerender(ds, aug, copies=2, seed=7, keep_clean=True)
+    assert both["id"] == ["a", "a~aug1", "a~aug2", "b", "b~aug1", "b~aug2", "c", "c~aug1", "c~aug2"]
+    for k, clip in enumerate(clips):
+        np.testing.assert_array_equal(np.asarray(both["audio"][3 * k], dtype=np.float32), clip)
+        np.testing.assert_array_equal(np.asarray(both["audio"][3 * k + 2], dtype=np.float32), audio[2 * k + 1])
     with pytest.raises(ValueError, match="copies"):
         prerender(ds, aug, copies=0, seed=7)
     with pytest.raises(ValueError, match="training audio"):
@@ -411,6 +417,8 @@ def test_training_augmentation_prerenders_only_when_asked():
     assert same is ds and aug.touches_waveform()  # per batch
     takes, spec = training_augmentation(OmegaConf.create({**group, "copies": 2}), ds, seed=0)
     assert takes["id"] == ["a~aug1", "a~aug2"] and not spec.touches_waveform() and spec.on("specaugment")
+    kept, _ = training_augmentation(OmegaConf.create({**group, "copies": 1, "keep_clean": True}), ds, seed=0)
+    assert kept["id"] == ["a", "a~aug1"]
     with pytest.raises(ValueError, match="streaming"):
         training_augmentation(OmegaConf.create({**group, "copies": 1}), ds, seed=0, streaming=True)
     with pytest.raises(ValueError, match="copies must be >= 1"):

@@ -257,15 +257,18 @@ class Augmenter:
         )
 
 
+GROUP_KEYS = ("enabled", "copies", "keep_clean")  # the augment group's own keys; the rest are sections
+
+
 def build_augmenter(augment_cfg) -> Augmenter | None:
     """The Augmenter of a Hydra `augment` group, or None when it is off. `enabled` (the group's
-    switch) and `copies` (`prerender`) are the group's own keys, not sections."""
+    switch), `copies` and `keep_clean` (`prerender`) are the group's own keys, not sections."""
     if not augment_cfg.enabled:
         return None
     from omegaconf import OmegaConf
 
     sections = OmegaConf.to_container(augment_cfg, resolve=True)
-    return Augmenter({k: v for k, v in sections.items() if k not in ("enabled", "copies")})
+    return Augmenter({k: v for k, v in sections.items() if k not in GROUP_KEYS})
 
 
 def training_augmentation(augment_cfg, train_ds, seed: int, streaming: bool = False):
@@ -278,28 +281,34 @@ def training_augmentation(augment_cfg, train_ds, seed: int, streaming: bool = Fa
     if streaming:
         raise ValueError("augment.copies pre-renders the train split, which streaming never holds; "
                          "use augment.copies=0 (augment per batch) with data.streaming")
-    return prerender(train_ds, augmenter, augment_cfg.copies, seed), augmenter.spec_only()
+    rendered = prerender(train_ds, augmenter, augment_cfg.copies, seed, keep_clean=bool(augment_cfg.get("keep_clean")))
+    return rendered, augmenter.spec_only()
 
 
-def prerender(ds, augmenter: Augmenter, copies: int, seed: int, batch_size: int = 16):
+def prerender(ds, augmenter: Augmenter, copies: int, seed: int, batch_size: int = 16, keep_clean: bool = False):
     """`copies` augmented takes of every row of a (map-style) `datasets.Dataset`, rendered once.
 
     Row i's take k draws from `default_rng([seed, 11, i, k])`, so the render is reproducible and
     does not depend on the batch size. Each take keeps the row's labels and metadata, gets id
     `<id>~aug<k>` (per-utterance tables then tell takes apart) and, when the row has one, the
-    duration of its augmented audio (tempo changes it). Returns a dataset of len(ds) * copies rows."""
+    duration of its augmented audio (tempo changes it). Returns a dataset of len(ds) * copies rows,
+    or with `keep_clean` len(ds) * (copies + 1): each row itself first, then its takes, the way
+    Kaldi and ESPnet keep the 1.0x copy beside their speed-perturbed ones."""
     if copies < 1:
         raise ValueError(f"augment.copies must be >= 1 to pre-render, got {copies}")
     if "audio" not in ds.column_names:
         raise ValueError(f"augment.copies needs the training audio; the train split has only {ds.column_names}")
-    key = hashlib.sha256(json.dumps([ds._fingerprint, augmenter.cfg, copies, seed, "prerender-1"],
+    key = hashlib.sha256(json.dumps([ds._fingerprint, augmenter.cfg, copies, seed, "prerender-1"]
+                                    + (["keep_clean"] if keep_clean else []),
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
-    total = len(ds) * copies
+    total = len(ds) * (copies + keep_clean)
     with progress(f"pre-rendering {copies} augmented cop{'y' if copies == 1 else 'ies'} ({total} clips)",
                   total) as advance:
         def render(batch, indices):
             out = {col: [] for col in batch}
             for j, i in enumerate(indices):
+                for col in batch if keep_clean else ():
+                    out[col].append(batch[col][j])
                 for k in range(copies):
                     wave = augmenter(np.asarray(batch["audio"][j], dtype=np.float32),
                                      np.random.default_rng([seed, 11, i, k]))
@@ -309,9 +318,10 @@ def prerender(ds, augmenter: Augmenter, copies: int, seed: int, batch_size: int 
                     out["id"][-1] = f"{batch['id'][j]}~aug{k + 1}"
                     if "duration" in out:
                         out["duration"][-1] = len(wave) / SAMPLE_RATE
-                advance(copies)
+                advance(copies + keep_clean)
             return out
 
         rendered = ds.map(render, batched=True, batch_size=batch_size, with_indices=True, new_fingerprint=key)
-    log.info("augment.copies=%d: training on %d pre-rendered augmented clips (from %d)", copies, len(rendered), len(ds))
+    log.info("augment.copies=%d%s: training on %d pre-rendered clips (from %d)", copies,
+             " augment.keep_clean=true" if keep_clean else "", len(rendered), len(ds))
     return rendered
