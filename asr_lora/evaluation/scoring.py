@@ -42,6 +42,7 @@ from asr_lora.evaluation.metrics import bootstrap_ci, corpus_cer, corpus_wer, er
 from asr_lora.evaluation.metrics import paired_bootstrap, particle_stats, per_utterance_errors, worst_utterances
 from asr_lora.evaluation.report import write_report
 from asr_lora.inference.decode import decode_ids
+from asr_lora.model.beam_cache import beam_cache_kwargs
 from asr_lora.model.encoder_cache import EncoderCache
 from asr_lora.model.lora import merged_in_place, merged_weights_digest
 
@@ -94,10 +95,12 @@ def transcribe_split(model, processor, ds, beam_size: int = 1, batch_size: int =
             batch = ds[start : start + batch_size]
             if encoder_cache is not None:
                 hidden = encoder_cache.get(batch["id"]).to(param.device, param.dtype)
-                ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs)
+                ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs,
+                                     **beam_cache_kwargs(beam_size))
             else:
                 feats = log_mel(processor, [np.asarray(a, dtype=np.float32) for a in batch["audio"]])
-                ids = model.generate(input_features=feats.to(param.device, param.dtype), **kwargs)
+                ids = model.generate(input_features=feats.to(param.device, param.dtype), **kwargs,
+                                     **beam_cache_kwargs(beam_size))
             hyps.extend(decode_ids(processor, ids))
             advance(len(batch["id"]))
     return hyps

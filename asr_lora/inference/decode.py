@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from asr_lora.data.audio import SAMPLE_RATE, load_audio
+from asr_lora.model.beam_cache import beam_cache_kwargs
 from asr_lora.model.whisper import load_whisper
 
 CHUNK_SECONDS = 30
@@ -90,7 +91,8 @@ def generate_features(model, processor, features: torch.Tensor, beam_size: int =
     kwargs = dict(num_beams=beam_size, max_new_tokens=max_new_tokens, do_sample=False)
     if getattr(model.generation_config, "is_multilingual", False):
         kwargs.update(language="en", task="transcribe")
-    return model.generate(input_features=features.to(param.device, param.dtype), **kwargs)
+    return model.generate(input_features=features.to(param.device, param.dtype), **kwargs,
+                          **beam_cache_kwargs(beam_size))
 
 
 def decode_ids(processor, ids) -> list[str]:
