@@ -144,6 +144,27 @@ def test_export_takes_the_evaluated_hypotheses_only_for_bit_identical_weights(ti
     assert other["wer"]["merged_hf"] > 0.5
     card = (tmp_path / digest[:4] / "hf" / "README.md").read_text()
     assert f"`{digest}`: bit-identical to the model the evaluation above decoded" in card
+    assert "Decode greedily (beam 1)" in card
+
+
+def test_evaluated_hypotheses_need_the_export_beam_size(tmp_path):
+    import json
+
+    from asr_lora.export.job import evaluated_hypotheses
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "hypotheses.json").write_text(json.dumps({"ids": ["a"], "base": ["x"], "adapted": ["y"]}))
+    ev = {"adapted_weights": {"sha256": "f" * 64}, "beam_size": 5}
+    assert evaluated_hypotheses(tmp_path, ev, beam_size=5) == ("f" * 64, {"a": "y"})
+    assert evaluated_hypotheses(tmp_path, ev, beam_size=1) is None  # decoded otherwise: decode again
+    assert evaluated_hypotheses(tmp_path, {**ev, "beam_size": 1}, beam_size=1) is not None
+
+
+def test_model_card_gives_the_beam_size_the_figures_were_decoded_with():
+    from asr_lora.export.formats import _loading_snippets
+
+    text = "\n".join(_loading_snippets("bundled:tiny.en", ["hf", "ct2-int8"], beams=5))
+    assert "Decode with beam 5" in text and '{"num_beams": 5}' in text and "beam_size=5" in text
 
 
 @pytest.mark.slow

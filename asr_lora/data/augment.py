@@ -322,6 +322,6 @@ def prerender(ds, augmenter: Augmenter, copies: int, seed: int, batch_size: int 
             return out
 
         rendered = ds.map(render, batched=True, batch_size=batch_size, with_indices=True, new_fingerprint=key)
-    log.info("augment.copies=%d%s: training on %d pre-rendered clips (from %d)", copies,
-             " augment.keep_clean=true" if keep_clean else "", len(rendered), len(ds))
+    log.info("augment.copies=%d: training on %d pre-rendered augmented clips (from %d)%s", copies,
+             len(rendered), len(ds), ", each clean clip kept beside its takes" if keep_clean else "")
     return rendered

@@ -68,7 +68,7 @@ def export_ct2(hf_dir: Path, out_dir: Path, quantization: str = "int8") -> Path:
 
 def transcribe_ct2(ct2_dir: Path, audios: Sequence[np.ndarray], beam_size: int = 1,
                    compute_type: str = "default") -> list[str]:
-    """faster-whisper decoding set up like ours: greedy, one temperature, no context, no VAD.
+    """faster-whisper decoding set up like ours: `beam_size` beams, one temperature, no context, no VAD.
 
     faster-whisper's defaults (beam 5, temperature fallback, conditioning on previous text and
     timestamp tokens) would make any comparison with transformers meaningless (FIELD_NOTES 12).
@@ -97,7 +97,7 @@ def _wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     return corpus_wer([normalize(r) for r in refs], [normalize(h) for h in hyps])["wer"]
 
 
-def _loading_snippets(base: str, exports: Sequence[str]) -> list[str]:
+def _loading_snippets(base: str, exports: Sequence[str], beams: int = 1) -> list[str]:
     ct2 = next((e for e in exports if e.startswith("ct2-")), "ct2-int8")
     if base.startswith(("bundled:", "ct2:")):  # not a transformers name: asr_lora converts it
         load_base = ["from asr_lora.model import load_whisper", f'base, _ = load_whisper("{base}")']
@@ -105,17 +105,18 @@ def _loading_snippets(base: str, exports: Sequence[str]) -> list[str]:
         load_base = ["from transformers import WhisperForConditionalGeneration",
                      f'base = WhisperForConditionalGeneration.from_pretrained("{base}")  # fp32, not 8-bit']
     return [
-        "## Loading", "", "Decode greedily (beam 1) to reproduce the figures above.", "",
+        "## Loading", "", (f"Decode with beam {beams} to reproduce the figures above." if beams > 1 else
+                           "Decode greedily (beam 1) to reproduce the figures above."), "",
         "transformers, merged model in `hf/` (no peft needed):", "", "```python",
         "from transformers import pipeline",
         'asr = pipeline("automatic-speech-recognition", model="hf")',
-        'asr("clip.wav", generate_kwargs={"num_beams": 1})  # the transformers 5 pipeline defaults to 5 beams',
+        f'asr("clip.wav", generate_kwargs={{"num_beams": {beams}}})  # the transformers 5 pipeline defaults to 5 beams',
         "```", "", "peft, adapter in `adapter/` on top of the base:", "", "```python",
         "from peft import PeftModel", *load_base, 'model = PeftModel.from_pretrained(base, "adapter")', "```", "",
         f"faster-whisper, CTranslate2 model in `{ct2}/`:", "", "```python",
         "from faster_whisper import WhisperModel",
         f'model = WhisperModel("{ct2}", device="cpu")',
-        'segments, _ = model.transcribe("clip.wav", beam_size=1, temperature=0.0,  # its default is beam 5',
+        f'segments, _ = model.transcribe("clip.wav", beam_size={beams}, temperature=0.0,  # its default is beam 5',
         "                               condition_on_previous_text=False)", "```", "",
     ]
 
@@ -168,7 +169,7 @@ def write_model_card(out_dir: Path, info: dict) -> Path:
                           "so its WER is this export's." if ew["identical"]
                           else "not the evaluated model's weights, so the export decoded the test audio itself.")),
                       ""]
-    lines += _loading_snippets(base, info.get("exports", []))
+    lines += _loading_snippets(base, info.get("exports", []), int(info.get("beam_size") or 1))
     path = Path(out_dir) / "README.md"
     path.write_text("\n".join(lines))
     return path

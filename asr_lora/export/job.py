@@ -41,7 +41,7 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
 
     test = eval_rows(splits.get(cfg.eval.split), cfg.eval)
     audios = refs = transcriber = reuse = None
-    evaluated = evaluated_hypotheses(run_dir, ev)
+    evaluated = evaluated_hypotheses(run_dir, ev, cfg.eval.beam_size)
     if cfg.export.ct2_eval and test is not None:
         main = test.filter(lambda s: s != "control", input_columns="subset")
         if evaluated:  # exactly the accented rows the evaluation scored (its max_eval_samples draw too)
@@ -62,18 +62,20 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
         cfg.model.name_or_path, adapter_dir, run_dir / "export", formats=list(cfg.export.formats),
         ct2_quantizations=list(cfg.export.quantization), probe_features=probe, test_audios=audios,
         test_refs=refs, info=info, force=cfg.export.force, merged_transcriber=transcriber, evaluated=reuse,
+        beam_size=cfg.eval.beam_size,
     )
     log.info("export: %s", json.dumps({k: summary[k] for k in ("paths", "sizes_bytes", "wer")}, default=str))
     write_json(run_dir / "export" / "export_summary.json", summary, default=str)
     return summary
 
 
-def evaluated_hypotheses(run_dir: Path, ev: dict | None) -> tuple[str, dict[str, str]] | None:
+def evaluated_hypotheses(run_dir: Path, ev: dict | None, beam_size: int = 1) -> tuple[str, dict[str, str]] | None:
     """(sha256 of the merged weights the run's evaluation decoded, {row id: adapted hypothesis}), or
-    None when it recorded none (full fine-tuning, runs evaluated before the digest existed)."""
+    None when it recorded none (full fine-tuning, runs evaluated before the digest existed) or
+    decoded with another beam size than the export checks with."""
     digest = ((ev or {}).get("adapted_weights") or {}).get("sha256")
     path = Path(run_dir) / "eval" / "hypotheses.json"
-    if not digest or not path.is_file():
+    if not digest or not path.is_file() or (ev or {}).get("beam_size", 1) != beam_size:
         return None
     h = json.loads(path.read_text(encoding="utf-8"))
     if "ids" not in h or len(h.get("adapted") or []) != len(h["ids"]):

@@ -48,7 +48,7 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                info: dict | None = None, force: bool = False, atol: float = 1e-4,
                verify_max_new_tokens: int = 128,
                merged_transcriber: Callable[[Any], list[str]] | None = None,
-               evaluated: tuple[str, Sequence[str]] | None = None) -> dict[str, Any]:
+               evaluated: tuple[str, Sequence[str]] | None = None, beam_size: int = 1) -> dict[str, Any]:
     """Merge, verify, gate, then write every requested format atomically; returns a summary.
 
     `merged_transcriber(merged_model) -> hypotheses for test_audios` lets the caller reuse work it
@@ -56,7 +56,8 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
     `evaluated = (sha256, hypotheses for test_audios)`: what the run's evaluation decoded with the
     adapter merged in (`model.lora.merged_in_place`). When the merged model here has that digest, it
     is bit for bit the model the evaluation scored, so its hypotheses are the merged model's and the
-    export does not decode the test audio a second time; otherwise it decodes.
+    export does not decode the test audio a second time; otherwise it decodes. Every check decodes
+    with `beam_size` beams (the run's eval.beam_size), and the model card says so.
     """
     unknown = set(formats) - {"hf", "adapter", "ct2"}
     if unknown:
@@ -65,6 +66,7 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
     out_root.mkdir(parents=True, exist_ok=True)
     info = copy.deepcopy(info or {})
     info.setdefault("model", {}).setdefault("base", base)
+    info["beam_size"] = beam_size
     adapter_cfg = json.loads((check_adapter_dir(adapter_dir) / "adapter_config.json").read_text())
     # The adapter's own config is the truth for r/alpha/targets; the caller adds e.g. scope.
     info["lora"] = {**info.get("lora", {}), "r": adapter_cfg.get("r"), "alpha": adapter_cfg.get("lora_alpha"),
@@ -120,10 +122,11 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                 merged_hyps = list(evaluated[1])
             else:
                 merged_hyps = (merged_transcriber(merged) if merged_transcriber
-                               else transcribe_arrays(merged, processor, test_audios))
+                               else transcribe_arrays(merged, processor, test_audios, beam_size))
             export_wer["merged_hf"] = _wer(test_refs, merged_hyps)
             for q in ct2_quantizations if "ct2" in formats else ():
-                export_wer[f"ct2-{q}"] = _wer(test_refs, transcribe_ct2(staged[f"ct2-{q}"], test_audios))
+                export_wer[f"ct2-{q}"] = _wer(test_refs, transcribe_ct2(staged[f"ct2-{q}"], test_audios,
+                                                                              beam_size=beam_size))
             info["export_wer"] = export_wer
         for name, tmp in staged.items():
             write_model_card(tmp, {**info, "this": name, "exports": list(targets)})
