@@ -28,8 +28,10 @@ def test_beam_search_cache_gives_the_stock_tokens(tiny_whisper_dir):
     with torch.no_grad():
         stock = model.generate(input_features=feats, **kw)
         ours = model.generate(input_features=feats, **kw, **beam_cache_kwargs(4))
-        broken = model.generate(input_features=feats, **kw, past_key_values=NoReorder(DynamicCache(), DynamicCache()))
+        (name,) = beam_cache_kwargs(4)
+        broken = model.generate(input_features=feats, **kw, **{name: NoReorder(DynamicCache(), DynamicCache())})
     assert torch.equal(stock, ours)
     assert not torch.equal(stock, broken)
     assert beam_cache_kwargs(1) == {}
-    assert isinstance(beam_cache_kwargs(5)["past_key_values"], BeamSearchCache)
+    (cache,) = beam_cache_kwargs(5).values()
+    assert isinstance(cache, BeamSearchCache)

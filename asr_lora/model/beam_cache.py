@@ -11,6 +11,8 @@ Reordering only the self-attention states gives the same tokens without it.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
@@ -20,6 +22,14 @@ class BeamSearchCache(EncoderDecoderCache):
         self.self_attention_cache.reorder_cache(beam_idx)
 
 
+@functools.cache
+def _cache_kwarg() -> str:
+    # transformers renamed generate's `past_key_values` to `cache` within 5.x and warns on the old name.
+    from transformers.generation import utils
+
+    return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+
+
 def beam_cache_kwargs(num_beams: int) -> dict:
     """`generate` kwargs: a fresh BeamSearchCache for beam search, nothing for greedy decoding."""
-    return {"past_key_values": BeamSearchCache(DynamicCache(), DynamicCache())} if num_beams > 1 else {}
+    return {_cache_kwarg(): BeamSearchCache(DynamicCache(), DynamicCache())} if num_beams > 1 else {}
