@@ -41,8 +41,7 @@ from asr_lora.data.voices import REAL_PART, voice_parts
 from asr_lora.evaluation.metrics import bootstrap_ci, corpus_cer, corpus_wer, error_analysis, group_breakdown
 from asr_lora.evaluation.metrics import paired_bootstrap, particle_stats, per_utterance_errors, worst_utterances
 from asr_lora.evaluation.report import write_report
-from asr_lora.inference.decode import decode_ids
-from asr_lora.model.beam_cache import beam_cache_kwargs
+from asr_lora.inference.decode import decode_ids, generate_features, generate_kwargs
 from asr_lora.model.encoder_cache import EncoderCache
 from asr_lora.model.lora import merged_in_place, merged_weights_digest
 
@@ -86,21 +85,17 @@ def transcribe_split(model, processor, ds, beam_size: int = 1, batch_size: int =
 
     model.eval()
     param = next(model.parameters())
-    kwargs: dict[str, Any] = dict(num_beams=beam_size, max_new_tokens=max_new_tokens, do_sample=False)
-    if getattr(model.generation_config, "is_multilingual", False):
-        kwargs.update(language="en", task="transcribe")
     hyps: list[str] = []
     with progress_bar(f"{description} ({len(ds)} clips)", len(ds), progress) as advance:
         for start in range(0, len(ds), batch_size):
             batch = ds[start : start + batch_size]
             if encoder_cache is not None:
                 hidden = encoder_cache.get(batch["id"]).to(param.device, param.dtype)
-                ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs,
-                                     **beam_cache_kwargs(beam_size))
+                ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                                     **generate_kwargs(model, beam_size, max_new_tokens))
             else:
                 feats = log_mel(processor, [np.asarray(a, dtype=np.float32) for a in batch["audio"]])
-                ids = model.generate(input_features=feats.to(param.device, param.dtype), **kwargs,
-                                     **beam_cache_kwargs(beam_size))
+                ids = generate_features(model, processor, feats, beam_size, max_new_tokens)
             hyps.extend(decode_ids(processor, ids))
             advance(len(batch["id"]))
     return hyps

@@ -88,11 +88,17 @@ def generate_features(model, processor, features: torch.Tensor, beam_size: int =
     """
     model.eval()
     param = next(model.parameters())
-    kwargs = dict(num_beams=beam_size, max_new_tokens=max_new_tokens, do_sample=False)
+    return model.generate(input_features=features.to(param.device, param.dtype),
+                          **generate_kwargs(model, beam_size, max_new_tokens))
+
+
+def generate_kwargs(model, beam_size: int = 1, max_new_tokens: int = 128) -> dict:
+    """`generate` kwargs for one call: deterministic search, English transcription on multilingual
+    checkpoints, and with beam search a fresh `BeamSearchCache` (one per call: it holds the call's states)."""
+    kwargs = dict(num_beams=beam_size, max_new_tokens=max_new_tokens, do_sample=False, **beam_cache_kwargs(beam_size))
     if getattr(model.generation_config, "is_multilingual", False):
         kwargs.update(language="en", task="transcribe")
-    return model.generate(input_features=features.to(param.device, param.dtype), **kwargs,
-                          **beam_cache_kwargs(beam_size))
+    return kwargs
 
 
 def decode_ids(processor, ids) -> list[str]:
