@@ -50,14 +50,12 @@ def main() -> None:
                 t = time.perf_counter()
                 tokens[name] = fn()
                 times[name].append(time.perf_counter() - t)
+    med = {k: common.median(v) for k, v in times.items()}
     rows = [{"variant": k, "clips": len(clips), "beams": 1 if k == "greedy" else a.beams,
-             "median_s": round(common.median(v), 2), "s_per_clip": round(common.median(v) / len(clips), 3)}
-            for k, v in times.items()]
+             "median_s": round(m, 2), "s_per_clip": round(m / len(clips), 3)} for k, m in med.items()]
     identical = torch.equal(tokens["beam_stock_cache"], tokens["beam_search_cache"])
-    ratios = {"beam_stock_cache/beam_search_cache time": round(common.median(times["beam_stock_cache"])
-                                                                / common.median(times["beam_search_cache"]), 2),
-              "beam_search_cache/greedy time": round(common.median(times["beam_search_cache"])
-                                                     / common.median(times["greedy"]), 2),
+    ratios = {"beam_stock_cache/beam_search_cache time": round(med["beam_stock_cache"] / med["beam_search_cache"], 2),
+              "beam_search_cache/greedy time": round(med["beam_search_cache"] / med["greedy"], 2),
               "tokens identical": identical}
     common.print_results(rows, ["variant", "clips", "beams", "median_s", "s_per_clip"], ratios)
     common.write_result(a.name, {"args": vars(a), "machine": common.machine_info(), "results": rows,
