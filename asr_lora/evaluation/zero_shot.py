@@ -21,7 +21,7 @@ from asr_lora.core.io import write_json
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"
+VERSION = "2"  # 2: beam search with folded cross-attention (model/beam_cache.py)
 
 
 def _weights_signature(model_dir: str) -> list:

@@ -94,8 +94,10 @@ def generate_features(model, processor, features: torch.Tensor, beam_size: int =
 
 def generate_kwargs(model, beam_size: int = 1, max_new_tokens: int = 128) -> dict:
     """`generate` kwargs for one call: deterministic search, English transcription on multilingual
-    checkpoints, and with beam search a fresh `BeamSearchCache` (one per call: it holds the call's states)."""
-    kwargs = dict(num_beams=beam_size, max_new_tokens=max_new_tokens, do_sample=False, **beam_cache_kwargs(beam_size))
+    checkpoints, and with beam search a fresh `BeamSearchCache` (one per call: it holds the call's states)
+    read by the model's folded cross-attention (one copy of the encoder states per clip, not per beam)."""
+    kwargs = dict(num_beams=beam_size, max_new_tokens=max_new_tokens, do_sample=False,
+                  **beam_cache_kwargs(beam_size, model))
     if getattr(model.generation_config, "is_multilingual", False):
         kwargs.update(language="en", task="transcribe")
     return kwargs

@@ -1,12 +1,22 @@
-"""A decoder cache for beam search that does not copy the cross-attention cache every step.
+"""Beam search without per-beam copies of the cross-attention states: a decoder cache and the
+cross-attention that reads it.
 
-transformers' `EncoderDecoderCache.reorder_cache` index-selects both the self-attention and the
-cross-attention key/value states after each beam step. A beam only ever continues a beam of the
-same clip, and every beam of a clip holds the same cross-attention states (the clip's encoder
-output, copied num_beams times), so that reorder moves nothing: the rows it copies equal the
-rows they replace. For Whisper that copy is 1,500 frames x every layer x every beam, each step,
-and it was half of beam-5 decoding time on the CPU (bench: cProfile of `transcribe_split`).
-Reordering only the self-attention states gives the same tokens without it.
+transformers runs Whisper's beam search on num_beams copies of each clip's encoder output
+(`generate` repeat-interleaves it), so the decoder projects the same 1,500 frames to keys and
+values num_beams times, keeps num_beams identical copies in its cache, and each step streams all of
+them through attention; `EncoderDecoderCache.reorder_cache` also index-selects those copies after
+every step, though a beam only ever continues a beam of the same clip, so the copy moves nothing.
+Together that was most of beam-5 decoding time on the CPU (bench/beam_decode.py; a cProfile of
+`transcribe_split` had 61 of 120 s in that `index_select` alone). No library option avoids it, so:
+
+- `BeamSearchCache` reorders only the self-attention states; with `num_beams` it also marks the
+  call as one whose cross-attention may keep a single copy per clip;
+- `FoldedCrossAttention` (installed on a model's decoder cross-attention by `fold_cross_attention`)
+  then projects keys and values from one copy per clip and attends with the clip's beams folded
+  into the query axis: (clips*beams, T) queries become (clips, beams*T). Cross-attention has no
+  mask between query positions, so each query row sees the same keys as before. Any other call
+  (training, greedy decoding, transformers' own cache, attention weights asked for) runs the stock
+  forward unchanged.
 """
 
 from __future__ import annotations
@@ -15,11 +25,57 @@ import functools
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.models.whisper.modeling_whisper import (ALL_ATTENTION_FUNCTIONS, WhisperAttention,
+                                                          eager_attention_forward)
 
 
 class BeamSearchCache(EncoderDecoderCache):
+    def __init__(self, *caches, num_beams: int = 1) -> None:
+        super().__init__(*caches)
+        self.num_beams = num_beams  # > 1: FoldedCrossAttention keeps one cross-attention copy per clip
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.self_attention_cache.reorder_cache(beam_idx)
+
+
+class FoldedCrossAttention(WhisperAttention):
+    def forward(self, hidden_states, key_value_states=None, cache=None, attention_mask=None,
+                output_attentions=False, **kwargs):
+        beams = getattr(cache, "num_beams", 1)
+        if (key_value_states is None or beams <= 1 or attention_mask is not None or output_attentions
+                or hidden_states.shape[0] % beams):
+            return super().forward(hidden_states, key_value_states=key_value_states, cache=cache,
+                                   attention_mask=attention_mask, output_attentions=output_attentions, **kwargs)
+        rows, length, _ = hidden_states.shape
+        clips, heads, dim = rows // beams, self.num_heads, self.head_dim
+        query = (self.q_proj(hidden_states) * self.scaling).view(clips, beams, length, heads, dim)
+        query = query.permute(0, 3, 1, 2, 4).reshape(clips, heads, beams * length, dim)
+        cross = cache.cross_attention_cache
+        if cache.is_updated.get(self.layer_idx):
+            keys, values = cross.layers[self.layer_idx].keys, cross.layers[self.layer_idx].values
+        else:
+            source = key_value_states[::beams]  # generate repeat-interleaved it: rows b*beams.. are clip b
+            keys = self.k_proj(source).view(clips, -1, heads, dim).transpose(1, 2).contiguous()
+            values = self.v_proj(source).view(clips, -1, heads, dim).transpose(1, 2).contiguous()
+            keys, values = cross.update(keys, values, self.layer_idx)
+            cache.is_updated[self.layer_idx] = True
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, _ = attend(self, query.contiguous(), keys, values, None, dropout=0.0, scaling=1.0,
+                        is_causal=False, **kwargs)
+        # out: (clips, beams*length, heads, dim) -> (clips*beams, length, heads*dim)
+        return self.out_proj(out.reshape(rows, length, heads * dim)), None
+
+
+def fold_cross_attention(model) -> int:
+    """Give every decoder cross-attention module of `model` (plain, peft-wrapped or merged) the
+    folding forward; idempotent. Returns how many modules have it."""
+    n = 0
+    for name, module in model.named_modules():
+        if name.endswith("encoder_attn") and isinstance(module, WhisperAttention):
+            if type(module) is WhisperAttention:
+                module.__class__ = FoldedCrossAttention  # same weights and state; only forward changes
+            n += isinstance(module, FoldedCrossAttention)
+    return n
 
 
 @functools.cache
@@ -30,6 +86,10 @@ def _cache_kwarg() -> str:
     return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 
-def beam_cache_kwargs(num_beams: int) -> dict:
-    """`generate` kwargs: a fresh BeamSearchCache for beam search, nothing for greedy decoding."""
-    return {_cache_kwarg(): BeamSearchCache(DynamicCache(), DynamicCache())} if num_beams > 1 else {}
+def beam_cache_kwargs(num_beams: int, model=None) -> dict:
+    """`generate` kwargs: a fresh BeamSearchCache for beam search, nothing for greedy decoding. Given
+    the model, its cross-attention is folded too (one copy of the encoder states per clip)."""
+    if num_beams <= 1:
+        return {}
+    folded = model is not None and fold_cross_attention(model) > 0
+    return {_cache_kwarg(): BeamSearchCache(DynamicCache(), DynamicCache(), num_beams=num_beams if folded else 1)}
