@@ -4,16 +4,17 @@
 
 transformers' `EncoderDecoderCache` index-selects the cross-attention states after every beam step,
 though every beam of a clip holds the same ones; `BeamSearchCache` reorders only the self-attention
-states (row `beam_search_cache`). With the model's cross-attention folded (`fold_cross_attention`,
-row `beam_folded`, what evaluation and `inference/decode.py` run), keys and values are projected and
-kept once per clip instead of once per beam. All decode the same batch of dev clips (bundled tiny.en,
-30 s input, one `generate` call), alternating, and the script checks that the tokens are identical.
-Greedy decoding is the peer row.
+states (row `beam_search_cache`, the cache passed to one `generate` call). With the model folded
+(`fold_beam_search`, row `beam_folded`, what evaluation and `inference/decode.py` run), keys and
+values are also projected and kept once per clip instead of once per beam. All decode the same
+batch of dev clips (bundled tiny.en, 30 s input, one `generate` call), alternating, and the script
+checks that the tokens are identical. Greedy decoding is the peer row.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -33,23 +34,24 @@ def main() -> None:
     ap.add_argument("--name", default="beam_decode")
     a = ap.parse_args()
     common.quiet()
+    from transformers.cache_utils import DynamicCache
+
     from asr_lora.data.features import log_mel
-    from asr_lora.model.beam_cache import FoldedCrossAttention, beam_cache_kwargs, fold_cross_attention
+    from asr_lora.model.beam_cache import BeamSearchCache, fold_beam_search
     from asr_lora.model.whisper import load_whisper
 
     model, processor = load_whisper("bundled:tiny.en", dtype=torch.float32)
     model.eval()
-    fold_cross_attention(model)  # runs the stock forward unless the cache asks for the fold
-    assert isinstance(model.model.decoder.layers[0].encoder_attn, FoldedCrossAttention)
+    folded = copy.deepcopy(model)
+    assert fold_beam_search(folded) == len(folded.model.decoder.layers)
     clips = common.load_clips(common.corpus_clips(a.clips, "dev"))
     feats = log_mel(processor, [np.asarray(c["audio"], dtype=np.float32) for c in clips])
     kw = dict(max_new_tokens=128, do_sample=False)
     runs = {"greedy": lambda: model.generate(input_features=feats, num_beams=1, **kw),
             "beam_stock_cache": lambda: model.generate(input_features=feats, num_beams=a.beams, **kw),
             "beam_search_cache": lambda: model.generate(input_features=feats, num_beams=a.beams, **kw,
-                                                        **beam_cache_kwargs(a.beams)),
-            "beam_folded": lambda: model.generate(input_features=feats, num_beams=a.beams, **kw,
-                                                  **beam_cache_kwargs(a.beams, model))}
+                                                        cache=BeamSearchCache(DynamicCache(), DynamicCache())),
+            "beam_folded": lambda: folded.generate(input_features=feats, num_beams=a.beams, **kw)}
     times, tokens = {k: [] for k in runs}, {}
     with torch.no_grad():
         for _ in range(a.repeats):

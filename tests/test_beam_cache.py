@@ -1,15 +1,18 @@
 """Beam search without per-beam copies of the cross-attention states (asr_lora/model/beam_cache.py):
-BeamSearchCache skips the cross-attention reorder, FoldedCrossAttention keeps one copy per clip;
-the tokens must be the ones transformers' own cache and attention give."""
+BeamSearchCache skips the cross-attention reorder, FoldedCrossAttention keeps one copy per clip,
+fold_beam_search gives each generate call its own cache; the tokens must be transformers' own."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from asr_lora.model.beam_cache import BeamSearchCache, FoldedCrossAttention, beam_cache_kwargs, fold_cross_attention
+from asr_lora.data.features import log_mel
+from asr_lora.model.beam_cache import BeamSearchCache, FoldedCrossAttention, fold_beam_search
 from asr_lora.model.whisper import load_whisper
 
 KW = dict(num_beams=4, num_return_sequences=1, max_new_tokens=12, min_new_tokens=12, do_sample=False)
@@ -20,34 +23,43 @@ class NoReorder(EncoderDecoderCache):
         pass
 
 
-def _model_and_features(tiny_whisper_dir, clips=3):
+def _model(tiny_whisper_dir):
     torch.manual_seed(0)
-    model, _ = load_whisper(str(tiny_whisper_dir), dtype=torch.float32)
+    model, processor = load_whisper(str(tiny_whisper_dir), dtype=torch.float32)
     model.eval()
     with torch.no_grad():  # random init decodes one token over and over; wider weights vary it
         for prm in model.model.decoder.parameters():
             prm.normal_(0.0, 0.3)
-    feats = torch.from_numpy(np.random.default_rng(0).standard_normal((clips, 80, 3000)).astype(np.float32))
-    return model, feats
+    return model, processor
+
+
+def _features(clips=3):
+    return torch.from_numpy(np.random.default_rng(0).standard_normal((clips, 80, 3000)).astype(np.float32))
+
+
+def _caches_seen(model):
+    """The cache each decoder cross-attention call received (a forward pre-hook per module)."""
+    seen = []
+    for layer in model.get_decoder().layers:
+        layer.encoder_attn.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("cache")), with_kwargs=True)
+    return seen
 
 
 def test_beam_search_cache_gives_the_stock_tokens(tiny_whisper_dir):
-    model, feats = _model_and_features(tiny_whisper_dir)
+    model, _ = _model(tiny_whisper_dir)
+    feats = _features()
     with torch.no_grad():
         stock = model.generate(input_features=feats, **KW)
-        ours = model.generate(input_features=feats, **KW, **beam_cache_kwargs(4))
-        (name,) = beam_cache_kwargs(4)
-        broken = model.generate(input_features=feats, **KW, **{name: NoReorder(DynamicCache(), DynamicCache())})
+        ours = model.generate(input_features=feats, **KW, cache=BeamSearchCache(DynamicCache(), DynamicCache()))
+        broken = model.generate(input_features=feats, **KW, cache=NoReorder(DynamicCache(), DynamicCache()))
     assert torch.equal(stock, ours)
     assert not torch.equal(stock, broken)
-    assert beam_cache_kwargs(1) == {}
-    (cache,) = beam_cache_kwargs(5).values()
-    assert isinstance(cache, BeamSearchCache) and cache.num_beams == 1  # no model given: nothing folded
 
 
 @pytest.mark.parametrize("with_lora", [False, True])
-def test_folded_cross_attention_keeps_one_copy_per_clip_and_the_stock_tokens(tiny_whisper_dir, with_lora):
-    model, feats = _model_and_features(tiny_whisper_dir)
+def test_folded_beam_search_keeps_one_copy_per_clip_and_the_stock_tokens(tiny_whisper_dir, with_lora):
+    model, _ = _model(tiny_whisper_dir)
+    feats = _features()
     if with_lora:  # the recipe's adapters sit on the cross-attention's q_proj/v_proj too
         from peft import LoraConfig, get_peft_model
 
@@ -57,27 +69,50 @@ def test_folded_cross_attention_keeps_one_copy_per_clip_and_the_stock_tokens(tin
                 if "lora_B" in n:
                     prm.normal_(0.0, 0.5)
         model.eval()
+    whisper = model.base_model.model if with_lora else model
     with torch.no_grad():
         stock = model.generate(input_features=feats, **KW)
-        kwargs = beam_cache_kwargs(4, model)
-        (cache,) = kwargs.values()
-        folded = model.generate(input_features=feats, **KW, **kwargs)
         greedy = model.generate(input_features=feats, max_new_tokens=12, min_new_tokens=12, do_sample=False)
-    assert cache.num_beams == 4
+        assert fold_beam_search(model) == len(whisper.get_decoder().layers)
+        assert fold_beam_search(model) == len(whisper.get_decoder().layers)  # idempotent
+        seen = _caches_seen(whisper)
+        folded = model.generate(input_features=feats, **KW)
+    assert all(isinstance(layer.encoder_attn, FoldedCrossAttention) for layer in whisper.get_decoder().layers)
+    cache = seen[0]
+    assert isinstance(cache, BeamSearchCache) and cache.num_beams == 4
     assert cache.cross_attention_cache.layers[0].keys.shape[0] == 3  # clips, not clips * beams
     assert cache.self_attention_cache.layers[0].keys.shape[0] == 12
     assert torch.equal(stock, folded)
     assert not torch.equal(stock, greedy)  # beam search matters here, so the equality above says something
-    assert fold_cross_attention(model) == len(model.get_decoder().layers if not with_lora
-                                              else model.base_model.model.get_decoder().layers)
-    assert all(isinstance(layer.encoder_attn, FoldedCrossAttention)
-               for layer in (model.base_model.model if with_lora else model).get_decoder().layers)
 
 
-def test_folded_cross_attention_runs_the_stock_forward_outside_folded_beam_search(tiny_whisper_dir):
-    model, feats = _model_and_features(tiny_whisper_dir)
+def test_every_inner_generate_call_gets_a_fresh_cache(tiny_whisper_dir):
+    # This random model emits timestamp tokens, so Whisper's generate decodes each 30 s window in
+    # several inner calls; a cache shared between them would start the second call "full".
+    model, processor = _model(tiny_whisper_dir)
+    rng = np.random.default_rng(0)
+    feats = log_mel(processor, [(0.3 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 24000)])
+    folded_model = copy.deepcopy(model)
+    fold_beam_search(folded_model)
+    seen = _caches_seen(folded_model)
+    kw = dict(num_beams=3, max_new_tokens=6, do_sample=False)
     with torch.no_grad():
-        before = model(input_features=feats, decoder_input_ids=torch.ones(3, 4, dtype=torch.long)).logits
-        fold_cross_attention(model)
-        after = model(input_features=feats, decoder_input_ids=torch.ones(3, 4, dtype=torch.long)).logits
-    assert torch.equal(before, after)
+        stock = model.generate(input_features=feats, **kw)
+        folded = folded_model.generate(input_features=feats, **kw)
+    caches = {id(c) for c in seen}
+    assert stock.shape[1] > 6 + 3 and len(caches) > 1  # several inner calls, a cache each
+    assert all(isinstance(c, BeamSearchCache) for c in seen)
+    assert torch.equal(stock, folded)
+
+
+def test_folded_model_runs_the_stock_forward_outside_beam_search(tiny_whisper_dir):
+    model, _ = _model(tiny_whisper_dir)
+    feats = _features()
+    ids = torch.ones(3, 4, dtype=torch.long)
+    with torch.no_grad():
+        before = model(input_features=feats, decoder_input_ids=ids).logits
+        greedy = model.generate(input_features=feats, max_new_tokens=8, do_sample=False)
+        fold_beam_search(model)
+        after = model(input_features=feats, decoder_input_ids=ids).logits
+        greedy_after = model.generate(input_features=feats, max_new_tokens=8, do_sample=False)
+    assert torch.equal(before, after) and torch.equal(greedy, greedy_after)

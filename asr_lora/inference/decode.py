@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from asr_lora.data.audio import SAMPLE_RATE, load_audio
-from asr_lora.model.beam_cache import beam_cache_kwargs
+from asr_lora.model.beam_cache import fold_beam_search
 from asr_lora.model.whisper import load_whisper
 
 CHUNK_SECONDS = 30
@@ -93,11 +93,12 @@ def generate_features(model, processor, features: torch.Tensor, beam_size: int =
 
 
 def generate_kwargs(model, beam_size: int = 1, max_new_tokens: int = 128) -> dict:
-    """`generate` kwargs for one call: deterministic search, English transcription on multilingual
-    checkpoints, and with beam search a fresh `BeamSearchCache` (one per call: it holds the call's states)
-    read by the model's folded cross-attention (one copy of the encoder states per clip, not per beam)."""
-    kwargs = dict(num_beams=beam_size, max_new_tokens=max_new_tokens, do_sample=False,
-                  **beam_cache_kwargs(beam_size, model))
+    """`generate` kwargs for one call: deterministic search and English transcription on multilingual
+    checkpoints. With beam search the model is first given `model/beam_cache.py`'s fold (one copy of
+    the encoder states per clip, not per beam; the same tokens)."""
+    if beam_size > 1:
+        fold_beam_search(model)
+    kwargs = dict(num_beams=beam_size, max_new_tokens=max_new_tokens, do_sample=False)
     if getattr(model.generation_config, "is_multilingual", False):
         kwargs.update(language="en", task="transcribe")
     return kwargs

@@ -1,5 +1,5 @@
-"""Beam search without per-beam copies of the cross-attention states: a decoder cache and the
-cross-attention that reads it.
+"""Beam search without per-beam copies of the cross-attention states: a decoder cache, the
+cross-attention that reads it, and the hook that gives every beam-search `generate` call one.
 
 transformers runs Whisper's beam search on num_beams copies of each clip's encoder output
 (`generate` repeat-interleaves it), so the decoder projects the same 1,500 frames to keys and
@@ -9,24 +9,29 @@ every step, though a beam only ever continues a beam of the same clip, so the co
 Together that was most of beam-5 decoding time on the CPU (bench/beam_decode.py; a cProfile of
 `transcribe_split` had 61 of 120 s in that `index_select` alone). No library option avoids it, so:
 
-- `BeamSearchCache` reorders only the self-attention states; with `num_beams` it also marks the
-  call as one whose cross-attention may keep a single copy per clip;
-- `FoldedCrossAttention` (installed on a model's decoder cross-attention by `fold_cross_attention`)
-  then projects keys and values from one copy per clip and attends with the clip's beams folded
-  into the query axis: (clips*beams, T) queries become (clips, beams*T). Cross-attention has no
-  mask between query positions, so each query row sees the same keys as before. Any other call
-  (training, greedy decoding, transformers' own cache, attention weights asked for) runs the stock
-  forward unchanged.
+- `BeamSearchCache` reorders only the self-attention states and tells the cross-attention how many
+  beams each clip has;
+- `FoldedCrossAttention` projects keys and values from one copy per clip and attends with the
+  clip's beams folded into the query axis: (clips*beams, T) queries become (clips, beams*T).
+  Cross-attention has no mask between query positions, so each query row sees the same keys as
+  before. Any other call (training, greedy decoding, transformers' own cache, an attention mask,
+  attention weights asked for) runs the stock forward unchanged;
+- `fold_beam_search(model)` installs both: the attention class on the decoder's cross-attention
+  modules, and a wrapper on the model's `_prepare_cache_for_generation` that turns the cache
+  transformers makes for each beam-search call into a `BeamSearchCache`. The cache is made per
+  call, not passed in: Whisper's `generate` may call the inner `generate` several times (long-form
+  windows, temperature fallback, timestamps), and a cache passed as a kwarg would be reused across
+  those calls with the previous call's states in it.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.whisper.modeling_whisper import (ALL_ATTENTION_FUNCTIONS, WhisperAttention,
-                                                          eager_attention_forward)
+                                                          WhisperForConditionalGeneration, eager_attention_forward)
+
+_CACHE_KEYS = ("cache", "past_key_values")  # generate's model_kwargs name for it (renamed within 5.x)
 
 
 class BeamSearchCache(EncoderDecoderCache):
@@ -66,30 +71,37 @@ class FoldedCrossAttention(WhisperAttention):
         return self.out_proj(out.reshape(rows, length, heads * dim)), None
 
 
-def fold_cross_attention(model) -> int:
-    """Give every decoder cross-attention module of `model` (plain, peft-wrapped or merged) the
-    folding forward; idempotent. Returns how many modules have it."""
+def _whisper(model) -> WhisperForConditionalGeneration | None:
+    return next((m for m in model.modules() if isinstance(m, WhisperForConditionalGeneration)), None)
+
+
+def fold_beam_search(model) -> int:
+    """Beam search on `model` (plain, peft-wrapped or merged Whisper) without per-beam copies of the
+    cross-attention states; idempotent, and greedy decoding and training are unchanged. Returns the
+    number of folded cross-attention modules (0: not a Whisper model, nothing done)."""
+    whisper = _whisper(model)
+    if whisper is None:
+        return 0
     n = 0
-    for name, module in model.named_modules():
+    for name, module in whisper.named_modules():
         if name.endswith("encoder_attn") and isinstance(module, WhisperAttention):
             if type(module) is WhisperAttention:
                 module.__class__ = FoldedCrossAttention  # same weights and state; only forward changes
             n += isinstance(module, FoldedCrossAttention)
+    if n and "_prepare_cache_for_generation" not in vars(whisper):
+        prepare = whisper._prepare_cache_for_generation
+
+        def prepare_beam_cache(generation_config, model_kwargs, *args, **kwargs):
+            out = prepare(generation_config, model_kwargs, *args, **kwargs)
+            for key in _CACHE_KEYS:
+                cache = model_kwargs.get(key)
+                if (generation_config.num_beams > 1 and type(cache) is EncoderDecoderCache
+                        and type(cache.self_attention_cache) is DynamicCache
+                        and type(cache.cross_attention_cache) is DynamicCache
+                        and not cache.get_seq_length()):
+                    model_kwargs[key] = BeamSearchCache(cache.self_attention_cache, cache.cross_attention_cache,
+                                                        num_beams=generation_config.num_beams)
+            return out
+
+        whisper._prepare_cache_for_generation = prepare_beam_cache  # this instance only
     return n
-
-
-@functools.cache
-def _cache_kwarg() -> str:
-    # transformers renamed generate's `past_key_values` to `cache` within 5.x and warns on the old name.
-    from transformers.generation import utils
-
-    return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
-
-
-def beam_cache_kwargs(num_beams: int, model=None) -> dict:
-    """`generate` kwargs: a fresh BeamSearchCache for beam search, nothing for greedy decoding. Given
-    the model, its cross-attention is folded too (one copy of the encoder states per clip)."""
-    if num_beams <= 1:
-        return {}
-    folded = model is not None and fold_cross_attention(model) > 0
-    return {_cache_kwarg(): BeamSearchCache(DynamicCache(), DynamicCache(), num_beams=num_beams if folded else 1)}
