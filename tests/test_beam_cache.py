@@ -116,3 +116,21 @@ def test_folded_model_runs_the_stock_forward_outside_beam_search(tiny_whisper_di
         after = model(input_features=feats, decoder_input_ids=ids).logits
         greedy_after = model.generate(input_features=feats, max_new_tokens=8, do_sample=False)
     assert torch.equal(before, after) and torch.equal(greedy, greedy_after)
+
+
+def test_a_folded_model_copies_pickles_and_keeps_a_cache_the_caller_passes(tiny_whisper_dir):
+    import pickle
+
+    model, _ = _model(tiny_whisper_dir)
+    feats = _features()
+    with torch.no_grad():
+        stock = model.generate(input_features=feats, **KW)
+        fold_beam_search(model)
+        twin = copy.deepcopy(model)
+        assert twin._prepare_cache_for_generation.__self__ is twin  # rebound, not the original's
+        assert torch.equal(twin.generate(input_features=feats, **KW), stock)
+        thawed = pickle.loads(pickle.dumps(model))
+        assert torch.equal(thawed.generate(input_features=feats, **KW), stock)
+        # the caller's own cache is the one used (this one is wrong on purpose), not swapped for ours
+        broken = model.generate(input_features=feats, **KW, cache=NoReorder(DynamicCache(), DynamicCache()))
+    assert not torch.equal(broken, stock)

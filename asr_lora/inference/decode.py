@@ -134,6 +134,8 @@ def _transcribe_long(model, processor, audio: np.ndarray, beam_size: int) -> str
         return_attention_mask=True,
     )
     param = next(model.parameters())
+    if beam_size > 1:
+        fold_beam_search(model)
     kwargs = dict(num_beams=beam_size, return_timestamps=True, condition_on_prev_tokens=False)
     if getattr(model.generation_config, "is_multilingual", False):
         kwargs.update(language="en", task="transcribe")

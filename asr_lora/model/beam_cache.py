@@ -26,6 +26,8 @@ Together that was most of beam-5 decoding time on the CPU (bench/beam_decode.py;
 
 from __future__ import annotations
 
+import types
+
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.whisper.modeling_whisper import (ALL_ATTENTION_FUNCTIONS, WhisperAttention,
@@ -48,7 +50,7 @@ class FoldedCrossAttention(WhisperAttention):
                 output_attentions=False, **kwargs):
         beams = getattr(cache, "num_beams", 1)
         if (key_value_states is None or beams <= 1 or attention_mask is not None or output_attentions
-                or hidden_states.shape[0] % beams):
+                or self.config.output_attentions or hidden_states.shape[0] % beams):
             return super().forward(hidden_states, key_value_states=key_value_states, cache=cache,
                                    attention_mask=attention_mask, output_attentions=output_attentions, **kwargs)
         rows, length, _ = hidden_states.shape
@@ -65,7 +67,8 @@ class FoldedCrossAttention(WhisperAttention):
             keys, values = cross.update(keys, values, self.layer_idx)
             cache.is_updated[self.layer_idx] = True
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        out, _ = attend(self, query.contiguous(), keys, values, None, dropout=0.0, scaling=1.0,
+        out, _ = attend(self, query.contiguous(), keys, values, None, scaling=1.0,
+                        dropout=self.dropout if self.training else 0.0,
                         is_causal=False, **kwargs)
         # out: (clips, beams*length, heads, dim) -> (clips*beams, length, heads*dim)
         return self.out_proj(out.reshape(rows, length, heads * dim)), None
@@ -75,10 +78,31 @@ def _whisper(model) -> WhisperForConditionalGeneration | None:
     return next((m for m in model.modules() if isinstance(m, WhisperForConditionalGeneration)), None)
 
 
+def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+    """transformers' own cache preparation, then, for beam search, its fresh EncoderDecoderCache
+    turned into a BeamSearchCache that knows the beam count. A cache the caller passed in is left
+    alone (transformers marks it `_is_user_defined`). Installed per instance by fold_beam_search as a
+    bound method, so a deepcopy rebinds it to the copy and the model still pickles (by name: a
+    pickled model comes back with the stock method, i.e. stock beam search, the same tokens)."""
+    out = type(self)._prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs)
+    for key in _CACHE_KEYS:
+        cache = model_kwargs.get(key)
+        if (generation_config.num_beams > 1 and type(cache) is EncoderDecoderCache
+                and not getattr(cache, "_is_user_defined", False)
+                and type(cache.self_attention_cache) is DynamicCache
+                and type(cache.cross_attention_cache) is DynamicCache and not cache.get_seq_length()):
+            model_kwargs[key] = BeamSearchCache(cache.self_attention_cache, cache.cross_attention_cache,
+                                                num_beams=generation_config.num_beams)
+    return out
+
+
 def fold_beam_search(model) -> int:
     """Beam search on `model` (plain, peft-wrapped or merged Whisper) without per-beam copies of the
     cross-attention states; idempotent, and greedy decoding and training are unchanged. Returns the
-    number of folded cross-attention modules (0: not a Whisper model, nothing done)."""
+    number of folded cross-attention modules (0: not a Whisper model, nothing done).
+
+    The cache a folded beam search returns (`return_dict_in_generate=True`) holds one cross-attention
+    row per clip beside clips*beams self-attention rows: feed it back only to a folded beam search."""
     whisper = _whisper(model)
     if whisper is None:
         return 0
@@ -89,19 +113,5 @@ def fold_beam_search(model) -> int:
                 module.__class__ = FoldedCrossAttention  # same weights and state; only forward changes
             n += isinstance(module, FoldedCrossAttention)
     if n and "_prepare_cache_for_generation" not in vars(whisper):
-        prepare = whisper._prepare_cache_for_generation
-
-        def prepare_beam_cache(generation_config, model_kwargs, *args, **kwargs):
-            out = prepare(generation_config, model_kwargs, *args, **kwargs)
-            for key in _CACHE_KEYS:
-                cache = model_kwargs.get(key)
-                if (generation_config.num_beams > 1 and type(cache) is EncoderDecoderCache
-                        and type(cache.self_attention_cache) is DynamicCache
-                        and type(cache.cross_attention_cache) is DynamicCache
-                        and not cache.get_seq_length()):
-                    model_kwargs[key] = BeamSearchCache(cache.self_attention_cache, cache.cross_attention_cache,
-                                                        num_beams=generation_config.num_beams)
-            return out
-
-        whisper._prepare_cache_for_generation = prepare_beam_cache  # this instance only
+        whisper._prepare_cache_for_generation = types.MethodType(_prepare_cache_for_generation, whisper)
     return n
