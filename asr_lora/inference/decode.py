@@ -93,12 +93,17 @@ def generate_features(model, processor, features: torch.Tensor, beam_size: int =
 
 
 def generate_kwargs(model, beam_size: int = 1, max_new_tokens: int = 128) -> dict:
-    """`generate` kwargs for one call: deterministic search and English transcription on multilingual
-    checkpoints. With beam search the model is first given `model/beam_cache.py`'s fold (one copy of
-    the encoder states per clip, not per beam; the same tokens)."""
+    """`generate` kwargs for one short-form call: deterministic search (see `_search_kwargs`)."""
+    return dict(_search_kwargs(model, beam_size), max_new_tokens=max_new_tokens, do_sample=False)
+
+
+def _search_kwargs(model, beam_size: int) -> dict:
+    """What every decode here asks of `generate`: `beam_size` beams, and English transcription on
+    multilingual checkpoints. With beam search the model is first given `model/beam_cache.py`'s fold
+    (one copy of the encoder states per clip, not per beam; the same tokens)."""
     if beam_size > 1:
         fold_beam_search(model)
-    kwargs = dict(num_beams=beam_size, max_new_tokens=max_new_tokens, do_sample=False)
+    kwargs: dict = {"num_beams": beam_size}
     if getattr(model.generation_config, "is_multilingual", False):
         kwargs.update(language="en", task="transcribe")
     return kwargs
@@ -134,11 +139,7 @@ def _transcribe_long(model, processor, audio: np.ndarray, beam_size: int) -> str
         return_attention_mask=True,
     )
     param = next(model.parameters())
-    if beam_size > 1:
-        fold_beam_search(model)
-    kwargs = dict(num_beams=beam_size, return_timestamps=True, condition_on_prev_tokens=False)
-    if getattr(model.generation_config, "is_multilingual", False):
-        kwargs.update(language="en", task="transcribe")
+    kwargs = dict(_search_kwargs(model, beam_size), return_timestamps=True, condition_on_prev_tokens=False)
     ids = model.generate(
         input_features=inputs.input_features.to(param.device, param.dtype),
         attention_mask=inputs.attention_mask.to(param.device), **kwargs,
