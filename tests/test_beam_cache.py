@@ -59,6 +59,8 @@ def test_beam_search_cache_gives_the_stock_tokens(tiny_whisper_dir):
 @pytest.mark.parametrize("with_lora", [False, True])
 def test_folded_beam_search_keeps_one_copy_per_clip_and_the_stock_tokens(tiny_whisper_dir, with_lora):
     model, _ = _model(tiny_whisper_dir)
+    with torch.no_grad():  # louder encoder states: each clip decodes to its own tokens
+        model.model.encoder.layer_norm.weight.mul_(10.0)
     feats = _features()
     if with_lora:  # the recipe's adapters sit on the cross-attention's q_proj/v_proj too
         from peft import LoraConfig, get_peft_model
@@ -84,6 +86,7 @@ def test_folded_beam_search_keeps_one_copy_per_clip_and_the_stock_tokens(tiny_wh
     assert cache.self_attention_cache.layers[0].keys.shape[0] == 12
     assert torch.equal(stock, folded)
     assert not torch.equal(stock, greedy)  # beam search matters here, so the equality above says something
+    assert len({tuple(row) for row in stock.tolist()}) > 1  # a clip unlike clip 0: which states a beam reads matters
 
 
 def test_every_inner_generate_call_gets_a_fresh_cache(tiny_whisper_dir):
@@ -133,4 +136,7 @@ def test_a_folded_model_copies_pickles_and_keeps_a_cache_the_caller_passes(tiny_
         assert torch.equal(thawed.generate(input_features=feats, **KW), stock)
         # the caller's own cache is the one used (this one is wrong on purpose), not swapped for ours
         broken = model.generate(input_features=feats, **KW, cache=NoReorder(DynamicCache(), DynamicCache()))
+        own = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        model.generate(input_features=feats, **KW, cache=own)
     assert not torch.equal(broken, stock)
+    assert own.self_attention_cache.get_seq_length() > 0  # filled by the call: it was not swapped out
