@@ -14,12 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
 from asr_lora.data.audio import SAMPLE_RATE, load_audio
 from asr_lora.model.beam_cache import fold_beam_search
 from asr_lora.model.whisper import load_whisper
 
 CHUNK_SECONDS = 30
+# Clips per encoder call on CPU. The 30 s encoder's activations for 16 clips (~150 MB) spill the
+# cache: on 2 AVX2 cores it took 0.51 s per clip at 16 clips per call and 0.42 s at 2, with the same
+# hypotheses (bench/encoder_chunk.py). GPUs keep the whole batch in one call.
+CPU_ENCODER_CHUNK = 2
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -88,8 +93,17 @@ def generate_features(model, processor, features: torch.Tensor, beam_size: int =
     """
     model.eval()
     param = next(model.parameters())
-    return model.generate(input_features=features.to(param.device, param.dtype),
-                          **generate_kwargs(model, beam_size, max_new_tokens))
+    features = features.to(param.device, param.dtype)
+    kwargs = generate_kwargs(model, beam_size, max_new_tokens)
+    if param.device.type != "cpu" or len(features) <= CPU_ENCODER_CHUNK:
+        return model.generate(input_features=features, **kwargs)
+    # Each clip's encoder output depends on that clip alone, so running the encoder a few clips at a
+    # time gives the same states (and tokens) while the decoder still searches the whole batch.
+    with torch.no_grad():
+        encoder = model.get_encoder()
+        hidden = torch.cat([encoder(features[i : i + CPU_ENCODER_CHUNK]).last_hidden_state
+                            for i in range(0, len(features), CPU_ENCODER_CHUNK)])
+    return model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs)
 
 
 def generate_kwargs(model, beam_size: int = 1, max_new_tokens: int = 128) -> dict:
