@@ -37,6 +37,7 @@ import numpy as np
 import soundfile as sf
 
 from asr_lora.core.io import atomic_file
+from asr_lora.data import festival_pipe
 
 SAMPLE_RATE = 16_000
 
@@ -255,7 +256,13 @@ def _festival(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     setup = f"(voice_{voice.voice})"
     if "stretch" in voice.options:
         setup = f"(begin {setup} (Parameter.set 'Duration_Stretch {float(voice.options['stretch'])}))"
-    _cli(["text2wave", "-eval", setup, str(txt), "-o", str(wav)], voice, text)
+    if not festival_pipe.available():
+        _cli(["text2wave", "-eval", setup, str(txt), "-o", str(wav)], voice, text)
+        return _read(wav)
+    try:  # the same bytes as text2wave, without starting festival per clip (data/festival_pipe.py)
+        festival_pipe.render(setup, str(txt), str(wav), TIMEOUT_S)
+    except festival_pipe.FestivalError as e:
+        raise SynthError(f"festival voice {voice.id!r} failed on text {text!r}: {e}") from e
     return _read(wav)
 
 
