@@ -55,8 +55,9 @@ class DataConfig:
     max_seconds: float = 30.0
     silence_dbfs: float = -60.0
     max_label_tokens: int = 448
-    # Log-mel cache (datasets' fingerprinted cache files): auto = on while the estimated size
-    # (0.96 MB per 30 s clip) fits the budget, off for corpus-scale data (computed on the fly).
+    # Log-mel cache (datasets' fingerprinted cache files): auto = on when training reads each clip
+    # at least twice on average and the estimated size (0.96 MB per 30 s clip) fits the budget;
+    # otherwise computed per batch (the same bits).
     feature_cache: str = "auto"  # auto | true | false
     feature_cache_budget_gb: float = 8.0
     # Corpus-scale path (asr_lora/streaming.py): the train split streams from sharded JSONL and

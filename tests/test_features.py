@@ -46,6 +46,21 @@ def test_feature_cache_choice_follows_the_budget():
     assert not use_feature_cache(d, 1)
 
 
+def test_feature_cache_only_when_clips_are_read_twice():
+    from asr_lora.config import TrainConfig
+    from asr_lora.training.job import reads_per_clip
+
+    d = OmegaConf.structured(DataConfig(feature_cache="auto", feature_cache_budget_gb=8.0))
+    t = OmegaConf.structured(TrainConfig(max_steps=128, per_device_train_batch_size=8, gradient_accumulation_steps=1))
+    assert reads_per_clip(t, 1594) == 128 * 8 / 1594  # the sg_english recipe: 0.64, computed per batch
+    assert not use_feature_cache(d, 1594, reads_per_clip(t, 1594))
+    assert use_feature_cache(d, 400, reads_per_clip(t, 400))  # 2.56 reads per clip
+    t.max_steps, t.num_train_epochs = -1, 3
+    assert reads_per_clip(t, 10_000) == 3.0 and use_feature_cache(d, 1000, reads_per_clip(t, 1000))
+    d.feature_cache = "true"  # an explicit setting wins
+    assert use_feature_cache(d, 1594, 0.64)
+
+
 def test_encoder_cache_equals_a_fresh_encoder_pass(tiny_whisper_dir):
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
     processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)

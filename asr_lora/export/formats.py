@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from transformers import GenerationConfig
 
+from asr_lora.core.logs import progress
 from asr_lora.data.text import normalize
 from asr_lora.evaluation.metrics import corpus_wer
 from asr_lora.evaluation.report import pct, pct_ci, render_markdown_table
@@ -67,7 +68,7 @@ def export_ct2(hf_dir: Path, out_dir: Path, quantization: str = "int8") -> Path:
 
 
 def transcribe_ct2(ct2_dir: Path, audios: Sequence[np.ndarray], beam_size: int = 1,
-                   compute_type: str = "default") -> list[str]:
+                   compute_type: str = "default", description: str | None = None) -> list[str]:
     """faster-whisper decoding set up like ours: `beam_size` beams, one temperature, no context, no VAD.
 
     faster-whisper's defaults (beam 5, temperature fallback, conditioning on previous text and
@@ -84,12 +85,15 @@ def transcribe_ct2(ct2_dir: Path, audios: Sequence[np.ndarray], beam_size: int =
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     lang = {"language": "en"} if fw.model.is_multilingual else {}
     out = []
-    for audio in audios:
-        segments, _ = fw.transcribe(
-            np.asarray(audio, dtype=np.float32), beam_size=beam_size, temperature=0.0,
-            condition_on_previous_text=False, without_timestamps=True, vad_filter=False, **lang,
-        )
-        out.append(" ".join(s.text.strip() for s in segments).strip())
+    # `description`: this decode is a stage of its own (the export check), with its progress display.
+    with progress(f"{description} ({len(audios)} clips)", len(audios), description is not None) as advance:
+        for audio in audios:
+            segments, _ = fw.transcribe(
+                np.asarray(audio, dtype=np.float32), beam_size=beam_size, temperature=0.0,
+                condition_on_previous_text=False, without_timestamps=True, vad_filter=False, **lang,
+            )
+            out.append(" ".join(s.text.strip() for s in segments).strip())
+            advance()
     return out
 
 

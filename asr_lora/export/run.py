@@ -125,8 +125,8 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                                else transcribe_arrays(merged, processor, test_audios, beam_size))
             export_wer["merged_hf"] = _wer(test_refs, merged_hyps)
             for q in ct2_quantizations if "ct2" in formats else ():
-                export_wer[f"ct2-{q}"] = _wer(test_refs, transcribe_ct2(staged[f"ct2-{q}"], test_audios,
-                                                                              beam_size=beam_size))
+                export_wer[f"ct2-{q}"] = _wer(test_refs, transcribe_ct2(
+                    staged[f"ct2-{q}"], test_audios, beam_size=beam_size, description=f"decoding (ct2-{q} export)"))
             info["export_wer"] = export_wer
         for name, tmp in staged.items():
             write_model_card(tmp, {**info, "this": name, "exports": list(targets)})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -106,7 +107,8 @@ def train(cfg: DictConfig) -> dict:
     eval_collator = (SpeechCollator(processor, model.config.decoder_start_token_id, None,
                                     None if streaming else cache, cfg.seed)
                      if augmenter is not None or cfg.train.timestamp_probability > 0 else None)
-    if not streaming and cache is None and use_feature_cache(cfg.data, len(train_ds) + len(dev_ds or [])):
+    if not streaming and cache is None and use_feature_cache(cfg.data, len(train_ds) + len(dev_ds or []),
+                                                             reads_per_clip(cfg.train, len(train_ds))):
         train_ds = add_features(train_ds, processor)
         dev_ds = add_features(dev_ds, processor) if dev_ds is not None else None
     keep = ["id", "labels"] if cache is not None and not streaming else ["id", "labels", "audio"]
@@ -176,6 +178,16 @@ def train(cfg: DictConfig) -> dict:
                        cfg.logger.wandb.log_artifacts)
     print_summary(summary)
     return summary
+
+
+def reads_per_clip(tcfg, n_train: int) -> float | None:
+    """How many times the run reads each train clip on average (every rank and micro-batch counted)."""
+    if n_train <= 0:
+        return None
+    if (tcfg.max_steps or -1) <= 0:
+        return float(tcfg.num_train_epochs)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun/accelerate before the job starts
+    return tcfg.max_steps * tcfg.per_device_train_batch_size * tcfg.gradient_accumulation_steps * world / n_train
 
 
 def reload_trained(cfg, saved_dir: Path, device=None):
