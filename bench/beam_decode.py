@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,16 +35,11 @@ def main() -> None:
     common.quiet()
     from transformers.cache_utils import DynamicCache
 
-    from asr_lora.data.features import log_mel
     from asr_lora.model.beam_cache import BeamSearchCache, fold_beam_search
-    from asr_lora.model.whisper import load_whisper
 
-    model, processor = load_whisper("bundled:tiny.en", dtype=torch.float32)
-    model.eval()
+    model, _, feats = common.tiny_en_dev_features(a.clips)
     folded = copy.deepcopy(model)
     assert fold_beam_search(folded) == len(folded.model.decoder.layers)
-    clips = common.load_clips(common.corpus_clips(a.clips, "dev"))
-    feats = log_mel(processor, [np.asarray(c["audio"], dtype=np.float32) for c in clips])
     kw = dict(max_new_tokens=128, do_sample=False)
     runs = {"greedy": lambda: model.generate(input_features=feats, num_beams=1, **kw),
             "beam_stock_cache": lambda: model.generate(input_features=feats, num_beams=a.beams, **kw),
@@ -60,8 +54,8 @@ def main() -> None:
                 tokens[name] = fn()
                 times[name].append(time.perf_counter() - t)
     med = {k: common.median(v) for k, v in times.items()}
-    rows = [{"variant": k, "clips": len(clips), "beams": 1 if k == "greedy" else a.beams,
-             "median_s": round(m, 2), "s_per_clip": round(m / len(clips), 3)} for k, m in med.items()]
+    rows = [{"variant": k, "clips": len(feats), "beams": 1 if k == "greedy" else a.beams,
+             "median_s": round(m, 2), "s_per_clip": round(m / len(feats), 3)} for k, m in med.items()]
     identical = all(torch.equal(tokens["beam_stock_cache"], tokens[k]) for k in ("beam_search_cache", "beam_folded"))
     ratios = {"beam_stock_cache/beam_search_cache time": round(med["beam_stock_cache"] / med["beam_search_cache"], 2),
               "beam_search_cache/beam_folded time": round(med["beam_search_cache"] / med["beam_folded"], 2),

@@ -54,6 +54,18 @@ def corpus_clips(n: int, split: str = "train", subset: str = "main", seed: int =
              "part": recs[i].part} for i in pick]
 
 
+def tiny_en_dev_features(n: int):
+    """(model, processor, log-mel of n dev clips): bundled tiny.en in fp32, eval mode, 30 s input."""
+    import torch
+
+    from asr_lora.data.features import log_mel
+    from asr_lora.model.whisper import load_whisper
+
+    model, processor = load_whisper("bundled:tiny.en", dtype=torch.float32)
+    clips = load_clips(corpus_clips(n, "dev"))
+    return model.eval(), processor, log_mel(processor, [np.asarray(c["audio"], dtype=np.float32) for c in clips])
+
+
 def tone_clips(n: int, out_dir: Path, seed: int = 0) -> list[dict]:
     """Synthetic 1-3 s tones in noise written as WAVs (for --tiny smoke runs)."""
     import soundfile as sf

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,14 +26,11 @@ def main() -> None:
     ap.add_argument("--name", default="encoder_chunk")
     a = ap.parse_args()
     common.quiet()
-    from asr_lora.data.features import log_mel
     from asr_lora.inference.decode import CPU_ENCODER_CHUNK
-    from asr_lora.model.whisper import load_whisper
+    from asr_lora.model.encoder_cache import encoder_states
 
-    model, processor = load_whisper("bundled:tiny.en", dtype=torch.float32)
-    encoder = model.eval().get_encoder()
-    clips = common.load_clips(common.corpus_clips(a.clips, "dev"))
-    feats = log_mel(processor, [np.asarray(c["audio"], dtype=np.float32) for c in clips])
+    model, _, feats = common.tiny_en_dev_features(a.clips)
+    encoder = model.get_encoder()
     chunk = {"one_call": len(feats), f"chunk_{CPU_ENCODER_CHUNK}": CPU_ENCODER_CHUNK}
     times, states = {k: [] for k in chunk}, {}
     with torch.no_grad():
@@ -42,7 +38,7 @@ def main() -> None:
         for _ in range(a.repeats):
             for name, n in chunk.items():
                 t = time.perf_counter()
-                states[name] = torch.cat([encoder(feats[i : i + n]).last_hidden_state for i in range(0, len(feats), n)])
+                states[name] = encoder_states(encoder, feats, n)
                 times[name].append(time.perf_counter() - t)
     med = {k: common.median(v) for k, v in times.items()}
     rows = [{"variant": k, "clips_per_call": chunk[k], "clips": len(feats), "median_s": round(m, 2),

@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from asr_lora.data.audio import SAMPLE_RATE, load_audio
 from asr_lora.model.beam_cache import fold_beam_search
+from asr_lora.model.encoder_cache import encoder_states
 from asr_lora.model.whisper import load_whisper
 
 CHUNK_SECONDS = 30
@@ -97,12 +98,9 @@ def generate_features(model, processor, features: torch.Tensor, beam_size: int =
     kwargs = generate_kwargs(model, beam_size, max_new_tokens)
     if param.device.type != "cpu" or len(features) <= CPU_ENCODER_CHUNK:
         return model.generate(input_features=features, **kwargs)
-    # Each clip's encoder output depends on that clip alone, so running the encoder a few clips at a
-    # time gives the same states (and tokens) while the decoder still searches the whole batch.
-    with torch.no_grad():
-        encoder = model.get_encoder()
-        hidden = torch.cat([encoder(features[i : i + CPU_ENCODER_CHUNK]).last_hidden_state
-                            for i in range(0, len(features), CPU_ENCODER_CHUNK)])
+    # The encoder a few clips at a time (the same states and tokens); the decoder still searches
+    # the whole batch.
+    hidden = encoder_states(model.get_encoder(), features, CPU_ENCODER_CHUNK)
     return model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs)
 
 

@@ -22,9 +22,19 @@ from asr_lora.core.io import atomic_file
 from asr_lora.core.logs import progress as progress_bar
 from asr_lora.data.features import log_mel
 
-log = logging.getLogger(__name__)
 log = logging.getLogger("asr_lora")
 
+
+
+@torch.no_grad()
+def encoder_states(encoder, features: torch.Tensor, clips_per_call: int) -> torch.Tensor:
+    """`encoder(features).last_hidden_state`, `clips_per_call` clips per call: each clip's states
+    depend on that clip alone, so the result is the same, and on CPU a few clips per call stay in
+    cache (inference/decode.py's CPU_ENCODER_CHUNK, bench/encoder_chunk.py)."""
+    if len(features) <= clips_per_call:
+        return encoder(features).last_hidden_state
+    return torch.cat([encoder(features[i : i + clips_per_call]).last_hidden_state
+                      for i in range(0, len(features), clips_per_call)])
 
 
 @torch.no_grad()
