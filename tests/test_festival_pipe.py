@@ -70,10 +70,34 @@ def test_long_run_of_corpus_texts_equals_text2wave(tmp_path, monkeypatch):
                                    general=load_sentences(GENERAL)) if r.voice == voice.id]
     last = [r.id for r in recs].index("ctl-0099-festival-kal")
     texts = [r.text for r in recs[: last + 1]]
-    festival_pipe._PIPES.pop(_setup(voice), None)  # start from a fresh process, as a corpus worker does
+    festival_pipe.close_all()  # start from a fresh process, as a corpus worker does
     for i, text in enumerate(texts):
         synthesize(text, voice, tmp_path / f"p{i}.wav")
     monkeypatch.setattr(festival_pipe, "available", lambda: False)  # synthesize's text2wave path
     for i in (len(texts) - 1, *range(0, len(texts) - 1, 7)):
         synthesize(texts[i], voice, tmp_path / "c.wav")
         assert (tmp_path / f"p{i}.wav").read_bytes() == (tmp_path / "c.wav").read_bytes(), texts[i]
+
+
+def test_text_without_an_utterance_raises_not_a_stale_header(tmp_path):
+    setup = _setup(next(v for v in load_voices() if v.engine == "festival"))
+    (tmp_path / "ok.txt").write_text(TEXTS[0], encoding="utf-8")
+    festival_pipe.render(setup, str(tmp_path / "ok.txt"), str(tmp_path / "ok.wav"), timeout=60)
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    with pytest.raises(festival_pipe.FestivalError):
+        festival_pipe.render(setup, str(tmp_path / "empty.txt"), str(tmp_path / "empty.wav"), timeout=60)
+
+
+def test_synthesize_falls_back_to_text2wave_when_the_pipe_fails(tmp_path, monkeypatch, caplog):
+    from asr_lora.data.synth import synthesize
+
+    voice = next(v for v in load_voices() if v.engine == "festival")
+    synthesize(TEXTS[1], voice, tmp_path / "pipe.wav")
+
+    def broken(*a, **k):
+        raise festival_pipe.FestivalError("stdout never arrived")
+
+    monkeypatch.setattr(festival_pipe, "render", broken)
+    synthesize(TEXTS[1], voice, tmp_path / "fallback.wav")
+    assert "rendering with text2wave" in caplog.text
+    assert (tmp_path / "fallback.wav").read_bytes() == (tmp_path / "pipe.wav").read_bytes()

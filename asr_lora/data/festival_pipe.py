@@ -9,8 +9,11 @@ bytes as `text2wave` (tests/test_festival_pipe.py compares them).
 
 A process renders at most `RENDERS_PER_PROCESS` files: one process rendering festival-kal's first
 42 corpus texts wrote a slightly different wave for the 42nd (state kept inside festival, which a
-fresh `text2wave` never has); with a fresh process every 8 renders, all 359 festival clips of the
-corpus matched text2wave's byte for byte.
+fresh `text2wave` never has, and which changed with the file names used). With a fresh process
+every 8 renders, a fresh-clone corpus build (2 workers, so each process saw whichever texts the
+pool gave it) was byte-identical to the text2wave-rendered corpus in all 2,512 clips, 359 of them
+festival's. That is measured, not guaranteed by festival; synth.py falls back to text2wave when a
+pipe fails.
 
 Festival writes stdout through stdio, fully buffered on a pipe, so it runs under `stdbuf -oL`;
 its errors (a SIOD error does not stop `--pipe`) arrive on the same stream before the end marker.
@@ -18,6 +21,7 @@ its errors (a SIOD error does not stop `--pipe`) arrive on the same stream befor
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import shutil
@@ -38,6 +42,7 @@ _PRELUDE = r"""
   (set! asr_utt utt))
 (define (asr_render infile outfile)
   (set! asr_n 0)
+  (set! asr_utt nil)
   (set! asr_fp (fopen outfile "wb"))
   (set! tts_hooks (list utt.synth asr_save))
   (tts_file infile (tts_find_text_mode infile auto-text-mode-alist))
@@ -72,7 +77,11 @@ class FestivalPipe:
         self.renders = 0
         self.proc = subprocess.Popen(["stdbuf", "-oL", "festival", "--pipe"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
-        self._send(_PRELUDE + setup + "\n")
+        try:
+            self._send(_PRELUDE + setup + "\n")
+        except FestivalError:
+            self.close()
+            raise
 
     def _send(self, text: str) -> None:
         try:
@@ -83,8 +92,9 @@ class FestivalPipe:
 
     def render(self, text_file: str, wav_file: str, timeout: float) -> None:
         """Synthesise `text_file` into `wav_file`, as `text2wave -eval <setup> text_file -o wav_file`."""
+        command = f"(asr_render {_quote(text_file)} {_quote(wav_file)})\n(format t \"asr_lora_end\\n\")\n"
         self.renders += 1
-        self._send(f"(asr_render {_quote(text_file)} {_quote(wav_file)})\n(format t \"asr_lora_end\\n\")\n")
+        self._send(command)
         out, deadline = b"", time.monotonic() + timeout
         fd = self.proc.stdout.fileno()
         while _END not in out:
@@ -105,10 +115,20 @@ class FestivalPipe:
     def close(self) -> None:
         if self.proc.poll() is None:  # every file it wrote is closed: nothing to lose
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait(timeout=5)  # reaped, so no zombie outlives the render
+        for f in (self.proc.stdin, self.proc.stdout):
+            f.close()
 
 
 _PIPES: dict[str, FestivalPipe] = {}
+
+
+@atexit.register
+def close_all() -> None:
+    """Stop and reap this process's festival pipes, at interpreter exit (the corpus's spawned
+    workers end through `sys.exit`, so they run it too)."""
+    while _PIPES:
+        _PIPES.popitem()[1].close()
 
 
 def render(setup: str, text_file: str, wav_file: str, timeout: float) -> None:

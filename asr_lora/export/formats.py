@@ -81,12 +81,12 @@ def transcribe_ct2(ct2_dir: Path, audios: Sequence[np.ndarray], beam_size: int =
         raise ExportError(f"{ct2_dir}: missing {missing}; not a complete CTranslate2 export")
     fw = WhisperModel(str(ct2_dir), device="cpu", compute_type=compute_type, local_files_only=True)
     # faster-whisper logs one INFO line per clip ("Processing audio with duration ..."), which
-    # buries the job's own log under hundreds of lines; our progress is reported elsewhere.
+    # buries the job's own log under hundreds of lines; the progress display below replaces it.
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     lang = {"language": "en"} if fw.model.is_multilingual else {}
     out = []
     # `description`: this decode is a stage of its own (the export check), with its progress display.
-    with progress(f"{description} ({len(audios)} clips)", len(audios), description is not None) as advance:
+    with progress(f"{description or 'ct2'} ({len(audios)} clips)", len(audios), description is not None) as advance:
         for audio in audios:
             segments, _ = fw.transcribe(
                 np.asarray(audio, dtype=np.float32), beam_size=beam_size, temperature=0.0,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -181,13 +180,13 @@ def train(cfg: DictConfig) -> dict:
 
 
 def reads_per_clip(tcfg, n_train: int) -> float | None:
-    """How many times the run reads each train clip on average (every rank and micro-batch counted)."""
+    """How many times one rank reads each train clip on average (micro-batches counted). Per rank,
+    because every rank would build the whole log-mel cache for itself."""
     if n_train <= 0:
         return None
     if (tcfg.max_steps or -1) <= 0:
         return float(tcfg.num_train_epochs)
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun/accelerate before the job starts
-    return tcfg.max_steps * tcfg.per_device_train_batch_size * tcfg.gradient_accumulation_steps * world / n_train
+    return tcfg.max_steps * tcfg.per_device_train_batch_size * tcfg.gradient_accumulation_steps / n_train
 
 
 def reload_trained(cfg, saved_dir: Path, device=None):
