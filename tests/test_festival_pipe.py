@@ -8,6 +8,7 @@ import pytest
 
 from asr_lora.data import festival_pipe
 from asr_lora.data.corpus import load_voices
+from asr_lora.data.synth import festival_setup as _setup
 
 pytestmark = pytest.mark.skipif(not festival_pipe.available(),
                                 reason="festival not installed (apt-get install festival)")
@@ -17,13 +18,6 @@ pytestmark = pytest.mark.skipif(not festival_pipe.available(),
 TEXTS = ["Uncle, one kopi siew dai and one teh peng, takeaway ah.",
          "Wah, the queue very long. Can or not? We go other stall lah!",
          "Don't play play, the MRT at Jurong East very crowded one."]
-
-
-def _setup(v) -> str:
-    setup = f"(voice_{v.voice})"
-    if "stretch" in v.options:
-        setup = f"(begin {setup} (Parameter.set 'Duration_Stretch {float(v.options['stretch'])}))"
-    return setup
 
 
 FESTIVAL_VOICES = [pytest.param(v, id=v.id) for v in load_voices() if v.engine == "festival"]

@@ -22,6 +22,7 @@ its errors (a SIOD error does not stop `--pipe`) arrive on the same stream befor
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import select
 import shutil
@@ -59,6 +60,7 @@ class FestivalError(RuntimeError):
     """A festival render that failed, timed out or lost its process; the message has its output."""
 
 
+@functools.cache  # asked once per festival clip; PATH does not change during a corpus build
 def available() -> bool:
     return shutil.which("festival") is not None and shutil.which("stdbuf") is not None
 
@@ -99,8 +101,7 @@ class FestivalPipe:
         fd = self.proc.stdout.fileno()
         while _END not in out:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                self.close()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:  # `render` below closes the pipe
                 raise FestivalError(f"timed out after {timeout:.0f}s; output: {out.decode(errors='replace')[-500:]}")
             chunk = os.read(fd, 65536)
             if not chunk:

@@ -253,22 +253,27 @@ def _flite(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     return _read(wav)
 
 
-def _festival(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
-    wav, txt = tmp / "out.wav", tmp / "in.txt"
-    txt.write_text(text, encoding="utf-8")
+def festival_setup(voice: Voice) -> str:
+    """The Scheme expression that selects `voice` (and its duration stretch) before synthesis."""
     setup = f"(voice_{voice.voice})"
     if "stretch" in voice.options:
         setup = f"(begin {setup} (Parameter.set 'Duration_Stretch {float(voice.options['stretch'])}))"
-    if not festival_pipe.available():
-        _cli(["text2wave", "-eval", setup, str(txt), "-o", str(wav)], voice, text)
-        return _read(wav)
-    try:  # the same bytes as text2wave, without starting festival per clip (data/festival_pipe.py)
-        festival_pipe.render(setup, str(txt), str(wav), TIMEOUT_S)
-    except festival_pipe.FestivalError as e:
-        # Once more through text2wave: a pipe problem (buffering, an odd path) must not fail a
-        # render text2wave can do; a real synthesis error then surfaces with text2wave's message.
-        log.warning("festival pipe failed for voice %r (%s); rendering with text2wave", voice.id, str(e)[-200:])
-        _cli(["text2wave", "-eval", setup, str(txt), "-o", str(wav)], voice, text)
+    return setup
+
+
+def _festival(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
+    wav, txt = tmp / "out.wav", tmp / "in.txt"
+    txt.write_text(text, encoding="utf-8")
+    setup = festival_setup(voice)
+    if festival_pipe.available():
+        try:  # the same bytes as text2wave, without starting festival per clip (data/festival_pipe.py)
+            festival_pipe.render(setup, str(txt), str(wav), TIMEOUT_S)
+            return _read(wav)
+        except festival_pipe.FestivalError as e:
+            # Then through text2wave: a pipe problem (buffering, an odd path) must not fail a render
+            # text2wave can do; a real synthesis error then surfaces with text2wave's message.
+            log.warning("festival pipe failed for voice %r (%s); rendering with text2wave", voice.id, str(e)[-200:])
+    _cli(["text2wave", "-eval", setup, str(txt), "-o", str(wav)], voice, text)
     return _read(wav)
 
 

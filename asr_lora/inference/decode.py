@@ -96,7 +96,7 @@ def generate_features(model, processor, features: torch.Tensor, beam_size: int =
     param = next(model.parameters())
     features = features.to(param.device, param.dtype)
     kwargs = generate_kwargs(model, beam_size, max_new_tokens)
-    if param.device.type != "cpu" or len(features) <= CPU_ENCODER_CHUNK:
+    if param.device.type != "cpu":
         return model.generate(input_features=features, **kwargs)
     # The encoder a few clips at a time (the same states and tokens); the decoder still searches
     # the whole batch.
