@@ -22,7 +22,6 @@ CONF_DIR = REPO_ROOT / "conf"
 class ModelConfig:
     name_or_path: str = "bundled:tiny.en"
     dtype: str = "float32"
-    attn_implementation: str = "sdpa"
 
 
 @dataclass
@@ -42,6 +41,7 @@ class LoraSettings:
 @dataclass
 class DataConfig:
     name: str = "sg_english"
+    title: Optional[str] = None  # what the speech is, for report banners and model cards (default: name)
     source: str = "embedded"  # embedded | jsonl | csv | hf | common_voice | nsc
     path: Optional[str] = None
     options: dict[str, Any] = field(default_factory=dict)  # reader keyword arguments
@@ -60,7 +60,7 @@ class DataConfig:
     # otherwise computed per batch (the same bits).
     feature_cache: str = "auto"  # auto | true | false
     feature_cache_budget_gb: float = 8.0
-    # Corpus-scale path (asr_lora/streaming.py): the train split streams from sharded JSONL and
+    # Corpus-scale path (asr_lora/data/streaming.py): the train split streams from sharded JSONL and
     # clips are decoded + featurised in DataLoader workers. auto = when the decoded audio held in
     # memory by the in-memory path would exceed memory_budget_gb.
     streaming: str = "auto"  # auto | true | false
@@ -134,11 +134,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     bf16: str = "auto"  # auto: bf16 autocast on a bf16-capable GPU, fp32 on CPU
     # full: every training step runs the encoder on Whisper's 30 s input. batch: on the batch's
-    # longest clip + context_pad_s, rounded up to whole seconds (asr_lora/context.py); evaluation
+    # longest clip + context_pad_s, rounded up to whole seconds (asr_lora/model/context.py); evaluation
     # and exported models always use 30 s.
     encoder_context: str = "full"  # full | batch
     context_pad_s: float = 1.0
-    seed: int = 42
     resume: bool = False
     dataloader_num_workers: int = 0
     # Cache the frozen encoder's outputs when no adapter touches the encoder (hand-written: no
@@ -177,6 +176,11 @@ class EvalConfig:
     # for the recorded clips); a name or a list of names; null: all.
     part: Optional[Any] = None
     engines: list[str] = field(default_factory=list)  # score only these TTS engines' rows ([]: all)
+    # Domain terms for term recall and the prompt baseline: a file, one term per line; null: derived
+    # from the training text (words the tokenizer splits that general English never uses).
+    terms: Optional[str] = None
+    prompt_baseline: bool = True  # also decode zero-shot with the terms as Whisper's prompt
+    adapted_prompt: bool = False  # also decode the adapted model with that prompt
 
 
 @dataclass

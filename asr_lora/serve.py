@@ -1,4 +1,5 @@
 """`python -m asr_lora.serve --adapter sg=DIR [--adapter NAME=DIR ...] [--model bundled:tiny.en]
+[--beam-size N]
 [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--batch-window-ms MS] [--max-upload-mb MB]`.
 
 An OpenAI-compatible transcription server: one base in memory, any loaded adapter per request
@@ -19,6 +20,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None,
                    help="base: hub id, local dir, bundled:tiny.en, ct2:DIR (default: the adapters' recorded base, "
                         "else bundled:tiny.en)")
+    p.add_argument("--beam-size", type=int, default=None,
+                   help="beams for every request (default: the beam the adapters were scored with, from their "
+                        "export summary or run; else 1)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("ASR_LORA_API_KEY"),
@@ -39,7 +43,7 @@ def main(argv=None) -> int:
     from asr_lora.core.logs import setup_logging
     from asr_lora.serving.app import Settings, create_app
     from asr_lora.serving.batcher import Batcher
-    from asr_lora.serving.engine import Engine
+    from asr_lora.inference.engine import Engine
 
     setup_logging(None, quiet=True)
     adapters = {}
@@ -48,10 +52,12 @@ def main(argv=None) -> int:
         if not sep or not name or not path:
             raise SystemExit(f"--adapter {spec!r}: expected NAME=DIR")
         adapters[name] = path
-    engine = Engine(args.model, adapters, device=args.device, max_new_tokens=args.max_new_tokens)
+    engine = Engine(args.model, adapters, device=args.device, max_new_tokens=args.max_new_tokens,
+                    beam_size=args.beam_size)
     batcher = Batcher(engine, max_batch=args.max_batch, window_ms=args.batch_window_ms)
     app = create_app(batcher, Settings(api_key=args.api_key, max_upload_mb=args.max_upload_mb))
-    print(f"serving {engine.models} on http://{args.host}:{args.port} (base {engine.base_name})", file=sys.stderr)
+    print(f"serving {engine.models} on http://{args.host}:{args.port} (base {engine.base_name}, "
+          f"beam {engine.beam_size})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     batcher.close()
     return 0

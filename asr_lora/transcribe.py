@@ -1,4 +1,8 @@
-"""`python -m asr_lora.transcribe AUDIO... [--model M] [--adapter [NAME=]DIR ...] [--use NAME]`.
+"""`python -m asr_lora.transcribe AUDIO... [--model M] [--adapter [NAME=]DIR ...] [--use NAME] [--beam-size N]
+[--prompt TEXT]`.
+
+Decodes through the server's engine (`inference/engine.py`), so a clip gets the transcript the server
+gives it. The beam size defaults to the one the adapter's figures were scored with.
 
 Bad files get a one-line error naming the file and exit code 2; the other files are still
 transcribed.
@@ -17,11 +21,14 @@ from asr_lora.data.audio import AudioError, check_audio, load_audio
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m asr_lora.transcribe", description=__doc__.splitlines()[0])
     p.add_argument("audio", nargs="+", help="audio files (any format soundfile or librosa reads)")
-    p.add_argument("--model", default="bundled:tiny.en", help="hub id, local dir, bundled:tiny.en, ct2:DIR")
+    p.add_argument("--model", default="auto", help="hub id, local dir, bundled:tiny.en, ct2:DIR (default: the "
+                   "adapters' recorded base, else bundled:tiny.en)")
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
                    help="peft LoRA adapter directory; repeat to load several on one base")
     p.add_argument("--use", default=None, help="which adapter to use (default: the first; 'base' for none)")
-    p.add_argument("--beam-size", type=int, default=1)
+    p.add_argument("--beam-size", type=int, default=None,
+                   help="beams (default: the beam the adapter was scored with, from its export summary or run; else 1)")
+    p.add_argument("--prompt", default=None, help="previous-text prompt, e.g. the domain words")
     p.add_argument("--output", choices=["txt", "json"], default="txt")
     p.add_argument("--device", default=None)
     return p.parse_args(argv)
@@ -34,9 +41,10 @@ def main(argv=None) -> int:
     for i, spec in enumerate(args.adapter):
         name, _, path = spec.rpartition("=")
         adapters[name or f"adapter{i}"] = path
-    use = args.use or (next(iter(adapters)) if adapters else None)
-    if use == "base":
-        use = None
+    use = args.use or (next(iter(adapters)) if adapters else "base")
+    if use != "base" and use not in adapters:
+        print(f"error: --use {use!r}: no such adapter; loaded: {['base', *adapters]}", file=sys.stderr)
+        return 2
 
     audios, names, failed = [], [], 0
     for path in args.audio:
@@ -53,13 +61,17 @@ def main(argv=None) -> int:
         names.append(path)
 
     if audios:
-        from asr_lora.inference.decode import Transcriber
+        from asr_lora.inference.decode import DecodeOptions
+        from asr_lora.inference.engine import Engine
 
-        t = Transcriber(args.model, adapters=adapters, device=args.device, beam_size=args.beam_size)
-        texts = t.transcribe_arrays(audios, use=use)
+        model = None if args.model == "auto" else args.model
+        engine = Engine(model, adapters, device=args.device, mode="switch", beam_size=args.beam_size)
+        results = engine.transcribe(audios, use, DecodeOptions(prompt=args.prompt))
+        texts = [r["text"] for r in results]
         for name, text in zip(names, texts):
             if args.output == "json":
-                print(json.dumps({"audio": name, "text": text, "adapter": use}, ensure_ascii=False))
+                print(json.dumps({"audio": name, "text": text, "adapter": None if use == "base" else use,
+                                  "beam_size": engine.beam_size}, ensure_ascii=False))
             else:
                 print(f"{name}\t{text}" if len(args.audio) > 1 else text)
     return 2 if failed else 0

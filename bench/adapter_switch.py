@@ -1,4 +1,4 @@
-"""Switching between two LoRA adapters on one resident base (asr_lora.inference.Transcriber,
+"""Switching between two LoRA adapters on one resident base (asr_lora.inference.engine.Engine,
 peft set_adapter) vs reloading a merged model from disk (WhisperForConditionalGeneration.from_pretrained).
 
     .venv/bin/python bench/adapter_switch.py                       # bundled tiny.en, two random adapters
@@ -7,7 +7,7 @@ peft set_adapter) vs reloading a merged model from disk (WhisperForConditionalGe
 
 Per switch (alternating a, b, a, ...), median and p90 over `--repeats` switches:
 
-- `set_adapter`           Transcriber with both adapters loaded; the switch is what Transcriber does
+- `set_adapter`           Engine with both adapters loaded; the switch is what Engine does
                           on a call with another `use=` (peft `set_adapter`)
 - `load_adapter`          a resident base that hot-loads the next adapter from disk (peft
                           `load_adapter` + `set_adapter` + `delete_adapter` of the old one)
@@ -15,7 +15,7 @@ Per switch (alternating a, b, a, ...), median and p90 over `--repeats` switches:
                           page cache is warm after the first load, so this is the best case)
 
 The `+ 1 clip` columns add one greedy transcription after the switch (what a user waits for).
-Before timing, the script checks that Transcriber(use=a) and the merged model a decode the same
+Before timing, the script checks that Engine (adapter a) and the merged model a decode the same
 greedy text on the clip, so the switch really selects the adapter.
 """
 
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    from asr_lora.inference.decode import Transcriber, transcribe_arrays
+    from asr_lora.inference.decode import transcribe_arrays
+    from asr_lora.inference.engine import Engine
 
     with tempfile.TemporaryDirectory(prefix="bench_switch_") as tmp:
         tmp = Path(tmp)
@@ -75,11 +76,11 @@ def main(argv=None) -> int:
         order = ["a", "b"]
         audio = [clip["audio"]]
 
-        # ---- Transcriber + set_adapter
+        # ---- Engine + set_adapter
         t0 = time.perf_counter()
-        tr = Transcriber(base, adapters=dict(ad))
+        tr = Engine(base, adapters=dict(ad), mode="switch", beam_size=1)
         transcriber_load_s = time.perf_counter() - t0
-        check = {k: tr.transcribe_arrays(audio, use=k)[0] for k in order}
+        check = {k: tr.transcribe(audio, k)[0]["text"] for k in order}
         merged_check = {}
         for k in order:
             m = WhisperForConditionalGeneration.from_pretrained(str(merged[k]), use_safetensors=True).eval()
@@ -97,12 +98,12 @@ def main(argv=None) -> int:
             return out
 
         res = {}
-        # Transcriber._select is exactly what Transcriber.transcribe(use=name) does before decoding.
+        # Engine._select is exactly what Engine.transcribe(audio, name) does before decoding.
         res["set_adapter"] = timed(lambda k: tr._select(k), a.repeats)
-        res["set_adapter + 1 clip"] = timed(lambda k: tr.transcribe_arrays(audio, use=k), a.clip_repeats)
+        res["set_adapter + 1 clip"] = timed(lambda k: tr.transcribe(audio, k), a.clip_repeats)
 
         # ---- resident base, adapter hot-loaded from disk on every switch
-        hot = Transcriber(base, adapters={"a": ad["a"]})
+        hot = Engine(base, adapters={"a": ad["a"]}, mode="switch", beam_size=1)
         state = {"current": "a", "n": 0}
 
         def hot_switch(k, transcribe=False):
@@ -112,9 +113,9 @@ def main(argv=None) -> int:
             hot.model.set_adapter(name)
             hot.model.delete_adapter(state["current"])
             state["current"] = name
-            hot.adapters = [name]
+            hot.adapter_dirs = {name: ad[k]}
             if transcribe:
-                hot.transcribe_arrays(audio, use=name)
+                hot.transcribe(audio, name)
 
         res["load_adapter"] = timed(hot_switch, a.repeats)
         res["load_adapter + 1 clip"] = timed(lambda k: hot_switch(k, True), a.clip_repeats)

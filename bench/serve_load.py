@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     common.quiet()
     import soundfile as sf
 
-    from asr_lora.serving.engine import Engine
+    from asr_lora.inference.engine import Engine
 
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         tmp = Path(tmp)

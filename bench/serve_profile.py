@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     common.quiet()
     from serve_load import _spoken_clips
 
-    from asr_lora.serving.engine import Engine, Job
+    from asr_lora.inference.engine import Engine, Job
 
     with tempfile.TemporaryDirectory(prefix="bench_serve_profile_") as tmp:
         tmp = Path(tmp)

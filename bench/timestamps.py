@@ -6,7 +6,7 @@
 Long recordings are built by joining test-split clips of the embedded corpus (unseen-engine and
 training-engine voices alike) with known pauses, so every clip's true start is known. Each
 recording (> 30 s, so transformers' long-form algorithm runs and emits segments) is decoded by
-the serving engine (`asr_lora.serving.engine.Engine`, the path `/v1/audio/transcriptions` uses)
+the serving engine (`asr_lora.inference.engine.Engine`, the path `/v1/audio/transcriptions` uses)
 as `base` and as the adapter. For every true clip start, the error is the distance to the nearest
 predicted segment start. Reported per system: mean / median / p90 of that error, the share of
 clip starts with a segment start within 0.5 s, segments per clip, and the long-form WER.
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="random tiny Whisper and adapter, tone clips (smoke)")
     args = ap.parse_args()
     common.quiet()
-    from asr_lora.serving.engine import Engine, Job, Options
+    from asr_lora.inference.engine import Engine, Job, Options
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_ts_"))
     if args.tiny:

@@ -10,7 +10,7 @@ Variants (same clips, same model, same batch size, same number of optimizer step
                      attention, SpeechCollator, frozen-encoder cache (encoder run once per clip)
 - `lora_all_scopes`  `+recipe=sg_english` with the stock 30 s encoder input: q/v in encoder +
                      decoder, log-mel per batch in SpeechCollator, encoder forward+backward every step
-- `lora_short_context` the same with `train.encoder_context=batch` (asr_lora/context.py): each
+- `lora_short_context` the same with `train.encoder_context=batch` (asr_lora/model/context.py): each
                      training step runs the encoder on the batch's longest clip + 1 s, not 30 s
 - `lora_short_context_augment` the same with `augment=default` (conf/augment/default.yaml: the
                      audiomentations/pyroomacoustics waveform effects + SpecAugment, per clip per step

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from asr_lora.data.audio import SAMPLE_RATE
 from asr_lora.export import formats, merge, run
 from asr_lora.export.merge import ExportError, QuantizedBaseError
-from asr_lora.inference.decode import UnsafeAdapterError, generate_features, transcribe_arrays
+from asr_lora.inference.decode import generate_features, transcribe_arrays
+from asr_lora.model.adapters import UnsafeAdapterError
 
 SOT_NOTIMESTAMPS = [50257, 50362]  # tiny.en decoder prompt
 VERIFY_TOKENS = 16  # greedy steps per probe: CPU decoding of even a tiny Whisper is ~0.1 s a step

@@ -98,3 +98,25 @@ def test_every_subpackage_says_what_it_owns():
         if f.name == "__init__.py" and name:
             doc = ast.get_docstring(ast.parse(f.read_text()))
             assert doc and len(doc) > 80, f"{f} needs a docstring saying what the subpackage owns"
+
+
+DECODER = "inference.decode"  # the one module that builds `generate` calls
+
+
+def _generate_callers(paths: dict[str, Path]) -> set[str]:
+    callers = set()
+    for name, f in paths.items():
+        for n in ast.walk(ast.parse(f.read_text())):
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "generate":
+                callers.add(name)
+    return callers
+
+
+def test_only_the_decode_module_calls_generate():
+    assert _generate_callers(_modules()) == {DECODER}
+
+
+def test_generate_check_sees_a_second_caller(tmp_path):
+    rogue = tmp_path / "rogue.py"
+    rogue.write_text("def f(model, x):\n    return model.generate(input_features=x)\n")
+    assert _generate_callers({**_modules(), "rogue": rogue}) == {DECODER, "rogue"}

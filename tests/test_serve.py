@@ -5,6 +5,8 @@ and the browser page shows a transcript in headless Chromium."""
 
 from __future__ import annotations
 
+import logging
+
 import base64
 import json
 import shutil
@@ -22,10 +24,10 @@ import pytest
 import soundfile as sf
 
 from asr_lora.export.formats import export_adapter, write_model_card
-from asr_lora.inference.decode import adapter_base, portable_base
+from asr_lora.model.adapters import adapter_base, portable_base
 from asr_lora.serving.app import ServerThread, Settings, create_app
 from asr_lora.serving.batcher import Batcher
-from asr_lora.serving.engine import Engine, Job, Options
+from asr_lora.inference.engine import Engine, Job, Options
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -188,6 +190,30 @@ def test_bad_input_gets_openai_errors_and_the_server_keeps_serving(setup):
         _client(setup).audio.transcriptions.create(file=("a.wav", good), model="nope")
 
 
+def test_client_dropping_mid_upload_is_one_log_line(setup, caplog):
+    import socket
+    import time
+
+    srv = setup["server"]
+    part = (b'--XB\r\nContent-Disposition: form-data; name="model"\r\n\r\nsg\r\n'
+            b'--XB\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            b'Content-Type: audio/wav\r\n\r\n' + _wav_bytes()[:1000])
+    head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: multipart/form-data; boundary=XB\r\nContent-Length: 500000\r\n\r\n").encode()
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection((srv.host, srv.port)) as s:
+            s.sendall(head + part)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("disconnected" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(noisy) == 1, [r.getMessage()[:200] for r in noisy]
+    msg = noisy[0].getMessage()
+    assert "model sg" in msg and f"{len(head + part) - len(head)} of 500000 bytes" in msg and "\n" not in msg
+    assert noisy[0].levelno == logging.WARNING and noisy[0].exc_info is None
+    assert httpx.get(f"{srv.url}/health").json()["status"] == "ok"
+
+
 def test_long_audio_is_decoded_long_form_with_segments(setup):
     audio = np.concatenate([_clip(18.0, 400, 1), _clip(17.0, 900, 2)])
     path = setup["tmp"] / "long.wav"
@@ -223,12 +249,13 @@ def test_models_list_cards_and_exported_adapters_are_portable(setup, tmp_path):
                            "lora": {"r": 8}, "this": "adapter"})
     readme = (out / "README.md").read_text()
     assert "openai/whisper-tiny.en" in readme
-    (out.parent / "export_summary.json").write_text(json.dumps({"wer": {"merged_hf": 0.179, "ct2-int8": 0.18}}))
+    (out.parent / "export_summary.json").write_text(json.dumps({"wer": {"merged_hf": 0.179, "ct2-int8": 0.18},
+                                                                "beam_size": 5}))
     from asr_lora.serving.cards import adapter_card
 
     c = adapter_card(out)
     assert c["base"] == "bundled:tiny.en" and c["base_hub_id"] == "openai/whisper-tiny.en"
-    assert c["export_wer"] == {"merged_hf": 0.179, "ct2-int8": 0.18} and c["card_wer"] == {"merged_hf": "17.90%"}
+    assert c["export_wer"] == {"merged_hf": 0.179, "ct2-int8": 0.18} and c["beam_size"] == 5
 
 
 def test_serve_cli_defaults_are_safe():

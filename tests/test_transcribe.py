@@ -1,4 +1,4 @@
-"""Transcribe CLI and the multi-adapter Transcriber."""
+"""Transcribe CLI and the multi-adapter Engine it decodes with."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 from conftest import REPO, write_tone
 from test_export import make_random_adapter
 
-from asr_lora.inference.decode import Transcriber, UnsafeAdapterError, check_adapter_dir
+from asr_lora.inference.engine import Engine
+from asr_lora.model.adapters import UnsafeAdapterError, check_adapter_dir
 from asr_lora.transcribe import main
 
 
@@ -23,10 +24,10 @@ def _adapter(tiny_whisper_dir, out, seed):
 def test_adapters_switch_per_call_without_reloading_base(tmp_path, tiny_whisper_dir):
     a = _adapter(tiny_whisper_dir, tmp_path / "a", 1)
     b = _adapter(tiny_whisper_dir, tmp_path / "b", 2)
-    t = Transcriber(str(tiny_whisper_dir), adapters={"a": str(a), "b": str(b)})
+    t = Engine(str(tiny_whisper_dir), adapters={"a": str(a), "b": str(b)}, mode="switch")
     base_weights = t.model.get_base_model().model.encoder.conv1.weight
     x = [np.sin(np.arange(16000) / 16000 * 2 * np.pi * 300).astype("float32") * 0.3]
-    outs = {use: t.transcribe_arrays(x, use=use)[0] for use in ("a", "b", None)}
+    outs = {use: t.transcribe(x, use)[0]["text"] for use in ("a", "b", "base")}
     assert t.model.get_base_model().model.encoder.conv1.weight is base_weights  # same base object
     # a random tiny model may emit the same garbage text; compare the logits the adapters produce
     feats = t.processor.feature_extractor(x, sampling_rate=16000, return_tensors="pt").input_features
@@ -37,11 +38,11 @@ def test_adapters_switch_per_call_without_reloading_base(tmp_path, tiny_whisper_
         with torch.no_grad():
             logits[use] = t.model(input_features=feats, decoder_input_ids=dec).logits
     with torch.no_grad(), t.model.disable_adapter():
-        logits[None] = t.model(input_features=feats, decoder_input_ids=dec).logits
-    assert not torch.allclose(logits["a"], logits["b"]) and not torch.allclose(logits["a"], logits[None])
-    assert set(outs) == {"a", "b", None}
+        logits["base"] = t.model(input_features=feats, decoder_input_ids=dec).logits
+    assert not torch.allclose(logits["a"], logits["b"]) and not torch.allclose(logits["a"], logits["base"])
+    assert set(outs) == {"a", "b", "base"}
     with pytest.raises(KeyError, match="no adapter named 'c'"):
-        t.transcribe_arrays(x, use="c")
+        t.transcribe(x, "c")
 
 
 def test_pickle_adapter_is_refused(tmp_path, tiny_whisper_dir):

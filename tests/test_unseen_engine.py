@@ -16,7 +16,8 @@ from datasets import Dataset
 from asr_lora.data.corpus import CONTROL, SENTENCES, load_sentences, plan_corpus
 from asr_lora.data.synth import available_engines, synthesize
 from asr_lora.data.voices import VOICES, check_parts, load_voices, part_of
-from asr_lora.evaluation.scoring import evaluate_systems, headline
+from asr_lora.evaluation.scoring import evaluate_systems
+from asr_lora.evaluation.summary import headline
 from asr_lora.training.job import eval_summary, print_summary
 
 UNSEEN = {"pico", "mbrola"}

@@ -71,7 +71,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "specaugment": {
         "enabled": False,
         "n_freq_masks": 2,
-        "freq_width": 27,
+        "freq_width": 10,
         "n_time_masks": 2,
         "time_width": 40,
     },
@@ -135,7 +135,7 @@ def spec_augment(
     logmel: np.ndarray | torch.Tensor,
     rng: np.random.Generator,
     n_freq_masks: int = 2,
-    freq_width: int = 27,
+    freq_width: int = 10,
     n_time_masks: int = 2,
     time_width: int = 40,
 ) -> np.ndarray | torch.Tensor:

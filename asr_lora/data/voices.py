@@ -33,6 +33,12 @@ PARTS = ("seen_engine", "unseen_engine")
 # Part of real recorded speech (pocketsphinx-testdata control clips): no TTS engine at all.
 REAL_PART = "real"
 
+LEAD_PART = "unseen_engine"  # the part the headline comes from, when the test set has it
+PART_ORDER = (LEAD_PART, "seen_engine", REAL_PART)  # report order
+GATE_PARTS = (LEAD_PART, REAL_PART)  # control speech the forgetting gate is decided on
+PART_LABELS = {"unseen_engine": "unseen TTS engine", "seen_engine": "training TTS engines (new voices)",
+               REAL_PART: "real recorded speech"}
+
 
 def part_of(voice: Voice) -> str | None:
     """The part of a dev/test voice ("seen_engine" unless voices.json says otherwise); None in train."""

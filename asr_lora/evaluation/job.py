@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from asr_lora.core.logs import setup_logging
 from asr_lora.core.runtime import run_dir_of, seed_everything
 from asr_lora.data.loading import load_data
-from asr_lora.evaluation.scoring import eval_info
+from asr_lora.evaluation.summary import eval_info
 from asr_lora.model.encoder_cache import encoder_batch_size
 
 log = logging.getLogger("asr_lora.evaluate")
@@ -27,21 +27,23 @@ def evaluate(cfg: DictConfig) -> dict:
     setup_logging(run_dir, quiet=cfg.quiet)
     seed_everything(cfg.seed)
     from asr_lora.data.splits import eval_rows, subsample
-    from asr_lora.evaluation.scoring import evaluate_systems, headline
+    from asr_lora.evaluation.scoring import evaluate_systems
+    from asr_lora.evaluation.summary import headline
     from asr_lora.model.encoder_cache import EncoderCache
     from asr_lora.model.whisper import load_whisper
 
     model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
-    systems: tuple[str, ...] = ("base",)
     if cfg.adapter:
-        from peft import PeftModel
+        from asr_lora.model.adapters import load_adapter
 
-        from asr_lora.inference.decode import check_adapter_dir
-
-        model = PeftModel.from_pretrained(model, str(check_adapter_dir(cfg.adapter)), is_trainable=False)
-        systems = ("base", "adapted")
+        model = load_adapter(model, cfg.adapter)
     model.eval()
     splits, report = load_data(cfg, processor.tokenizer, run_dir)
+    from asr_lora.evaluation.scoring import eval_systems
+    from asr_lora.evaluation.terms import terms_for_split
+
+    terms = terms_for_split(splits.get(cfg.data.train_split), processor.tokenizer, cfg.eval.terms)
+    systems = eval_systems(cfg.eval, terms is not None, adapted=bool(cfg.adapter))
     split = cfg.data.split or cfg.eval.split
     if split not in splits:
         raise ValueError(f"split {split!r} is empty or missing; have {sorted(splits)} (see data_report.json)")
@@ -54,8 +56,8 @@ def evaluate(cfg: DictConfig) -> dict:
         cache = EncoderCache(model, processor, encoder_batch_size(cfg, model))
         cache.fill(ds["id"], [np.asarray(a, dtype=np.float32) for a in ds["audio"]], True, f"encoding {split}")
     info = eval_info(cfg, report, cfg.adapter, split)
-    ev = evaluate_systems(model, processor, ds, cfg.eval, run_dir / "eval", info, systems, cache)
-    for s in systems:
+    ev = evaluate_systems(model, processor, ds, cfg.eval, run_dir / "eval", info, systems, cache, terms=terms)
+    for s in (s for s in systems if s in ("base", "adapted")):
         h = headline(ev, s)
         log.info("%s WER %.2f%% [%.2f, %.2f] (norm), %.2f%% particles removed%s", s, 100 * h["wer"],
                  100 * h["ci_low"], 100 * h["ci_high"], 100 * h["wer_no_particles"],

@@ -1,6 +1,6 @@
 """WER/CER, speaker-level bootstrap intervals and error analysis, on top of jiwer 4.
 
-All functions take strings that are already normalised (see `asr_lora.text.normalize`); tokens are
+All functions take strings that are already normalised (see `asr_lora.data.text.normalize`); tokens are
 whitespace-separated words (or characters, for CER, spaces included, as `jiwer.cer` counts them).
 
 Rules worth knowing:

@@ -6,7 +6,7 @@ None or nan and print as "n/a"; every section except ``systems.base`` is optiona
     {
       "synthetic": bool,                    # True: a visible "Synthetic corpus" banner
       "corpus": {"name": str, "description": str},
-      "normalizer_version": "sg-1",         # asr_lora.text.NORMALIZER_VERSION
+      "normalizer_version": "sg-1",         # asr_lora.data.text.NORMALIZER_VERSION
       "model": {"base": str, "adapter": str | None, ...},   # any further str fields are listed
       "headline": "norm",                   # which variant the summary leads with (default "norm")
       "systems": {"base": SYSTEM, "adapted": SYSTEM},
@@ -36,7 +36,7 @@ None or nan and print as "n/a"; every section except ``systems.base`` is optiona
     }
     VARIANT = "raw" (unnormalised) | "norm" (sg normaliser, particles kept) | "norm_no_particles"
 
-The ``wer``/``cer`` entries are what `asr_lora.metrics.corpus_wer` / `corpus_cer` return plus an
+The ``wer``/``cer`` entries are what `asr_lora.evaluation.metrics.corpus_wer` / `corpus_cer` return plus an
 interval; breakdowns are `group_breakdown` output; errors, particles and worst come from
 `error_analysis`, `particle_stats` and `worst_utterances`.
 
@@ -56,12 +56,12 @@ from typing import Any
 from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas by default
 
 from asr_lora.core.io import write_bytes
+from asr_lora.data.voices import PART_LABELS
+from asr_lora.evaluation.summary import terms_blocks
 
 SYSTEMS = ("base", "adapted")
 
 
-PART_LABELS = {"unseen_engine": "unseen TTS engine", "seen_engine": "training TTS engines (new voices)",
-               "real": "real recorded speech"}
 
 
 VARIANTS = {"raw": "raw text", "norm": "normalised", "norm_no_particles": "normalised, particles removed"}
@@ -175,6 +175,7 @@ def _blocks(ev: dict, images: dict[str, bytes]) -> list[tuple]:
                                                   ("synthetic", bool(ev.get("synthetic")))]
     b.append(("table", ["field", "value"], ident))
 
+    b += terms_blocks(ev)
     b += _part_blocks(ev, systems)
 
     b.append(("h", 2, "Summary" + (" (all test speech pooled)" if ev.get("lead_part") else "")))

@@ -31,17 +31,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers.modeling_outputs import BaseModelOutput
 
 from asr_lora.core.io import write_text
 from asr_lora.core.logs import progress as progress_bar
 from asr_lora.data.features import log_mel
 from asr_lora.data.text import NORMALIZER_VERSION, normalize
-from asr_lora.data.voices import REAL_PART, voice_parts
+from asr_lora.data.voices import GATE_PARTS, LEAD_PART, PART_ORDER, REAL_PART, voice_parts
 from asr_lora.evaluation.metrics import bootstrap_ci, corpus_cer, corpus_wer, error_analysis, group_breakdown
 from asr_lora.evaluation.metrics import paired_bootstrap, particle_stats, per_utterance_errors, worst_utterances
 from asr_lora.evaluation.report import write_report
-from asr_lora.inference.decode import decode_ids, generate_features, generate_kwargs
+from asr_lora.evaluation.terms import Terms, term_recall
+from asr_lora.inference.decode import DecodeOptions, decode_ids, generate_ids
 from asr_lora.model.encoder_cache import EncoderCache
 from asr_lora.model.lora import merged_in_place, merged_weights_digest
 
@@ -59,13 +59,6 @@ VARIANTS = {
 META = ("id", "speaker", "accent", "subset", "voice", "engine", "part", "text")
 
 
-LEAD_PART = "unseen_engine"  # the part the headline comes from, when the test set has it
-
-
-PART_ORDER = (LEAD_PART, "seen_engine", REAL_PART)
-
-
-GATE_PARTS = (LEAD_PART, REAL_PART)  # control speech the forgetting gate is decided on
 
 
 def row_parts(meta: list[dict]) -> list[str | None]:
@@ -80,22 +73,19 @@ def row_parts(meta: list[dict]) -> list[str | None]:
 
 @torch.no_grad()
 def transcribe_split(model, processor, ds, beam_size: int = 1, batch_size: int = 16, max_new_tokens: int = 128,
-                     encoder_cache: EncoderCache | None = None, progress: bool = True, description: str = "decoding"):
+                     encoder_cache: EncoderCache | None = None, progress: bool = True, description: str = "decoding",
+                     prompt: str | None = None):
     """Hypotheses for every row of `ds`, batched; reuses cached encoder outputs when given."""
-
-    model.eval()
-    param = next(model.parameters())
+    opts = DecodeOptions(beam_size=beam_size, max_new_tokens=max_new_tokens, prompt=prompt)
     hyps: list[str] = []
     with progress_bar(f"{description} ({len(ds)} clips)", len(ds), progress) as advance:
         for start in range(0, len(ds), batch_size):
             batch = ds[start : start + batch_size]
             if encoder_cache is not None:
-                hidden = encoder_cache.get(batch["id"]).to(param.device, param.dtype)
-                ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-                                     **generate_kwargs(model, beam_size, max_new_tokens))
+                ids = generate_ids(model, processor, options=opts, encoder_hidden=encoder_cache.get(batch["id"]))
             else:
                 feats = log_mel(processor, [np.asarray(a, dtype=np.float32) for a in batch["audio"]])
-                ids = generate_features(model, processor, feats, beam_size, max_new_tokens)
+                ids = generate_ids(model, processor, feats, opts)
             hyps.extend(decode_ids(processor, ids))
             advance(len(batch["id"]))
     return hyps
@@ -118,8 +108,10 @@ def _with_ci(stats: dict, rows: list[dict], n_boot: int) -> dict:
     return {**stats, "ci_low": lo, "ci_high": hi}
 
 
-def score_system(rows_by_variant: dict[str, list[dict]], n_boot: int = 1000, worst_n: int = 15) -> dict:
-    """SYSTEM block of the eval dict (see report.py) for the accented subset, plus control WER."""
+def score_system(rows_by_variant: dict[str, list[dict]], n_boot: int = 1000, worst_n: int = 15,
+                 terms: Terms | None = None) -> dict:
+    """SYSTEM block of the eval dict (see report.py) for the accented subset, plus control WER and,
+    with `terms`, domain-term recall."""
     system: dict[str, Any] = {"wer": {}, "cer": {}}
     for name, rows in rows_by_variant.items():
         main = [r for r in rows if r["subset"] != "control"]
@@ -141,9 +133,11 @@ def score_system(rows_by_variant: dict[str, list[dict]], n_boot: int = 1000, wor
     if control:
         system["control"] = _with_ci(corpus_wer([r["ref"] for r in control], [r["hyp"] for r in control]),
                                      control, n_boot)
+    if terms is not None:
+        system["terms"] = term_recall([r["ref"] for r in main], [r["hyp"] for r in main], terms)
     present = {r.get("part") for r in norm}
     if LEAD_PART in present:
-        system["parts"] = {p: _score_part(rows_by_variant, p, n_boot) for p in PART_ORDER if p in present}
+        system["parts"] = {p: _score_part(rows_by_variant, p, n_boot, terms) for p in PART_ORDER if p in present}
         gate = [r for r in control if r.get("part") in GATE_PARTS]
         if gate:
             system["gate_control"] = {**_with_ci(corpus_wer([r["ref"] for r in gate], [r["hyp"] for r in gate]),
@@ -151,7 +145,7 @@ def score_system(rows_by_variant: dict[str, list[dict]], n_boot: int = 1000, wor
     return system
 
 
-def _score_part(rows_by_variant: dict[str, list[dict]], part: str, n_boot: int) -> dict:
+def _score_part(rows_by_variant: dict[str, list[dict]], part: str, n_boot: int, terms: Terms | None = None) -> dict:
     """One part's figures: accented WER (norm, with CI; raw and no-particle WER) and control WER."""
     sel = {name: [r for r in rows if r.get("part") == part] for name, rows in rows_by_variant.items()}
     main = [r for r in sel["norm"] if r["subset"] != "control"]
@@ -167,6 +161,8 @@ def _score_part(rows_by_variant: dict[str, list[dict]], part: str, n_boot: int) 
     if control:
         out["control"] = _with_ci(corpus_wer([r["ref"] for r in control], [r["hyp"] for r in control]),
                                   control, n_boot)
+    if terms is not None and main:
+        out["terms"] = term_recall([r["ref"] for r in main], [r["hyp"] for r in main], terms)
     return out
 
 
@@ -245,13 +241,51 @@ def write_per_utterance(path: Path, rows_by_system: dict[str, dict[str, list[dic
     write_text(path, buf.getvalue())
 
 
+SYSTEMS = {  # name -> (adapter on, decoded with the domain-term prompt)
+    "base": (False, False), "prompt": (False, True), "adapted": (True, False), "adapted_prompt": (True, True)}
+
+
+def eval_systems(ecfg, have_terms: bool, adapted: bool) -> tuple[str, ...]:
+    """The systems an evaluation decodes: zero-shot, the term-prompt baseline when there are terms,
+    and the adapted model (with the prompt too when `eval.adapted_prompt`)."""
+    out = ["base"]
+    if have_terms and ecfg.prompt_baseline:
+        out.append("prompt")
+    if adapted:
+        out.append("adapted")
+        if have_terms and ecfg.adapted_prompt:
+            out.append("adapted_prompt")
+    return tuple(out)
+
+
+def decode_system(model, processor, ds, ecfg, system: str, terms: Terms | None = None,
+                  encoder_cache: EncoderCache | None = None, progress: bool = True) -> tuple[list[str], str | None]:
+    """(hypotheses, merged-weights digest or None) of one system: "base" and "prompt" with the
+    adapters disabled, "adapted" and "adapted_prompt" with them merged in (`merged_in_place`);
+    the "*prompt" systems take the domain terms as Whisper's prompt."""
+    adapter_on, prompted = SYSTEMS[system]
+    if prompted and (terms is None or not terms.prompt):
+        raise ValueError(f"system {system!r} needs domain terms for its prompt (eval.terms or training text)")
+    if not adapter_on:
+        ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    else:
+        ctx = merged_in_place(model)
+    digest = None
+    with ctx as merged:
+        hyps = transcribe_split(model, processor, ds, ecfg.beam_size, ecfg.batch_size, ecfg.max_new_tokens,
+                                encoder_cache, progress, f"decoding ({system.replace('_', ' + ')})",
+                                prompt=terms.prompt if prompted else None)
+        if adapter_on and merged:
+            digest = merged_weights_digest(model)
+    return hyps, digest
+
+
 def evaluate_systems(model, processor, ds, ecfg, out_dir: Path, info: dict, systems=("base", "adapted"),
                      encoder_cache: EncoderCache | None = None, progress: bool = True,
-                     precomputed: dict[str, list[str]] | None = None) -> dict:
-    """Transcribe `ds` with each system and write eval.json, per_utterance.csv, report.md/html.
-
-    `systems`: "base" runs with adapters disabled (on a peft model) and "adapted" with them on.
-    `precomputed` maps a system to hypotheses already made (e.g. the zero-shot pass before training).
+                     precomputed: dict[str, list[str]] | None = None, terms: Terms | None = None) -> dict:
+    """Transcribe `ds` with each system (`SYSTEMS`) and write eval.json, per_utterance.csv,
+    report.md/html. `precomputed` maps a system to hypotheses already made (e.g. the zero-shot pass
+    before training). With `terms`, every system gets domain-term recall beside WER.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = {k: ds[k] for k in META if k in ds.column_names}
@@ -263,19 +297,15 @@ def evaluate_systems(model, processor, ds, ecfg, out_dir: Path, info: dict, syst
         if precomputed and system in precomputed:
             hyps = precomputed[system]
         else:
-            if system == "base":
-                ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-            else:
-                ctx = merged_in_place(model)
-            with ctx as merged:
-                hyps = transcribe_split(model, processor, ds, ecfg.beam_size, ecfg.batch_size, ecfg.max_new_tokens,
-                                        encoder_cache, progress, f"decoding ({system})")
-                if system == "adapted" and merged:
-                    adapted_weights = {"merged": True, "sha256": merged_weights_digest(model)}
+            hyps, digest = decode_system(model, processor, ds, ecfg, system, terms, encoder_cache, progress)
+            if system == "adapted" and digest:
+                adapted_weights = {"merged": True, "sha256": digest}
         hyps_by_system[system] = hyps
         rows_by_system[system] = utterance_rows(meta, hyps)
-        scored[system] = score_system(rows_by_system[system], ecfg.n_bootstrap, ecfg.worst_n)
-        log.info("%s: WER %.2f%% (norm, accented)", system, 100 * scored[system]["wer"]["norm"]["wer"])
+        scored[system] = score_system(rows_by_system[system], ecfg.n_bootstrap, ecfg.worst_n, terms)
+        recall = (scored[system].get("terms") or {}).get("recall")
+        log.info("%s: WER %.2f%% (norm, accented)%s", system, 100 * scored[system]["wer"]["norm"]["wer"],
+                 f", term recall {100 * recall:.1f}%" if recall is not None else "")
 
     ev: dict[str, Any] = {
         "synthetic": bool(info.get("synthetic")),
@@ -290,6 +320,7 @@ def evaluate_systems(model, processor, ds, ecfg, out_dir: Path, info: dict, syst
         "adapted_weights": adapted_weights,
         "systems": scored,
         "data": info.get("data", {}),
+        "terms": terms.summary() if terms is not None else None,
     }
     # The unseen-engine part leads when it has accented speech (its control alone still gates).
     lead = LEAD_PART if scored.get("base", {}).get("parts", {}).get(LEAD_PART, {}).get("n_main") else None
@@ -316,52 +347,5 @@ def evaluate_systems(model, processor, ds, ecfg, out_dir: Path, info: dict, syst
     return ev
 
 
-def _figures(block: dict, wer_no_particles: float | None, wer_raw: float | None) -> dict:
-    out: dict[str, Any] = {}
-    if "wer" in block:
-        w = block["wer"]
-        out.update(wer=w["wer"], ci_low=w["ci_low"], ci_high=w["ci_high"], wer_no_particles=wer_no_particles,
-                   wer_raw=wer_raw)
-    if "control" in block:
-        out["control_wer"] = block["control"]["wer"]
-        out["control_ci"] = [block["control"]["ci_low"], block["control"]["ci_high"]]
-    return out
-
-
-def headline(ev: dict, system: str) -> dict:
-    """The figures a run quotes for `system`: the lead (unseen-engine) part's accented WER with CI
-    and control WER when the test set has one ("part" says which), else the whole set's. With
-    parts, "by_part" holds every part's figures and "pooled" the whole set's."""
-    s = ev["systems"][system]
-    pooled = _figures({"wer": s["wer"]["norm"], **({"control": s["control"]} if "control" in s else {})},
-                      s["wer"]["norm_no_particles"]["wer"], s["wer"]["raw"]["wer"])
-    lead = ev.get("lead_part")
-    if not lead or lead not in s.get("parts", {}):
-        return pooled
-    by_part = {p: _figures(b, b.get("wer_norm_no_particles"), b.get("wer_raw")) for p, b in s["parts"].items()}
-    return {"part": lead, **by_part[lead], "by_part": by_part, "pooled": pooled}
-
-
 def relative_reduction(before: float, after: float) -> float:
     return float((before - after) / before) if before > 0 else float("nan")
-
-
-def eval_info(cfg, data_report: dict, adapter: str | None, split: str) -> dict:
-    corpus = data_report.get("corpus") or {}
-    synthetic = bool(cfg.data.synthetic or corpus.get("synthetic"))
-    description = (
-        "SYNTHETIC speech: Singapore English sentences written for this project, rendered offline by TTS "
-        "voices (train: espeak-ng, flite, festival, piper; dev/test also SVOX Pico and MBROLA, engines no "
-        "train voice uses, which the headline figures come from); real recorded speech only in the control "
-        "set where pocketsphinx-testdata is installed." if synthetic else f"{cfg.data.source} corpus at {cfg.data.path}"
-    )
-    counts = data_report.get("counts", {})
-    return {
-        "synthetic": synthetic,
-        "corpus": {"name": cfg.data.name, "description": description},
-        "model": {"base": cfg.model.name_or_path, "adapter": adapter},
-        "split": split,
-        "data": {"kept": {s: sum(v.values()) for s, v in data_report.get("kept_per_split", {}).items()},
-                 "dropped": counts.get("skipped_by_reason", {}),
-                 "hours": data_report.get("hours_per_split", {})},
-    }

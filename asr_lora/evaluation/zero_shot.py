@@ -39,21 +39,24 @@ def rows_signature(ds) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_dir: str, device, ds, ecfg) -> str:
+def cache_key(model_dir: str, device, ds, ecfg, prompt: str | None = None) -> str:
     import torch
     import transformers
 
     parts = [VERSION, _weights_signature(model_dir), str(device), rows_signature(ds), ecfg.beam_size,
              ecfg.batch_size, ecfg.max_new_tokens, torch.__version__, transformers.__version__]
+    if prompt:  # keys of unprompted passes stay what they were
+        parts.append(prompt)
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
 
 
-def zero_shot_hypotheses(decode, model_dir: str, device, ds, ecfg, cache_dir: Path | None) -> list[str]:
+def zero_shot_hypotheses(decode, model_dir: str, device, ds, ecfg, cache_dir: Path | None,
+                         prompt: str | None = None) -> list[str]:
     """`decode()`'s hypotheses for `ds` (base model in `model_dir` on `device`), from the cache when
     this exact pass was made before; `cache_dir` None: always decode."""
     if cache_dir is None:
         return decode()
-    key = cache_key(model_dir, device, ds, ecfg)
+    key = cache_key(model_dir, device, ds, ecfg, prompt)
     path = Path(cache_dir) / "zero_shot" / f"{key}.json"
     if path.is_file():
         entry = json.loads(path.read_text())

@@ -16,7 +16,7 @@ from asr_lora.data.text import normalize
 from asr_lora.evaluation.metrics import corpus_wer
 from asr_lora.evaluation.report import pct, pct_ci, render_markdown_table
 from asr_lora.export.merge import ADAPTER_FILES, ExportError
-from asr_lora.inference.decode import BUNDLED_HUB_IDS, check_adapter_dir, make_adapter_portable
+from asr_lora.model.adapters import BUNDLED_HUB_IDS, check_adapter_dir, make_adapter_portable
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +126,19 @@ def _loading_snippets(base: str, exports: Sequence[str], beams: int = 1) -> list
 
 
 def write_model_card(out_dir: Path, info: dict) -> Path:
-    """README.md for one export. ``info`` follows `asr_lora.report`'s eval dict, plus ``lora``,
+    """README.md for one export. ``info`` follows `asr_lora.evaluation.report`'s eval dict, plus ``lora``,
     ``verification``, ``export_wer``, ``forced`` (messages of gates that force overrode),
     ``this`` (this directory's name) and ``exports`` (all directory names)."""
     base = info.get("model", {}).get("base", "?")
     lora, corpus = info.get("lora", {}), info.get("corpus", {})
-    lines = [f"# Whisper + LoRA for Singapore English ({info.get('this', 'export')})", ""]
+    title = corpus.get("title") or corpus.get("name") or "adapted speech"
+    lines = [f"# Whisper + LoRA for {title} ({info.get('this', 'export')})", ""]
     if info.get("forced"):
         lines += ["> **WARNING: EXPORTED WITH force=True OVER FAILED GATES. Do not deploy without review.**",
                   *[f"> - {msg}" for msg in info["forced"]], ""]
     if info.get("synthetic"):
         lines += [("> **Synthetic corpus**: trained and evaluated on synthesised speech, not recordings. "
-                   "The WER figures below say little about real Singapore English speakers."), ""]
+                   "The WER figures below say little about real speakers."), ""]
     data = corpus.get("name", "n/a") + (f" - {corpus['description']}" if corpus.get("description") else "")
     hub = [f"- Base weights: `{BUNDLED_HUB_IDS[base]}` (Hugging Face hub id; `{base}` ships them offline)"
            ] if base in BUNDLED_HUB_IDS else []
@@ -151,8 +152,11 @@ def write_model_card(out_dir: Path, info: dict) -> Path:
         lines += [f"## WER (test split, {variant} text, 95% speaker-bootstrap interval)", "",
                   render_markdown_table(rows, ["system", "WER [95% CI]"]), ""]
     if ew := info.get("export_wer"):
-        lines += [("WER of the exported files on the test audio, greedy (faster-whisper pads the log-mel "
-                   "differently from transformers, so small gaps are expected):"), "",
+        beams = int(info.get("beam_size") or 1)
+        search = f"beam {beams}" if beams > 1 else "greedy (beam 1)"
+        lines += [(f"WER of the exported files on the test audio, decoded with {search}, the beam the figures "
+                   "above were scored with (faster-whisper pads the log-mel differently from transformers, so "
+                   "small gaps are expected):"), "",
                   render_markdown_table([[k, pct(x)] for k, x in ew.items()], ["export", "WER"]), ""]
     if f := info.get("forgetting"):
         lines += [(f"Forgetting gate (general-English control set): **{'PASS' if f.get('passed') else 'FAIL'}**, "

@@ -18,7 +18,8 @@ from safetensors import safe_open
 from transformers import GenerationConfig
 
 from asr_lora.data.audio import SAMPLE_RATE
-from asr_lora.inference.decode import check_adapter_dir, generate_features
+from asr_lora.inference.decode import generate_features
+from asr_lora.model.adapters import check_adapter_dir, load_adapter
 from asr_lora.model.whisper import load_whisper, resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,12 @@ def _check_finite(model, what: str) -> None:
 
 def load_adapter_model(base: str, adapter_dir: Path):
     """(peft model in eval mode, processor): fp32 base + adapter, unmerged. No task_type (FIELD_NOTES 2)."""
-    from peft import PeftModel
-
     adapter_dir = check_adapter_dir(adapter_dir)
     _check_adapter_finite(adapter_dir)
     _refuse_quantized(base)
     model, processor = load_whisper(base, dtype=torch.float32)
     _refuse_quantized(base, model)
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    peft_model = load_adapter(model, adapter_dir)
     return peft_model.eval(), processor
 
 

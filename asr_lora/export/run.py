@@ -34,7 +34,8 @@ from asr_lora.core.io import publish_dir, stage_dir
 from asr_lora.evaluation.report import pct
 from asr_lora.export.formats import _wer, export_adapter, export_ct2, export_hf, transcribe_ct2, write_model_card
 from asr_lora.export.merge import ExportError, load_adapter_model, merge_loaded, synthetic_probe, verify_merge
-from asr_lora.inference.decode import check_adapter_dir, transcribe_arrays
+from asr_lora.inference.decode import transcribe_arrays
+from asr_lora.model.adapters import check_adapter_dir
 from asr_lora.model.lora import merged_weights_digest
 from asr_lora.model.whisper import resolve_model_dir
 
@@ -147,5 +148,5 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
     if failures:
         log.warning("EXPORTED WITH force=True over failed gates: %s", "; ".join(failures))
     return {"paths": {k: str(v) for k, v in targets.items()}, "sizes_bytes": sizes,
-            "verification": verification, "wer": export_wer or None, "forced": bool(failures),
+            "verification": verification, "wer": export_wer or None, "beam_size": beam_size, "forced": bool(failures),
             "gate_failures": failures}

@@ -1,25 +1,26 @@
-"""Batched Whisper decoding, long-form audio, and several LoRA adapters on one base.
+"""Every Whisper `generate` call in the package: evaluation, export checks, `transcribe` and the
+server all decode here, so what was scored is what is deployed.
 
 One front end everywhere: transformers' `WhisperFeatureExtractor` (the waveform is zero-padded to
 30 s, then log-mel). faster-whisper pads the normalised log-mel instead, so its transcripts can
 differ slightly on the same audio; training and evaluation here always use this one.
+
+`DecodeOptions` holds what a caller may choose (beams, prompt, language, timestamps, temperature);
+`_generate_kwargs` turns it into `generate` arguments the same way for every caller.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from asr_lora.data.audio import SAMPLE_RATE, load_audio
+from asr_lora.data.audio import SAMPLE_RATE
 from asr_lora.model.beam_cache import fold_beam_search
 from asr_lora.model.encoder_cache import encoder_states
-from asr_lora.model.whisper import load_whisper
 
 CHUNK_SECONDS = 30
 # Clips per encoder call on CPU. The 30 s encoder's activations for 16 clips (~150 MB) spill the
@@ -28,179 +29,141 @@ CHUNK_SECONDS = 30
 CPU_ENCODER_CHUNK = 2
 
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to decode; hashable, so a batcher can group requests that share them."""
 
+    beam_size: int = 1
+    prompt: str | None = None  # previous-text prompt (Whisper's `prompt_ids`), e.g. the domain terms
+    language: str | None = None  # multilingual checkpoints only; English when None
+    timestamps: bool = False
+    temperature: float = 0.0
+    max_new_tokens: int = 128
 
-class UnsafeAdapterError(ValueError):
-    """An adapter directory that would need pickle to load."""
-
-
-def check_adapter_dir(path: str | Path) -> Path:
-    """Adapters load from safetensors only: refuse a directory holding pickle files."""
-    path = Path(path)
-    if not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{path}: no adapter_config.json; not a peft adapter directory")
-    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise UnsafeAdapterError(f"{path}: refusing pickle files {pickles}; convert the adapter to safetensors")
-    if not (path / "adapter_model.safetensors").is_file():
-        raise FileNotFoundError(f"{path}: no adapter_model.safetensors")
-    return path
-
-
-# Where the bundled weights come from, for model cards (the `bundled:` names work offline).
-BUNDLED_HUB_IDS = {"bundled:tiny.en": "openai/whisper-tiny.en", "bundled:base": "openai/whisper-base"}
-_CONVERTED_DIR = re.compile(r"^(tiny\.en|base)-[0-9a-f]{10}$")  # model/whisper.py's cache names
-
-
-def portable_base(ref: str | None) -> str | None:
-    """A base reference another machine can resolve: `bundled:tiny.en` instead of this machine's
-    converted cache directory (`.../models/tiny.en-<hash>`); any other reference is kept."""
-    if not ref or ref.startswith(("bundled:", "ct2:")):
-        return ref
-    p = Path(ref)
-    if _CONVERTED_DIR.match(p.name) and p.parent.name == "models" and (p / "asr_lora_source.json").is_file():
-        return "bundled:" + p.name.rsplit("-", 1)[0]
-    return ref
-
-
-def adapter_base(path: str | Path) -> str | None:
-    """The base an adapter directory names (`base_model_name_or_path`), made portable."""
-    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
-    return portable_base(cfg.get("base_model_name_or_path"))
-
-
-def make_adapter_portable(adapter_dir: str | Path, base: str | None = None) -> Path:
-    """Rewrite `adapter_config.json` so its base is a portable reference (atomically)."""
-    from asr_lora.core.io import write_json
-
-    path = Path(adapter_dir) / "adapter_config.json"
-    cfg = json.loads(path.read_text())
-    cfg["base_model_name_or_path"] = portable_base(base or cfg.get("base_model_name_or_path"))
-    write_json(path, cfg, sort_keys=True)
-    return path
+    def __post_init__(self):
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
 
 
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
-def generate_features(model, processor, features: torch.Tensor, beam_size: int = 1, max_new_tokens: int = 128):
-    """Token ids for a batch of 30 s log-mel windows, with the checkpoint's own language/task setup.
+def is_multilingual(model) -> bool:
+    return bool(getattr(model.generation_config, "is_multilingual", False))
 
-    English-only checkpoints take no language argument (FIELD_NOTES 5); multilingual ones are
-    asked for English transcription.
-    """
+
+def _generate_kwargs(model, processor, options: DecodeOptions) -> dict:
+    """`generate` kwargs for `options`. English-only checkpoints take no language argument
+    (FIELD_NOTES 5); multilingual ones transcribe English unless asked otherwise. Beam search first
+    gives the model `model/beam_cache.py`'s fold (one copy of the encoder states per clip, not per
+    beam; the same tokens)."""
+    if options.beam_size > 1:
+        fold_beam_search(model)
+    kwargs: dict = {"num_beams": options.beam_size, "max_new_tokens": options.max_new_tokens}
+    if options.temperature > 0:
+        kwargs.update(do_sample=True, temperature=options.temperature)
+    else:
+        kwargs["do_sample"] = False
+    if is_multilingual(model):
+        kwargs.update(language=(options.language or "en").lower(), task="transcribe")
+    if options.prompt:
+        kwargs["prompt_ids"] = torch.as_tensor(processor.get_prompt_ids(options.prompt)).to(model_device(model))
+    if options.timestamps:
+        kwargs.update(return_timestamps=True, return_segments=True)
+    return kwargs
+
+
+@torch.no_grad()
+def generate_ids(model, processor, features: torch.Tensor | None = None, options: DecodeOptions = DecodeOptions(),
+                 encoder_hidden: torch.Tensor | None = None, adapter_names: list[str] | None = None):
+    """Token ids (or transformers' dict with segments, when `options.timestamps`) for a batch of
+    30 s log-mel windows, or for encoder states computed before (`encoder_hidden`).
+
+    `adapter_names`: one peft adapter per row (`"__base__"` for none), peft's mixed-adapter batch.
+    On CPU, without per-row adapters, the encoder runs a few clips at a time (the same states)."""
     model.eval()
     param = next(model.parameters())
-    features = features.to(param.device, param.dtype)
-    kwargs = generate_kwargs(model, beam_size, max_new_tokens)
-    if param.device.type != "cpu":
-        return model.generate(input_features=features, **kwargs)
-    # The encoder a few clips at a time (the same states and tokens); the decoder still searches
-    # the whole batch.
-    hidden = encoder_states(model.get_encoder(), features, CPU_ENCODER_CHUNK)
+    kwargs = _generate_kwargs(model, processor, options)
+    if adapter_names is not None:
+        kwargs["adapter_names"] = adapter_names
+    if encoder_hidden is None and (param.device.type != "cpu" or adapter_names is not None or options.timestamps):
+        return model.generate(input_features=features.to(param.device, param.dtype), **kwargs)
+    if encoder_hidden is None:
+        encoder_hidden = encoder_states(model.get_encoder(), features.to(param.device, param.dtype),
+                                        CPU_ENCODER_CHUNK)
+    hidden = encoder_hidden.to(param.device, param.dtype)
     return model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs)
 
 
-def generate_kwargs(model, beam_size: int = 1, max_new_tokens: int = 128) -> dict:
-    """`generate` kwargs for one short-form call: deterministic search (see `_search_kwargs`)."""
-    return dict(_search_kwargs(model, beam_size), max_new_tokens=max_new_tokens, do_sample=False)
-
-
-def _search_kwargs(model, beam_size: int) -> dict:
-    """What every decode here asks of `generate`: `beam_size` beams, and English transcription on
-    multilingual checkpoints. With beam search the model is first given `model/beam_cache.py`'s fold
-    (one copy of the encoder states per clip, not per beam; the same tokens)."""
-    if beam_size > 1:
-        fold_beam_search(model)
-    kwargs: dict = {"num_beams": beam_size}
-    if getattr(model.generation_config, "is_multilingual", False):
-        kwargs.update(language="en", task="transcribe")
-    return kwargs
+def generate_features(model, processor, features: torch.Tensor, beam_size: int = 1, max_new_tokens: int = 128):
+    """Token ids for a batch of 30 s log-mel windows, deterministic search with `beam_size` beams."""
+    return generate_ids(model, processor, features, DecodeOptions(beam_size=beam_size, max_new_tokens=max_new_tokens))
 
 
 def decode_ids(processor, ids) -> list[str]:
     return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
 
 
-def transcribe_arrays(
-    model, processor, audios: Sequence[np.ndarray], beam_size: int = 1, batch_size: int = 8
-) -> list[str]:
-    """Transcribe 16 kHz mono arrays; clips over 30 s go through Whisper's long-form decoding."""
-    out: list[str | None] = [None] * len(audios)
-    short = [i for i, a in enumerate(audios) if len(a) <= CHUNK_SECONDS * SAMPLE_RATE]
-    for start in range(0, len(short), batch_size):
-        idx = short[start : start + batch_size]
-        feats = processor.feature_extractor(
-            [audios[i] for i in idx], sampling_rate=SAMPLE_RATE, return_tensors="pt"
-        ).input_features
-        for i, text in zip(idx, decode_ids(processor, generate_features(model, processor, feats, beam_size))):
-            out[i] = text
-    for i in (i for i, a in enumerate(audios) if len(a) > CHUNK_SECONDS * SAMPLE_RATE):
-        out[i] = _transcribe_long(model, processor, audios[i], beam_size)
-    return [t or "" for t in out]
+def _results(processor, out, durations: Sequence[float], timestamps: bool) -> list[dict]:
+    tok = processor.tokenizer
+    seqs = out["sequences"] if isinstance(out, dict) else out
+    results = []
+    for row, duration in enumerate(durations):
+        text = tok.decode(seqs[row], skip_special_tokens=True).strip()
+        segments = []
+        if timestamps and isinstance(out, dict):
+            for seg in out["segments"][row]:
+                seg_text = tok.decode(seg["tokens"], skip_special_tokens=True).strip()
+                start, end = (min(float(seg[k]), duration) for k in ("start", "end"))
+                if seg_text:
+                    segments.append({"start": round(start, 2), "end": round(max(start, end), 2), "text": seg_text})
+        if timestamps and not segments and text:
+            segments = [{"start": 0.0, "end": round(duration, 2), "text": text}]
+        results.append({"text": text, "segments": segments, "duration": round(duration, 3)})
+    return results
 
 
 @torch.no_grad()
-def _transcribe_long(model, processor, audio: np.ndarray, beam_size: int) -> str:
+def _decode_long(model, processor, audio: np.ndarray, options: DecodeOptions,
+                 adapter_names: list[str] | None) -> dict:
     # transformers' sequential long-form algorithm: unpadded features + timestamps, window by window.
-    inputs = processor.feature_extractor(
-        audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False, padding="longest",
-        return_attention_mask=True,
-    )
+    inputs = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False,
+                                         padding="longest", return_attention_mask=True)
     param = next(model.parameters())
-    kwargs = dict(_search_kwargs(model, beam_size), return_timestamps=True, condition_on_prev_tokens=False)
-    ids = model.generate(
-        input_features=inputs.input_features.to(param.device, param.dtype),
-        attention_mask=inputs.attention_mask.to(param.device), **kwargs,
-    )
-    return decode_ids(processor, ids)[0]
+    opts = replace(options, timestamps=True)
+    kwargs = dict(_generate_kwargs(model, processor, opts), condition_on_prev_tokens=False)
+    if adapter_names is not None:
+        kwargs["adapter_names"] = adapter_names
+    out = model.generate(input_features=inputs.input_features.to(param.device, param.dtype),
+                         attention_mask=inputs.attention_mask.to(param.device), **kwargs)
+    return _results(processor, out, [len(audio) / SAMPLE_RATE], True)[0]
 
 
-class Transcriber:
-    """One base model in memory, any number of named LoRA adapters, switched per call.
+def decode_audio(model, processor, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions(),
+                 adapter_names: list[str] | None = None, batch_size: int = 8) -> list[dict]:
+    """{"text", "segments", "duration"} for each 16 kHz mono array, in order. Clips up to 30 s are
+    decoded `batch_size` at a time; longer ones one at a time with Whisper's long-form algorithm
+    (segments with timestamps)."""
+    out: list[dict | None] = [None] * len(audios)
+    short = [i for i, a in enumerate(audios) if len(a) <= CHUNK_SECONDS * SAMPLE_RATE]
+    for start in range(0, len(short), batch_size):
+        idx = short[start: start + batch_size]
+        feats = processor.feature_extractor([audios[i] for i in idx], sampling_rate=SAMPLE_RATE,
+                                            return_tensors="pt").input_features
+        names = [adapter_names[i] for i in idx] if adapter_names is not None else None
+        ids = generate_ids(model, processor, feats, options, adapter_names=names)
+        durations = [len(audios[i]) / SAMPLE_RATE for i in idx]
+        for i, r in zip(idx, _results(processor, ids, durations, options.timestamps)):
+            out[i] = r
+    for i in (i for i, r in enumerate(out) if r is None):
+        names = [adapter_names[i]] if adapter_names is not None else None
+        out[i] = _decode_long(model, processor, audios[i], options, names)
+    return out  # type: ignore[return-value]
 
-    >>> t = Transcriber("bundled:tiny.en", adapters={"sg": "runs/x/adapter"})
-    >>> t.transcribe(["a.wav"], use="sg"); t.transcribe(["a.wav"], use=None)  # None = base
-    """
 
-    def __init__(self, model: str | None = "bundled:tiny.en", adapters: dict[str, str] | None = None,
-                 device: str | None = None, beam_size: int = 1):
-        # model=None: the base the first adapter names (`bundled:tiny.en` in exported adapters).
-        if model is None:
-            model = next((adapter_base(p) for p in (adapters or {}).values()), None) or "bundled:tiny.en"
-        self.model, self.processor = load_whisper(model, device=device)
-        self.model.eval()
-        self.beam_size = beam_size
-        self.adapters: list[str] = []
-        for name, path in (adapters or {}).items():
-            self.load_adapter(name, path)
-
-    def load_adapter(self, name: str, path: str | Path) -> None:
-        from peft import PeftModel
-
-        path = check_adapter_dir(path)
-        if not self.adapters:
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
-        else:
-            self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        self.model.eval()
-        self.adapters.append(name)
-
-    def _select(self, use: str | None):
-        if use is not None and use not in self.adapters:
-            raise KeyError(f"no adapter named {use!r}; loaded: {self.adapters or 'none'}")
-        if use is not None:
-            self.model.set_adapter(use)
-        return use
-
-    def transcribe_arrays(self, audios: Sequence[np.ndarray], use: str | None = None) -> list[str]:
-        if not self.adapters or self._select(use) is not None:
-            return transcribe_arrays(self.model, self.processor, audios, self.beam_size)
-        with self.model.disable_adapter():
-            return transcribe_arrays(self.model, self.processor, audios, self.beam_size)
-
-    def transcribe(self, paths: Iterable[str | Path], use: str | None = None) -> list[str]:
-        return self.transcribe_arrays([load_audio(p) for p in paths], use=use)
+def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], beam_size: int = 1, batch_size: int = 8,
+                      prompt: str | None = None) -> list[str]:
+    """Transcripts of 16 kHz mono arrays; clips over 30 s go through Whisper's long-form decoding."""
+    opts = DecodeOptions(beam_size=beam_size, prompt=prompt)
+    return [r["text"] for r in decode_audio(model, processor, audios, opts, batch_size=batch_size)]

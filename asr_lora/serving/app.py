@@ -19,21 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from asr_lora.data.audio import SAMPLE_RATE, AudioError, check_audio, load_audio
+from asr_lora.inference.engine import BASE, ENGLISH, OptionError, Options
 from asr_lora.serving.batcher import Batcher
 from asr_lora.serving.cards import adapter_card
-from asr_lora.serving.engine import BASE, ENGLISH, OptionError, Options
 from asr_lora.serving.formats import FORMATS, TIMESTAMP_FORMATS, APIError, render
 from asr_lora.serving.page import PAGE
 
 log = logging.getLogger(__name__)
 FORM_ALLOWANCE = 64 * 1024  # multipart boundaries and the small text fields around the file
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
+_MODEL_FIELD = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*?\r\n([^\r\n]{1,200})\r\n')
+CLIENT_CLOSED = 499  # nginx's code for a client that went away; nobody reads it, the log does
 OPEN_ROUTES = {"/health", "/"}  # the page is static HTML; its API calls carry the key typed into it
 
 
@@ -66,14 +69,27 @@ def decode_upload(data: bytes, filename: str):
     return audio
 
 
+class Disconnected(Exception):
+    """The client closed the connection mid-upload: `received` bytes of `declared`, for `model`."""
+
+    def __init__(self, received: int, declared: str | None, model: str | None) -> None:
+        self.received, self.declared, self.model = received, declared, model
+        super().__init__(f"client disconnected mid-upload (model {model or 'not yet sent'}, "
+                         f"{received} of {declared or '?'} bytes received)")
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     over = declared is not None and declared.isdigit() and int(declared) > limit
     body, size = bytearray(), 0
-    async for chunk in request.stream():  # drained even when over the limit, never kept
-        size += len(chunk)
-        if not over and size <= limit:
-            body += chunk
+    try:
+        async for chunk in request.stream():  # drained even when over the limit, never kept
+            size += len(chunk)
+            if not over and size <= limit:
+                body += chunk
+    except ClientDisconnect:
+        m = _MODEL_FIELD.search(bytes(body))
+        raise Disconnected(size, declared, m.group(1).decode(errors="replace").strip() if m else None) from None
     if over or size > limit:
         raise APIError(413, f"upload of {size} bytes exceeds the limit of {limit - FORM_ALLOWANCE} bytes",
                        "file", "file_too_large")
@@ -101,6 +117,11 @@ def create_app(batcher: Batcher, settings: Settings | None = None) -> FastAPI:
                                None, "invalid_api_key", "invalid_request_error")
                 return JSONResponse(err.body(), status_code=401)
         return await call_next(request)
+
+    @app.exception_handler(Disconnected)
+    async def disconnected(_, e: Disconnected):
+        log.warning("%s", e)  # one line: the server is fine and nobody is left to answer
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(APIError)
     async def api_error(_, e: APIError):

@@ -17,7 +17,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from asr_lora.serving.engine import Engine, Job, Options
+from asr_lora.inference.engine import Engine, Job, Options
 
 log = logging.getLogger(__name__)
 

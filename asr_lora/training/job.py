@@ -18,7 +18,7 @@ from asr_lora.core.io import write_json
 from asr_lora.core.logs import setup_logging
 from asr_lora.core.runtime import init_distributed, is_main_process, run_dir_of, seed_everything
 from asr_lora.data.loading import load_data
-from asr_lora.evaluation.scoring import eval_info
+from asr_lora.evaluation.summary import eval_info
 from asr_lora.model.encoder_cache import build_encoder_cache
 
 log = logging.getLogger("asr_lora.train")
@@ -82,22 +82,30 @@ def train(cfg: DictConfig) -> dict:
     cache = build_encoder_cache(cfg, model, processor,
                                 {"dev": dev_ds, "test": test_ds} | ({} if streaming else {"train": train_ds}))
 
-    # Zero-shot first: in full fine-tuning the base weights are about to change.
-    base_hyps = None
+    from asr_lora.evaluation.terms import terms_for_split
+
+    terms = terms_for_split(splits.get(cfg.data.train_split), processor.tokenizer, cfg.eval.terms) if main else None
+    # Zero-shot first (and the term-prompt baseline): in full fine-tuning the base weights are about to change.
+    precomputed: dict[str, list[str]] = {}
     if cfg.eval.before_training and test_ds is not None and main:
         from asr_lora.core.paths import cache_root
         from asr_lora.evaluation.zero_shot import zero_shot_hypotheses
         from asr_lora.model.whisper import resolve_model_dir
 
-        def decode():
+        def decode(prompt=None):
             ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
             with ctx:
                 return transcribe_split(model, processor, test_ds, cfg.eval.beam_size, cfg.eval.batch_size,
-                                        cfg.eval.max_new_tokens, cache, description="zero-shot decoding")
+                                        cfg.eval.max_new_tokens, cache,
+                                        description="zero-shot + term prompt" if prompt else "zero-shot decoding",
+                                        prompt=prompt)
 
         keep_dir = Path(cfg.paths.cache_dir or cache_root()) if cfg.eval.reuse_zero_shot else None
-        base_hyps = zero_shot_hypotheses(decode, resolve_model_dir(cfg.model.name_or_path),
-                                         next(model.parameters()).device, test_ds, cfg.eval, keep_dir)
+        where = (resolve_model_dir(cfg.model.name_or_path), next(model.parameters()).device, test_ds, cfg.eval)
+        precomputed["base"] = zero_shot_hypotheses(decode, *where, keep_dir)
+        if terms is not None and cfg.eval.prompt_baseline:
+            precomputed["prompt"] = zero_shot_hypotheses(lambda: decode(terms.prompt), *where, keep_dir,
+                                                         prompt=terms.prompt)
 
     # Streaming: the collator (run in the DataLoader workers) computes every log-mel on the fly.
     collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter,
@@ -143,12 +151,12 @@ def train(cfg: DictConfig) -> dict:
         data_report["load_time"] = collect_load_skips(run_dir / "load_skips")
         write_json(run_dir / "data_report.json", data_report)
     # The Trainer drops its pickled TrainingArguments next to the weights; a deployable adapter
-    # directory must load without pickle (inference.check_adapter_dir refuses it), so it goes.
+    # directory must load without pickle (model.adapters.check_adapter_dir refuses it), so it goes.
     (adapter_dir / "training_args.bin").unlink(missing_ok=True)
     if cfg.train.mode == "full":
         processor.save_pretrained(adapter_dir)
     else:  # peft recorded the converted cache path as the base; record `bundled:tiny.en` instead
-        from asr_lora.inference.decode import make_adapter_portable
+        from asr_lora.model.adapters import make_adapter_portable
 
         make_adapter_portable(adapter_dir, cfg.model.name_or_path)
     summary: dict = {
@@ -166,9 +174,11 @@ def train(cfg: DictConfig) -> dict:
     ev = None
     if test_ds is not None:
         info = eval_info(cfg, data_report, adapter=str(adapter_dir), split=cfg.eval.split)
-        systems = ("base", "adapted")
+        from asr_lora.evaluation.scoring import eval_systems
+
+        systems = eval_systems(cfg.eval, terms is not None, adapted=True)
         ev = evaluate_systems(model, processor, test_ds, cfg.eval, run_dir / "eval", info, systems, cache,
-                              precomputed={"base": base_hyps} if base_hyps is not None else None)
+                              precomputed=precomputed, terms=terms)
         summary["eval"] = eval_summary(ev, cfg.eval.split)
     summary["export"] = _export(cfg, run_dir, adapter_dir, ev, splits, processor, cache)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -196,10 +206,10 @@ def reload_trained(cfg, saved_dir: Path, device=None):
     if cfg.train.mode == "full":
         model, _ = load_whisper(str(saved_dir), dtype=getattr(torch, cfg.model.dtype))
     else:
-        from peft import PeftModel
+        from asr_lora.model.adapters import load_adapter
 
         base, _ = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
-        model = PeftModel.from_pretrained(base, str(saved_dir), is_trainable=False)
+        model = load_adapter(base, saved_dir)
     return model.to(device).eval() if device is not None else model.eval()
 
 
@@ -236,12 +246,16 @@ def eval_summary(ev: dict, split: str) -> dict:
     """metrics.json's "eval": "base"/"adapted"/"relative_wer_reduction" are the lead part's (unseen
     TTS engine) when the test set has one (FIELD_NOTES 13), else the whole set's; "part" says
     which; "parts" has every part (base vs adapted), "base"/"adapted" carry "by_part" and "pooled"."""
-    from asr_lora.evaluation.scoring import headline, relative_reduction
+    from asr_lora.evaluation.scoring import relative_reduction
+    from asr_lora.evaluation.summary import headline
+
+    from asr_lora.evaluation.summary import systems_table
 
     b, a = headline(ev, "base"), headline(ev, "adapted")
     return {"split": split, "part": ev.get("lead_part"), "base": b, "adapted": a,
             "relative_wer_reduction": relative_reduction(b["wer"], a["wer"]), "parts": ev.get("parts"),
-            "paired": ev.get("paired"), "forgetting": ev.get("forgetting")}
+            "paired": ev.get("paired"), "forgetting": ev.get("forgetting"),
+            "systems": systems_table(ev["systems"]), "terms": ev.get("terms")}
 
 
 PART_ROWS = {"unseen_engine": "unseen engine", "seen_engine": "training engines", "real": "real speech"}
@@ -290,6 +304,16 @@ def print_summary(summary: dict) -> None:
     tr = summary.get("train", {})
     t.add_row("train steps / time", f"{tr.get('steps')} / {tr.get('seconds')} s")
     ev = summary.get("eval")
+    if ev and ev.get("terms"):
+        from asr_lora.evaluation.summary import systems_rows
+
+        cols, rows = systems_rows(ev["systems"])
+        st = Table(title="zero-shot, term-prompt baseline and adapted (norm WER, term recall)")
+        for c in cols:
+            st.add_column(c, justify="left" if c in ("part", "system") else "right")
+        for r in rows:
+            st.add_row(*r)
+        Console().print(st)
     if ev:
         for label, value in _summary_rows(ev):
             t.add_row(label, value)

@@ -1,0 +1,124 @@
+"""What a run quotes from its eval dict: the headline figures of a system, the side-by-side table
+of every system per part (WER, control WER, term recall), and the corpus description the report
+and model card carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asr_lora.data.voices import PART_LABELS, PART_ORDER
+
+SYSTEM_ORDER = ("base", "prompt", "adapted", "adapted_prompt")
+SYSTEM_LABELS = {"base": "zero-shot", "prompt": "zero-shot + term prompt", "adapted": "adapted",
+                 "adapted_prompt": "adapted + term prompt"}
+
+
+def _recall(block: dict, key: str | None = None) -> float | None:
+    t = block.get("terms") or {}
+    return (t.get(key) or {}).get("recall") if key else t.get("recall")
+
+
+def systems_table(scored: dict) -> dict:
+    """{part or "all": {system: {wer, control_wer, term_recall, term_recall_seen, term_recall_unseen,
+    n_main, n_control}}} for every scored system, parts in report order, "all" last."""
+    def row(block: dict) -> dict:
+        return {"wer": (block.get("wer") or {}).get("wer"), "control_wer": (block.get("control") or {}).get("wer"),
+                "term_recall": _recall(block), "term_recall_seen": _recall(block, "seen"),
+                "term_recall_unseen": _recall(block, "unseen")}
+
+    systems = [s for s in SYSTEM_ORDER if s in scored] + [s for s in scored if s not in SYSTEM_ORDER]
+    out: dict[str, dict] = {}
+    parts = [p for p in PART_ORDER if any(p in scored[s].get("parts", {}) for s in systems)]
+    for p in parts:
+        out[p] = {s: row(scored[s]["parts"][p]) for s in systems if p in scored[s].get("parts", {})}
+    out["all"] = {s: row({"wer": scored[s]["wer"]["norm"], **{k: scored[s][k] for k in ("control", "terms")
+                                                                  if k in scored[s]}}) for s in systems}
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def systems_rows(table: dict) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows) of `systems_table` for the report and the console: one row per part and system."""
+    cols = ["part", "system", "WER", "control WER", "term recall", "seen terms", "unseen terms"]
+    rows = []
+    for part, by_system in table.items():
+        label = "all test speech" if part == "all" else PART_LABELS.get(part, part)
+        for system, r in by_system.items():
+            rows.append([label, SYSTEM_LABELS.get(system, system), _pct(r["wer"]), _pct(r["control_wer"]),
+                         _pct(r["term_recall"]), _pct(r["term_recall_seen"]), _pct(r["term_recall_unseen"])])
+    return cols, rows
+
+
+def terms_blocks(ev: dict) -> list[tuple]:
+    """The lead table when domain terms are known: zero-shot, the term-prompt baseline and the
+    adapted model side by side per part, with WER and term recall; then the most-missed terms."""
+    terms = ev.get("terms")
+    if not terms:
+        return []
+    cols, rows = systems_rows(systems_table(ev["systems"]))
+    b: list[tuple] = [("h", 2, "Zero-shot, term-prompt baseline and adapted"), ("table", cols, rows)]
+    b.append(("p", (f"Term recall: share of the {terms['n_terms']} domain terms' occurrences ({terms['source']}; "
+                    f"{terms['n_seen_in_training']} occur in the training text, "
+                    f"{terms['n_unseen_in_training']} do not) that the hypothesis of the same utterance contains. "
+                    f"The prompt baseline is zero-shot Whisper given {terms['n_prompt_terms']} of the terms as its "
+                    "prompt: no training at all, the alternative an adapter has to beat.")))
+    for system in ("base", "prompt", "adapted"):
+        missed = ((ev["systems"].get(system) or {}).get("terms") or {}).get("most_missed")
+        if missed:
+            b.append(("p", f"Most-missed terms ({system}): " + ", ".join(
+                f"{m['term']} ({m['missed']}/{m['n']})" for m in missed)))
+    return b
+
+
+def _figures(block: dict, wer_no_particles: float | None, wer_raw: float | None) -> dict:
+    out: dict[str, Any] = {}
+    if "wer" in block:
+        w = block["wer"]
+        out.update(wer=w["wer"], ci_low=w["ci_low"], ci_high=w["ci_high"], wer_no_particles=wer_no_particles,
+                   wer_raw=wer_raw)
+    if "control" in block:
+        out["control_wer"] = block["control"]["wer"]
+        out["control_ci"] = [block["control"]["ci_low"], block["control"]["ci_high"]]
+    return out
+
+
+def headline(ev: dict, system: str) -> dict:
+    """The figures a run quotes for `system`: the lead (unseen-engine) part's accented WER with CI
+    and control WER when the test set has one ("part" says which), else the whole set's. With
+    parts, "by_part" holds every part's figures and "pooled" the whole set's."""
+    s = ev["systems"][system]
+    pooled = _figures({"wer": s["wer"]["norm"], **({"control": s["control"]} if "control" in s else {})},
+                      s["wer"]["norm_no_particles"]["wer"], s["wer"]["raw"]["wer"])
+    lead = ev.get("lead_part")
+    if not lead or lead not in s.get("parts", {}):
+        return pooled
+    by_part = {p: _figures(b, b.get("wer_norm_no_particles"), b.get("wer_raw")) for p, b in s["parts"].items()}
+    return {"part": lead, **by_part[lead], "by_part": by_part, "pooled": pooled}
+
+
+
+
+def eval_info(cfg, data_report: dict, adapter: str | None, split: str) -> dict:
+    corpus = data_report.get("corpus") or {}
+    synthetic = bool(cfg.data.synthetic or corpus.get("synthetic"))
+    description = (
+        "SYNTHETIC speech: Singapore English sentences written for this project, rendered offline by TTS "
+        "voices (train: espeak-ng, flite, festival, piper; dev/test also SVOX Pico and MBROLA, engines no "
+        "train voice uses, which the headline figures come from); real recorded speech only in the control "
+        "set where pocketsphinx-testdata is installed." if synthetic else f"{cfg.data.source} corpus at {cfg.data.path}"
+    )
+    counts = data_report.get("counts", {})
+    return {
+        "synthetic": synthetic,
+        "corpus": {"name": cfg.data.name, "title": cfg.data.get("title") or cfg.data.name,
+                   "description": description},
+        "model": {"base": cfg.model.name_or_path, "adapter": adapter},
+        "split": split,
+        "data": {"kept": {s: sum(v.values()) for s, v in data_report.get("kept_per_split", {}).items()},
+                 "dropped": counts.get("skipped_by_reason", {}),
+                 "hours": data_report.get("hours_per_split", {})},
+    }

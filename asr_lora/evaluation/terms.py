@@ -1,0 +1,173 @@
+"""Domain terms: which words carry a domain's meaning, how many of them a system gets right, and the
+prompt that lists them (the free alternative an adapter has to beat, FIELD_NOTES 19-20).
+
+Terms come from a file (one per line, `eval.terms=PATH`) or are derived from the training text:
+words of the domain sentences that Whisper's tokenizer splits into two or more pieces and that the
+general-English sentences never use. They are never taken from evaluation sentences.
+
+Term recall is the share of term occurrences in the references that the hypothesis of the same
+utterance also contains (min of the two counts per utterance), on normalised text, so "Bukit
+Timah," and "bukit timah" match. It is reported per part, split into terms the training text
+contains ("seen") and terms it does not ("unseen"), with the terms missed most often.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asr_lora.data.text import normalize
+
+log = logging.getLogger(__name__)
+
+PROMPT_TOKEN_BUDGET = 200  # Whisper's prompt shares the 448-token window with the transcript
+
+
+class TermsError(ValueError):
+    """A terms file that cannot be used; the message names the file and line."""
+
+
+@dataclass
+class Terms:
+    """Normalised terms (each a tuple of words), where they came from, and the training text's
+    term counts (a term with count 0 is "unseen")."""
+
+    terms: list[tuple[str, ...]]
+    source: str
+    train_counts: dict[str, int] = field(default_factory=dict)
+    prompt: str = ""
+    n_prompt_terms: int = 0
+
+    @property
+    def names(self) -> list[str]:
+        return [" ".join(t) for t in self.terms]
+
+    def summary(self) -> dict:
+        seen = sum(1 for n in self.names if self.train_counts.get(n, 0))
+        return {"source": self.source, "n_terms": len(self.terms), "n_seen_in_training": seen,
+                "n_unseen_in_training": len(self.terms) - seen, "prompt": self.prompt,
+                "n_prompt_terms": self.n_prompt_terms}
+
+
+def _count(words: Sequence[str], term: tuple[str, ...]) -> int:
+    n = len(term)
+    return sum(1 for i in range(len(words) - n + 1) if tuple(words[i:i + n]) == term)
+
+
+def read_terms_file(path: str | Path) -> list[tuple[str, ...]]:
+    """Terms from a UTF-8 file, one per line; blank lines and `#` comments are skipped. Raises
+    TermsError naming the file and line for undecodable bytes, a term that normalises to nothing,
+    or a duplicate."""
+    path = Path(path)
+    if not path.is_file():
+        raise TermsError(f"{path}: terms file not found")
+    raw = path.read_bytes()
+    out, where = [], {}
+    for lineno, line in enumerate(raw.split(b"\n"), 1):
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise TermsError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        if not text or text.startswith("#"):
+            continue
+        words = tuple(normalize(text).split())
+        if not words:
+            raise TermsError(f"{path}:{lineno}: {text!r} is empty after normalisation")
+        if words in where:
+            raise TermsError(f"{path}:{lineno}: {text!r} repeats line {where[words]}")
+        where[words] = lineno
+        out.append(words)
+    if not out:
+        raise TermsError(f"{path}: no terms in the file")
+    return out
+
+
+def derive_terms(domain_texts: Iterable[str], general_texts: Iterable[str], tokenizer,
+                 min_pieces: int = 2) -> list[tuple[str, ...]]:
+    """Words of `domain_texts` that `tokenizer` splits into `min_pieces` or more pieces (as a word
+    after a space, lower-case and capitalised) and that `general_texts` never use."""
+    general = {w for t in general_texts for w in normalize(t).split()}
+    counts = Counter(w for t in domain_texts for w in normalize(t).split())
+    terms = []
+    for word, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if word in general or not word.isalpha() or len(word) < 3:
+            continue
+        # Both casings: " chinese" splits where " Chinese" (how English writes it) does not.
+        if min(len(tokenizer.tokenize(" " + w)) for w in (word, word.capitalize())) >= min_pieces:
+            terms.append((word,))
+    return terms
+
+
+def build_terms(train_domain_texts: Sequence[str], train_general_texts: Sequence[str], tokenizer,
+                path: str | Path | None = None) -> Terms:
+    """The run's terms: from `path` when given, else derived from the training text; with their
+    training counts and the prompt listing the most frequent ones within `PROMPT_TOKEN_BUDGET`."""
+    if path:
+        terms, source = read_terms_file(path), str(path)
+    else:
+        terms, source = derive_terms(train_domain_texts, train_general_texts, tokenizer), "derived from training text"
+    words = [normalize(t).split() for t in train_domain_texts]
+    counts = {" ".join(t): sum(_count(w, t) for w in words) for t in terms}
+    out = Terms(terms, source, counts)
+    # Most frequent first: the prompt holds what the training text says most often.
+    ranked = sorted(out.names, key=lambda n: (-counts[n], n))
+    chosen: list[str] = []
+    for name in ranked:
+        if len(tokenizer.tokenize(" " + ", ".join([*chosen, name]))) > PROMPT_TOKEN_BUDGET:
+            break
+        chosen.append(name)
+    out.prompt, out.n_prompt_terms = ", ".join(chosen), len(chosen)
+    if path and (never := [n for n in out.names if not counts[n]]):
+        log.warning("%d of %d terms in %s never occur in the training text (scored as unseen): %s",
+                    len(never), len(out.names), path, ", ".join(never[:10]) + (" ..." if len(never) > 10 else ""))
+    return out
+
+
+def term_recall(refs: Sequence[str], hyps: Sequence[str], terms: Terms, most_missed: int = 12) -> dict:
+    """Recall of term occurrences over normalised (`refs`, `hyps`) pairs: overall, for terms seen and
+    unseen in training, per term, and the most-missed terms."""
+    per: dict[str, list[int]] = {}
+    for r, h in zip(refs, hyps):
+        rw, hw = r.split(), h.split()
+        for t, name in zip(terms.terms, terms.names):
+            if n := _count(rw, t):
+                hit = min(n, _count(hw, t))
+                acc = per.setdefault(name, [0, 0])
+                acc[0] += hit
+                acc[1] += n
+
+    def block(names: Iterable[str]) -> dict:
+        hits = sum(per[n][0] for n in names)
+        total = sum(per[n][1] for n in names)
+        return {"recall": hits / total if total else None, "hits": hits, "n": total}
+
+    seen = [n for n in per if terms.train_counts.get(n, 0)]
+    unseen = [n for n in per if not terms.train_counts.get(n, 0)]
+    missed = sorted(((n, c[1] - c[0], c[1]) for n, c in per.items() if c[1] > c[0]), key=lambda x: (-x[1], x[0]))
+    return {**block(per), "seen": block(seen), "unseen": block(unseen),
+            "by_term": {n: {"hits": c[0], "n": c[1]} for n, c in sorted(per.items())},
+            "most_missed": [{"term": n, "missed": m, "n": t} for n, m, t in missed[:most_missed]]}
+
+
+def terms_for_split(train_ds, tokenizer, path: str | Path | None = None) -> Terms | None:
+    """The run's `Terms` from its train split (rows with "text" and "subset": subset "general" is the
+    general English the terms must not use, "control" is ignored, the rest is domain text), or from
+    `path`; None when the split cannot be read (streamed) and no file is given."""
+    try:
+        texts, subsets = list(train_ds["text"]), list(train_ds["subset"])
+    except (TypeError, KeyError, ValueError):
+        if path is None:
+            log.warning("no domain terms: the train split cannot be read here (streamed?); set eval.terms=PATH")
+            return None
+        texts, subsets = [], []
+    domain = [t for t, s in zip(texts, subsets) if s not in ("general", "control")]
+    general = [t for t, s in zip(texts, subsets) if s == "general"]
+    terms = build_terms(domain, general, tokenizer, path)
+    if not terms.terms:
+        log.warning("no domain terms derived from the training text; set eval.terms=PATH")
+        return None
+    log.info("domain terms: %d (%s), %d in the prompt", len(terms.terms), terms.source, terms.n_prompt_terms)
+    return terms

@@ -1,0 +1,110 @@
+"""LoRA adapter directories: the one loader every job, the server and the CLIs use.
+
+An adapter loads from safetensors only (pickle files are refused), names a base another machine can
+resolve (`bundled:tiny.en`, not this machine's converted cache), and says, through the export summary
+or the evaluation beside it, which beam size its figures were scored with.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+# Where the bundled weights come from, for model cards (the `bundled:` names work offline).
+BUNDLED_HUB_IDS = {"bundled:tiny.en": "openai/whisper-tiny.en", "bundled:base": "openai/whisper-base"}
+_CONVERTED_DIR = re.compile(r"^(tiny\.en|base)-[0-9a-f]{10}$")  # model/whisper.py's cache names
+
+
+class UnsafeAdapterError(ValueError):
+    """An adapter directory that would need pickle to load."""
+
+
+def check_adapter_dir(path: str | Path) -> Path:
+    """Adapters load from safetensors only: refuse a directory holding pickle files."""
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path}: no adapter_config.json; not a peft adapter directory")
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UnsafeAdapterError(f"{path}: refusing pickle files {pickles}; convert the adapter to safetensors")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(f"{path}: no adapter_model.safetensors")
+    return path
+
+
+def load_adapter(model, path: str | Path, name: str = "default"):
+    """`model` with the adapter at `path` loaded as `name`, frozen, in eval mode.
+
+    A plain Whisper is wrapped in a `PeftModel`; a `PeftModel` gets one more adapter beside its
+    others (one base, several adapters). No task_type: peft would pass `input_ids` to Whisper.
+    """
+    from peft import PeftModel
+
+    path = check_adapter_dir(path)
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+    else:
+        model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
+    return model.eval()
+
+
+def portable_base(ref: str | None) -> str | None:
+    """A base reference another machine can resolve: `bundled:tiny.en` instead of this machine's
+    converted cache directory (`.../models/tiny.en-<hash>`); any other reference is kept."""
+    if not ref or ref.startswith(("bundled:", "ct2:")):
+        return ref
+    p = Path(ref)
+    if _CONVERTED_DIR.match(p.name) and p.parent.name == "models" and (p / "asr_lora_source.json").is_file():
+        return "bundled:" + p.name.rsplit("-", 1)[0]
+    return ref
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base an adapter directory names (`base_model_name_or_path`), made portable."""
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    return portable_base(cfg.get("base_model_name_or_path"))
+
+
+def make_adapter_portable(adapter_dir: str | Path, base: str | None = None) -> Path:
+    """Rewrite `adapter_config.json` so its base is a portable reference (atomically)."""
+    from asr_lora.core.io import write_json
+
+    path = Path(adapter_dir) / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["base_model_name_or_path"] = portable_base(base or cfg.get("base_model_name_or_path"))
+    write_json(path, cfg, sort_keys=True)
+    return path
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def export_summary(adapter_dir: str | Path) -> dict | None:
+    """The `export_summary.json` written beside an exported adapter (`<export>/adapter`) or a run's
+    adapter (`<run>/adapter`, summary in `<run>/export/`); None when there is none."""
+    d = Path(adapter_dir)
+    for cand in (d.parent / "export_summary.json", d.parent / "export" / "export_summary.json"):
+        if cand.is_file() and (data := _read_json(cand)) is not None:
+            return data
+    return None
+
+
+def scored_beam_size(adapter_dir: str | Path | None) -> int | None:
+    """The beam size the adapter's figures were scored with: its export summary's, else the run's
+    `eval/eval.json`; None when neither says."""
+    if adapter_dir is None:
+        return None
+    d = Path(adapter_dir)
+    summary = export_summary(d) or {}
+    beam = summary.get("beam_size")
+    if beam is None and (ev := _read_json(d.parent / "eval" / "eval.json")):
+        beam = ev.get("beam_size")
+    return int(beam) if isinstance(beam, (int, float)) and beam >= 1 else None
