@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from datasets import Dataset
-from test_unseen_engine import ROWS
+from test_unseen_engine import ROWS, _evaluate
 
-from asr_lora.evaluation.scoring import eval_systems, evaluate_systems
+from asr_lora.evaluation.scoring import eval_systems
 from asr_lora.evaluation.summary import systems_table
 from asr_lora.evaluation.terms import (Terms, TermsError, build_terms, derive_terms, read_terms_file, term_recall,
                                        terms_for_split)
@@ -80,21 +80,12 @@ def test_terms_for_split_uses_train_domain_rows(tokenizer):
 
 
 def test_evaluation_reports_prompt_baseline_and_term_recall(tmp_path):
-    rows = ROWS
-    ds = Dataset.from_dict({
-        "id": [r[0] for r in rows], "subset": [r[1] for r in rows], "voice": [r[2] for r in rows],
-        "engine": [r[3] for r in rows], "speaker": [r[4] for r in rows], "accent": ["x"] * len(rows),
-        "text": [r[5] for r in rows]})
-    ecfg = SimpleNamespace(beam_size=1, batch_size=4, max_new_tokens=32, n_bootstrap=50, worst_n=3,
-                           max_control_degradation=0.05)
     # The prompt baseline gets "kopi" right everywhere, the adapter only on the seen engines.
-    prompt = [r[6].replace("copy", "kopi") for r in rows]
-    pre = {"base": [r[6] for r in rows], "prompt": prompt, "adapted": [r[7] for r in rows]}
+    pre = {"base": [r[6] for r in ROWS], "prompt": [r[6].replace("copy", "kopi") for r in ROWS],
+           "adapted": [r[7] for r in ROWS]}
     terms = _terms("kopi", "shiok", "lah", seen=("kopi", "shiok", "lah"))
     terms.prompt, terms.n_prompt_terms = "kopi, shiok, lah", 3
-    info = {"synthetic": True, "corpus": {"name": "sg-mini"}, "split": "test"}
-    ev = evaluate_systems(None, None, ds, ecfg, tmp_path, info, ("base", "prompt", "adapted"), precomputed=pre,
-                          progress=False, terms=terms)
+    ev = _evaluate(tmp_path, pre=pre, systems=("base", "prompt", "adapted"), terms=terms)
     table = systems_table(ev["systems"])
     assert list(table) == ["unseen_engine", "seen_engine", "real", "all"]
     un = table["unseen_engine"]

@@ -125,16 +125,17 @@ ROWS = [  # id, subset, voice, engine, speaker, reference, base hyp, adapted hyp
 ]
 
 
-def _evaluate(tmp_path, rows=ROWS):
+def _evaluate(tmp_path, rows=ROWS, pre=None, systems=("base", "adapted"), terms=None):
     ds = Dataset.from_dict({
         "id": [r[0] for r in rows], "subset": [r[1] for r in rows], "voice": [r[2] for r in rows],
         "engine": [r[3] for r in rows], "speaker": [r[4] for r in rows], "accent": ["x"] * len(rows),
         "text": [r[5] for r in rows]})
     ecfg = SimpleNamespace(beam_size=1, batch_size=4, max_new_tokens=32, n_bootstrap=50, worst_n=3,
                            max_control_degradation=0.05)
-    pre = {"base": [r[6] for r in rows], "adapted": [r[7] for r in rows]}
+    pre = pre or {"base": [r[6] for r in rows], "adapted": [r[7] for r in rows]}
     info = {"synthetic": True, "corpus": {"name": "sg-mini"}, "split": "test"}
-    return evaluate_systems(None, None, ds, ecfg, tmp_path, info, precomputed=pre, progress=False)
+    return evaluate_systems(None, None, ds, ecfg, tmp_path, info, systems, precomputed=pre, progress=False,
+                            terms=terms)
 
 
 def test_headline_and_gate_come_from_the_unseen_engine(tmp_path):

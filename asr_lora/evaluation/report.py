@@ -48,7 +48,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,30 +56,15 @@ from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg 
 
 from asr_lora.core.io import write_bytes
 from asr_lora.data.voices import PART_LABELS
-from asr_lora.evaluation.summary import terms_blocks
+from asr_lora.evaluation.summary import number, pct, terms_blocks
 
 SYSTEMS = ("base", "adapted")
-
-
 
 
 VARIANTS = {"raw": "raw text", "norm": "normalised", "norm_no_particles": "normalised, particles removed"}
 
 
 COLORS = {"base": "#8c8c8c", "adapted": "#1f77b4", "sub": "#d62728", "del": "#ff7f0e", "ins": "#9467bd"}
-
-
-def number(x: Any) -> float | None:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def pct(x: Any, digits: int = 2) -> str:
-    v = number(x)
-    return "n/a" if v is None else f"{100 * v:.{digits}f}%"
 
 
 def pct_ci(d: dict, key: str = "wer") -> str:

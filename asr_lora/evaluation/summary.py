@@ -5,6 +5,7 @@ and model card carry.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from asr_lora.data.voices import PART_LABELS, PART_ORDER
@@ -20,8 +21,8 @@ def _recall(block: dict, key: str | None = None) -> float | None:
 
 
 def systems_table(scored: dict) -> dict:
-    """{part or "all": {system: {wer, control_wer, term_recall, term_recall_seen, term_recall_unseen,
-    n_main, n_control}}} for every scored system, parts in report order, "all" last."""
+    """{part or "all": {system: {wer, control_wer, term_recall, term_recall_seen, term_recall_unseen}}}
+    for every scored system, parts in report order, "all" last."""
     def row(block: dict) -> dict:
         return {"wer": (block.get("wer") or {}).get("wer"), "control_wer": (block.get("control") or {}).get("wer"),
                 "term_recall": _recall(block), "term_recall_seen": _recall(block, "seen"),
@@ -37,8 +38,17 @@ def systems_table(scored: dict) -> dict:
     return out
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
+def number(x: Any) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def pct(x: Any, digits: int = 2) -> str:
+    v = number(x)
+    return "n/a" if v is None else f"{100 * v:.{digits}f}%"
 
 
 def systems_rows(table: dict) -> tuple[list[str], list[list[str]]]:
@@ -48,8 +58,8 @@ def systems_rows(table: dict) -> tuple[list[str], list[list[str]]]:
     for part, by_system in table.items():
         label = "all test speech" if part == "all" else PART_LABELS.get(part, part)
         for system, r in by_system.items():
-            rows.append([label, SYSTEM_LABELS.get(system, system), _pct(r["wer"]), _pct(r["control_wer"]),
-                         _pct(r["term_recall"]), _pct(r["term_recall_seen"]), _pct(r["term_recall_unseen"])])
+            rows.append([label, SYSTEM_LABELS.get(system, system), pct(r["wer"]), pct(r["control_wer"]),
+                         pct(r["term_recall"]), pct(r["term_recall_seen"]), pct(r["term_recall_unseen"])])
     return cols, rows
 
 
@@ -98,8 +108,6 @@ def headline(ev: dict, system: str) -> dict:
         return pooled
     by_part = {p: _figures(b, b.get("wer_norm_no_particles"), b.get("wer_raw")) for p, b in s["parts"].items()}
     return {"part": lead, **by_part[lead], "by_part": by_part, "pooled": pooled}
-
-
 
 
 def eval_info(cfg, data_report: dict, adapter: str | None, split: str) -> dict:

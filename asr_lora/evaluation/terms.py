@@ -89,8 +89,13 @@ def derive_terms(domain_texts: Iterable[str], general_texts: Iterable[str], toke
                  min_pieces: int = 2) -> list[tuple[str, ...]]:
     """Words of `domain_texts` that `tokenizer` splits into `min_pieces` or more pieces (as a word
     after a space, lower-case and capitalised) and that `general_texts` never use."""
+    return _derive([normalize(t).split() for t in domain_texts], general_texts, tokenizer, min_pieces)
+
+
+def _derive(domain_words: Sequence[Sequence[str]], general_texts: Iterable[str], tokenizer,
+            min_pieces: int = 2) -> list[tuple[str, ...]]:
     general = {w for t in general_texts for w in normalize(t).split()}
-    counts = Counter(w for t in domain_texts for w in normalize(t).split())
+    counts = Counter(w for words in domain_words for w in words)
     terms = []
     for word, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         if word in general or not word.isalpha() or len(word) < 3:
@@ -105,11 +110,11 @@ def build_terms(train_domain_texts: Sequence[str], train_general_texts: Sequence
                 path: str | Path | None = None) -> Terms:
     """The run's terms: from `path` when given, else derived from the training text; with their
     training counts and the prompt listing the most frequent ones within `PROMPT_TOKEN_BUDGET`."""
+    words = [normalize(t).split() for t in train_domain_texts]
     if path:
         terms, source = read_terms_file(path), str(path)
     else:
-        terms, source = derive_terms(train_domain_texts, train_general_texts, tokenizer), "derived from training text"
-    words = [normalize(t).split() for t in train_domain_texts]
+        terms, source = _derive(words, train_general_texts, tokenizer), "derived from training text"
     counts = {" ".join(t): sum(_count(w, t) for w in words) for t in terms}
     out = Terms(terms, source, counts)
     # Most frequent first: the prompt holds what the training text says most often.
@@ -130,9 +135,10 @@ def term_recall(refs: Sequence[str], hyps: Sequence[str], terms: Terms, most_mis
     """Recall of term occurrences over normalised (`refs`, `hyps`) pairs: overall, for terms seen and
     unseen in training, per term, and the most-missed terms."""
     per: dict[str, list[int]] = {}
+    named = list(zip(terms.terms, terms.names))
     for r, h in zip(refs, hyps):
         rw, hw = r.split(), h.split()
-        for t, name in zip(terms.terms, terms.names):
+        for t, name in named:
             if n := _count(rw, t):
                 hit = min(n, _count(hw, t))
                 acc = per.setdefault(name, [0, 0])
