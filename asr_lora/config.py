@@ -8,11 +8,13 @@ Recipes in `recipes/` reach Hydra as the `recipe` group through `conf/recipe`, a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+
+from asr_lora.data.augment import SECTION_DEFAULTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -45,11 +47,8 @@ class DataConfig:
     source: str = "embedded"  # embedded | jsonl | csv | hf | common_voice | nsc
     path: Optional[str] = None
     options: dict[str, Any] = field(default_factory=dict)  # reader keyword arguments
-    split: Optional[str] = None  # evaluate: which split to score (default: eval.split)
-    train_split: str = "train"
-    dev_split: str = "dev"
-    test_split: str = "test"
-    # For sources without a split column: fractions of *speakers* for train/dev/test.
+    # Splits are named train, dev and test (readers map a corpus's own names onto them); for sources
+    # without a split column, these are the fractions of *speakers* in each.
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     min_seconds: float = 0.3
     max_seconds: float = 30.0
@@ -85,15 +84,30 @@ class DataConfig:
     corpus_workers: int = 2
 
 
-def _off() -> dict[str, Any]:
-    return {"enabled": False}
+def _section_schema(name: str, defaults: dict[str, Any]) -> type:
+    """A typed dataclass for one augmentation section, built from the Augmenter's own defaults
+    table (the one place they are written), so a misspelt key or a wrong type fails at compose."""
+    fields = []
+    for key, value in defaults.items():
+        if isinstance(value, list):
+            kind = list[int] if all(isinstance(v, int) for v in value) else list[float]
+            fields.append((key, kind, field(default_factory=lambda v=value: list(v))))
+        else:
+            fields.append((key, type(value), field(default=value)))
+    return make_dataclass(f"{name.title()}Augment", fields)
+
+
+_SECTIONS = {name: _section_schema(name, d) for name, d in SECTION_DEFAULTS.items()}
+
+
+def _sections_field(name: str):
+    return field(default_factory=_SECTIONS[name])
 
 
 @dataclass
 class AugmentConfig:
     """Training-only augmentation (asr_lora/data/augment.py). `enabled` is the group's master switch;
-    every other field but `copies` and `keep_clean` is one section passed to `Augmenter` (its keys and
-    defaults live there, so a misspelt key fails when the job builds the Augmenter). `copies` > 0
+    every other field but `copies` and `keep_clean` is one section passed to `Augmenter`. `copies` > 0
     renders that many augmented takes of every training clip once, before training
     (`augment.prerender`), instead of augmenting every batch on the fly; `keep_clean` keeps each
     clean clip beside its takes."""
@@ -101,15 +115,15 @@ class AugmentConfig:
     enabled: bool = False
     copies: int = 0
     keep_clean: bool = False  # with copies: train on each clean clip too, beside its takes
-    tempo: dict[str, Any] = field(default_factory=_off)
-    pitch: dict[str, Any] = field(default_factory=_off)
-    eq: dict[str, Any] = field(default_factory=_off)
-    room: dict[str, Any] = field(default_factory=_off)
-    noise: dict[str, Any] = field(default_factory=_off)
-    telephone: dict[str, Any] = field(default_factory=_off)
-    codec: dict[str, Any] = field(default_factory=_off)
-    gain: dict[str, Any] = field(default_factory=_off)
-    specaugment: dict[str, Any] = field(default_factory=_off)
+    tempo: Any = _sections_field("tempo")
+    pitch: Any = _sections_field("pitch")
+    eq: Any = _sections_field("eq")
+    room: Any = _sections_field("room")
+    noise: Any = _sections_field("noise")
+    telephone: Any = _sections_field("telephone")
+    codec: Any = _sections_field("codec")
+    gain: Any = _sections_field("gain")
+    specaugment: Any = _sections_field("specaugment")
 
 
 @dataclass
@@ -162,7 +176,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    split: str = "test"
+    split: str = "test"  # the split every evaluation scores (train, dev or test)
     beam_size: int = 1
     batch_size: int = 16
     max_new_tokens: int = 128

@@ -1,4 +1,4 @@
-"""`python -m asr_lora.evaluate +recipe=sg_english [model=...] [adapter=DIR] [data.split=test] [eval.beam_size=1]`.
+"""`python -m asr_lora.evaluate +recipe=sg_english [model=...] [adapter=DIR] [eval.split=test] [eval.beam_size=1]`.
 
 The work is `evaluation.job.evaluate`: base (and adapted, with an adapter) scored on one split.
 """

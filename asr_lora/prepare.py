@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from asr_lora.config import CONF_DIR
 from asr_lora.core.logs import setup_logging
+from asr_lora.core.paths import use_cache_root
 from asr_lora.core.runtime import run_dir_of
 from asr_lora.data.loading import load_data
 
@@ -17,12 +18,13 @@ log = logging.getLogger("asr_lora.prepare")
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    run_dir = run_dir_of(cfg)
+    run_dir = run_dir_of(cfg.run_dir)
     setup_logging(run_dir, quiet=cfg.quiet)
+    use_cache_root(cfg.paths.cache_dir)
     from asr_lora.model.whisper import load_whisper
 
     _, processor = load_whisper(cfg.model.name_or_path)  # the tokenizer decides label lengths
-    _, report = load_data(cfg, processor.tokenizer, run_dir)
+    _, report = load_data(cfg.data, processor.tokenizer, run_dir, scored=cfg.eval.split)
     c = report["counts"]
     log.info("%d rows: %d kept, %d skipped %s", c["seen"], c["kept"], c["skipped"], c["skipped_by_reason"])
     log.info("hours per split: %s", report["hours_per_split"])

@@ -40,7 +40,7 @@ SENTENCES = ["the kopi here very nice lah", "take the MRT to Tampines", "the haw
 def corpus_clips(n: int, split: str = "train", subset: str = "main", seed: int = 0) -> list[dict]:
     """n clips of the embedded sg_english corpus (built on first use), spread over voices, as
     {id, text, audio_path, duration}; deterministic for a seed."""
-    from asr_lora.data.corpus import build_corpus
+    from asr_lora.data.synthetic.corpus import build_corpus
     from asr_lora.data.readers.manifest import read_jsonl
     from asr_lora.data.records import Ledger
 
@@ -269,7 +269,6 @@ def merged_hf_dir(base: str, adapter_dir: Path, out_dir: Path) -> Path:
 
 
 def wer(refs: list[str], hyps: list[str]) -> float:
-    from asr_lora.data.text import normalize
-    from asr_lora.evaluation.metrics import corpus_wer
+    from asr_lora.evaluation.metrics import normalized_wer
 
-    return corpus_wer([normalize(r) for r in refs], [normalize(h) for h in hyps])["wer"]
+    return normalized_wer(refs, hyps)

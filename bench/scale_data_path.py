@@ -68,7 +68,7 @@ class RssSampler:
 
 def write_manifest(out: Path, n: int) -> Path:
     """n train rows cycling over the embedded corpus's train clips, sharded SHARD_ROWS per file."""
-    from asr_lora.data.corpus import build_corpus
+    from asr_lora.data.synthetic.corpus import build_corpus
     from asr_lora.data.readers.manifest import read_jsonl
     from asr_lora.data.records import Ledger
 
@@ -94,8 +94,8 @@ def one(args) -> dict:
     from transformers import WhisperProcessor
 
     from asr_lora.config import DataConfig
-    from asr_lora.data.features import SpeechCollator
-    from asr_lora.data.splits import add_features, prepare_data, use_feature_cache
+    from asr_lora.data.features import SpeechCollator, add_features, use_feature_cache
+    from asr_lora.data.splits import prepare_data
     from asr_lora.data.streaming import index_corpus, stream_train
     from asr_lora.model.whisper import resolve_model_dir
 
@@ -148,7 +148,7 @@ def label_padding(batch: int, window_batches: int = 50, seed: int = 0) -> dict:
     import numpy as np
     from transformers import WhisperTokenizer
 
-    from asr_lora.data.corpus import build_corpus
+    from asr_lora.data.synthetic.corpus import build_corpus
     from asr_lora.data.readers.manifest import read_jsonl
     from asr_lora.data.records import Ledger
     from asr_lora.data.splits import training_text

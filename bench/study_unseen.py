@@ -97,7 +97,7 @@ def run(name: str, overrides: list[str], out: Path, eval_part: str | None) -> Pa
 
 def wer_groups(run_dir: Path) -> dict[tuple, dict[str, float]]:
     """{(system, part, engine, subset): {"err": ..., "n": ...}}, engine "*" for the whole part."""
-    from asr_lora.data.voices import voice_parts
+    from asr_lora.data.synthetic.voices import voice_parts
 
     parts = voice_parts()  # scoring leaves "part" empty when the set has no unseen-engine rows
     sums: dict[tuple, dict[str, float]] = defaultdict(lambda: {"err": 0.0, "n": 0.0})

@@ -123,8 +123,8 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     from asr_lora.config import CONF_DIR
     from asr_lora.data.augment import training_augmentation
     from asr_lora.data.features import SpeechCollator
-    from asr_lora.model.encoder_cache import build_encoder_cache
-    from asr_lora.training.trainer import build_trainer, prepare_model, training_args
+    from asr_lora.training.job import Rows, build_model, trainer_args
+    from asr_lora.training.trainer import build_trainer
 
     steps, bs = spec["steps"], spec["batch_size"]
     base = spec["extra"].get(variant) or OURS_OVERRIDES[variant]
@@ -140,14 +140,15 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     t0 = time.perf_counter()
-    model, params = prepare_model(model, cfg)
     ds, augmenter = training_augmentation(cfg.augment, ds, cfg.seed)  # a pre-render is prep, paid once
-    cache = build_encoder_cache(cfg, model, processor, {"train": ds})
+    # The main job's own step builds the model and the encoder cache, so the bench times what it runs.
+    model, params, cache = build_model(cfg, model, processor, Rows({}, {}, ds, None, None, len(ds), False, augmenter))
     collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter, cache, cfg.seed)
     keep = ["id", "labels"] if cache is not None else ["id", "labels", "audio"]
-    args = training_args(cfg, out_dir, [], False)
+    args = trainer_args(cfg, out_dir, [], False)
     args.disable_tqdm = True
-    trainer = build_trainer(model, cfg, args, ds.select_columns(keep), None, CountingCollator(collator), processor)
+    trainer = build_trainer(model, args, ds.select_columns(keep), None, CountingCollator(collator), processor,
+                            early_stopping_patience=cfg.train.early_stopping_patience)
     prep = time.perf_counter() - t0
     info = {"params": params, "encoder_cache": cache is not None,
             "overrides": overrides[: len(base)], "learning_rate": cfg.train.learning_rate,

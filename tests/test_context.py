@@ -12,7 +12,7 @@ from asr_lora.config import LoraSettings, TrainConfig
 from asr_lora.data.audio import speech_frames
 from asr_lora.data.features import log_mel
 from asr_lora.model.context import context_length, disable_short_context, enable_short_context, whisper_encoder
-from asr_lora.training.trainer import prepare_model
+from asr_lora.training.job import prepare_for_training
 
 
 def _cfg(context="batch", pad_s=1.0, **lora):
@@ -70,7 +70,7 @@ def test_training_mode_runs_the_prefix_and_eval_keeps_30_seconds(tiny_whisper_di
 
 def test_encoder_adapters_train_through_the_short_context(tiny_whisper_dir, processor):
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
-    model, _ = prepare_model(model, _cfg(r=4, alpha=8, scope=["encoder", "decoder_self", "decoder_cross"]))
+    model, _ = prepare_for_training(_cfg(r=4, alpha=8, scope=["encoder", "decoder_self", "decoder_cross"]), model)
     feats = log_mel(processor, [_speech(1.5), _speech(2.9, 1)])
     seen = []
     whisper_encoder(model).layers[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
@@ -92,7 +92,7 @@ def test_encoder_adapters_train_through_the_short_context(tiny_whisper_dir, proc
 def test_unknown_context_setting_is_named(tiny_whisper_dir):
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
     with pytest.raises(ValueError, match="encoder_context must be 'full' or 'batch'"):
-        prepare_model(model, _cfg(context="30s"))
+        prepare_for_training(_cfg(context="30s"), model)
     with pytest.raises(ValueError, match="context_pad_s"):
         enable_short_context(model, pad_s=-1)
 
@@ -112,7 +112,7 @@ def test_specaugment_keeps_the_short_context(processor):
 def test_gradient_checkpointing_trains_encoder_adapters_through_the_short_context(tiny_whisper_dir, processor):
     # FIELD_NOTES 1: reentrant checkpoints starve encoder adapters; the short path must not either.
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
-    model, _ = prepare_model(model, _cfg(r=4, alpha=8, scope=["encoder", "decoder_self"]))
+    model, _ = prepare_for_training(_cfg(r=4, alpha=8, scope=["encoder", "decoder_self"]), model)
     model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     seen = []

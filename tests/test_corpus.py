@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-import asr_lora.data.corpus as corpus
-from asr_lora.data.corpus import (
+import asr_lora.data.synthetic.corpus as corpus
+from asr_lora.data.synthetic.corpus import (
     CONTROL,
     GENERAL,
     SENTENCES,

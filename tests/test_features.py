@@ -9,13 +9,13 @@ from omegaconf import OmegaConf
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from asr_lora.config import DataConfig
-from asr_lora.data.features import SpeechCollator, log_mel, pad_labels
-from asr_lora.data.splits import add_features, use_feature_cache
+from asr_lora.data.features import SpeechCollator, add_features, log_mel, pad_labels, use_feature_cache
 from asr_lora.model.encoder_cache import EncoderCache
 
 
-def test_pad_labels_strips_decoder_start_and_pads_with_ignore_index():
-    out = pad_labels([[50257, 1, 2, 3], [50257, 4], [5, 6]], 50257)
+def test_pad_labels_strips_decoder_start_and_pads_with_ignore_index(tiny_whisper_dir):
+    tok = WhisperProcessor.from_pretrained(tiny_whisper_dir).tokenizer
+    out = pad_labels(tok, [[50257, 1, 2, 3], [50257, 4], [5, 6]], 50257)
     assert out.tolist() == [[1, 2, 3], [4, -100, -100], [5, 6, -100]]
 
 

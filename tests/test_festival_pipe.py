@@ -1,4 +1,4 @@
-"""The kept-running festival (data/festival_pipe.py) writes exactly text2wave's bytes."""
+"""The kept-running festival (data/synthetic/festival_pipe.py) writes exactly text2wave's bytes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from asr_lora.data import festival_pipe
-from asr_lora.data.corpus import load_voices
-from asr_lora.data.synth import festival_setup as _setup
+from asr_lora.data.synthetic import festival_pipe
+from asr_lora.data.synthetic.corpus import load_voices
+from asr_lora.data.synthetic.engines import festival_setup as _setup
 
 pytestmark = pytest.mark.skipif(not festival_pipe.available(),
                                 reason="festival not installed (apt-get install festival)")
@@ -55,8 +55,8 @@ def test_long_run_of_corpus_texts_equals_text2wave(tmp_path, monkeypatch):
     (`synthesize`, a temporary directory per clip): one process rendering all of them wrote a
     different wave for the 42nd ('I made a sandwich with cheese, ham and tomato.'), which
     `RENDERS_PER_PROCESS` exists to prevent."""
-    from asr_lora.data.corpus import CONTROL, GENERAL, SENTENCES, load_sentences, plan_corpus
-    from asr_lora.data.synth import synthesize
+    from asr_lora.data.synthetic.corpus import CONTROL, GENERAL, SENTENCES, load_sentences, plan_corpus
+    from asr_lora.data.synthetic.engines import synthesize
 
     voices = load_voices()
     voice = next(v for v in voices if v.id == "festival-kal")
@@ -83,7 +83,7 @@ def test_text_without_an_utterance_raises_not_a_stale_header(tmp_path):
 
 
 def test_synthesize_falls_back_to_text2wave_when_the_pipe_fails(tmp_path, monkeypatch, caplog):
-    from asr_lora.data.synth import synthesize
+    from asr_lora.data.synthetic.engines import synthesize
 
     voice = next(v for v in load_voices() if v.engine == "festival")
     synthesize(TEXTS[1], voice, tmp_path / "pipe.wav")

@@ -100,6 +100,35 @@ def test_every_subpackage_says_what_it_owns():
             assert doc and len(doc) > 80, f"{f} needs a docstring saying what the subpackage owns"
 
 
+# The modules that read the Hydra config; everything below them takes explicit arguments (plain
+# values, or the one config section it owns, e.g. the data pipeline the `data` section).
+JOBS = {"config", "train", "evaluate", "prepare", "serve", "transcribe", "compare", "export.__main__",
+        "training.job", "evaluation.job", "export.job"}
+ROOT_ONLY = {"paths", "logger", "recipe_name", "run_dir"}  # keys only the root config has
+
+
+def _config_readers(paths: dict[str, Path]) -> dict[str, set[str]]:
+    """Modules that take the root config: a name `cfg`, or a read of a key only the root has."""
+    found: dict[str, set[str]] = {}
+    for name, f in paths.items():
+        for n in ast.walk(ast.parse(f.read_text())):
+            if isinstance(n, ast.Name) and n.id == "cfg" or isinstance(n, ast.arg) and n.arg == "cfg":
+                found.setdefault(name, set()).add("cfg")
+            elif isinstance(n, ast.Attribute) and n.attr in ROOT_ONLY and isinstance(n.value, ast.Name):
+                found.setdefault(name, set()).add(f"{n.value.id}.{n.attr}")
+    return found
+
+
+def test_only_job_modules_read_the_config():
+    assert {m: sorted(v) for m, v in _config_readers(_modules()).items() if m not in JOBS} == {}
+
+
+def test_config_check_sees_a_library_function_taking_the_config(tmp_path):
+    rogue = tmp_path / "rogue.py"
+    rogue.write_text("def f(cfg):\n    return cfg.data.path\n\ndef g(c):\n    return c.paths.cache_dir\n")
+    assert _config_readers({"rogue": rogue}) == {"rogue": {"cfg", "c.paths"}}
+
+
 DECODER = "inference.decode"  # the one module that builds `generate` calls
 
 

@@ -9,7 +9,7 @@ from transformers import WhisperForConditionalGeneration
 
 from asr_lora.config import LoraSettings, TrainConfig
 from asr_lora.model.lora import LoraScopeError, adapted_module_names, expected_lora_parameters, lora_modules_in
-from asr_lora.training.trainer import prepare_model
+from asr_lora.training.job import prepare_for_training
 
 LAYERS = 2  # make_tiny_whisper default
 
@@ -41,7 +41,7 @@ def test_scope_selects_exact_modules_and_parameter_count(tiny_whisper_dir, scope
     # hand count for attention q/v (d -> d): r*(d+d) each
     if targets == ["q_proj", "v_proj"]:
         assert expected == n_modules * 4 * (d + d)
-    peft_model, info = prepare_model(model, _cfg(r=4, alpha=8, scope=scope, target_modules=targets))
+    peft_model, info = prepare_for_training(_cfg(r=4, alpha=8, scope=scope, target_modules=targets), model)
     assert info["trainable"] == expected
     assert sorted(lora_modules_in(peft_model)) == sorted("base_model.model." + n for n in names)
 
@@ -71,7 +71,7 @@ def _train_steps(model, steps=3, lr=1e-2, seed=0):
 def test_training_moves_every_lora_b_and_freezes_the_base(tiny_whisper_dir):
     model = _model(tiny_whisper_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    peft_model, _ = prepare_model(model, _cfg(r=4, alpha=8))
+    peft_model, _ = prepare_for_training(_cfg(r=4, alpha=8), model)
     b0 = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_B" in n}
     assert b0 and all((p == 0).all() for p in b0.values())  # starts exactly at W0
     _train_steps(peft_model)
@@ -87,7 +87,7 @@ def test_training_moves_every_lora_b_and_freezes_the_base(tiny_whisper_dir):
 
 def test_nonreentrant_gradient_checkpointing_trains_encoder_adapters(tiny_whisper_dir):
     model = _model(tiny_whisper_dir)
-    peft_model, _ = prepare_model(model, _cfg(r=4, alpha=8, scope=["encoder", "decoder_self"]))
+    peft_model, _ = prepare_for_training(_cfg(r=4, alpha=8, scope=["encoder", "decoder_self"]), model)
     base = peft_model.get_base_model()
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     peft_model.enable_input_require_grads()
@@ -100,7 +100,7 @@ def test_full_mode_trains_all_weights(tiny_whisper_dir):
     model = _model(tiny_whisper_dir)
     cfg = _cfg(enabled=False)
     cfg.train.mode = "full"
-    model, info = prepare_model(model, cfg)
+    model, info = prepare_for_training(cfg, model)
     assert info["trainable"] == info["total"]
     w0 = model.model.encoder.layers[0].fc1.weight.detach().clone()
     _train_steps(model, lr=1e-3)
@@ -111,4 +111,4 @@ def test_mode_and_lora_settings_must_agree(tiny_whisper_dir):
     cfg = _cfg(enabled=True)
     cfg.train.mode = "full"
     with pytest.raises(ValueError, match="lora=none"):
-        prepare_model(_model(tiny_whisper_dir), cfg)
+        prepare_for_training(cfg, _model(tiny_whisper_dir))

@@ -289,7 +289,7 @@ def test_both_data_paths_decode_segments_and_zip_members(tmp_path, tiny_whisper_
             f"data.streaming={streaming}", "data.split_fractions=[1,0,0]", f"paths.cache_dir={tmp_path / 'cache'}",
             f"model.name_or_path={tiny_whisper_dir}"])
     tok = WhisperTokenizer.from_pretrained(tiny_whisper_dir)
-    splits, report = load_data(cfg, tok, tmp_path / "run")
+    splits, report = load_data(cfg.data, tok, tmp_path / "run")
     assert report["counts"]["balanced"] and report["counts"]["kept"] == 9
     saved = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert saved["counts"]["skipped_by_reason"] == {"missing_zip_member": 1, "missing_file": 1, "silence": 3,
@@ -322,7 +322,7 @@ def test_prepare_train_evaluate_on_a_fixture_nsc_tree(tmp_path, tiny_whisper_dir
         "eval.max_new_tokens=4", "export.enabled=false"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    splits, report = load_data(cfg, WhisperTokenizer.from_pretrained(tiny_whisper_dir), tmp_path / "prep")
+    splits, report = load_data(cfg.data, WhisperTokenizer.from_pretrained(tiny_whisper_dir), tmp_path / "prep")
     assert report["counts"]["balanced"] and set(splits) == {"train", "dev", "test"}, report["kept_per_split"]
     summary = train(cfg)
     assert summary["train"]["steps"] == 2

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from asr_lora.data.splits import filter_engines, keep_part, set_replay_share
-from asr_lora.data.voices import load_voices, part_of
+from asr_lora.data.selection import filter_engines, keep_part, set_replay_share
+from asr_lora.data.synthetic.voices import load_voices, part_of
 
 VOICES = load_voices()
 UNSEEN = next(v for v in VOICES if v.split == "dev" and part_of(v) == "unseen_engine")
@@ -111,7 +111,7 @@ def test_export_checks_the_exported_model_on_the_rows_the_evaluation_scored(monk
     seen = {}
     monkeypatch.setattr(export_run_module, "export_run", lambda *a, **kw: seen.update(kw) or {
         "paths": {}, "sizes_bytes": {}, "wer": {}})
-    cfg = OmegaConf.create({"data": {"dev_split": "dev", "max_eval_samples": None},
+    cfg = OmegaConf.create({"data": {"max_eval_samples": None},
                             "eval": {"split": "test", "part": ["unseen_engine", "real"], "engines": [],
                                      "beam_size": 1, "batch_size": 2, "max_new_tokens": 4},
                             "export": {"ct2_eval": True, "formats": ["hf"], "quantization": [], "force": False,

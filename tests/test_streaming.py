@@ -155,12 +155,12 @@ def test_main_job_streams_with_workers_and_records_load_skips(tmp_path, tiny_whi
 
 
 def test_length_aware_batching_in_memory_uses_the_trainers_length_grouped_sampler(tmp_path, tiny_whisper_dir):
-    from asr_lora.training.trainer import training_args
+    from asr_lora.training.job import trainer_args
 
     cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "data.length_buckets=2", "train.max_steps=2",
                    "eval.before_training=false")
-    args = training_args(cfg, tmp_path / "ck", [], True)
+    args = trainer_args(cfg, tmp_path / "ck", [], True)
     assert args.train_sampling_strategy == "group_by_length" and args.length_column_name == "n_labels"
-    streaming = training_args(cfg, tmp_path / "ck", [], True, streaming=True)
+    streaming = trainer_args(cfg, tmp_path / "ck", [], True, streaming=True)
     assert streaming.accelerator_config.dispatch_batches is False  # each rank reads its own shards
     assert train(cfg)["train"]["steps"] == 2

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_lora.data.corpus import load_voices
-from asr_lora.data.synth import SAMPLE_RATE, SynthError, Voice, available_engines, synthesize
+from asr_lora.data.synthetic.corpus import load_voices
+from asr_lora.data.synthetic.engines import SAMPLE_RATE, SynthError, Voice, available_engines, synthesize
 
 TEXT = "Uncle, one kopi siew dai and one teh peng, takeaway ah."
 
@@ -66,7 +66,7 @@ def test_every_inventory_voice_is_installed_and_renders(tmp_path):
 
 
 def test_missing_engine_raises_with_install_hint(tmp_path, monkeypatch):
-    import asr_lora.data.synth as synth
+    import asr_lora.data.synthetic.engines as synth
 
     fake = {e: {"installed": False, "voices": [], "install": synth.INSTALL_HINTS[e]} for e in synth.ENGINES}
     monkeypatch.setattr(synth, "available_engines", lambda: fake)
@@ -88,7 +88,7 @@ def test_unknown_voice_raises_instead_of_silent_fallback(tmp_path):
 
 
 def test_cli_failure_names_engine_voice_and_text(tmp_path, monkeypatch):
-    import asr_lora.data.synth as synth
+    import asr_lora.data.synthetic.engines as synth
 
     if not available_engines()["espeak"]["installed"]:
         pytest.skip("espeak-ng not installed")

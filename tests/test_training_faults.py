@@ -11,7 +11,8 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from asr_lora.config import Config
 from asr_lora.data.features import SpeechCollator
-from asr_lora.training.trainer import NonFiniteLossError, build_trainer, prepare_model, training_args
+from asr_lora.training.job import prepare_for_training, trainer_args
+from asr_lora.training.trainer import NonFiniteLossError, build_trainer
 
 
 class PoisonAfter(SpeechCollator):
@@ -35,13 +36,13 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, tiny_wh
     cfg.train.per_device_train_batch_size, cfg.lora.r, cfg.lora.alpha = 2, 4, 8
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
     processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
-    model, _ = prepare_model(model, cfg)
+    model, _ = prepare_for_training(cfg, model)
     rng = np.random.default_rng(0)
     ds = Dataset.from_list([{"id": f"u{i}", "labels": processor.tokenizer("kopi lah").input_ids,
                              "audio": (0.1 * rng.standard_normal(8000)).astype("float32")} for i in range(16)])
     collator = PoisonAfter(processor, model.config.decoder_start_token_id, good=4)
-    args = training_args(cfg, tmp_path / "ckpt", [], has_dev=False)
-    trainer = build_trainer(model, cfg, args, ds, None, collator, processor)
+    args = trainer_args(cfg, tmp_path / "ckpt", [], has_dev=False)
+    trainer = build_trainer(model, args, ds, None, collator, processor)
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 5.*checkpoint-4"):
         trainer.train()
     assert (tmp_path / "ckpt" / "checkpoint-4" / "adapter_model.safetensors").exists()
@@ -75,7 +76,7 @@ def test_reload_trained_gives_the_model_that_was_trained(tmp_path, tiny_whisper_
 
     extra = ["lora=none", "train.mode=full"] if mode == "full" else []
     cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", *extra)
-    model, _ = prepare_model(WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir), cfg)
+    model, _ = prepare_for_training(cfg, WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir))
     torch.manual_seed(0)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -103,7 +104,7 @@ def test_dev_batches_come_clean_while_training_batches_are_augmented(tmp_path, t
     cfg.train.max_steps, cfg.train.per_device_train_batch_size, cfg.train.per_device_eval_batch_size = 1, 4, 4
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
     processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
-    model, _ = prepare_model(model, cfg)
+    model, _ = prepare_for_training(cfg, model)
     rng = np.random.default_rng(0)
     rows = [{"id": f"u{i}", "labels": processor.tokenizer("kopi lah").input_ids, "duration": 1.0,
              "audio": (0.1 * rng.standard_normal(16000)).astype("float32")} for i in range(4)]
@@ -112,8 +113,8 @@ def test_dev_batches_come_clean_while_training_batches_are_augmented(tmp_path, t
     start = model.config.decoder_start_token_id
     train_collator = SpeechCollator(processor, start, aug, timestamp_probability=1.0)
     clean = SpeechCollator(processor, start)
-    args = training_args(cfg, tmp_path / "ckpt", [], has_dev=True)
-    trainer = build_trainer(model, cfg, args, ds, ds, train_collator, processor, eval_collator=clean)
+    args = trainer_args(cfg, tmp_path / "ckpt", [], has_dev=True)
+    trainer = build_trainer(model, args, ds, ds, train_collator, processor, eval_collator=clean)
     dev = next(iter(trainer.get_eval_dataloader()))
     expected = log_mel(processor, [r["audio"] for r in rows])
     assert torch.allclose(dev["input_features"], expected)

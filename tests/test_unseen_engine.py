@@ -13,12 +13,12 @@ import pytest
 import soundfile as sf
 from datasets import Dataset
 
-from asr_lora.data.corpus import CONTROL, SENTENCES, load_sentences, plan_corpus
-from asr_lora.data.synth import available_engines, synthesize
-from asr_lora.data.voices import VOICES, check_parts, load_voices, part_of
+from asr_lora.data.synthetic.corpus import CONTROL, SENTENCES, load_sentences, plan_corpus
+from asr_lora.data.synthetic.engines import available_engines, synthesize
+from asr_lora.data.synthetic.voices import VOICES, check_parts, load_voices, part_of
 from asr_lora.evaluation.scoring import evaluate_systems
 from asr_lora.evaluation.summary import headline
-from asr_lora.training.job import eval_summary, print_summary
+from asr_lora.training.console import eval_summary, print_summary
 
 UNSEEN = {"pico", "mbrola"}
 
@@ -188,9 +188,9 @@ def test_run_summary_leads_with_unseen_engine(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     print_summary(summary)
     out = capsys.readouterr().out
-    assert out.index("base WER (unseen engine, norm)") < out.index("base WER (training engines, norm)")
-    assert out.index("relative WER reduction (unseen engine)") < out.index("base WER (training engines")
-    assert "50.0%" in out and "forgetting gate (unseen engine+real speech)" in out
+    assert out.index("base WER (unseen TTS engine, norm)") < out.index("base WER (training TTS engines")
+    assert out.index("relative WER reduction (unseen TTS engine)") < out.index("base WER (training TTS engines")
+    assert "50.0%" in out and "forgetting gate (unseen TTS engine+real recorded speech)" in out
 
 
 def test_no_unseen_part_scores_as_before(tmp_path):

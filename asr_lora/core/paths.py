@@ -1,11 +1,32 @@
-"""Where asr_lora keeps what it builds: the cache root (models, corpora, prepared data)."""
+"""Where asr_lora keeps what it builds, and how a cached thing is named.
+
+One root (models, corpora, prepared data, encoder outputs, zero-shot passes) and one key helper:
+every cache names its entries `cache_key(inputs...)`, so "same inputs, same entry" holds by
+construction instead of by seven hand-rolled hashes."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
+ENV = "ASR_LORA_CACHE"
+
+
+def use_cache_root(cache_dir: str | Path | None) -> None:
+    """Set the process's cache root (`paths.cache_dir`); None keeps $ASR_LORA_CACHE or the default.
+    Kept in the environment so that worker processes (corpus rendering, DataLoader) see it too."""
+    if cache_dir:
+        os.environ[ENV] = str(Path(cache_dir).expanduser().resolve())
+
 
 def cache_root() -> Path:
-    """$ASR_LORA_CACHE, else ~/.cache/asr_lora."""
-    return Path(os.environ.get("ASR_LORA_CACHE", Path.home() / ".cache" / "asr_lora"))
+    """$ASR_LORA_CACHE (set by `use_cache_root` from `paths.cache_dir`), else ~/.cache/asr_lora."""
+    return Path(os.environ.get(ENV, Path.home() / ".cache" / "asr_lora"))
+
+
+def cache_key(*inputs, length: int = 16) -> str:
+    """A short, stable name for a cache entry made from these inputs (JSON-able, or str()-able)."""
+    blob = json.dumps(inputs, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
 log = logging.getLogger("asr_lora")
-
 
 
 def is_main_process() -> bool:
@@ -25,10 +23,10 @@ def init_distributed() -> None:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
-def run_dir_of(cfg) -> Path:
+def run_dir_of(run_dir: str | None) -> Path:
     """An explicit `run_dir=` (resume, export, evaluate of an old run) or Hydra's fresh one."""
-    if cfg.get("run_dir"):
-        d = Path(cfg.run_dir)
+    if run_dir:
+        d = Path(run_dir)
     else:
         from hydra.core.hydra_config import HydraConfig
 
@@ -38,20 +36,15 @@ def run_dir_of(cfg) -> Path:
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    from transformers import set_seed
+
+    set_seed(seed)
 
 
-class _main_process_first:
-    def __enter__(self):
-        self._barrier(not is_main_process())
+def main_process_first():
+    """Rank 0 runs the block first (it fills the caches), then the others (they read them)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
 
-    def __exit__(self, *exc):
-        self._barrier(is_main_process())
-        return False
-
-    @staticmethod
-    def _barrier(wait: bool) -> None:
-        if wait and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+    return PartialState().main_process_first()

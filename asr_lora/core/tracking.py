@@ -17,9 +17,10 @@ log = logging.getLogger(__name__)
 
 
 
-def setup(cfg, run_dir: Path) -> list[str]:
-    """Configure wandb through its environment variables; returns the Trainer's `report_to`."""
-    if cfg.logger.name == "none" or cfg.logger.wandb.mode == "disabled":
+def setup(logger, run_dir: Path, default_group: str) -> list[str]:
+    """Configure wandb (`logger`: the logger config section) through its environment variables;
+    returns the Trainer's `report_to`."""
+    if logger.name == "none" or logger.wandb.mode == "disabled":
         os.environ["WANDB_DISABLED"] = "true"
         return []
     try:
@@ -27,26 +28,26 @@ def setup(cfg, run_dir: Path) -> list[str]:
     except ImportError:
         log.warning("wandb is not installed; logging to metrics.json only")
         return []
-    w = cfg.logger.wandb
+    w = logger.wandb
     os.environ.setdefault("WANDB_MODE", w.mode)
     os.environ["WANDB_DIR"] = str(run_dir)
     os.environ["WANDB_PROJECT"] = w.project
     os.environ.setdefault("WANDB_SILENT", "true")
     # Runs of one sweep share a group: the multirun directory, or the recipe for single runs.
-    group = w.group or os.environ.get("ASR_LORA_WANDB_GROUP") or cfg.recipe_name
+    group = w.group or os.environ.get("ASR_LORA_WANDB_GROUP") or default_group
     os.environ["WANDB_RUN_GROUP"] = group
     os.environ["WANDB_LOG_MODEL"] = "false"  # the adapter goes up as our own artefact instead
     return ["wandb"]
 
 
-def init_run(cfg, run_dir: Path, config: dict, report_to: list[str]):
+def init_run(wandb_cfg, run_dir: Path, name: str, config: dict, report_to: list[str]):
     if "wandb" not in report_to:
         return None
     import wandb
 
     return wandb.init(
-        project=cfg.logger.wandb.project, group=os.environ.get("WANDB_RUN_GROUP"), dir=str(run_dir),
-        name=f"{cfg.recipe_name}-{run_dir.name}", config=config, tags=list(cfg.logger.wandb.tags),
+        project=wandb_cfg.project, group=os.environ.get("WANDB_RUN_GROUP"), dir=str(run_dir),
+        name=name, config=config, tags=list(wandb_cfg.tags),
         mode=os.environ.get("WANDB_MODE", "offline"), reinit="finish_previous",
     )
 

@@ -33,8 +33,6 @@ sees each clip more than K times."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 from collections.abc import Mapping
@@ -45,13 +43,14 @@ import numpy as np
 import torch
 
 from asr_lora.core.logs import progress
+from asr_lora.core.paths import cache_key
 from asr_lora.data.audio import SAMPLE_RATE, speech_frames
 
 log = logging.getLogger(__name__)
 
 WAVE_SECTIONS = ("tempo", "pitch", "eq", "room", "noise", "telephone", "codec", "gain")  # application order
 
-_DEFAULTS: dict[str, dict[str, Any]] = {
+SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     # Speaking rate, pitch kept (audiomentations.TimeStretch, signalsmith stretch).
     "tempo": {"enabled": False, "prob": 0.3, "rate": [0.9, 1.1]},
     # Voice pitch, duration kept (audiomentations.PitchShift).
@@ -190,7 +189,7 @@ def _effect(section: str, c: dict[str, Any]):
 
 
 class Augmenter:
-    """Training-only augmentation built from a config mapping (sections and keys as in `_DEFAULTS`;
+    """Training-only augmentation built from a config mapping (sections and keys as in `SECTION_DEFAULTS`;
     every section is off unless `enabled: true`, and each enabled wave section runs with its own
     `prob`). Unknown keys raise, so a typo cannot silently turn augmentation off. A top-level
     `enabled` (the Hydra group's master switch) is not a section: pass the sections only.
@@ -199,33 +198,33 @@ class Augmenter:
 
     def __init__(self, config: Mapping[str, Any] | None = None, sr: int = 16000) -> None:
         self.sr = sr
-        self.cfg: dict[str, dict[str, Any]] = {k: dict(v) for k, v in _DEFAULTS.items()}
+        self.sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in SECTION_DEFAULTS.items()}
         for section, values in dict(config or {}).items():
-            if section not in _DEFAULTS:
-                raise ValueError(f"unknown augmentation section {section!r}; known: {sorted(_DEFAULTS)}")
+            if section not in SECTION_DEFAULTS:
+                raise ValueError(f"unknown augmentation section {section!r}; known: {sorted(SECTION_DEFAULTS)}")
             for key, value in dict(values or {}).items():
-                if key not in _DEFAULTS[section]:
-                    raise ValueError(f"unknown key {section}.{key}; known: {sorted(_DEFAULTS[section])}")
+                if key not in SECTION_DEFAULTS[section]:
+                    raise ValueError(f"unknown key {section}.{key}; known: {sorted(SECTION_DEFAULTS[section])}")
                 # list() also turns an OmegaConf ListConfig into a plain list.
-                self.cfg[section][key] = list(value) if isinstance(_DEFAULTS[section][key], list) else value
+                self.sections[section][key] = list(value) if isinstance(SECTION_DEFAULTS[section][key], list) else value
         for section in WAVE_SECTIONS:
-            p = float(self.cfg[section]["prob"])
+            p = float(self.sections[section]["prob"])
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{section}.prob must be in [0, 1], got {p}")
-        self._effects = {s: _effect(s, self.cfg[s]) for s in WAVE_SECTIONS if self.on(s) and s != "room"}
+        self._effects = {s: _effect(s, self.sections[s]) for s in WAVE_SECTIONS if self.on(s) and s != "room"}
         self.rirs: list[np.ndarray] = []
         if self.on("room"):
-            r = self.cfg["room"]
+            r = self.sections["room"]
             self.rirs = simulate_rooms(int(r["n_rooms"]), sr, tuple(r["rt60"]), int(r["seed"]))
 
     def spec_only(self) -> Augmenter | None:
         """This augmenter with the waveform sections off (what runs per step after `prerender`)."""
         if not self.on("specaugment"):
             return None
-        return Augmenter({"specaugment": self.cfg["specaugment"]}, self.sr)
+        return Augmenter({"specaugment": self.sections["specaugment"]}, self.sr)
 
     def on(self, section: str) -> bool:
-        return bool(self.cfg[section]["enabled"])
+        return bool(self.sections[section]["enabled"])
 
     def touches_waveform(self) -> bool:
         """True when some augmentation must run before the log-mel (cached features won't do)."""
@@ -239,7 +238,7 @@ class Augmenter:
             if not self.on(section):
                 continue
             coin, seed = rng.random(), int(rng.integers(2**32))
-            if coin >= self.cfg[section]["prob"] or len(wave) == 0:
+            if coin >= self.sections[section]["prob"] or len(wave) == 0:
                 continue
             if section == "room":
                 wave = reverberate(wave, self.rirs[seed % len(self.rirs)])
@@ -251,7 +250,7 @@ class Augmenter:
     def spec(self, logmel: np.ndarray | torch.Tensor, rng: np.random.Generator) -> np.ndarray | torch.Tensor:
         if not self.on("specaugment"):
             return logmel
-        s = self.cfg["specaugment"]
+        s = self.sections["specaugment"]
         return spec_augment(
             logmel, rng, s["n_freq_masks"], s["freq_width"], s["n_time_masks"], s["time_width"]
         )
@@ -298,9 +297,7 @@ def prerender(ds, augmenter: Augmenter, copies: int, seed: int, batch_size: int 
         raise ValueError(f"augment.copies must be >= 1 to pre-render, got {copies}")
     if "audio" not in ds.column_names:
         raise ValueError(f"augment.copies needs the training audio; the train split has only {ds.column_names}")
-    key = hashlib.sha256(json.dumps([ds._fingerprint, augmenter.cfg, copies, seed, "prerender-1"]
-                                    + (["keep_clean"] if keep_clean else []),
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = cache_key(ds._fingerprint, augmenter.sections, copies, seed, "prerender-1", keep_clean)
     total = len(ds) * (copies + keep_clean)
     with progress(f"pre-rendering {copies} augmented cop{'y' if copies == 1 else 'ies'} ({total} clips)",
                   total) as advance:

@@ -7,36 +7,39 @@ import logging
 from pathlib import Path
 
 from asr_lora.core.io import write_json
-from asr_lora.core.runtime import _main_process_first
+from asr_lora.core.runtime import main_process_first
 
 log = logging.getLogger("asr_lora")
 
 
 
-def load_data(cfg, tokenizer, run_dir: Path | None, progress: bool = True, skip_dir: Path | None = None):
+def load_data(dcfg, tokenizer, run_dir: Path | None, *, scored: str = "test", batch_size: int = 8, seed: int = 0,
+              progress: bool = True, skip_dir: Path | None = None):
     """Prepared splits (cached) and the data report, which is also written into the run dir.
 
-    In memory (`data.prepare_data`) for corpora that fit `data.memory_budget_gb`; otherwise the
-    train split streams from sharded manifests (`streaming`) and is a `datasets.IterableDataset`."""
-    from asr_lora.core.paths import cache_root
+    `dcfg` is the data config section. In memory (`splits.prepare_data`) for corpora that fit
+    `data.memory_budget_gb`; otherwise the train split streams from sharded manifests (`streaming`,
+    shuffled with `seed`, in batches of `batch_size`) and is a `datasets.IterableDataset`; dev and
+    the `scored` split are read whole."""
     from asr_lora.data.records import Ledger
-    from asr_lora.data.splits import iter_records, prepare_data
+    from asr_lora.data.sources import iter_records
+    from asr_lora.data.splits import prepare_data
     from asr_lora.data.streaming import index_corpus, load_split, stream_train, use_streaming
 
     # Rank 0 prepares (and caches) first; the other ranks then read its cache instead of racing it.
-    with _main_process_first():
+    with main_process_first():
         estimate = None
-        if str(cfg.data.streaming).lower() == "auto":
-            estimate = iter_records(cfg.data, Ledger(), progress)[0]
-        if use_streaming(cfg.data, estimate):
-            root, report = index_corpus(cfg.data, tokenizer, Path(cfg.paths.cache_dir or cache_root()), progress)
+        if str(dcfg.streaming).lower() == "auto":
+            estimate = iter_records(dcfg, Ledger(), progress)[0]
+        if use_streaming(dcfg, estimate):
+            root, report = index_corpus(dcfg, tokenizer, None, progress)
             skip_dir = skip_dir or (run_dir / "load_skips" if run_dir is not None else None)
-            splits = {"train": stream_train(root, cfg.data, cfg.train.per_device_train_batch_size, cfg.seed, skip_dir)}
-            for s in {cfg.data.dev_split, cfg.data.test_split, cfg.eval.split, cfg.data.get("split")} - {None, "train"}:
+            splits = {"train": stream_train(root, dcfg, batch_size, seed, skip_dir)}
+            for s in {"dev", "test", scored} - {"train"}:
                 if (root / s).is_dir():
-                    splits[s] = load_split(root, s, cfg.data, skip_dir)
+                    splits[s] = load_split(root, s, dcfg, skip_dir)
         else:
-            splits, report = prepare_data(cfg.data, tokenizer, cfg.paths.cache_dir, progress)
+            splits, report = prepare_data(dcfg, tokenizer, None, progress)
     if run_dir is not None:
         path = run_dir / "data_report.json"
         write_json(path, report)

@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 
 
+SPLITS = ("train", "dev", "test")  # every source's rows land in one of these
+
+
 @dataclass
 class Record:
     id: str
@@ -33,7 +36,8 @@ class Record:
     subset: str = "main"
     engine: str | None = None  # TTS engine / voice for synthetic corpora; None for real speech
     voice: str | None = None
-    # Synthetic dev/test: "seen_engine" | "unseen_engine" (engine no train voice uses) | "real"; see data/voices.py.
+    # Synthetic dev/test: "seen_engine" | "unseen_engine" (no train voice uses the engine) | "real";
+    # see data/synthetic/voices.py.
     part: str | None = None
     source: str = ""  # "file:line" the record came from, for error messages
     extra: dict[str, Any] = field(default_factory=dict)

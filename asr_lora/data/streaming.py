@@ -116,17 +116,19 @@ def index_rows(records: Iterable[Record], ledger: Ledger, dcfg, tokenizer) -> It
             yield row_of(rec, *label, seconds or 0.0)
 
 
-def index_corpus(dcfg, tokenizer, cache_dir: Path, progress: bool = True) -> tuple[Path, dict]:
-    """Stage 1: sharded, filtered, tokenised manifests per split + the data report (cached)."""
-
-    from asr_lora.data.splits import _prep_key, data_report, iter_records, manifest_signature
+def index_corpus(dcfg, tokenizer, cache_dir: Path | None = None, progress: bool = True) -> tuple[Path, dict]:
+    """Stage 1: sharded, filtered, tokenised manifests per split + the data report (cached under
+    `cache_dir`, default the cache root)."""
+    from asr_lora.core.paths import cache_root
+    from asr_lora.data.sources import iter_records, manifest_signature
+    from asr_lora.data.splits import data_report, prep_key
 
     ledger = Ledger()
     records, info = iter_records(dcfg, ledger, progress)
     # The in-memory path's key (settings, versions, tokenizer), over the manifest files instead of
     # every audio file, plus the shard size that shapes the output.
-    key = _prep_key(dcfg, tokenizer, [manifest_signature(info["manifest"]), dcfg.shard_rows])
-    target = Path(cache_dir) / "prepared" / f"{dcfg.name}-{key}-stream"
+    key = prep_key(dcfg, tokenizer, [manifest_signature(info["manifest"]), dcfg.shard_rows])
+    target = Path(cache_dir or cache_root()) / "prepared" / f"{dcfg.name}-{key}-stream"
     if (target / "data_report.json").is_file():
         log.info("reusing indexed shards %s", target)
         return target, json.loads((target / "data_report.json").read_text())

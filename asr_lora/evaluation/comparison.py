@@ -123,10 +123,10 @@ def _get(d: Any, *keys: str) -> Any:
 
 def run_row(run: dict[str, Any], label: str) -> dict[str, Any]:
     """One flat row (raw numbers, for csv/json) from a loaded run."""
-    m, cfg = run["metrics"], run["config"]
+    m, saved = run["metrics"], run["config"]
     params = m.get("params") or {}
-    mode = params.get("mode") or _get(cfg, "train", "mode")
-    lora = m.get("lora") or (_get(cfg, "lora") if mode != "full" else None) or {}
+    mode = params.get("mode") or _get(saved, "train", "mode")
+    lora = m.get("lora") or (_get(saved, "lora") if mode != "full" else None) or {}
     if mode == "full" or not lora.get("enabled", True):
         lora = {}
     ev = m.get("eval") or {}
@@ -142,7 +142,7 @@ def run_row(run: dict[str, Any], label: str) -> dict[str, Any]:
     return {
         "run": label,
         "run_dir": str(run["dir"]),
-        "recipe": m.get("recipe") or cfg.get("recipe_name"),
+        "recipe": m.get("recipe") or saved.get("recipe_name"),
         "overrides": " ".join(overrides),
         "r": lora.get("r"),
         # alpha: null in the config means the default 2r (lora.lora_alpha)
@@ -155,7 +155,7 @@ def run_row(run: dict[str, Any], label: str) -> dict[str, Any]:
         "adapter_bytes": m.get("adapter_bytes"),
         "train_seconds": number(_get(m, "train", "seconds")),
         "train_steps": _get(m, "train", "steps"),
-        "batch": _get(cfg, "train", "per_device_train_batch_size"),
+        "batch": _get(saved, "train", "per_device_train_batch_size"),
         "dev_wer": dev,
         "test_wer": test_wer,
         "test_ci_low": number(adapted.get("ci_low")),

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from asr_lora.core.logs import setup_logging
+from asr_lora.core.paths import use_cache_root
 from asr_lora.core.runtime import run_dir_of, seed_everything
 from asr_lora.data.loading import load_data
 from asr_lora.evaluation.summary import eval_info
@@ -23,10 +24,11 @@ log = logging.getLogger("asr_lora.evaluate")
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    run_dir = run_dir_of(cfg)
+    run_dir = run_dir_of(cfg.run_dir)
     setup_logging(run_dir, quiet=cfg.quiet)
+    use_cache_root(cfg.paths.cache_dir)
     seed_everything(cfg.seed)
-    from asr_lora.data.splits import eval_rows, subsample
+    from asr_lora.data.selection import eval_rows, subsample
     from asr_lora.evaluation.scoring import evaluate_systems
     from asr_lora.evaluation.summary import headline
     from asr_lora.model.encoder_cache import EncoderCache
@@ -38,24 +40,24 @@ def evaluate(cfg: DictConfig) -> dict:
 
         model = load_adapter(model, cfg.adapter)
     model.eval()
-    splits, report = load_data(cfg, processor.tokenizer, run_dir)
+    splits, report = load_data(cfg.data, processor.tokenizer, run_dir, scored=cfg.eval.split)
     from asr_lora.evaluation.scoring import eval_systems
     from asr_lora.evaluation.terms import terms_for_split
 
-    terms = terms_for_split(splits.get(cfg.data.train_split), processor.tokenizer, cfg.eval.terms)
+    terms = terms_for_split(splits.get("train"), processor.tokenizer, cfg.eval.terms)
     systems = eval_systems(cfg.eval, terms is not None, adapted=bool(cfg.adapter))
-    split = cfg.data.split or cfg.eval.split
+    split = cfg.eval.split
     if split not in splits:
         raise ValueError(f"split {split!r} is empty or missing; have {sorted(splits)} (see data_report.json)")
-    ds = eval_rows(splits[split], cfg.eval)
+    ds = eval_rows(splits[split], cfg.eval.part, cfg.eval.engines)
     ds = subsample(ds, cfg.data.max_eval_samples, cfg.seed)
 
     cache = None
     if not any(".encoder." in n and "lora_A" in n for n, _ in model.named_parameters()):
         # The encoder is the same for every system here: run it once per clip.
-        cache = EncoderCache(model, processor, encoder_batch_size(cfg, model))
+        cache = EncoderCache(model, processor, encoder_batch_size(model, cfg.eval.batch_size))
         cache.fill(ds["id"], [np.asarray(a, dtype=np.float32) for a in ds["audio"]], True, f"encoding {split}")
-    info = eval_info(cfg, report, cfg.adapter, split)
+    info = eval_info(cfg.data, cfg.model.name_or_path, report, cfg.adapter, split)
     ev = evaluate_systems(model, processor, ds, cfg.eval, run_dir / "eval", info, systems, cache, terms=terms)
     for s in (s for s in systems if s in ("base", "adapted")):
         h = headline(ev, s)

@@ -29,7 +29,7 @@ import jiwer
 import numpy as np
 from jiwer.process import AlignmentChunk
 
-from asr_lora.data.text import PARTICLES
+from asr_lora.data.text import PARTICLES, normalize
 
 Chunks = list[AlignmentChunk]
 
@@ -99,6 +99,11 @@ def corpus_wer(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, Any]:
     """``{wer, sub, del, ins, hits, n_ref_words}``."""
     c = _corpus(refs, hyps, "word")
     return {"wer": c.pop("rate"), **{k: c[k] for k in ("sub", "del", "ins", "hits")}, "n_ref_words": c["n"]}
+
+
+def normalized_wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Corpus WER of raw transcripts after the one normaliser (the figure every report quotes)."""
+    return corpus_wer([normalize(r) for r in refs], [normalize(h) for h in hyps])["wer"]
 
 
 def corpus_cer(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from typing import Any
 from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas by default
 
 from asr_lora.core.io import write_bytes
-from asr_lora.data.voices import PART_LABELS
+from asr_lora.data.synthetic.voices import PART_LABELS
 from asr_lora.evaluation.summary import number, pct, terms_blocks
 
 SYSTEMS = ("base", "adapted")

@@ -11,7 +11,7 @@ the forgetting gate.
 
 Engine leakage (FIELD_NOTES 13): a synthetic test set whose voices include engines the adapter was
 trained on rewards learning those engines' sound. When the test set has an *unseen-engine* part
-(voices of TTS engines no train voice uses, `data/voices.py`), every utterance is tagged with its
+(voices of TTS engines no train voice uses, `data/synthetic/voices.py`), every utterance is tagged with its
 part ("unseen_engine", "seen_engine", "real" for recorded speech) and the headline (`headline`,
 `ev["lead_part"]`, `ev["paired"]`) is the unseen-engine part; the forgetting gate is decided on
 unseen-engine control speech pooled with the real control clips, each part on its own row.
@@ -36,7 +36,7 @@ from asr_lora.core.io import write_text
 from asr_lora.core.logs import progress as progress_bar
 from asr_lora.data.features import log_mel
 from asr_lora.data.text import NORMALIZER_VERSION, normalize
-from asr_lora.data.voices import GATE_PARTS, LEAD_PART, PART_ORDER, REAL_PART, voice_parts
+from asr_lora.data.synthetic.voices import GATE_PARTS, LEAD_PART, PART_ORDER, REAL_PART, voice_parts
 from asr_lora.evaluation.metrics import bootstrap_ci, corpus_cer, corpus_wer, error_analysis, group_breakdown
 from asr_lora.evaluation.metrics import paired_bootstrap, particle_stats, per_utterance_errors, worst_utterances
 from asr_lora.evaluation.report import write_report

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from asr_lora.data.voices import PART_LABELS, PART_ORDER
+from asr_lora.data.synthetic.voices import PART_LABELS, PART_ORDER
 
 SYSTEM_ORDER = ("base", "prompt", "adapted", "adapted_prompt")
 SYSTEM_LABELS = {"base": "zero-shot", "prompt": "zero-shot + term prompt", "adapted": "adapted",
@@ -110,21 +110,32 @@ def headline(ev: dict, system: str) -> dict:
     return {"part": lead, **by_part[lead], "by_part": by_part, "pooled": pooled}
 
 
-def eval_info(cfg, data_report: dict, adapter: str | None, split: str) -> dict:
+def describe_corpus(title: str, data_report: dict, synthetic: bool, where: str) -> str:
+    """What the scored speech is, in one sentence, from the engines the data report counted."""
+    if not synthetic:
+        return f"{title}: {where}"
+    engines = data_report.get("engines_per_split") or {}
+    train = sorted(e for e in engines.get("train", {}) if e)
+    held_out = sorted({e for s in ("dev", "test") for e in engines.get(s, {}) if e} - set(train))
+    real = any(engines.get(s, {}).get("") for s in ("dev", "test"))
+    text = f"SYNTHETIC speech: {title} sentences rendered offline by TTS voices"
+    if train:
+        text += f" (train: {', '.join(train)}"
+        text += (f"; dev/test also {', '.join(held_out)}, engines no train voice uses)" if held_out else ")")
+    return text + ("; real recorded speech only in the control set." if real else ".")
+
+
+def eval_info(data, base: str, data_report: dict, adapter: str | None, split: str) -> dict:
+    """The report's description of what was scored; `data` is the data config section."""
     corpus = data_report.get("corpus") or {}
-    synthetic = bool(cfg.data.synthetic or corpus.get("synthetic"))
-    description = (
-        "SYNTHETIC speech: Singapore English sentences written for this project, rendered offline by TTS "
-        "voices (train: espeak-ng, flite, festival, piper; dev/test also SVOX Pico and MBROLA, engines no "
-        "train voice uses, which the headline figures come from); real recorded speech only in the control "
-        "set where pocketsphinx-testdata is installed." if synthetic else f"{cfg.data.source} corpus at {cfg.data.path}"
-    )
+    synthetic = bool(data.synthetic or corpus.get("synthetic"))
+    title = data.title or data.name
+    description = describe_corpus(title, data_report, synthetic, f"{data.source} corpus at {data.path}")
     counts = data_report.get("counts", {})
     return {
         "synthetic": synthetic,
-        "corpus": {"name": cfg.data.name, "title": cfg.data.get("title") or cfg.data.name,
-                   "description": description},
-        "model": {"base": cfg.model.name_or_path, "adapter": adapter},
+        "corpus": {"name": data.name, "title": title, "description": description},
+        "model": {"base": base, "adapter": adapter},
         "split": split,
         "data": {"kept": {s: sum(v.values()) for s, v in data_report.get("kept_per_split", {}).items()},
                  "dropped": counts.get("skipped_by_reason", {}),

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from asr_lora.core.io import write_json
+from asr_lora.core.paths import cache_key
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,13 @@ def rows_signature(ds) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_dir: str, device, ds, ecfg, prompt: str | None = None) -> str:
+def pass_key(model_dir: str, device, ds, ecfg, prompt: str | None = None) -> str:
     import torch
     import transformers
 
     parts = [VERSION, _weights_signature(model_dir), str(device), rows_signature(ds), ecfg.beam_size,
              ecfg.batch_size, ecfg.max_new_tokens, torch.__version__, transformers.__version__]
-    if prompt:  # keys of unprompted passes stay what they were
-        parts.append(prompt)
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
+    return cache_key(*parts, prompt, length=20)
 
 
 def zero_shot_hypotheses(decode, model_dir: str, device, ds, ecfg, cache_dir: Path | None,
@@ -56,7 +55,7 @@ def zero_shot_hypotheses(decode, model_dir: str, device, ds, ecfg, cache_dir: Pa
     this exact pass was made before; `cache_dir` None: always decode."""
     if cache_dir is None:
         return decode()
-    key = cache_key(model_dir, device, ds, ecfg, prompt)
+    key = pass_key(model_dir, device, ds, ecfg, prompt)
     path = Path(cache_dir) / "zero_shot" / f"{key}.json"
     if path.is_file():
         entry = json.loads(path.read_text())

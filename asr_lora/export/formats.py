@@ -12,8 +12,6 @@ import numpy as np
 from transformers import GenerationConfig
 
 from asr_lora.core.logs import progress
-from asr_lora.data.text import normalize
-from asr_lora.evaluation.metrics import corpus_wer
 from asr_lora.evaluation.report import pct, pct_ci, render_markdown_table
 from asr_lora.export.merge import ADAPTER_FILES, ExportError
 from asr_lora.model.adapters import BUNDLED_HUB_IDS, check_adapter_dir, make_adapter_portable
@@ -95,10 +93,6 @@ def transcribe_ct2(ct2_dir: Path, audios: Sequence[np.ndarray], beam_size: int =
             out.append(" ".join(s.text.strip() for s in segments).strip())
             advance()
     return out
-
-
-def _wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    return corpus_wer([normalize(r) for r in refs], [normalize(h) for h in hyps])["wer"]
 
 
 def _loading_snippets(base: str, exports: Sequence[str], beams: int = 1) -> list[str]:

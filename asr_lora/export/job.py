@@ -30,16 +30,16 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
 
     if processor is None:
         _, processor = load_whisper(cfg.model.name_or_path)
-    dev = splits.get(cfg.data.dev_split)
+    dev = splits.get("dev")
     probe = None
     if dev is not None and len(dev):
         rows = dev.select(range(min(cfg.export.probe_size, len(dev))))
         probe = log_mel(processor, [np.asarray(a, dtype=np.float32) for a in rows["audio"]])
     # The same test rows the run's evaluation scored (eval.part / eval.engines), so the exported
     # model's WER check is on what the report shows and costs no more than that evaluation.
-    from asr_lora.data.splits import eval_rows
+    from asr_lora.data.selection import eval_rows
 
-    test = eval_rows(splits.get(cfg.eval.split), cfg.eval)
+    test = eval_rows(splits.get(cfg.eval.split), cfg.eval.part, cfg.eval.engines)
     audios = refs = transcriber = reuse = None
     evaluated = evaluated_hypotheses(run_dir, ev, cfg.eval.beam_size)
     if cfg.export.ct2_eval and test is not None:
@@ -98,6 +98,7 @@ def run_config(cfg: DictConfig) -> DictConfig:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict:
     from asr_lora.core.logs import setup_logging
+    from asr_lora.core.paths import use_cache_root
     from asr_lora.data.loading import load_data
 
     if not cfg.run_dir:
@@ -105,10 +106,11 @@ def main(cfg: DictConfig) -> dict:
     run_cfg = run_config(cfg)
     run_dir = Path(run_cfg.run_dir)
     setup_logging(run_dir, quiet=cfg.quiet)
+    use_cache_root(cfg.paths.cache_dir)
     from asr_lora.model.whisper import load_whisper
 
     _, processor = load_whisper(run_cfg.model.name_or_path)
-    splits, _ = load_data(run_cfg, processor.tokenizer, None)
+    splits, _ = load_data(run_cfg.data, processor.tokenizer, None, scored=run_cfg.eval.split)
     ev_path = run_dir / "eval" / "eval.json"
     ev = json.loads(ev_path.read_text()) if ev_path.is_file() else None
     if ev is None:

@@ -32,7 +32,8 @@ import torch
 
 from asr_lora.core.io import publish_dir, stage_dir
 from asr_lora.evaluation.report import pct
-from asr_lora.export.formats import _wer, export_adapter, export_ct2, export_hf, transcribe_ct2, write_model_card
+from asr_lora.evaluation.metrics import normalized_wer
+from asr_lora.export.formats import export_adapter, export_ct2, export_hf, transcribe_ct2, write_model_card
 from asr_lora.export.merge import ExportError, load_adapter_model, merge_loaded, synthetic_probe, verify_merge
 from asr_lora.inference.decode import transcribe_arrays
 from asr_lora.model.adapters import check_adapter_dir
@@ -124,9 +125,9 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
             else:
                 merged_hyps = (merged_transcriber(merged) if merged_transcriber
                                else transcribe_arrays(merged, processor, test_audios, beam_size))
-            export_wer["merged_hf"] = _wer(test_refs, merged_hyps)
+            export_wer["merged_hf"] = normalized_wer(test_refs, merged_hyps)
             for q in ct2_quantizations if "ct2" in formats else ():
-                export_wer[f"ct2-{q}"] = _wer(test_refs, transcribe_ct2(
+                export_wer[f"ct2-{q}"] = normalized_wer(test_refs, transcribe_ct2(
                     staged[f"ct2-{q}"], test_audios, beam_size=beam_size, description=f"decoding (ct2-{q} export)"))
             info["export_wer"] = export_wer
         for name, tmp in staged.items():

@@ -64,8 +64,8 @@ def portable_base(ref: str | None) -> str | None:
 
 def adapter_base(path: str | Path) -> str | None:
     """The base an adapter directory names (`base_model_name_or_path`), made portable."""
-    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
-    return portable_base(cfg.get("base_model_name_or_path"))
+    conf = json.loads((Path(path) / "adapter_config.json").read_text())
+    return portable_base(conf.get("base_model_name_or_path"))
 
 
 def make_adapter_portable(adapter_dir: str | Path, base: str | None = None) -> Path:
@@ -73,9 +73,9 @@ def make_adapter_portable(adapter_dir: str | Path, base: str | None = None) -> P
     from asr_lora.core.io import write_json
 
     path = Path(adapter_dir) / "adapter_config.json"
-    cfg = json.loads(path.read_text())
-    cfg["base_model_name_or_path"] = portable_base(base or cfg.get("base_model_name_or_path"))
-    write_json(path, cfg, sort_keys=True)
+    conf = json.loads(path.read_text())
+    conf["base_model_name_or_path"] = portable_base(base or conf.get("base_model_name_or_path"))
+    write_json(path, conf, sort_keys=True)
     return path
 
 

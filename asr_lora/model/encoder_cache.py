@@ -10,7 +10,6 @@ pre-rendered once (`augment.copies`, no SpecAugment) are fixed audio and are cac
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,12 +89,15 @@ class EncoderCache:
         return sum(t.numel() * t.element_size() for t in self.store.values())
 
 
-def cache_enabled(cfg) -> bool:
-    setting = str(cfg.train.cache_encoder_outputs).lower()
+def cache_enabled(setting: str, mode: str, lora_scope, augment) -> bool:
+    """Whether training may cache encoder outputs: `setting` is train.cache_encoder_outputs (auto |
+    true | false); it needs a frozen encoder (LoRA without "encoder" in `lora_scope`) and audio that
+    is the same every step (`augment`, the augment config section)."""
+    setting = str(setting).lower()
     if setting in ("false", "0", "no"):
         return False
-    encoder_frozen = cfg.train.mode == "lora" and "encoder" not in cfg.lora.scope
-    a = cfg.augment
+    encoder_frozen = mode == "lora" and "encoder" not in lora_scope
+    a = augment
     fixed_audio = not a.enabled or (a.copies > 0 and not (a.specaugment or {}).get("enabled", False))
     if setting in ("true", "1", "yes"):
         if not encoder_frozen or not fixed_audio:
@@ -106,45 +108,36 @@ def cache_enabled(cfg) -> bool:
     return encoder_frozen and fixed_audio
 
 
-def encoder_batch_size(cfg, model) -> int:
+def encoder_batch_size(model, gpu_batch_size: int) -> int:
     # On CPU the 1500-position attention is memory-bound: one clip at a time is fastest (measured
     # 0.21 s/clip at batch 1 vs 0.27 at 16 on 2 cores); GPUs want big batches.
-    return cfg.eval.batch_size if next(model.parameters()).is_cuda else 1
+    return gpu_batch_size if next(model.parameters()).is_cuda else 1
 
 
-def _encoder_cache_key(cfg, model, ds) -> str:
-    import hashlib
-
-    from asr_lora.model.whisper import resolve_model_dir
-
-    src = Path(resolve_model_dir(cfg.model.name_or_path))
-    weights = src / "model.safetensors"
-    ident = [str(src.resolve()), weights.stat().st_mtime_ns if weights.is_file() else None, cfg.model.dtype,
-             ds._fingerprint, len(ds)]
-    return hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:20]
-
-
-def build_encoder_cache(cfg, model, processor, splits: dict):
-    if not cache_enabled(cfg):
-        return None
-
+def build_encoder_cache(model, processor, splits: dict, *, auto: bool, budget_gb: float, on_disk: bool,
+                        base: str, dtype: str, batch_size: int):
+    """The frozen encoder's outputs for every clip of `splits` (name -> dataset or None), or None when
+    `auto` and they would not fit `budget_gb`. `on_disk` keeps them under the cache root, keyed by
+    the base model (`base`, `dtype`) and the rows, for the next run."""
     n = sum(len(ds) for ds in splits.values() if ds is not None)
     gb = n * model.config.max_source_positions * model.config.d_model * 4 / 2**30
-    if str(cfg.train.cache_encoder_outputs).lower() == "auto" and gb > cfg.train.encoder_cache_budget_gb:
-        log.info("encoder cache would need %.1f GB > %.1f GB budget: encoder runs every step", gb,
-                 cfg.train.encoder_cache_budget_gb)
+    if auto and gb > budget_gb:
+        log.info("encoder cache would need %.1f GB > %.1f GB budget: encoder runs every step", gb, budget_gb)
         return None
-    from asr_lora.core.paths import cache_root
+    from asr_lora.core.paths import cache_key, cache_root
+    from asr_lora.model.whisper import resolve_model_dir
 
-    root = Path(cfg.paths.cache_dir) if cfg.paths.cache_dir else cache_root()
-    cache = EncoderCache(model, processor, batch_size=encoder_batch_size(cfg, model))
+    src = Path(resolve_model_dir(base))
+    weights = src / "model.safetensors"
+    model_id = [str(src.resolve()), weights.stat().st_mtime_ns if weights.is_file() else None, dtype]
+    cache = EncoderCache(model, processor, batch_size=encoder_batch_size(model, batch_size))
     for name, ds in splits.items():
         if ds is None or not len(ds):
             continue
         audios = lambda ds=ds: [np.asarray(a, dtype=np.float32) for a in ds["audio"]]  # noqa: E731
         label = f"encoding {name} ({len(ds)} clips, frozen encoder)"
-        if cfg.train.encoder_cache_on_disk:
-            path = root / "encoder" / f"{_encoder_cache_key(cfg, model, ds)}.safetensors"
+        if on_disk:
+            path = cache_root() / "encoder" / f"{cache_key(model_id, ds._fingerprint, len(ds), length=20)}.safetensors"
             cache.load_or_fill(path, ds["id"], audios, True, label)
         else:
             cache.fill(ds["id"], audios(), True, label)

@@ -36,8 +36,8 @@ class LoraScopeError(ValueError):
     """The LoRA settings select nothing, or name a scope/module Whisper does not have."""
 
 
-def lora_alpha(cfg) -> int:
-    return cfg.alpha if cfg.alpha is not None else 2 * cfg.r
+def lora_alpha(lora) -> int:
+    return lora.alpha if lora.alpha is not None else 2 * lora.r
 
 
 def adapted_module_names(model: torch.nn.Module, target_modules, scope) -> list[str]:
@@ -70,17 +70,18 @@ def expected_lora_parameters(model: torch.nn.Module, names: list[str], r: int) -
     return sum(r * (modules[n].in_features + modules[n].out_features) for n in names)
 
 
-def add_lora(model, cfg, adapter_name: str = "default") -> PeftModel:
-    """Freeze the base and wrap the selected matrices with peft LoRA adapters."""
-    names = adapted_module_names(model, cfg.target_modules, cfg.scope)
+def add_lora(model, lora, adapter_name: str = "default") -> PeftModel:
+    """Freeze the base and wrap the selected matrices with peft LoRA adapters (`lora`: the lora
+    config section: r, alpha, dropout, target_modules, scope, bias, use_rslora, use_dora)."""
+    names = adapted_module_names(model, lora.target_modules, lora.scope)
     config = LoraConfig(
-        r=cfg.r,
-        lora_alpha=lora_alpha(cfg),
-        lora_dropout=cfg.dropout,
+        r=lora.r,
+        lora_alpha=lora_alpha(lora),
+        lora_dropout=lora.dropout,
         target_modules=names,
-        bias=cfg.bias,
-        use_rslora=cfg.use_rslora,
-        use_dora=cfg.use_dora,
+        bias=lora.bias,
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
     )
     return get_peft_model(model, config, adapter_name=adapter_name)
 
@@ -96,8 +97,8 @@ def lora_modules_in(model) -> list[str]:
     return [n for n, m in model.named_modules() if hasattr(m, "lora_A") and len(getattr(m, "lora_A", {})) > 0]
 
 
-def touches_encoder(cfg) -> bool:
-    return bool(cfg.enabled) and "encoder" in cfg.scope
+def touches_encoder(lora) -> bool:
+    return bool(lora.enabled) and "encoder" in lora.scope
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ that any transformers/peft code can load, so the rest of the project only ever s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -27,7 +26,7 @@ from transformers import (
 )
 
 from asr_lora.core.io import atomic_dir, atomic_file
-from asr_lora.core.paths import cache_root
+from asr_lora.core.paths import cache_key, cache_root
 from asr_lora.model.convert import ConversionError, load_ct2_dir
 
 log = logging.getLogger(__name__)
@@ -99,10 +98,10 @@ def _tokenizer_from_ct2(ct2_dir: Path, vocab_size: int) -> WhisperTokenizer:
     return tok
 
 
-def _generation_config(tok: WhisperTokenizer, cfg: WhisperConfig, ct2_config: dict) -> GenerationConfig:
+def _generation_config(tok: WhisperTokenizer, config: WhisperConfig, ct2_config: dict) -> GenerationConfig:
     ids = tok.convert_tokens_to_ids
     lang_ids = sorted(ct2_config.get("lang_ids") or [])
-    multilingual = cfg.vocab_size >= 51865
+    multilingual = config.vocab_size >= 51865
     gen = GenerationConfig(
         decoder_start_token_id=ids("<|startoftranscript|>"),
         bos_token_id=ids("<|endoftext|>"),
@@ -111,7 +110,7 @@ def _generation_config(tok: WhisperTokenizer, cfg: WhisperConfig, ct2_config: di
         suppress_tokens=list(ct2_config.get("suppress_ids", [])),
         begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin", [])),
         alignment_heads=[list(h) for h in ct2_config.get("alignment_heads", [])],
-        max_length=cfg.max_target_positions,
+        max_length=config.max_target_positions,
         no_timestamps_token_id=ids("<|notimestamps|>"),
         prev_sot_token_id=ids("<|startofprev|>"),
         is_multilingual=multilingual,
@@ -164,8 +163,8 @@ def convert_ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
 
 def _ct2_cache_dir(ct2_dir: Path, label: str) -> Path:
     st = (ct2_dir / "model.bin").stat()
-    key = f"{ct2_dir.resolve()}|{st.st_size}|{st.st_mtime_ns}|{CONVERTER_VERSION}"
-    return cache_root() / "models" / f"{label}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    key = cache_key(ct2_dir.resolve(), st.st_size, st.st_mtime_ns, CONVERTER_VERSION, length=10)
+    return cache_root() / "models" / f"{label}-{key}"
 
 
 def resolve_model_dir(name_or_path: str) -> str:

@@ -11,13 +11,13 @@ from asr_lora.model.adapters import BUNDLED_HUB_IDS, adapter_base, export_summar
 
 def adapter_card(adapter_dir: str | Path) -> dict:
     adapter_dir = Path(adapter_dir)
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    targets = cfg.get("target_modules") or []
+    conf = json.loads((adapter_dir / "adapter_config.json").read_text())
+    targets = conf.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else list(targets)
     base = adapter_base(adapter_dir)
     wer = (export_summary(adapter_dir) or {}).get("wer")
     export_wer = ({k: round(float(v), 4) for k, v in wer.items() if isinstance(v, (int, float))}
                   if isinstance(wer, dict) else None)
-    return {"base": base, "base_hub_id": BUNDLED_HUB_IDS.get(base or ""), "rank": cfg.get("r"),
-            "alpha": cfg.get("lora_alpha"), "targets": sorted({t.rsplit(".", 1)[-1] for t in targets}),
+    return {"base": base, "base_hub_id": BUNDLED_HUB_IDS.get(base or ""), "rank": conf.get("r"),
+            "alpha": conf.get("lora_alpha"), "targets": sorted({t.rsplit(".", 1)[-1] for t in targets}),
             "n_adapted_modules": len(targets), "export_wer": export_wer, "beam_size": scored_beam_size(adapter_dir)}

@@ -15,8 +15,7 @@ import torch
 from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
 from asr_lora.core.io import write_json
-from asr_lora.data.text import normalize
-from asr_lora.evaluation.metrics import corpus_wer
+from asr_lora.evaluation.metrics import normalized_wer
 from asr_lora.model.lora import adapted_module_names, add_lora, count_parameters, expected_lora_parameters
 
 log = logging.getLogger(__name__)
@@ -95,33 +94,33 @@ def last_complete_checkpoint(d: Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-def prepare_model(model, cfg):
-    """LoRA (frozen base, adapters trainable) or full fine-tuning; returns (model, param info)."""
-    if cfg.train.mode == "full":
-        if cfg.lora.enabled:
+def prepare_model(model, mode: str, lora, encoder_context: str = "full", context_pad_s: float = 1.0):
+    """LoRA (frozen base, adapters trainable; `lora` is the lora config section) or full
+    fine-tuning (`mode`); returns (model, param info)."""
+    if mode == "full":
+        if lora.enabled:
             raise ValueError("train.mode=full trains every weight: use it with lora=none")
         for p in model.parameters():
             p.requires_grad_(True)
         info = {"mode": "full", **count_parameters(model)}
-    elif cfg.train.mode == "lora":
-        if not cfg.lora.enabled:
+    elif mode == "lora":
+        if not lora.enabled:
             raise ValueError("train.mode=lora needs lora.enabled=true (or use lora=none train.mode=full)")
-        names = adapted_module_names(model, cfg.lora.target_modules, cfg.lora.scope)
-        expected = expected_lora_parameters(model, names, cfg.lora.r)
-        model = add_lora(model, cfg.lora)
+        names = adapted_module_names(model, lora.target_modules, lora.scope)
+        expected = expected_lora_parameters(model, names, lora.r)
+        model = add_lora(model, lora)
         counts = count_parameters(model)
-        if not cfg.lora.use_dora and counts["trainable"] != expected:
+        if not lora.use_dora and counts["trainable"] != expected:
             raise RuntimeError(f"trainable parameters {counts['trainable']} != r*(d_in+d_out) sum {expected}")
         info = {"mode": "lora", "adapted_modules": len(names), **counts}
     else:
-        raise ValueError(f"train.mode must be 'lora' or 'full', not {cfg.train.mode!r}")
-    context = cfg.train.get("encoder_context", "full")
-    if context == "batch":
+        raise ValueError(f"train.mode must be 'lora' or 'full', not {mode!r}")
+    if encoder_context == "batch":
         from asr_lora.model.context import enable_short_context
 
-        model = enable_short_context(model, cfg.train.context_pad_s)
-    elif context != "full":
-        raise ValueError(f"train.encoder_context must be 'full' or 'batch', not {context!r}")
+        model = enable_short_context(model, context_pad_s)
+    elif encoder_context != "full":
+        raise ValueError(f"train.encoder_context must be 'full' or 'batch', not {encoder_context!r}")
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{info['trainable']:,}", f"{info['total']:,}",
              100 * info["trainable"] / info["total"])
     return model, info
@@ -143,15 +142,16 @@ def _checkpointing_args(enabled: bool) -> dict:
     return {"gradient_checkpointing": enabled, "gradient_checkpointing_kwargs": kwargs}
 
 
-def training_args(cfg, output_dir: Path, report_to: list[str], has_dev: bool,
-                  streaming: bool = False) -> Seq2SeqTrainingArguments:
-    t = cfg.train
+def training_args(t, output_dir: Path, report_to: list[str], has_dev: bool, streaming: bool = False, *,
+                  seed: int = 42, generation_max_length: int = 128, length_buckets: int = 0,
+                  device: str | None = None) -> Seq2SeqTrainingArguments:
+    """The Trainer's arguments from the train config section `t`; `device` "cpu" forces the CPU."""
     extra = {}
     if streaming:
         # Each rank reads its own manifest shards (Accelerate shards a datasets IterableDataset by
         # rank when batches are not dispatched from rank 0), and workers split them again.
         extra["accelerator_config"] = {"dispatch_batches": False, "split_batches": False}
-    elif cfg.data.get("length_buckets"):
+    elif length_buckets:
         extra.update(train_sampling_strategy="group_by_length", length_column_name="n_labels")
     return Seq2SeqTrainingArguments(
         **extra,
@@ -178,7 +178,7 @@ def training_args(cfg, output_dir: Path, report_to: list[str], has_dev: bool,
         metric_for_best_model="wer" if has_dev else None,
         greater_is_better=False,
         predict_with_generate=True,
-        generation_max_length=cfg.eval.max_new_tokens,
+        generation_max_length=generation_max_length,
         generation_num_beams=1,
         bf16=use_bf16(t.bf16),
         **_checkpointing_args(t.gradient_checkpointing),
@@ -186,16 +186,16 @@ def training_args(cfg, output_dir: Path, report_to: list[str], has_dev: bool,
         remove_unused_columns=False,
         label_names=["labels"],
         report_to=report_to,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        seed=seed,
+        data_seed=seed,
         dataloader_num_workers=t.dataloader_num_workers,
         ddp_backend=t.ddp_backend,
         # Accelerate treats torchrun's processes as one distributed job on CPU (gloo) only with
         # use_cpu; without it every rank silently trains alone on the whole data set.
-        use_cpu=cfg.get("device") == "cpu" or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
-        fsdp=bool(t.get("fsdp", False)) or None,
-        fsdp_config=_plain(t.get("fsdp_config")) or None,
-        deepspeed=_deepspeed_config(t.get("deepspeed")),
+        use_cpu=device == "cpu" or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        fsdp=bool(t.fsdp) or None,
+        fsdp_config=_plain(t.fsdp_config) or None,
+        deepspeed=_deepspeed_config(t.deepspeed),
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
     )
@@ -227,9 +227,9 @@ def wer_metric(tokenizer):
         labels = pred.label_ids.copy()
         labels[labels == -100] = tokenizer.pad_token_id
         preds[preds == -100] = tokenizer.pad_token_id
-        hyps = [normalize(t) for t in tokenizer.batch_decode(preds, skip_special_tokens=True)]
-        refs = [normalize(t) for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
-        return {"wer": corpus_wer(refs, hyps)["wer"]}
+        hyps = tokenizer.batch_decode(preds, skip_special_tokens=True)
+        refs = tokenizer.batch_decode(labels, skip_special_tokens=True)
+        return {"wer": normalized_wer(refs, hyps)}
 
     return compute
 
@@ -253,10 +253,11 @@ class SpeechTrainer(Seq2SeqTrainer):
             self.data_collator = train_collator
 
 
-def build_trainer(model, cfg, args, train_ds, dev_ds, collator, processor, eval_collator=None) -> Seq2SeqTrainer:
+def build_trainer(model, args, train_ds, dev_ds, collator, processor, eval_collator=None,
+                  early_stopping_patience: int | None = None) -> Seq2SeqTrainer:
     callbacks = [StopOnNonFiniteLoss(), MarkCompleteCheckpoints()]
-    if dev_ds is not None and cfg.train.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    if dev_ds is not None and early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     trainer = SpeechTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds, data_collator=collator,
         processing_class=processor.feature_extractor, compute_metrics=wer_metric(processor.tokenizer),

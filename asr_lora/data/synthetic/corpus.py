@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import time
@@ -44,9 +43,10 @@ import soundfile as sf
 
 from asr_lora.core.io import write_json, write_text
 from asr_lora.core.logs import progress as progress_bar
+from asr_lora.core.paths import cache_root
 from asr_lora.data.records import Record
-from asr_lora.data.synth import SYNTH_VERSION, SynthError, Voice, check_voice, synthesize, write_wav_16k
-from asr_lora.data.voices import REAL_PART, VOICES, load_voices, part_of
+from asr_lora.data.synthetic.engines import SYNTH_VERSION, SynthError, Voice, check_voice, synthesize, write_wav_16k
+from asr_lora.data.synthetic.voices import REAL_PART, VOICES, load_voices, part_of
 
 __all__ = ["VOICES", "build_corpus", "load_manifest", "load_sentences", "load_voices", "plan_corpus"]
 
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "sg_english"
+DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "sg_english"
 
 
 SENTENCES = DATA_DIR / "sg_sentences.txt"
@@ -96,9 +96,7 @@ MIN_WORDS, MAX_WORDS = 5, 20
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("ASR_LORA_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "asr_lora"
-    return base / "corpora" / "sg_english"
+    return cache_root() / "corpora" / "sg_english"
 
 
 def load_sentences(path: Path = SENTENCES) -> list[str]:

@@ -38,7 +38,7 @@ import numpy as np
 import soundfile as sf
 
 from asr_lora.core.io import atomic_file
-from asr_lora.data import festival_pipe
+from asr_lora.data.synthetic import festival_pipe
 
 log = logging.getLogger(__name__)
 
@@ -299,10 +299,10 @@ def _piper(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     from piper import SynthesisConfig
 
     model = _piper_model(voice.voice)
-    cfg = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, length_scale=voice.options.get("length_scale", 1.0))
+    synthesis = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, length_scale=voice.options.get("length_scale", 1.0))
     sr = model.config.sample_rate
     gap = np.zeros(int(0.15 * sr), dtype=np.float32)  # piper joins sentences with no pause at all
-    chunks = [c.audio_float_array for c in model.synthesize(text, cfg)]
+    chunks = [c.audio_float_array for c in model.synthesize(text, synthesis)]
     if not chunks:
         raise SynthError(f"piper voice {voice.id!r} produced no audio for text {text!r}")
     parts = [chunks[0]]

@@ -19,12 +19,10 @@ from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 
-from asr_lora.data.synth import Voice
+from asr_lora.data.records import SPLITS
+from asr_lora.data.synthetic.engines import Voice
 
-VOICES = Path(__file__).resolve().parents[2] / "data" / "sg_english" / "voices.json"
-
-
-SPLITS = ("train", "dev", "test")
+VOICES = Path(__file__).resolve().parents[3] / "data" / "sg_english" / "voices.json"
 
 
 PARTS = ("seen_engine", "unseen_engine")

@@ -1,0 +1,92 @@
+"""Which rows a run uses: parts of the voice inventory, TTS engines in or out, the replay share of
+general English, and seeded subsamples. Training, evaluation and the export's WER check choose
+their rows with these."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from datasets import Dataset
+
+log = logging.getLogger(__name__)
+
+
+def subsample(ds: Dataset | None, n: int | None, seed: int) -> Dataset | None:
+    if ds is None or n is None or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(n))
+
+
+def keep_part(ds, part, what: str):
+    """The rows of `ds` whose voice lies in `part` of voices.json (e.g. the unseen-engine dev
+    part, so checkpoints are chosen on voices of engines training never heard). `part` may be a
+    list of parts; "real" names the recorded clips (rows with no TTS engine). None: all rows."""
+    if ds is None or part is None:
+        return ds
+    from asr_lora.data.synthetic.voices import PARTS, REAL_PART, voice_parts
+
+    wanted = [part] if isinstance(part, str) else list(part)
+    if bad := [p for p in wanted if p not in (*PARTS, REAL_PART)]:
+        raise ValueError(f"{what}={part!r}: unknown parts {bad}; choose from {[*PARTS, REAL_PART]}")
+    table = voice_parts()
+    voices = ds["voice"]
+    have = sorted({table[v] for v in set(voices) if v in table})
+    if not have:  # a corpus without parts (real speech, a user's manifest): nothing to choose from
+        log.warning("%s=%s: this split has no voices.json parts; using all %d rows", what, part, len(ds))
+        return ds
+    engines = ds["engine"] if "engine" in ds.column_names else [None] * len(ds)
+    keep = [i for i, (v, e) in enumerate(zip(voices, engines))
+            if table.get(v or "", REAL_PART if not e else None) in wanted]
+    if not keep:
+        raise ValueError(f"{what}={part!r}: no rows of that part (parts present: {have}; "
+                         "see data/sg_english/voices.json)")
+    kept = ds.select(keep)
+    log.info("%s=%s: %d of %d rows", what, part if isinstance(part, str) else list(wanted), len(kept), len(ds))
+    return kept
+
+
+def eval_rows(ds, part=None, engines=()):
+    """The rows of a split an evaluation scores: `eval.part`'s parts, then `eval.engines`' engines.
+    The training job, `python -m asr_lora.evaluate` and the export's WER check all score these."""
+    ds = keep_part(ds, part, "eval.part")
+    return filter_engines(ds, engines or [], "eval.engines", keep=True)
+
+
+def filter_engines(ds, engines, what: str, keep: bool = False):
+    """`ds` without (keep=False) or with only (keep=True) the rows of these TTS engines. The
+    leave-one-engine-out study trains without engine E and scores on E's dev voices
+    (bench/study_unseen.py)."""
+    engines = sorted(set(engines or []))
+    if ds is None or not engines:
+        return ds
+    present = set(ds["engine"]) if isinstance(ds, Dataset) else None
+    if present is not None and (unknown := [e for e in engines if e not in present]):
+        raise ValueError(f"{what}: engines {unknown} have no rows (engines present: {sorted(present - {''})})")
+    kept = ds.filter(lambda e: (e in engines) == keep, input_columns="engine")
+    if present is not None:
+        log.info("%s=%s: %d of %d rows kept", what, engines, len(kept), len(ds))
+    return kept
+
+
+def set_replay_share(ds, share: float | None, seed: int, what: str = "data.replay_share"):
+    """`ds` with general-English replay rows (subset "general") making up `share` of it. The
+    Singapore English rows stay as they are; general rows are a seeded sample of the split's
+    own, whole copies of them first when the share asks for more than there are. Rehearsal is
+    the corpus's guard against forgetting, so how much of it to mix in is a study knob (#14)."""
+    if ds is None or share is None:
+        return ds
+    if not 0 <= share < 1:
+        raise ValueError(f"{what}={share}: must be at least 0 and below 1 (a share of the train split)")
+    subsets = ds["subset"] if "subset" in ds.column_names else [""] * len(ds)
+    general = [i for i, s in enumerate(subsets) if s == "general"]
+    rest = [i for i, s in enumerate(subsets) if s != "general"]
+    want = round(share * len(rest) / (1 - share))
+    if want and not general:
+        raise ValueError(f"{what}={share}: the train split has no general-English (subset 'general') rows")
+    rng = np.random.default_rng(seed)
+    picked = general * (want // len(general)) if general else []
+    picked += sorted(rng.choice(general, size=want - len(picked), replace=False).tolist()) if want > len(picked) else []
+    log.info("%s=%s: %d general-English replay rows (of %d distinct%s) with %d others", what, share,
+             len(picked), len(general), ", repeated" if len(picked) > len(general) else "", len(rest))
+    return ds.select(sorted(rest + picked))

@@ -1,0 +1,70 @@
+"""Where records come from: the configured source (a reader, or the synthetic corpus built first),
+with splits assigned by speaker where the source has none, so a speaker never straddles train
+and test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr_lora.data.readers import read
+from asr_lora.data.records import SPLITS, Ledger, Record
+
+def speaker_split(speaker: str, fractions: list[float]) -> str:
+    """Deterministic speaker -> split, so a speaker never straddles train and test."""
+    u = int(hashlib.sha1(speaker.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    edges = np.cumsum(fractions) / sum(fractions)
+    return SPLITS[min(int(np.searchsorted(edges, u, side="right")), 2)]
+
+
+def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[Record], dict]:
+    """All records of the configured source, lazily (the embedded corpus is built first if missing);
+    splits are assigned by speaker where the source has none. `info["manifest"]` names the input."""
+    info: dict[str, Any] = {"source": dcfg.source, "synthetic": bool(dcfg.synthetic)}
+    if dcfg.source == "embedded":
+        from asr_lora.data.synthetic.corpus import build_corpus
+
+        out = Path(dcfg.path) if dcfg.path else None
+        manifest = build_corpus(out, seed=dcfg.corpus_seed, workers=dcfg.corpus_workers,
+                                max_sentences=dcfg.corpus_max_sentences, progress=progress)
+        corpus_info = manifest.parent / "corpus_info.json"
+        if corpus_info.is_file():
+            info["corpus"] = json.loads(corpus_info.read_text())
+        source, path, options = "jsonl", manifest, {}
+    else:
+        if not dcfg.path:
+            raise ValueError(f"data.path is required for data.source={dcfg.source}")
+        source, path, options = dcfg.source, dcfg.path, dict(dcfg.options or {})
+    info["manifest"] = str(path)
+    fractions = list(dcfg.split_fractions)
+
+    def records() -> Iterator[Record]:
+        for r in read(source, path, ledger, **options):
+            if r.split is None:
+                r.split = speaker_split(r.speaker, fractions)
+            yield r
+
+    return records(), info
+
+
+def read_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[list[Record], dict]:
+    records, info = iter_records(dcfg, ledger, progress)
+    return list(records), info
+
+
+def manifest_signature(path: str | Path) -> list:
+    """Size and mtime of the input manifest (every shard of a sharded one): a cheap cache key
+    that, unlike `_records_signature`, does not stat millions of audio files."""
+    from asr_lora.data.readers.manifest import manifest_shards
+
+    p = Path(path)
+    try:
+        files = manifest_shards(p) if p.suffix == ".jsonl" or p.is_dir() or "*" in str(path) else [p]
+    except FileNotFoundError:
+        files = [p]
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] if f.exists() else [str(f)] for f in files]

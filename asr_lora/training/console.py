@@ -1,0 +1,91 @@
+"""The main job's summary: the eval block of `metrics.json` and the table printed at the end of a run."""
+
+from __future__ import annotations
+
+
+from asr_lora.data.synthetic.voices import PART_LABELS, PART_ORDER
+
+
+def eval_summary(ev: dict, split: str) -> dict:
+    """metrics.json's "eval": "base"/"adapted"/"relative_wer_reduction" are the lead part's (unseen
+    TTS engine) when the test set has one, else the whole set's; "part" says which; "parts" has
+    every part (base vs adapted), "base"/"adapted" carry "by_part" and "pooled"; "systems" and
+    "terms" hold zero-shot, prompt baseline and adapted side by side."""
+    from asr_lora.evaluation.scoring import relative_reduction
+    from asr_lora.evaluation.summary import headline, systems_table
+
+    b, a = headline(ev, "base"), headline(ev, "adapted")
+    return {"split": split, "part": ev.get("lead_part"), "base": b, "adapted": a,
+            "relative_wer_reduction": relative_reduction(b["wer"], a["wer"]), "parts": ev.get("parts"),
+            "paired": ev.get("paired"), "forgetting": ev.get("forgetting"),
+            "systems": systems_table(ev["systems"]), "terms": ev.get("terms")}
+
+
+def _ci(h: dict) -> str:
+    return f"{100 * h['wer']:.2f}% [{100 * h['ci_low']:.1f}, {100 * h['ci_high']:.1f}]"
+
+
+def _summary_rows(ev: dict) -> list[tuple[str, str]]:
+    """(label, value) rows of the eval: the lead part's figures first, then the other parts."""
+    rows = []
+    parts = ev.get("parts") or {}
+    if ev.get("part") and parts:
+        for part in [p for p in PART_ORDER if p in parts]:
+            r, name = parts[part], PART_LABELS[part]
+            for system in ("base", "adapted"):
+                h = ev[system].get("by_part", {}).get(part, {})
+                if "wer" in h:
+                    rows.append((f"{system} WER ({name}, norm)", _ci(h)))
+            if "relative_wer_reduction" in r:
+                rows.append((f"relative WER reduction ({name})", f"{100 * r['relative_wer_reduction']:.1f}%"))
+            for system in ("base", "adapted"):
+                h = ev[system].get("by_part", {}).get(part, {})
+                if "control_wer" in h:
+                    rows.append((f"{system} control WER ({name})", f"{100 * h['control_wer']:.2f}%"))
+        return rows
+    for system in ("base", "adapted"):
+        h = ev[system]
+        rows.append((f"{system} WER (test, norm)", _ci(h)))
+        if "control_wer" in h:
+            rows.append((f"{system} control WER", f"{100 * h['control_wer']:.2f}%"))
+    rows.append(("relative WER reduction", f"{100 * ev['relative_wer_reduction']:.1f}%"))
+    return rows
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"asr-lora: {summary.get('recipe')} ({summary.get('run_dir')})")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    p = summary.get("params", {})
+    t.add_row("trainable params", f"{p.get('trainable', 0):,} / {p.get('total', 0):,}")
+    saved = "adapter size" if summary.get("lora") else "saved model size"
+    t.add_row(saved, f"{summary.get('adapter_bytes', 0) / 1e6:.2f} MB")
+    tr = summary.get("train", {})
+    t.add_row("train steps / time", f"{tr.get('steps')} / {tr.get('seconds')} s")
+    ev = summary.get("eval")
+    if ev and ev.get("terms"):
+        from asr_lora.evaluation.summary import systems_rows
+
+        cols, rows = systems_rows(ev["systems"])
+        st = Table(title="zero-shot, term-prompt baseline and adapted (norm WER, term recall)")
+        for c in cols:
+            st.add_column(c, justify="left" if c in ("part", "system") else "right")
+        for r in rows:
+            st.add_row(*r)
+        Console().print(st)
+    if ev:
+        for label, value in _summary_rows(ev):
+            t.add_row(label, value)
+        if ev.get("forgetting"):
+            f = ev["forgetting"]
+            verdict = "PASS" if f["passed"] else "FAIL"
+            on = "+".join(PART_LABELS.get(x, x) for x in f.get("decided_on", []))
+            t.add_row(f"forgetting gate{f' ({on})' if on and on != 'all' else ''}",
+                      f"{verdict} ({100 * f['relative_degradation']:+.1f}%)")
+    if summary.get("synthetic_data"):
+        t.add_row("data", "SYNTHETIC (TTS) corpus")
+    t.add_row("wall time", f"{summary.get('wall_seconds')} s")
+    Console().print(t)
