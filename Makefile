@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 # `python -m asr_lora.evaluate +recipe=sg_english adapter=<run>/adapter`. The recipe's single dev
 # evaluation, at its last step, selects nothing (one checkpoint), so the demo skips it (~1.5 min);
 # the adapter is the same either way.
-DEMO_ARGS := 'eval.part=[unseen_engine,real]' train.dev_eval_max_samples=0
+DEMO_ARGS := 'eval.part=[neural,unseen_engine,real]' train.dev_eval_max_samples=0
 
 demo: setup
 	$(PY) -m asr_lora.train +recipe=sg_english $(DEMO_ARGS)

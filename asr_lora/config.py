@@ -160,8 +160,8 @@ class TrainConfig:
     encoder_cache_budget_gb: float = 8.0  # auto turns the cache off past this (it lives in RAM)
     encoder_cache_on_disk: bool = True  # also keep it under the cache dir for the next run
     dev_eval_max_samples: Optional[int] = 64  # 0: no dev evaluation (no checkpoint choice)
-    # Choose checkpoints on one part of the dev split only (voices.json parts): unseen_engine picks
-    # the checkpoint that carries to engines training never heard. null: the whole dev split.
+    # Choose checkpoints on one part of the dev split only (voices.json parts): neural picks the
+    # checkpoint that carries to a natural-sounding voice training never heard. null: the whole dev split.
     dev_part: Optional[str] = None
     # Share of training targets with segment timestamps instead of <|notimestamps|> (distil-whisper's
     # timestamp_probability), each clip as one segment. Off in the recipes: at 0.5 it broke long-form
@@ -186,8 +186,8 @@ class EvalConfig:
     before_training: bool = True
     # Keep the zero-shot pass under the cache and reuse it when base, rows and settings are the same.
     reuse_zero_shot: bool = True
-    # Score some parts of the split only (voices.json parts: unseen_engine | seen_engine, and real
-    # for the recorded clips); a name or a list of names; null: all.
+    # Score some parts of the split only (voices.json parts: neural | unseen_engine | seen_engine, and
+    # real for the recorded clips); a name or a list of names; null: all.
     part: Optional[Any] = None
     engines: list[str] = field(default_factory=list)  # score only these TTS engines' rows ([]: all)
     # Domain terms for term recall and the prompt baseline: a file, one term per line; null: derived

@@ -36,7 +36,8 @@ def test_inventory_holds_unseen_engines_out_of_train():
     assert {v.split for v in unseen} == {"dev", "test"}
     speakers = {s: {v.speaker for v in unseen if v.split == s} for s in ("dev", "test")}
     assert speakers["dev"] and speakers["test"] and not speakers["dev"] & speakers["test"]
-    assert all(part_of(v) == "seen_engine" for v in voices if v.split != "train" and v.engine not in UNSEEN)
+    assert all(part_of(v) == "seen_engine" for v in voices
+               if v.split != "train" and v.engine not in UNSEEN | {"piper"})
 
 
 def test_plan_puts_unseen_engines_in_dev_and_test_only():
@@ -46,7 +47,7 @@ def test_plan_puts_unseen_engines_in_dev_and_test_only():
     assert {r.engine for r in unseen} == UNSEEN and not UNSEEN & train_engines
     assert {(r.split, r.subset) for r in unseen} == {(s, sub) for s in ("dev", "test") for sub in ("main", "control")}
     assert all(r.part is None for r in records if r.split == "train")
-    assert all(r.part == "seen_engine" for r in records if r.split != "train" and r.engine not in UNSEEN)
+    assert all(r.part == "seen_engine" for r in records if r.split != "train" and r.engine not in UNSEEN | {"piper"})
     # Its own sentence assignment from the dev/test sentence sets: each dev/test sentence exactly once.
     for split in ("dev", "test"):
         for subset in ("main", "control"):
@@ -82,7 +83,7 @@ def test_unseen_engine_in_train_is_refused(tmp_path):
     doc["voices"].append({"id": "pico-train", "engine": "pico", "voice": "en-US", "speaker": "svox-other",
                           "accent": "en-us", "split": "train"})
     f.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match=r"unseen-engine voices .*pico.* engine that train also uses"):
+    with pytest.raises(ValueError, match=r"unseen_engine voices .*pico.* engine that train also uses"):
         load_voices(f)
     doc = _doc()
     next(v for v in doc["voices"] if v["engine"] == "flite" and v["split"] == "dev")["part"] = "unseen_engine"
@@ -97,7 +98,7 @@ def test_unseen_engine_in_train_is_refused(tmp_path):
     doc = _doc()
     doc["voices"] = [v for v in doc["voices"] if not (v.get("part") == "unseen_engine" and v["split"] == "test")]
     f.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match=r"no unseen-engine voice in \['test'\]"):
+    with pytest.raises(ValueError, match=r"no unseen_engine voice in \['test'\]"):
         load_voices(f)
     voices = load_voices()
     with pytest.raises(ValueError, match="carry a part"):

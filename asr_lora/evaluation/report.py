@@ -10,10 +10,10 @@ None or nan and print as "n/a"; every section except ``systems.base`` is optiona
       "model": {"base": str, "adapter": str | None, ...},   # any further str fields are listed
       "headline": "norm",                   # which variant the summary leads with (default "norm")
       "systems": {"base": SYSTEM, "adapted": SYSTEM},
-      "lead_part": "unseen_engine" | None,  # the part the headline comes from (scoring.LEAD_PART)
+      "lead_part": "neural" | "unseen_engine" | None,  # the part the headline comes from (voices.lead_part)
       "parts": {PART: {"n_main", "n_control", "engines", "voices", "wer_base", "wer_adapted",
                        "relative_wer_reduction", "control_wer_base", "control_wer_adapted",
-                       "relative_control_degradation"}},   # PART = unseen_engine | seen_engine | real
+                       "relative_control_degradation"}},   # PART = neural | unseen_engine | seen_engine | real
       "paired": {"metric": str, "delta": f, "low": f, "high": f,       # delta = adapted - base
                  "prob_improvement": f, "p_value": f},      # on the lead part when there is one
       "forgetting": {"control_wer_base": f, "control_wer_adapted": f,

@@ -36,7 +36,7 @@ from asr_lora.core.io import write_text
 from asr_lora.core.logs import progress as progress_bar
 from asr_lora.data.features import log_mel
 from asr_lora.data.text import NORMALIZER_VERSION, normalize
-from asr_lora.data.synthetic.voices import GATE_PARTS, LEAD_PART, PART_ORDER, REAL_PART, voice_parts
+from asr_lora.data.synthetic.voices import PART_ORDER, REAL_PART, gate_parts, lead_part, voice_parts
 from asr_lora.evaluation.metrics import bootstrap_ci, corpus_cer, corpus_wer, error_analysis, group_breakdown
 from asr_lora.evaluation.metrics import paired_bootstrap, particle_stats, per_utterance_errors, worst_utterances
 from asr_lora.evaluation.report import write_report
@@ -66,7 +66,7 @@ def row_parts(meta: list[dict]) -> list[str | None]:
     engine are "real". All None unless some row is unseen-engine (no engine held out, no parts)."""
     table = voice_parts()
     parts = [m.get("part") or table.get(m.get("voice") or "") for m in meta]
-    if LEAD_PART not in parts:
+    if lead_part(parts) is None:
         return [None] * len(meta)
     return [p or (REAL_PART if not m.get("engine") else None) for p, m in zip(parts, meta)]
 
@@ -136,12 +136,13 @@ def score_system(rows_by_variant: dict[str, list[dict]], n_boot: int = 1000, wor
     if terms is not None:
         system["terms"] = term_recall([r["ref"] for r in main], [r["hyp"] for r in main], terms)
     present = {r.get("part") for r in norm}
-    if LEAD_PART in present:
+    if lead_part(present):
         system["parts"] = {p: _score_part(rows_by_variant, p, n_boot, terms) for p in PART_ORDER if p in present}
-        gate = [r for r in control if r.get("part") in GATE_PARTS]
+        gating = gate_parts(present)
+        gate = [r for r in control if r.get("part") in gating]
         if gate:
             system["gate_control"] = {**_with_ci(corpus_wer([r["ref"] for r in gate], [r["hyp"] for r in gate]),
-                                                 gate, n_boot), "parts": [p for p in GATE_PARTS if p in present]}
+                                                 gate, n_boot), "parts": [p for p in gating if p in present]}
     return system
 
 
@@ -200,7 +201,7 @@ def _rel_change(b: float, a: float) -> float:
 
 def forgetting_gate(base: dict, adapted: dict, max_rel: float) -> dict | None:
     """Control WER may rise by at most `max_rel` (relative). With parts, decided on unseen-engine
-    control pooled with real control clips (`GATE_PARTS`); every part gets a row in "rows"."""
+    control pooled with real control clips (`voices.gate_parts`); every part gets a row in "rows"."""
     key = "gate_control" if "gate_control" in base and "gate_control" in adapted else "control"
     if key not in base or key not in adapted:
         return None
@@ -322,8 +323,9 @@ def evaluate_systems(model, processor, ds, ecfg, out_dir: Path, info: dict, syst
         "data": info.get("data", {}),
         "terms": terms.summary() if terms is not None else None,
     }
-    # The unseen-engine part leads when it has accented speech (its control alone still gates).
-    lead = LEAD_PART if scored.get("base", {}).get("parts", {}).get(LEAD_PART, {}).get("n_main") else None
+    # The first held-out part leads when it has accented speech (its control alone still gates).
+    base_parts = scored.get("base", {}).get("parts", {})
+    lead = lead_part([p for p, s in base_parts.items() if s.get("n_main")])
     ev["lead_part"] = lead
     if "base" in scored and "adapted" in scored:
         rb, ra = rows_by_system["base"]["norm"], rows_by_system["adapted"]["norm"]

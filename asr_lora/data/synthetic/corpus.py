@@ -13,11 +13,12 @@ voice inventory. The corpus is split so that test scores say something about uns
 * general sentences (subset="general") go to train only, one train voice each: plain English
   replayed during training (rehearsal) so the adapter does not forget general English. They never
   reach dev or test and share no sentence with the control set;
-* engine-disjoint part (FIELD_NOTES 13): dev and test also have voices of engines that no train
-  voice uses (part="unseen_engine", see `voices.py`). Each dev/test main and control sentence is
-  rendered once more by one of them, dealt by its own seeded rng, so the seen-engine plan (and
-  its cached audio) is the same with or without them. Quoted figures and the forgetting gate
-  come from this part; records carry it in `Record.part`.
+* held-out parts: dev and test also have voices of engines that no train voice uses: a
+  natural-sounding neural voice (part="neural") and concatenative engines (part="unseen_engine"),
+  see `voices.py`. Each dev/test main and control sentence is rendered once more per held-out
+  part, by one of its voices, dealt by the part's own seeded rng, so the rest of the plan (and its
+  cached audio) is the same with or without them. Quoted figures and the forgetting gate come
+  from the first held-out part; records carry their part in `Record.part`.
 
 Audio files are named by a hash of (text, voice spec), so a file that exists is exactly the
 render the plan asks for; a rebuild with another seed re-renders only new pairs. The manifest is
@@ -46,7 +47,7 @@ from asr_lora.core.logs import progress as progress_bar
 from asr_lora.core.paths import cache_root
 from asr_lora.data.records import Record
 from asr_lora.data.synthetic.engines import SYNTH_VERSION, SynthError, Voice, check_voice, synthesize, write_wav_16k
-from asr_lora.data.synthetic.voices import REAL_PART, VOICES, load_voices, part_of
+from asr_lora.data.synthetic.voices import HELD_OUT_PARTS, REAL_PART, VOICES, load_voices, part_of
 
 __all__ = ["VOICES", "build_corpus", "load_manifest", "load_sentences", "load_voices", "plan_corpus"]
 
@@ -200,9 +201,8 @@ def plan_corpus(
     gen_order = gen_rng.sample(range(len(general)), len(general))
     if max_sentences is not None:
         gen_order = gen_order[: max(1, max_sentences // 4)] if general else []
-    # Seen-engine voices only here: the unseen-engine part below is dealt apart, by its own rng.
-    by_split = {s: [v for v in voices if v.split == s and part_of(v) != "unseen_engine"] for s in SPLIT_FRACTIONS}
-    unseen = {s: [v for v in voices if v.split == s and part_of(v) == "unseen_engine"] for s in ("dev", "test")}
+    # Seen-engine voices only here: each held-out part below is dealt apart, by its own rng.
+    by_split = {s: [v for v in voices if v.split == s and part_of(v) not in HELD_OUT_PARTS] for s in SPLIT_FRACTIONS}
     ctl_fracs = {"test": 1 - CONTROL_DEV_FRACTION, "dev": CONTROL_DEV_FRACTION}
     main_idx, ctl_idx = _cut(order, SPLIT_FRACTIONS), _cut(ctl_order, ctl_fracs)
 
@@ -210,12 +210,14 @@ def plan_corpus(
     jobs = [("main", SENTENCES, sentences, main_idx, rng, by_split, VOICES_PER_SENTENCE["main"]),
             ("control", CONTROL, control, ctl_idx, rng, by_split, VOICES_PER_SENTENCE["control"]),
             ("general", GENERAL, general, {"train": gen_order}, gen_rng, by_split, VOICES_PER_SENTENCE["general"])]
-    if any(unseen.values()):
-        # A separate seeded rng again: adding (or changing) unseen-engine voices leaves the rest as is.
-        un_rng = random.Random(f"unseen-engine-{seed}")
-        dev_test = lambda d: {s: d[s] for s in ("dev", "test") if s in d}  # noqa: E731
-        jobs += [("main", SENTENCES, sentences, dev_test(main_idx), un_rng, unseen, UNSEEN_VOICES_PER_SENTENCE),
-                 ("control", CONTROL, control, dev_test(ctl_idx), un_rng, unseen, UNSEEN_VOICES_PER_SENTENCE)]
+    dev_test = lambda d: {s: d[s] for s in ("dev", "test") if s in d}  # noqa: E731
+    for part in HELD_OUT_PARTS:
+        held = {s: [v for v in voices if v.split == s and part_of(v) == part] for s in ("dev", "test")}
+        if any(held.values()):
+            # A separate seeded rng per part: adding (or changing) one part's voices leaves the rest as is.
+            part_rng = random.Random(f"{part.replace('_', '-')}-{seed}")
+            jobs += [("main", SENTENCES, sentences, dev_test(main_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE),
+                     ("control", CONTROL, control, dev_test(ctl_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE)]
     for subset, path, texts, split_idx, deal_rng, pool, k in jobs:
         for split, idx in split_idx.items():
             if not idx:

@@ -91,7 +91,7 @@ class Voice:
     accent: str
     split: str
     options: dict[str, Any] = field(default_factory=dict, hash=False)
-    # Dev/test only: "seen_engine" (engine also in train) or "unseen_engine"; see data/voices.py.
+    # Dev/test only: "seen_engine" (engine also in train), "unseen_engine" or "neural"; see voices.py.
     part: str = ""
 
     @classmethod
@@ -329,6 +329,27 @@ def _mbrola(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     return _read(wav)
 
 
+def change_speaker(x: np.ndarray, sr: int, formant_shift: float = 1.0, pitch_median: float = 0.0,
+                   pitch_range: float = 1.0, duration: float = 1.0) -> np.ndarray:
+    """Another speaker from the same voice: praat's "Change gender" (through praat-parselmouth)
+    scales the formants (vocal tract length) and moves the pitch median (0: keep it), the way one
+    neural voice becomes several held-out speakers. Deterministic: same input, same samples."""
+    import parselmouth
+    from parselmouth.praat import call, run
+
+    sound = parselmouth.Sound(np.asarray(x, dtype=np.float64), sampling_frequency=sr)
+    # Praat's overlap-add draws random numbers; a fixed seed makes the render reproducible.
+    run("random_initializeWithSeedUnsafelyButPredictably (0)\n")
+    try:
+        out = call(sound, "Change gender", 75, 600, float(formant_shift), float(pitch_median), float(pitch_range),
+                   float(duration))
+    finally:
+        run("random_initializeSafelyAndUnpredictably ()\n")
+    y = out.values[0].astype(np.float32)
+    peak = float(np.max(np.abs(y))) if y.size else 0.0
+    return y * (0.95 / peak) if peak > 0.95 else y  # praat's resynthesis can overshoot full scale
+
+
 BACKENDS = {"espeak": _espeak, "flite": _flite, "festival": _festival, "piper": _piper, "pico": _pico,
             "mbrola": _mbrola}
 
@@ -349,6 +370,8 @@ def synthesize(text: str, voice: Voice | dict[str, Any], out_path: str | Path, s
             x, sr = BACKENDS[voice.engine](text, voice, Path(tmp))
         except (OSError, sf.LibsndfileError) as e:
             raise SynthError(f"{voice.engine} voice {voice.id!r} gave no readable audio for text {text!r}: {e}") from e
+    if speaker := voice.options.get("change_gender"):
+        x = change_speaker(x, sr, **speaker)
     if x.size == 0 or float(np.max(np.abs(x))) < 1e-4:
         raise SynthError(f"{voice.engine} voice {voice.id!r} produced silence for text {text!r}")
     return write_wav_16k(x, sr, Path(out_path))

@@ -5,8 +5,12 @@ split. Dev and test voices also belong to one *part* (FIELD_NOTES 13, engine lea
 
 * ``seen_engine``: a new voice of an engine that train also uses (espeak, flite, festival,
   piper). Gains measured here partly reward learning the engine's sound, not the accent;
-* ``unseen_engine``: a voice of an engine that NO train voice uses (SVOX Pico, MBROLA). The
-  figures the project quotes and the forgetting gate come from this part.
+* ``unseen_engine``: a voice of an engine that NO train voice uses (SVOX Pico, MBROLA);
+* ``neural``: a natural-sounding neural voice (piper) that shares neither its engine nor its base
+  voice with any train voice; one base voice becomes several speakers through pitch and formant
+  changes (praat's "Change gender", `engines.change_speaker`), all of them kept out of train.
+  The figures the project quotes and the forgetting gate come from the first held-out part the
+  test set has (`HELD_OUT_PARTS`: neural, then unseen_engine).
 
 `load_voices` refuses an inventory that breaks either rule, so a voice added to train on an
 unseen engine (or a dev/test voice mislabelled as unseen) fails loudly instead of leaking.
@@ -25,17 +29,27 @@ from asr_lora.data.synthetic.engines import Voice
 VOICES = Path(__file__).resolve().parents[3] / "data" / "sg_english" / "voices.json"
 
 
-PARTS = ("seen_engine", "unseen_engine")
+PARTS = ("seen_engine", "unseen_engine", "neural")
+HELD_OUT_PARTS = ("neural", "unseen_engine")  # parts no train voice shares an engine with; lead first
 
 
 # Part of real recorded speech (pocketsphinx-testdata control clips): no TTS engine at all.
 REAL_PART = "real"
 
-LEAD_PART = "unseen_engine"  # the part the headline comes from, when the test set has it
-PART_ORDER = (LEAD_PART, "seen_engine", REAL_PART)  # report order
-GATE_PARTS = (LEAD_PART, REAL_PART)  # control speech the forgetting gate is decided on
-PART_LABELS = {"unseen_engine": "unseen TTS engine", "seen_engine": "training TTS engines (new voices)",
-               REAL_PART: "real recorded speech"}
+PART_ORDER = (*HELD_OUT_PARTS, "seen_engine", REAL_PART)  # report order
+PART_LABELS = {"neural": "unseen neural voice", "unseen_engine": "unseen TTS engine",
+               "seen_engine": "training TTS engines (new voices)", REAL_PART: "real recorded speech"}
+
+
+def lead_part(present) -> str | None:
+    """The part the headline and the forgetting gate come from: the first held-out part present."""
+    return next((p for p in HELD_OUT_PARTS if p in present), None)
+
+
+def gate_parts(present) -> tuple[str, ...]:
+    """Control speech the forgetting gate is decided on: the lead part's, and real recorded clips."""
+    lead = lead_part(present)
+    return (lead, REAL_PART) if lead else ()
 
 
 def part_of(voice: Voice) -> str | None:
@@ -46,21 +60,23 @@ def part_of(voice: Voice) -> str | None:
 
 
 def check_parts(voices: list[Voice], where: str = "voices") -> None:
-    """Raise ValueError unless unseen-engine voices sit in dev/test only, on engines no train voice
-    uses, each of dev and test has some, and every seen-engine voice's engine is in train."""
+    """Raise ValueError unless held-out voices (neural, unseen_engine) sit in dev/test only, on
+    engines no train voice uses (so no base voice is shared either), each of dev and test has some
+    of every held-out part present, and every seen-engine voice's engine is in train."""
     if bad := [v.id for v in voices if v.part and v.part not in PARTS]:
         raise ValueError(f"{where}: voices {bad} have a part outside {list(PARTS)}")
     if bad := [v.id for v in voices if v.split == "train" and v.part]:
         raise ValueError(f"{where}: train voices {bad} carry a part; parts are for dev/test voices only")
     train_engines = {v.engine for v in voices if v.split == "train"}
-    unseen = [v for v in voices if part_of(v) == "unseen_engine"]
-    if leaks := sorted({f"{v.id} ({v.engine})" for v in unseen if v.engine in train_engines}):
-        raise ValueError(f"{where}: unseen-engine voices {leaks} use an engine that train also uses "
-                         f"(train engines: {sorted(train_engines)})")
+    for part in HELD_OUT_PARTS:
+        held = [v for v in voices if part_of(v) == part]
+        if leaks := sorted({f"{v.id} ({v.engine})" for v in held if v.engine in train_engines}):
+            raise ValueError(f"{where}: {part} voices {leaks} use an engine that train also uses "
+                             f"(train engines: {sorted(train_engines)})")
+        if held and (missing := [s for s in ("dev", "test") if not any(v.split == s for v in held)]):
+            raise ValueError(f"{where}: no {part} voice in {missing}; dev and test each need one")
     if bad := sorted(v.id for v in voices if part_of(v) == "seen_engine" and v.engine not in train_engines):
         raise ValueError(f"{where}: voices {bad} are marked seen_engine but no train voice uses their engine")
-    if unseen and (missing := [s for s in ("dev", "test") if not any(v.split == s for v in unseen)]):
-        raise ValueError(f"{where}: no unseen-engine voice in {missing}; dev and test each need one")
 
 
 def load_voices(path: Path = VOICES) -> list[Voice]:
