@@ -51,10 +51,10 @@ def test_quote_in_path_is_refused(tmp_path):
 
 
 def test_long_run_of_corpus_texts_equals_text2wave(tmp_path, monkeypatch):
-    """festival-kal's first 42 corpus texts, rendered in corpus order as the corpus renders them
-    (`synthesize`, a temporary directory per clip): one process rendering all of them wrote a
-    different wave for the 42nd ('I made a sandwich with cheese, ham and tomato.'), which
-    `RENDERS_PER_PROCESS` exists to prevent."""
+    """festival-kal's corpus texts, rendered in corpus order as the corpus renders them
+    (`synthesize`, a temporary directory per clip), with 'I made a sandwich with cheese, ham and
+    tomato.' as the 42nd: one process rendering a run like this once wrote a different wave for
+    that 42nd clip, which `RENDERS_PER_PROCESS` exists to prevent."""
     from asr_lora.data.synthetic.corpus import CONTROL, GENERAL, SENTENCES, load_sentences, plan_corpus
     from asr_lora.data.synthetic.engines import synthesize
 
@@ -62,8 +62,8 @@ def test_long_run_of_corpus_texts_equals_text2wave(tmp_path, monkeypatch):
     voice = next(v for v in voices if v.id == "festival-kal")
     recs = [r for r in plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), voices, 0,
                                    general=load_sentences(GENERAL)) if r.voice == voice.id]
-    last = [r.id for r in recs].index("ctl-0099-festival-kal")
-    texts = [r.text for r in recs[: last + 1]]
+    sandwich = "I made a sandwich with cheese, ham and tomato."
+    texts = [r.text for r in recs[:41]] + [sandwich] + [r.text for r in recs[41:]]
     festival_pipe.close_all()  # start from a fresh process, as a corpus worker does
     for i, text in enumerate(texts):
         synthesize(text, voice, tmp_path / f"p{i}.wav")
