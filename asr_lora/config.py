@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from asr_lora.data.augment import SECTION_DEFAULTS
+from asr_lora.data.augment_sections import SECTION_DEFAULTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"

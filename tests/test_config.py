@@ -97,14 +97,11 @@ def test_recipe_group_link_points_at_recipes():
 def test_encoder_cache_only_when_the_training_audio_is_fixed():
     """Per-step augmentation rules the frozen-encoder cache out; pre-rendered takes without
     SpecAugment are fixed audio and may be cached."""
-    from asr_lora.model.encoder_cache import cache_enabled as enabled
+    from asr_lora.training.job import caches_encoder as cache_enabled
 
     def cfg(*overrides):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose("config", overrides=["+recipe=sg_english_decoder", *overrides])
-
-    def cache_enabled(c):
-        return enabled(c.train.cache_encoder_outputs, c.train.mode, c.lora.scope, c.augment)
 
     assert cache_enabled(cfg())
     assert not cache_enabled(cfg("augment=default"))

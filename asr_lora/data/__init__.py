@@ -1,6 +1,7 @@
 """From files on disk to model inputs. `readers` turn each corpus layout into `Record`s (every row
-counted in a `Ledger`, `records`); `synth` + `corpus` build the embedded synthetic corpus; `audio`
-decodes and checks clips, `text` normalises transcripts, `splits` turns records into filtered,
-tokenised `datasets` splits and the data report (or `streaming` into sharded manifests at corpus
-scale), `loading` picks between the two for an entry point; `features` computes log-mel and
-collates training batches, with `augment` applying training-only augmentation."""
+counted in a `Ledger`, `records`); `synthetic` renders the embedded corpus from sentence files;
+`sources` reads the configured source; `audio` decodes and checks clips, `text` normalises
+transcripts, `splits` turns records into filtered, tokenised `datasets` splits and the data report
+(or `streaming` into sharded manifests at corpus scale), `loading` picks between the two for an
+entry point, `selection` chooses the rows a run uses; `features` computes log-mel and collates
+training batches, with `augment` applying training-only augmentation."""

@@ -123,15 +123,22 @@ def prepare_for_training(cfg: DictConfig, model):
     return prepare_model(model, cfg.train.mode, cfg.lora, cfg.train.encoder_context, cfg.train.context_pad_s)
 
 
+def caches_encoder(cfg: DictConfig) -> bool:
+    """Whether this run may cache the frozen encoder's outputs (train.cache_encoder_outputs)."""
+    from asr_lora.model.encoder_cache import cache_enabled
+
+    return cache_enabled(cfg.train.cache_encoder_outputs, cfg.train.mode, cfg.lora.scope, cfg.augment)
+
+
 def build_model(cfg: DictConfig, model, processor, rows: Rows):
     """The trainable model, its parameter counts, and the frozen encoder's outputs (or None)."""
-    from asr_lora.model.encoder_cache import build_encoder_cache, cache_enabled
+    from asr_lora.model.encoder_cache import build_encoder_cache
 
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
         model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
     t = cfg.train
-    if not cache_enabled(t.cache_encoder_outputs, t.mode, cfg.lora.scope, cfg.augment):
+    if not caches_encoder(cfg):
         return model, params, None
     # Streaming: the train split is never held, so only dev/test outputs can be cached.
     held = {"dev": rows.dev, "test": rows.test} | ({} if rows.streaming else {"train": rows.train})
