@@ -44,7 +44,7 @@ class LoraSettings:
 class DataConfig:
     name: str = "sg_english"
     title: Optional[str] = None  # what the speech is, for report banners and model cards (default: name)
-    source: str = "embedded"  # embedded | jsonl | csv | hf | common_voice | nsc
+    source: str = "synthetic"  # synthetic | jsonl | csv | hf | common_voice | nsc
     path: Optional[str] = None
     options: dict[str, Any] = field(default_factory=dict)  # reader keyword arguments
     # Splits are named train, dev and test (readers map a corpus's own names onto them); for sources
@@ -78,7 +78,13 @@ class DataConfig:
     replay_share: Optional[float] = None
     max_eval_samples: Optional[int] = None
     synthetic: bool = False
-    # Embedded corpus build settings (source=embedded only).
+    # Synthetic corpus (source=synthetic): the text it is rendered from, one sentence a line; null
+    # takes the shipped Singapore English file of that role (data/sg_english/).
+    sentences: Optional[str] = None  # the domain's sentences
+    control: Optional[str] = None  # general English for dev/test only: the forgetting gate's control set
+    general: Optional[str] = None  # general English replayed in training
+    voices: Optional[str] = None  # voice inventory (voices.json)
+    terms: Optional[str] = None  # the domain's terms, one a line (null: derived from the training text)
     corpus_seed: int = 0
     corpus_max_sentences: Optional[int] = None
     corpus_workers: int = 2
@@ -167,6 +173,9 @@ class TrainConfig:
     # timestamp_probability), each clip as one segment. Off in the recipes: at 0.5 it broke long-form
     # decoding (bench/timestamps.py, docs/BENCHMARKS.md); single-clip segments teach "one segment, stop".
     timestamp_probability: float = 0.0
+    # Share of training rows decoded after the domain-term prompt (the one eval's prompt systems and
+    # `transcribe --prompt` use), loss on the transcript only: adapter and prompt learn to add up.
+    prompt_probability: float = 0.0
     ddp_backend: Optional[str] = None
     # Sharding through the Trainer/Accelerate integration (conf/train/fsdp.yaml, deepspeed_zero2.yaml).
     fsdp: bool = False

@@ -63,10 +63,10 @@ def test_plan_refuses_general_that_repeats_control():
 def test_load_sentences_rejects_duplicates_and_digits(tmp_path):
     f = tmp_path / "s.txt"
     f.write_text("The kopi here very nice lah.\nthe kopi here very nice lah\n")
-    with pytest.raises(ValueError, match=r"s.txt:2: duplicate of line 1"):
+    with pytest.raises(ValueError, match=r"s.txt:2: repeats line 1"):
         load_sentences(f)
     f.write_text("Chicken rice now costs S$4.50 at Maxwell.\n")
-    with pytest.raises(ValueError, match="in words"):
+    with pytest.raises(ValueError, match=r"s.txt:1: write numbers and symbols in words"):
         load_sentences(f)
 
 

@@ -36,6 +36,29 @@ def pad_labels(tokenizer, label_lists: Sequence[Sequence[int]], decoder_start_to
     return batch["input_ids"].masked_fill(batch["attention_mask"].ne(1), -100)
 
 
+def prompted_inputs(tokenizer, label_lists: Sequence[Sequence[int]], prompts: Sequence[Sequence[int] | None],
+                    decoder_start_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(decoder_input_ids, labels) for rows of which some are decoded after a previous-text prompt.
+
+    A prompted row is the sequence Whisper's `generate(prompt_ids=...)` decodes,
+    `<|startofprev|> prompt <|startoftranscript|> ... text <|endoftext|>`, with the loss on the
+    transcript only (-100 over the prompt, as Whisper was trained); other rows are the usual
+    `<|startoftranscript|> ... text`. The model only shifts labels itself when no
+    decoder_input_ids are given, so both are built here, right-padded (padding ignored by the loss)."""
+    inputs, targets = [], []
+    for labels, prompt in zip(label_lists, prompts):
+        body = list(labels[1:]) if labels and labels[0] == decoder_start_token_id else list(labels)
+        seq = [*(prompt or []), decoder_start_token_id, *body]
+        n_masked = len(prompt or [])  # the prompt's own tokens and the start token are given, not predicted
+        inputs.append(seq[:-1])
+        targets.append([-100] * n_masked + seq[n_masked + 1 :])
+    width = max(len(x) for x in inputs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([x + [pad] * (width - len(x)) for x in inputs])
+    labels = torch.tensor([y + [-100] * (width - len(y)) for y in targets])
+    return ids, labels
+
+
 def with_timestamps(labels: Sequence[int], seconds: float, no_timestamps_id: int, eot_id: int) -> list[int]:
     """`<|0.00|> text <|T|> <|endoftext|>` in place of `<|notimestamps|> text <|endoftext|>`: the
     clip as one segment ending at the clip's end (T, in Whisper's 0.02 s steps, capped at 30 s).
@@ -63,8 +86,15 @@ class SpeechCollator:
     """
 
     def __init__(self, processor, decoder_start_token_id: int, augmenter=None, encoder_cache=None, seed: int = 0,
-                 timestamp_probability: float = 0.0):
+                 timestamp_probability: float = 0.0, prompt_ids: Sequence[int] | None = None,
+                 prompt_probability: float = 0.0):
         self.processor = processor
+        # A share of rows is trained after the domain-term prompt (`prompted_inputs`), so that the
+        # adapter learns to use the prompt it will be decoded with instead of fighting it; drawn
+        # per row from its own seeded stream, like the timestamp targets.
+        self.prompt_ids = list(prompt_ids) if prompt_ids is not None else None
+        self.prompt_probability = prompt_probability if prompt_ids is not None else 0.0
+        self.prompt_calls = 0
         # A share of training targets carries segment timestamps (`with_timestamps`), drawn per row
         # from its own seeded stream so the augmentation draws stay what they were.
         self.timestamp_probability = timestamp_probability
@@ -84,7 +114,9 @@ class SpeechCollator:
         self.calls += 1
         return rng
 
-    def _labels(self, rows: list[dict], seconds: Sequence[float] | None = None) -> torch.Tensor:
+    def _labels(self, rows: list[dict], seconds: Sequence[float] | None = None) -> dict:
+        """{"labels"} (the model shifts them into its decoder inputs), or {"decoder_input_ids",
+        "labels"} when some row of the batch is prompted."""
         label_lists = [r["labels"] for r in rows]
         if self.timestamp_probability > 0:
             info = torch.utils.data.get_worker_info()
@@ -96,20 +128,28 @@ class SpeechCollator:
                 seconds = [float(r["duration"]) for r in rows]
             label_lists = [with_timestamps(x, t, no_ts, eot) if rng.random() < self.timestamp_probability else x
                            for x, t in zip(label_lists, seconds)]
-        return pad_labels(self.processor.tokenizer, label_lists, self.decoder_start_token_id)
+        if self.prompt_probability > 0:
+            info = torch.utils.data.get_worker_info()
+            rng = np.random.default_rng([self.seed, 11, 0 if info is None else info.id + 1, self.prompt_calls])
+            self.prompt_calls += 1
+            prompts = [self.prompt_ids if rng.random() < self.prompt_probability else None for _ in rows]
+            if any(prompts):
+                ids, labels = prompted_inputs(self.processor.tokenizer, label_lists, prompts,
+                                              self.decoder_start_token_id)
+                return {"decoder_input_ids": ids, "labels": labels}
+        return {"labels": pad_labels(self.processor.tokenizer, label_lists, self.decoder_start_token_id)}
 
     def __call__(self, rows: list[dict]) -> dict:
         if self.encoder_cache is not None:
-            labels = self._labels(rows)
             hidden = self.encoder_cache.get([r["id"] for r in rows])
-            return {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden), "labels": labels}
+            return {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden), **self._labels(rows)}
         if "input_features" in rows[0] and (self.augmenter is None or not self.augmenter.touches_waveform()):
             feats = torch.stack([torch.as_tensor(np.asarray(r["input_features"], dtype=np.float32)) for r in rows])
             labels = self._labels(rows)
             if self.augmenter is not None:
                 rng = self._batch_rng()
                 feats = torch.stack([torch.as_tensor(self.augmenter.spec(f.numpy(), rng)) for f in feats])
-            return {"input_features": feats, "labels": labels}
+            return {"input_features": feats, **labels}
         audios = [np.asarray(r["audio"], dtype=np.float32) for r in rows]
         if self.augmenter is not None:
             rng = self._batch_rng()
@@ -119,8 +159,7 @@ class SpeechCollator:
         else:
             feats = log_mel(self.processor, audios)
         # Durations after augmentation: a tempo change moves the clip's end.
-        labels = self._labels(rows, [len(a) / SAMPLE_RATE for a in audios])
-        return {"input_features": feats, "labels": labels}
+        return {"input_features": feats, **self._labels(rows, [len(a) / SAMPLE_RATE for a in audios])}
 
 
 FEATURE_BYTES = 80 * 3000 * 4  # one 30 s log-mel window, float32

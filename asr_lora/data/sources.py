@@ -23,18 +23,22 @@ def speaker_split(speaker: str, fractions: list[float]) -> str:
 
 
 def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[Record], dict]:
-    """All records of the configured source, lazily (the embedded corpus is built first if missing);
+    """All records of the configured source, lazily (a synthetic corpus is rendered first if missing);
     splits are assigned by speaker where the source has none. `info["manifest"]` names the input."""
     info: dict[str, Any] = {"source": dcfg.source, "synthetic": bool(dcfg.synthetic)}
-    if dcfg.source == "embedded":
-        from asr_lora.data.synthetic.corpus import build_corpus
+    if dcfg.source == "synthetic":
+        from asr_lora.data.synthetic.corpus import CorpusInputs, build_corpus
 
+        inputs = CorpusInputs.of(dcfg.name, dcfg.sentences, dcfg.control, dcfg.general, dcfg.voices, dcfg.terms)
         out = Path(dcfg.path) if dcfg.path else None
         manifest = build_corpus(out, seed=dcfg.corpus_seed, workers=dcfg.corpus_workers,
-                                max_sentences=dcfg.corpus_max_sentences, progress=progress)
-        corpus_info = manifest.parent / "corpus_info.json"
-        if corpus_info.is_file():
-            info["corpus"] = json.loads(corpus_info.read_text())
+                                max_sentences=dcfg.corpus_max_sentences, progress=progress, inputs=inputs)
+        corpus = json.loads((manifest.parent / "corpus_info.json").read_text())
+        info["corpus"] = corpus
+        # Input lines no voice could say: counted like any reader's skips, named by file:line.
+        for sk in corpus.get("text_skips", []):
+            ledger.see()
+            ledger.skip(sk["source"], sk["reason"], sk["detail"], sk["source"])
         source, path, options = "jsonl", manifest, {}
     else:
         if not dcfg.path:

@@ -42,9 +42,9 @@ def evaluate(cfg: DictConfig) -> dict:
     model.eval()
     splits, report = load_data(cfg.data, processor.tokenizer, run_dir, scored=cfg.eval.split)
     from asr_lora.evaluation.scoring import eval_systems
-    from asr_lora.evaluation.terms import terms_for_split
+    from asr_lora.evaluation.terms import terms_file, terms_for_split
 
-    terms = terms_for_split(splits.get("train"), processor.tokenizer, cfg.eval.terms)
+    terms = terms_for_split(splits.get("train"), processor.tokenizer, terms_file(cfg.eval.terms, report))
     systems = eval_systems(cfg.eval, terms is not None, adapted=bool(cfg.adapter))
     split = cfg.eval.split
     if split not in splits:

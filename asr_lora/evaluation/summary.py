@@ -6,6 +6,7 @@ and model card carry.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from asr_lora.data.synthetic.voices import PART_LABELS, PART_ORDER
@@ -129,7 +130,8 @@ def eval_info(data, base: str, data_report: dict, adapter: str | None, split: st
     """The report's description of what was scored; `data` is the data config section."""
     corpus = data_report.get("corpus") or {}
     synthetic = bool(data.synthetic or corpus.get("synthetic"))
-    title = data.title or data.name
+    # A synthetic corpus of the user's text is named after its sentence file.
+    title = data.title or (Path(data.sentences).stem if data.get("sentences") else data.name)
     description = describe_corpus(title, data_report, synthetic, f"{data.source} corpus at {data.path}")
     counts = data_report.get("counts", {})
     return {

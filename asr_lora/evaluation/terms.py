@@ -158,6 +158,12 @@ def term_recall(refs: Sequence[str], hyps: Sequence[str], terms: Terms, most_mis
             "most_missed": [{"term": n, "missed": m, "n": t} for n, m, t in missed[:most_missed]]}
 
 
+def terms_file(eval_terms: str | None, data_report: dict) -> str | None:
+    """eval.terms, else the terms file the data came with (a synthetic corpus's data.terms, kept to
+    the terms its sentences use); None: derive them from the training text."""
+    return eval_terms or (data_report.get("corpus") or {}).get("terms_file")
+
+
 def terms_for_split(train_ds, tokenizer, path: str | Path | None = None) -> Terms | None:
     """The run's `Terms` from its train split (rows with "text" and "subset": subset "general" is the
     general English the terms must not use, "control" is ignored, the rest is domain text), or from

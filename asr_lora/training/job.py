@@ -65,9 +65,10 @@ def train(cfg: DictConfig) -> dict:
     model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
     rows = select_rows(cfg, processor.tokenizer, run_dir, main)
     model, params, cache = build_model(cfg, model, processor, rows)
-    terms = domain_terms(cfg, rows, processor.tokenizer) if main else None
+    # Every rank needs the terms when training rows are prompted with them.
+    terms = domain_terms(cfg, rows, processor.tokenizer) if main or cfg.train.prompt_probability > 0 else None
     precomputed = zero_shot(cfg, model, processor, rows.test, cache, terms) if main else {}
-    fitted = fit(cfg, model, processor, rows, cache, run_dir, report_to, params)
+    fitted = fit(cfg, model, processor, rows, cache, run_dir, report_to, params, terms)
     if not main:
         return {}
     ev = score(cfg, fitted.model, processor, rows, cache, terms, precomputed, run_dir, fitted.adapter_dir)
@@ -149,9 +150,9 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows):
 
 
 def domain_terms(cfg: DictConfig, rows: Rows, tokenizer):
-    from asr_lora.evaluation.terms import terms_for_split
+    from asr_lora.evaluation.terms import terms_file, terms_for_split
 
-    return terms_for_split(rows.splits.get("train"), tokenizer, cfg.eval.terms)
+    return terms_for_split(rows.splits.get("train"), tokenizer, terms_file(cfg.eval.terms, rows.report))
 
 
 def zero_shot(cfg: DictConfig, model, processor, test_ds, cache, terms) -> dict[str, list[str]]:
@@ -190,7 +191,7 @@ def trainer_args(cfg: DictConfig, output_dir: Path, report_to: list[str], has_de
 
 
 def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, report_to: list[str],
-        params: dict) -> Fitted:
+        params: dict, terms=None) -> Fitted:
     """Train with the Trainer (resuming if asked), save the adapter (or full model) portable and
     pickle-free, and return the trained model ready to score."""
     from asr_lora.data.features import SpeechCollator, add_features, use_feature_cache
@@ -200,10 +201,13 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     held_cache = None if streaming else cache
     start = model.config.decoder_start_token_id
     # Streaming: the collator (run in the DataLoader workers) computes every log-mel on the fly.
-    collator = SpeechCollator(processor, start, rows.augmenter, held_cache, cfg.seed, t.timestamp_probability)
-    # Dev batches: clean audio, <|notimestamps|> targets (only training gets augmentation/timestamps).
+    collator = SpeechCollator(processor, start, rows.augmenter, held_cache, cfg.seed, t.timestamp_probability,
+                              prompt_ids=training_prompt(t.prompt_probability, terms, processor),
+                              prompt_probability=t.prompt_probability)
+    # Dev batches: clean audio, <|notimestamps|> targets, no prompt (those are for training only).
     eval_collator = (SpeechCollator(processor, start, None, held_cache, cfg.seed)
-                     if rows.augmenter is not None or t.timestamp_probability > 0 else None)
+                     if rows.augmenter is not None or t.timestamp_probability > 0 or t.prompt_probability > 0
+                     else None)
     if not streaming and cache is None and use_feature_cache(cfg.data, len(train_ds) + len(dev_ds or []),
                                                              reads_per_clip(t, len(train_ds))):
         train_ds = add_features(train_ds, processor)
@@ -250,6 +254,16 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
 
         make_adapter_portable(adapter_dir, cfg.model.name_or_path)
     return Fitted(model, adapter_dir, trainer, result, seconds, run)
+
+
+def training_prompt(probability: float, terms, processor) -> list[int] | None:
+    """The token ids of the domain-term prompt the training rows are prompted with, if any."""
+    if probability <= 0:
+        return None
+    if terms is None or not terms.prompt:
+        raise ValueError("train.prompt_probability > 0 needs domain terms (eval.terms=PATH, or training text "
+                         "with words general English does not use)")
+    return [int(i) for i in processor.get_prompt_ids(terms.prompt)]
 
 
 def score(cfg: DictConfig, model, processor, rows: Rows, cache, terms, precomputed: dict, run_dir: Path,

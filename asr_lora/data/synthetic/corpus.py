@@ -34,37 +34,28 @@ import random
 import re
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from datetime import UTC, datetime
-from multiprocessing import get_context
 from pathlib import Path
 
 import soundfile as sf
 
 from asr_lora.core.io import write_json, write_text
-from asr_lora.core.logs import progress as progress_bar
 from asr_lora.core.paths import cache_root
 from asr_lora.data.records import Record
-from asr_lora.data.synthetic.engines import SYNTH_VERSION, SynthError, Voice, check_voice, synthesize, write_wav_16k
+from asr_lora.data.synthetic.engines import SYNTH_VERSION, Voice, write_wav_16k
+from asr_lora.data.synthetic.render import render_missing
+from asr_lora.data.synthetic.sentences import (
+    CONTROL, DATA_DIR, GENERAL, SENTENCES, CorpusInputs, TextFile, check_terms, load_sentences, read_sentences,
+    sentence_key,
+)
 from asr_lora.data.synthetic.voices import HELD_OUT_PARTS, REAL_PART, VOICES, load_voices, part_of
 
-__all__ = ["VOICES", "build_corpus", "load_manifest", "load_sentences", "load_voices", "plan_corpus"]
+__all__ = ["CONTROL", "DATA_DIR", "GENERAL", "SENTENCES", "VOICES", "CorpusInputs", "build_corpus", "load_manifest",
+           "load_sentences", "load_voices", "plan_corpus"]
 
 log = logging.getLogger(__name__)
 
-
-
-DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "sg_english"
-
-
-SENTENCES = DATA_DIR / "sg_sentences.txt"
-
-
-CONTROL = DATA_DIR / "control_sentences.txt"
-
-
-GENERAL = DATA_DIR / "general_sentences.txt"
 
 
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
@@ -93,38 +84,12 @@ ID_PREFIX = {"main": "sg", "control": "ctl", "general": "gen"}
 CONTROL_DEV_FRACTION = 1 / 3
 
 
-MIN_WORDS, MAX_WORDS = 5, 20
+# The smallest honest dev and test parts: fewer sentences stop the build (`check_split_sizes`).
+MIN_DEV_SENTENCES, MIN_TEST_SENTENCES = 3, 5
 
 
-def default_cache_dir() -> Path:
-    return cache_root() / "corpora" / "sg_english"
-
-
-def load_sentences(path: Path = SENTENCES) -> list[str]:
-    """One sentence a line; blank lines and '#' comments ignored. Raises ValueError, naming
-    file:line, on duplicates, digits/symbols (the TTS engines would read them differently from
-    the reference) or a length outside 5-20 words."""
-    seen: dict[str, int] = {}
-    out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        where = f"{path}:{n}"
-        key = re.sub(r"[^a-z ]", "", s.lower())
-        if key in seen:
-            raise ValueError(f"{where}: duplicate of line {seen[key]}: {s!r}")
-        if re.search(r"[0-9$%&@/]", s):
-            raise ValueError(f"{where}: write numbers and prices in words: {s!r}")
-        if not MIN_WORDS <= len(s.split()) <= MAX_WORDS:
-            raise ValueError(f"{where}: {len(s.split())} words, want {MIN_WORDS}-{MAX_WORDS}: {s!r}")
-        seen[key] = n
-        out.append(s)
-    return out
-
-
-def _key(s: str) -> str:
-    return " ".join(re.findall(r"[a-z]+", s.lower()))
+def default_cache_dir(name: str = "sg_english") -> Path:
+    return cache_root() / "corpora" / name
 
 
 def _sha256(path: Path) -> str:
@@ -179,21 +144,44 @@ def _cut(items: list, fractions: dict[str, float]) -> dict[str, list]:
     return out
 
 
+def check_split_sizes(n_sentences: int, n_control: int) -> None:
+    """Refuse inputs too small for dev and test parts worth scoring, with the numbers needed,
+    rather than train on everything and test on nothing."""
+    def smallest(fractions, minimum):
+        return next(n for n in range(1, 10_000) if all(len(v) >= minimum[k] for k, v in _cut(list(range(n)),
+                                                                                                fractions).items()))
+    need = smallest(SPLIT_FRACTIONS, {"train": 1, "dev": MIN_DEV_SENTENCES, "test": MIN_TEST_SENTENCES})
+    ctl_need = smallest({"test": 1 - CONTROL_DEV_FRACTION, "dev": CONTROL_DEV_FRACTION}, {"test": 2, "dev": 1})
+    if n_sentences < need or n_control < ctl_need:
+        cut = ", ".join(f"{k} {v:.0%}" for k, v in SPLIT_FRACTIONS.items())
+        raise ValueError(
+            f"too few sentences for honest splits: {n_sentences} usable domain sentences and {n_control} control "
+            f"sentences; need at least {need} domain sentences (cut {cut}, for >= {MIN_DEV_SENTENCES} dev and >= "
+            f"{MIN_TEST_SENTENCES} test sentences no voice trains on) and {ctl_need} control sentences")
+
+
 def plan_corpus(
     sentences: list[str], control: list[str], voices: list[Voice], seed: int = 0, max_sentences: int | None = None,
-    general: list[str] | None = None,
+    general: list[str] | None = None, sources: dict[str, list[str]] | None = None, voices_path: Path = VOICES,
 ) -> list[Record]:
     """Every synthetic utterance as a Record (audio_path relative to the corpus dir), no audio.
 
-    `general` sentences (rehearsal data) all go to train, one train voice each."""
+    `general` sentences (rehearsal data) all go to train, one train voice each. `sources` names each
+    sentence's file:line per subset (default: the shipped files, line = position)."""
     general = general or []
+    check_split_sizes(len(sentences), len(control))
+    if sources is None:
+        shown = {subset: CorpusInputs().shown(path) for subset, path in
+                 (("main", SENTENCES), ("control", CONTROL), ("general", GENERAL))}
+        sources = {subset: [f"{shown[subset]}:{i + 1}" for i in range(len(texts))]
+                   for subset, texts in (("main", sentences), ("control", control), ("general", general))}
     rng = random.Random(seed)
     order = rng.sample(range(len(sentences)), len(sentences))
     ctl_order = rng.sample(range(len(control)), len(control))
     if max_sentences is not None:
         order = order[:max_sentences]
         ctl_order = ctl_order[: max(2, max_sentences // 4)]
-    if overlap := {_key(t) for t in general} & {_key(t) for t in control}:
+    if overlap := {sentence_key(t) for t in general} & {sentence_key(t) for t in control}:
         raise ValueError(f"general sentences repeat control sentences: {sorted(overlap)[:3]}")
     # A separate seeded rng, so adding general data changes neither the main/control split nor
     # their voice hands (their cached audio stays valid).
@@ -207,23 +195,23 @@ def plan_corpus(
     main_idx, ctl_idx = _cut(order, SPLIT_FRACTIONS), _cut(ctl_order, ctl_fracs)
 
     records = []
-    jobs = [("main", SENTENCES, sentences, main_idx, rng, by_split, VOICES_PER_SENTENCE["main"]),
-            ("control", CONTROL, control, ctl_idx, rng, by_split, VOICES_PER_SENTENCE["control"]),
-            ("general", GENERAL, general, {"train": gen_order}, gen_rng, by_split, VOICES_PER_SENTENCE["general"])]
+    jobs = [("main", sentences, main_idx, rng, by_split, VOICES_PER_SENTENCE["main"]),
+            ("control", control, ctl_idx, rng, by_split, VOICES_PER_SENTENCE["control"]),
+            ("general", general, {"train": gen_order}, gen_rng, by_split, VOICES_PER_SENTENCE["general"])]
     dev_test = lambda d: {s: d[s] for s in ("dev", "test") if s in d}  # noqa: E731
     for part in HELD_OUT_PARTS:
         held = {s: [v for v in voices if v.split == s and part_of(v) == part] for s in ("dev", "test")}
         if any(held.values()):
             # A separate seeded rng per part: adding (or changing) one part's voices leaves the rest as is.
             part_rng = random.Random(f"{part.replace('_', '-')}-{seed}")
-            jobs += [("main", SENTENCES, sentences, dev_test(main_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE),
-                     ("control", CONTROL, control, dev_test(ctl_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE)]
-    for subset, path, texts, split_idx, deal_rng, pool, k in jobs:
+            jobs += [("main", sentences, dev_test(main_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE),
+                     ("control", control, dev_test(ctl_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE)]
+    for subset, texts, split_idx, deal_rng, pool, k in jobs:
         for split, idx in split_idx.items():
             if not idx:
                 continue
             if not pool[split]:
-                raise ValueError(f"no voices for split {split!r} in {VOICES}")
+                raise ValueError(f"no voices for split {split!r} in {voices_path}")
             for i, hand in zip(idx, _deal(pool[split], k, len(idx), deal_rng)):
                 for v in hand:
                     key = hashlib.sha1(json.dumps([texts[i], v.spec()], sort_keys=True).encode()).hexdigest()[:16]
@@ -231,42 +219,9 @@ def plan_corpus(
                     records.append(Record(
                         id=f"{prefix}-{i:04d}-{v.id}", text=texts[i], audio_path=f"audio/{v.id}/{key}.wav",
                         speaker=v.speaker, accent=v.accent, split=split, subset=subset, engine=v.engine,
-                        voice=v.id, part=part_of(v), source=f"{path.relative_to(DATA_DIR.parent.parent)}:{i + 1}",
+                        voice=v.id, part=part_of(v), source=sources[subset][i],
                     ))
     return records
-
-
-def _init_worker() -> None:
-    # One process per core already; let neither torch nor onnxruntime fan out on top of that.
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _render(text: str, voice: Voice, out: str, seed: int) -> float:
-    return synthesize(text, voice, out, seed)
-
-
-def _render_missing(records: list[Record], out_dir: Path, voices: dict[str, Voice], seed: int,
-                    workers: int, progress: bool) -> int:
-    todo = [r for r in records if r.engine and not (out_dir / r.audio_path).is_file()]
-    if not todo:
-        return 0
-    for vid in sorted({r.voice for r in todo}):
-        check_voice(voices[vid])  # fail before spending minutes on the others
-    with progress_bar("synthesising sg_english", len(todo), progress) as advance, ProcessPoolExecutor(
-        max_workers=max(1, workers), mp_context=get_context("spawn"), initializer=_init_worker
-    ) as pool:
-        futures = {pool.submit(_render, r.text, voices[r.voice], str(out_dir / r.audio_path), seed): r for r in todo}
-        for fut in as_completed(futures):
-            try:
-                fut.result()
-            except SynthError:
-                for f in futures:
-                    f.cancel()
-                raise
-            advance()
-    return len(todo)
 
 
 def _add_real_control(out_dir: Path) -> tuple[list[Record], dict]:
@@ -316,20 +271,38 @@ def load_manifest(path: Path) -> list[Record]:
 _REUSE_LOGGED: set = set()
 
 
+def _read_inputs(inputs: CorpusInputs) -> tuple[dict[str, TextFile], TextFile | None]:
+    texts = {role: read_sentences(getattr(inputs, role), role, shown=inputs.shown(getattr(inputs, role)))
+             for role in ("sentences", "control", "general")}
+    terms = None
+    if inputs.terms is not None:
+        terms = check_terms(inputs.terms, texts["sentences"].texts, shown=inputs.shown(inputs.terms))
+    return texts, terms
+
+
 def build_corpus(
     out_dir: Path | None = None, seed: int = 0, workers: int = 2, max_sentences: int | None = None,
-    progress: bool = True,
+    progress: bool = True, inputs: CorpusInputs = CorpusInputs(),
 ) -> Path:
     """Render (or reuse) the corpus under `out_dir`; returns the path of its manifest.jsonl.
 
     Writes out_dir/audio/<voice>/<hash>.wav, manifest.jsonl (one `Record.to_manifest()` row per
-    utterance, absolute audio_filepath) and corpus_info.json. Raises SynthError if a voice in
-    voices.json is not installed.
+    utterance, absolute audio_filepath) and corpus_info.json (with every skipped input line and its
+    reason in "text_skips"; the usable terms of `inputs.terms` in terms.txt). Audio is named by
+    (text, voice), so a changed sentence file renders only its new lines. Raises SynthError if a
+    voice in the inventory is not installed, ValueError for unusable inputs (file and line named).
     """
     t0 = time.time()
-    out_dir = Path(out_dir) if out_dir is not None else default_cache_dir()
+    name = inputs.name
+    out_dir = Path(out_dir) if out_dir is not None else default_cache_dir(name)
     manifest, info_path = out_dir / "manifest.jsonl", out_dir / "corpus_info.json"
-    files = {p.name: _sha256(p) for p in (SENTENCES, CONTROL, GENERAL, VOICES)}
+    paths = {"sentences": inputs.sentences, "control": inputs.control, "general": inputs.general,
+             "voices": inputs.voices, "terms": inputs.terms}
+    for role, path in paths.items():
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"data.{role}: no such file: {path}")
+    # Keyed by file name as before for the shipped inputs, so their cache stays valid.
+    files = {(p.name if role != "terms" else "terms:" + p.name): _sha256(p) for role, p in paths.items() if p}
     real_sources = [str(s[2]) for s in _real_control_sources()]
     inputs_hash = hashlib.sha256(json.dumps(
         [PLAN_VERSION, SYNTH_VERSION, seed, max_sentences, files, real_sources], sort_keys=True).encode()).hexdigest()
@@ -343,14 +316,20 @@ def build_corpus(
                 # say it once per process.
                 if (manifest, inputs_hash) not in _REUSE_LOGGED:
                     _REUSE_LOGGED.add((manifest, inputs_hash))
-                    log.info("sg_english: reusing %s (%d utterances)", out_dir, info["utterances"])
+                    log.info("%s: reusing %s (%d utterances)", name, out_dir, info["utterances"])
                 return manifest
-            log.warning("sg_english: %d cached files missing (e.g. %s); re-rendering them", len(missing), missing[0])
+            log.warning("%s: %d cached files missing (e.g. %s); re-rendering them", name, len(missing), missing[0])
 
-    voices = load_voices()
-    records = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), voices, seed, max_sentences,
-                          general=load_sentences(GENERAL))
-    rendered = _render_missing(records, out_dir, {v.id: v for v in voices}, seed, workers, progress)
+    texts, terms = _read_inputs(inputs)
+    skips = [sk for tf in (*texts.values(), *([terms] if terms else [])) for sk in tf.skips]
+    for sk in skips[:5]:
+        log.warning("skipped %s", sk.detail)
+    voices = load_voices(inputs.voices)
+    sources = {"main": texts["sentences"].sources, "control": texts["control"].sources,
+               "general": texts["general"].sources}
+    records = plan_corpus(texts["sentences"].texts, texts["control"].texts, voices, seed, max_sentences,
+                          general=texts["general"].texts, sources=sources, voices_path=inputs.voices)
+    rendered = render_missing(records, out_dir, {v.id: v for v in voices}, seed, workers, progress, name)
     real, real_info = _add_real_control(out_dir)
     records = [replace(r, audio_path=str((out_dir / r.audio_path).resolve()),
                        duration=round(sf.info(out_dir / r.audio_path).duration, 3)) for r in records + real]
@@ -358,14 +337,26 @@ def build_corpus(
     write_text(manifest, "".join(json.dumps(r.to_manifest(), ensure_ascii=False) + "\n" for r in records))
     summary = _summary(records)
     info = {
-        "name": "sg_english", "synthetic": True, "seed": seed, "max_sentences": max_sentences,
+        "name": name, "synthetic": True, "seed": seed, "max_sentences": max_sentences,
         "inputs_hash": inputs_hash, "input_files_sha256": files, "plan_version": PLAN_VERSION,
         **summary, "rendered": rendered, "reused": len(records) - len(real) - rendered,
         "real_control": real_info, "build_seconds": round(time.time() - t0, 1),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if inputs != CorpusInputs(name=name):  # the shipped files' corpus_info stays as it was
+        info["inputs"] = {role: inputs.shown(p) for role, p in paths.items() if p}
+        read = (*texts.items(), *((("terms", terms),) if terms else ()))
+        info["text_lines"] = {role: {"kept": len(tf.lines), "skipped": len(tf.skips), "normalised": len(tf.normalised)}
+                              for role, tf in read}
+        # What the voices say where the file wrote digits or symbols (the reference is the spoken form).
+        info["text_normalised"] = [{"source": x.source, "written": x.original, "spoken": x.text}
+                                   for _, tf in read for x in tf.normalised]
+        info["text_skips"] = [{"source": sk.source, "reason": sk.reason, "detail": sk.detail} for sk in skips]
+    if terms is not None:
+        write_text(out_dir / "terms.txt", "".join(t + "\n" for t in terms.texts))
+        info["terms_file"] = str((out_dir / "terms.txt").resolve())
     write_json(info_path, info)
-    msg = (f"sg_english: {len(records)} utterances ({rendered} rendered) in {info['build_seconds']:.0f}s; "
+    msg = (f"{name}: {len(records)} utterances ({rendered} rendered) in {info['build_seconds']:.0f}s; "
            f"counts {summary['counts']}; hours {summary['hours']}")
     log.info(msg)  # once: the console handler shows it (it was also rich-printed, so it appeared twice)
     return manifest

@@ -1,0 +1,221 @@
+"""The text a synthetic corpus is rendered from: sentence files and a terms file.
+
+One sentence a line, UTF-8; blank lines and `#` comments are ignored. Each other line is kept
+(normalised to what a TTS voice reads as written) or skipped with its reason and `file:line`, so
+`data_report.json` accounts for every line. A file that cannot be read at all (missing, empty,
+not UTF-8) stops the run with an error naming the file (and line)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from num2words import num2words
+
+from asr_lora.data.synthetic.voices import VOICES
+
+# The shipped Singapore English text: the synthetic source's default inputs.
+DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "sg_english"
+SENTENCES = DATA_DIR / "sg_sentences.txt"
+CONTROL = DATA_DIR / "control_sentences.txt"
+GENERAL = DATA_DIR / "general_sentences.txt"
+
+# A clip per sentence: under 3 words the voices' leading and trailing silence dominates; past 40
+# a clip nears Whisper's 30 s window at the slower voices (data.max_seconds drops it later anyway).
+MIN_WORDS, MAX_WORDS = 3, 40
+
+_URL = re.compile(r"\b(?:https?://|www\.)\S+|\b\S+\.(?:com|org|net|edu|gov|io|sg|co|uk)\b(?:/\S*)?", re.I)
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
+# What the voices read the way the transcript writes it: letters, apostrophes, hyphens, punctuation.
+_SPEAKABLE = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ' \-.,?!;:\"()]*")
+
+
+@dataclass
+class Line:
+    text: str  # as the voices say it and the transcript writes it
+    source: str  # file:line
+    original: str = ""  # the line as written, when `text` spells out its digits or symbols
+
+
+@dataclass
+class TextSkip:
+    source: str  # file:line
+    reason: str  # duplicate | url | email | unspeakable | too_short | too_long | term_not_in_sentences
+    detail: str
+
+
+@dataclass
+class TextFile:
+    path: Path
+    lines: list[Line] = field(default_factory=list)
+    skips: list[TextSkip] = field(default_factory=list)
+
+    @property
+    def texts(self) -> list[str]:
+        return [x.text for x in self.lines]
+
+    @property
+    def sources(self) -> list[str]:
+        return [x.source for x in self.lines]
+
+    @property
+    def normalised(self) -> list[Line]:
+        """Kept lines whose digits or symbols were written out in words."""
+        return [x for x in self.lines if x.original]
+
+
+def _money(m: re.Match) -> str:
+    dollars, cents = m.group(1).replace(",", ""), m.group(2)
+    out = f"{num2words(int(dollars))} dollar{'s' if int(dollars) != 1 else ''}"
+    return out + (f" {num2words(int(cents))} cents" if cents and int(cents) else "")
+
+
+# (pattern, replacement) in order: money and percentages before bare numbers.
+_RULES: list[tuple[re.Pattern, object]] = [
+    (re.compile(r"(?<![A-Za-z])(?:S|US)?\$\s?(\d[\d,]*)(?:\.(\d\d))?\b"), _money),
+    (re.compile(r"(\d+(?:\.\d+)?)\s?%"), lambda m: f"{m.group(1)} percent"),
+    (re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.I), lambda m: num2words(int(m.group(1)), to="ordinal")),
+    (re.compile(r"\b\d{1,3}(?:,\d{3})+\b"), lambda m: m.group(0).replace(",", "")),
+    (re.compile(r"\b\d+\.\d+\b"), lambda m: num2words(float(m.group(0)))),
+    (re.compile(r"\b\d+\b"), lambda m: num2words(int(m.group(0)))),
+    (re.compile(r"\s*&\s*"), " and "),
+    (re.compile(r"\s*\+\s*"), " plus "),
+    (re.compile(r"\s*=\s*"), " equals "),
+    (re.compile(r"\s@\s"), " at "),
+]
+
+
+def speakable(text: str) -> tuple[str | None, str]:
+    """(text as the voices read it, "") or (None, reason): digits, money, percentages and a few
+    symbols are written out in words; URLs, e-mail addresses and other symbols have no rule."""
+    if _EMAIL.search(text):
+        return None, "email"
+    if _URL.search(text):
+        return None, "url"
+    out = text
+    for pattern, repl in _RULES:
+        out = pattern.sub(repl, out)
+    out = " ".join(out.replace("-", " - ").split()).replace(" - ", "-")  # num2words writes "twenty-three"
+    if bad := sorted(set(_SPEAKABLE.sub("", out))):
+        return None, "unspeakable: " + " ".join(repr(c) for c in bad)
+    return out, ""
+
+
+def _decoded_lines(path: Path, role: str) -> list[tuple[int, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"data.{role}: no such file: {path}")
+    out = []
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            out.append((n, raw.decode("utf-8").strip().lstrip("\ufeff")))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+    return out
+
+
+def sentence_key(s: str) -> str:
+    """What makes two sentences the same: their letters, lower-cased, word by word."""
+    return " ".join(re.findall(r"[a-z]+", s.lower()))
+
+
+def read_sentences(path: str | Path, role: str = "sentences", shown: str | None = None) -> TextFile:
+    """Every line of a sentence file, kept or skipped with a reason (`shown` is how sources name the
+    file). Raises FileNotFoundError or ValueError (naming file and line) when the file is missing,
+    not UTF-8, or has no usable line."""
+    path = Path(path)
+    out = TextFile(path)
+    seen: dict[str, int] = {}
+    for n, raw in _decoded_lines(path, role):
+        if not raw or raw.startswith("#"):
+            continue
+        where = f"{shown or path}:{n}"
+        text, why = speakable(raw)
+        if text is None:
+            kind = why.split(":")[0]
+            detail = {"url": "a web address: no rule writes it in words",
+                      "email": "an e-mail address: no rule writes it in words"}.get(
+                kind, f"characters no voice reads as written ({why.split(': ', 1)[-1]})")
+            out.skips.append(TextSkip(where, kind, f"{where}: {detail}: {raw!r}"))
+            continue
+        words = len(text.split())
+        if words < MIN_WORDS or words > MAX_WORDS:
+            reason = "too_short" if words < MIN_WORDS else "too_long"
+            out.skips.append(TextSkip(where, reason, f"{where}: {words} words, want {MIN_WORDS}-{MAX_WORDS}: {raw!r}"))
+            continue
+        key = sentence_key(text)
+        if key in seen:
+            out.skips.append(TextSkip(where, "duplicate", f"{where}: repeats line {seen[key]}: {raw!r}"))
+            continue
+        seen[key] = n
+        out.lines.append(Line(text, where, raw if text != raw else ""))
+    if not out.lines:
+        why = "; ".join(s.detail for s in out.skips[:3]) or "only blank lines and # comments"
+        raise ValueError(f"data.{role}={path}: no usable sentence ({why})")
+    return out
+
+
+def check_terms(path: str | Path, sentences: list[str], shown: str | None = None) -> TextFile:
+    """The terms of a terms file (one a line) that occur in `sentences`; the others are skipped as
+    term_not_in_sentences (an adapter cannot learn a word it never hears). Raises like
+    `read_sentences` for an unreadable file, and when no term occurs."""
+    path = Path(path)
+    out = TextFile(path)
+    haystack = [f" {sentence_key(s)} " for s in sentences]
+    seen: dict[str, int] = {}
+    for n, raw in _decoded_lines(path, "terms"):
+        if not raw or raw.startswith("#"):
+            continue
+        where, key = f"{shown or path}:{n}", sentence_key(raw)
+        if not key:
+            out.skips.append(TextSkip(where, "unspeakable", f"{where}: no letters in {raw!r}"))
+        elif key in seen:
+            out.skips.append(TextSkip(where, "duplicate", f"{where}: repeats line {seen[key]}: {raw!r}"))
+        elif not any(f" {key} " in h for h in haystack):
+            out.skips.append(TextSkip(where, "term_not_in_sentences",
+                                      f"{where}: {raw!r} occurs in no sentence of data.sentences"))
+        else:
+            seen[key] = n
+            out.lines.append(Line(raw, where))
+    if not out.lines:
+        why = "; ".join(s.detail for s in out.skips[:3]) or "only blank lines and # comments"
+        raise ValueError(f"data.terms={path}: no usable term ({why})")
+    return out
+
+
+def load_sentences(path: Path = SENTENCES) -> list[str]:
+    """The sentences of a file that must be clean (the shipped ones): raises ValueError naming
+    file:line on any line `read_sentences` would skip (duplicate, unspeakable, bad length)."""
+    text = read_sentences(path)
+    if text.skips:
+        raise ValueError(f"{text.skips[0].detail} ({len(text.skips)} lines would be skipped)")
+    if text.normalised:
+        x = text.normalised[0]
+        raise ValueError(f"{x.source}: write numbers and symbols in words: {x.original!r}")
+    return text.texts
+
+
+@dataclass(frozen=True)
+class CorpusInputs:
+    """What a synthetic corpus is rendered from (data.sentences / control / general / voices /
+    terms); the defaults are the shipped Singapore English files."""
+    name: str = "sg_english"
+    sentences: Path = SENTENCES
+    control: Path = CONTROL
+    general: Path = GENERAL
+    voices: Path = VOICES
+    terms: Path | None = None
+
+    @classmethod
+    def of(cls, name: str | None = None, sentences=None, control=None, general=None, voices=None, terms=None):
+        d = cls()
+        return cls(name or d.name, *(Path(p).expanduser() if p else q for p, q in (
+            (sentences, d.sentences), (control, d.control), (general, d.general), (voices, d.voices))),
+            Path(terms).expanduser() if terms else None)
+
+    def shown(self, path: Path) -> str:
+        """A path as records and reports name it: repo-relative for the shipped files."""
+        try:
+            return str(path.resolve().relative_to(DATA_DIR.parent.parent))
+        except ValueError:
+            return str(path)

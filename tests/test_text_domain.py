@@ -1,0 +1,185 @@
+"""Adapt from text alone: a sentence file in (`data=synthetic data.sentences=PATH`), an adapter and a
+term report out. A fixture domain of invented product names goes through prepare -> train ->
+evaluate, and every kind of bad input gets an error naming the file and line or a recorded skip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from asr_lora.config import CONF_DIR
+from asr_lora.data.synthetic.corpus import CorpusInputs, build_corpus, check_split_sizes
+from asr_lora.data.synthetic.sentences import check_terms, read_sentences, speakable
+from asr_lora.data.synthetic.voices import VOICES
+
+PRODUCTS = ["Zorvex", "Quillamine", "Bravoset", "Plinthor", "Duskala", "Merovane", "Tyrabex", "Kelvora",
+            "Fennix", "Gloamite", "Virellan", "Oxtavo", "Sundrel", "Cambrax", "Lumidor"]
+TEMPLATES = ["Please restock the {} before the weekend sale.", "The new {} cartridge arrived this morning.",
+             "Customers keep asking whether {} works without a network.", "Our team shipped a quieter {} last week."]
+CONTROL = ["The library opens at nine on weekdays.", "She painted the fence a pale shade of green.",
+           "We walked along the river until the sun went down.", "The train was late because of the storm.",
+           "He keeps his old letters in a wooden box.", "Fresh bread smells wonderful in the morning.",
+           "The children built a castle out of sand.", "A light rain fell over the quiet town.",
+           "They bought two tickets for the evening show."]
+GENERAL = ["My neighbour grows tomatoes in her garden.", "The museum closes early on public holidays.",
+           "He fixed the bicycle chain with a small tool.", "We need more chairs for the meeting room."]
+# One voice per role keeps rendering short: train (espeak), and dev/test in each held-out part.
+FIXTURE_VOICES = ["espeak-en-us-m1", "espeak-en-gb-f2", "espeak-en-us-klatt", "espeak-en-gb-m4", "pico-en-us",
+                  "piper-joe-dev", "espeak-en-us-m5", "mbrola-us1", "piper-joe"]
+
+
+def write_domain(root: Path, extra_lines: list[str] = ()) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [t.format(p) for p in PRODUCTS for t in TEMPLATES]  # 60 sentences, each name in four contexts
+    files = {"sentences": root / "products.txt", "control": root / "control.txt", "general": root / "general.txt",
+             "terms": root / "terms.txt", "voices": root / "voices.json"}
+    files["sentences"].write_text("# product support phrases\n" + "\n".join([*lines, *extra_lines]) + "\n")
+    files["control"].write_text("\n".join(CONTROL) + "\n")
+    files["general"].write_text("\n".join(GENERAL) + "\n")
+    files["terms"].write_text("\n".join(PRODUCTS) + "\n")
+    shipped = json.loads(VOICES.read_text())["voices"]
+    files["voices"].write_text(json.dumps({"voices": [v for v in shipped if v["id"] in FIXTURE_VOICES]}))
+    return files
+
+
+# ---- bad input: an error naming the file (and line), or a recorded skip with its reason ----
+
+def test_unreadable_sentence_files_stop_with_the_file_and_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data.sentences: no such file: .*nope.txt"):
+        read_sentences(tmp_path / "nope.txt")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n\n")
+    with pytest.raises(ValueError, match=r"data.sentences=.*empty.txt: no usable sentence"):
+        read_sentences(empty)
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Order the Zorvex refill today please.\nThe caf\xe9 sells Zorvex now.\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.txt:2: not UTF-8"):
+        read_sentences(latin1)
+
+
+def test_lines_no_voice_can_say_are_normalised_or_skipped_with_their_reason(tmp_path):
+    f = tmp_path / "s.txt"
+    f.write_text("\n".join([
+        "The Zorvex refill costs S$4.50 at every branch.",   # 1 money -> words
+        "Sales rose 5% on the 3rd day of the launch.",        # 2 percent, ordinal -> words
+        "See www.zorvex.example.com for the manual today.",   # 3 url
+        "Write to help@zorvex.sg for a replacement part.",     # 4 email
+        "The Zorvex ~ Quillamine bundle ships soon.",          # 5 a symbol with no rule
+        "Zorvex works.",                                        # 6 too short
+        " ".join(["word"] * 41),                                # 7 too long
+        "the zorvex refill costs S$4.50 at every branch",     # 8 duplicate of 1 after normalisation
+    ]) + "\n")
+    out = read_sentences(f)
+    assert out.texts == ["The Zorvex refill costs four dollars fifty cents at every branch.",
+                         "Sales rose five percent on the third day of the launch."]
+    assert out.sources == [f"{f}:1", f"{f}:2"] and len(out.normalised) == 2
+    assert [(s.source.rsplit(":", 1)[1], s.reason) for s in out.skips] == [
+        ("3", "url"), ("4", "email"), ("5", "unspeakable"), ("6", "too_short"), ("7", "too_long"), ("8", "duplicate")]
+    assert "repeats line 1" in out.skips[-1].detail and "'~'" in out.skips[2].detail
+
+
+def test_terms_that_never_occur_are_skipped_and_a_file_of_none_is_an_error(tmp_path):
+    f = tmp_path / "terms.txt"
+    f.write_text("Zorvex\nNebulor\nzorvex\n")
+    out = check_terms(f, ["Restock the Zorvex today please."])
+    assert out.texts == ["Zorvex"]
+    assert [(s.reason, s.source) for s in out.skips] == [("term_not_in_sentences", f"{f}:2"), ("duplicate", f"{f}:3")]
+    f.write_text("Nebulor\n")
+    with pytest.raises(ValueError, match="no usable term.*Nebulor.*occurs in no sentence"):
+        check_terms(f, ["Restock the Zorvex today please."])
+
+
+def test_too_few_sentences_stop_with_the_numbers_needed():
+    with pytest.raises(ValueError, match=r"20 usable domain sentences.*need at least 31 domain sentences"):
+        check_split_sizes(20, 30)
+    with pytest.raises(ValueError, match=r"and 3 control sentences"):
+        check_split_sizes(60, 2)
+    check_split_sizes(31, 3)
+
+
+def test_speakable_leaves_plain_text_alone():
+    assert speakable("Restock the Zorvex, please!") == ("Restock the Zorvex, please!", "")
+
+
+# ---- the fixture domain end to end ----
+
+def _cfg(tmp_path: Path, files: dict[str, Path], *extra: str, model: str | None = None, recipe: bool = True):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[
+            *(["+recipe=sg_english"] if recipe else []), "data=synthetic",
+            *(f"data.{role}={p}" for role, p in files.items()),
+            f"paths.cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}", "logger=none",
+            *([f"model.name_or_path={model}"] if model else []), *extra])
+
+
+def test_the_documented_command_composes_the_synthetic_source_over_the_recipe(tmp_path):
+    files = write_domain(tmp_path / "domain")
+    cfg = _cfg(tmp_path, {"sentences": files["sentences"]})
+    assert cfg.data.source == "synthetic" and cfg.data.sentences == str(files["sentences"])
+    assert cfg.data.synthetic and cfg.recipe_name == "sg_english"
+    assert cfg.data.control is None  # the shipped general/control English unless given
+    shipped = CorpusInputs.of(cfg.data.name, cfg.data.sentences, cfg.data.control, cfg.data.general)
+    assert shipped.control == CorpusInputs().control and shipped.general == CorpusInputs().general
+
+
+def test_fixture_domain_prepare_train_evaluate(tmp_path, tiny_whisper_dir):
+    from asr_lora import prepare
+    from asr_lora.evaluation.job import evaluate
+    from asr_lora.training.job import train
+
+    long_line = "The " + " ".join(["Zorvex"] * 30) + " line is a label far past the limit."
+    files = write_domain(tmp_path / "domain", extra_lines=[
+        "Call 555 0199 for the Zorvex recall.", "Visit https://zorvex.example.com today.", long_line])
+    files["terms"].write_text("\n".join([*PRODUCTS, "Nebulor"]) + "\n")
+    small = ["lora.scope=[decoder_self,decoder_cross]", "lora.r=4", "lora.alpha=8", "train.max_steps=3",
+             "train.eval_steps=3", "train.save_steps=3", "train.warmup_steps=0", "train.dev_eval_max_samples=4",
+             "train.per_device_train_batch_size=4", "train.encoder_context=full", "eval.n_bootstrap=20",
+             "eval.max_new_tokens=6", "eval.beam_size=1", "export.enabled=false", "data.max_label_tokens=40"]
+    cfg = _cfg(tmp_path, files, *small, model=str(tiny_whisper_dir))
+
+    prepare.main(cfg)
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    skips = {(s["reason"], s["source"].rsplit(":", 1)[-1]) for s in report["counts"]["skips"]}
+    sentences = files["sentences"]
+    # Line 1 is a comment; the product lines are 2-61, then the three extra lines.
+    assert ("url", "63") in skips and ("term_not_in_sentences", "16") in skips
+    assert any(r == "label_too_long" for r, _ in skips)  # the long line: rendered, then dropped by label length
+    assert report["counts"]["seen"] == report["counts"]["kept"] + report["counts"]["skipped"]
+    info = report["corpus"]
+    assert info["text_lines"]["sentences"] == {"kept": 62, "skipped": 1, "normalised": 1}
+    assert info["inputs"]["sentences"] == str(sentences)
+    assert set(info["parts"]["test"]) >= {"neural/main", "unseen_engine/main", "seen_engine/main"}
+    kept_terms = Path(info["terms_file"]).read_text().split()
+    assert kept_terms == PRODUCTS
+
+    summary = train(cfg)
+    run = tmp_path / "run"
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert ev["synthetic"] is True and ev["terms"]["source"].endswith("terms.txt")
+    assert set(ev["systems"]) >= {"base", "prompt", "adapted"}
+    assert ev["terms"]["n_terms"] == len(PRODUCTS)
+    html = (run / "eval" / "report.html").read_text()
+    assert "SYNTHETIC speech: products sentences" in html
+    assert summary["train"]["steps"] == 3 and (run / "adapter" / "adapter_model.safetensors").is_file()
+
+    ev_cfg = _cfg(tmp_path, files, *small, f"adapter={run / 'adapter'}", f"run_dir={tmp_path / 'eval_run'}",
+                  model=str(tiny_whisper_dir))
+    again = evaluate(ev_cfg)
+    assert again["systems"]["adapted"]["wer"]["norm"]["wer"] == pytest.approx(
+        ev["systems"]["adapted"]["wer"]["norm"]["wer"])
+
+    # The same text reuses its audio; one changed line renders only that line's clips.
+    corpus_dir = Path(info["terms_file"]).parent
+    files["sentences"].write_text(files["sentences"].read_text().replace(
+        "Please restock the Zorvex before the weekend sale.", "Please restock the Zorvex before noon."))
+    from asr_lora.data.synthetic.corpus import CorpusInputs as Inputs
+
+    inputs = Inputs.of("synthetic", *(files[k] for k in ("sentences", "control", "general", "voices", "terms")))
+    build_corpus(corpus_dir, progress=False, inputs=inputs)
+    rebuilt = json.loads((corpus_dir / "corpus_info.json").read_text())
+    per_sentence = sum(1 for r in map(json.loads, (corpus_dir / "manifest.jsonl").read_text().splitlines())
+                       if r["text"].startswith("Please restock the Zorvex"))
+    assert 0 < rebuilt["rendered"] == per_sentence
