@@ -96,12 +96,12 @@ def demo_args() -> list[str]:
 
 def test_make_demo_overrides_start_and_skip_the_dev_evaluation(corpus, tmp_path, tiny_whisper_dir):
     args = demo_args()
-    assert "eval.part=[neural,unseen_engine,real]" in args
+    assert "eval.part=[neural,real]" in args
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         # The demo's own overrides last, so they are what runs (not the size knobs' dev samples).
         cfg = compose("config", overrides=["+recipe=sg_english",
                                            *size_overrides(tmp_path, tiny_whisper_dir, corpus), *args])
-    assert list(cfg.eval.part) == ["neural", "unseen_engine", "real"] and cfg.train.dev_eval_max_samples == 0
+    assert list(cfg.eval.part) == ["neural", "real"] and cfg.train.dev_eval_max_samples == 0
     summary = train(cfg)
     assert summary["train"]["steps"] == 2 and summary["train"]["best_dev_wer"] is None
     assert (tmp_path / "run" / "eval" / "eval.json").is_file()

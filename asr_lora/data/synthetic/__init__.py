@@ -1,4 +1,5 @@
-"""The synthetic speech source: offline TTS engines (`engines`, with the persistent Festival
-process in `festival_pipe`), the voice inventory and its dev/test parts (`voices`), and the
-corpus planner and renderer (`corpus`) that turns sentence files into a manifest the data
-pipeline then reads like any other source."""
+"""The synthetic speech source: the text it is rendered from (`sentences`: sentence and terms
+files, each line kept, written out in words or skipped with its reason), offline TTS engines
+(`engines`, with the persistent Festival process in `festival_pipe`), the voice inventory and its
+dev/test parts (`voices`), and the corpus planner (`corpus`) and renderer (`render`) that turn
+sentence files into a manifest the data pipeline then reads like any other source."""
