@@ -163,6 +163,7 @@ def test_fixture_domain_prepare_train_evaluate(tmp_path, tiny_whisper_dir):
     assert ev["terms"]["n_terms"] == len(PRODUCTS)
     html = (run / "eval" / "report.html").read_text()
     assert "SYNTHETIC speech: products sentences" in html
+    assert "ASR evaluation: products" in html  # named after the sentence file
     assert summary["train"]["steps"] == 3 and (run / "adapter" / "adapter_model.safetensors").is_file()
 
     ev_cfg = _cfg(tmp_path, files, *small, f"adapter={run / 'adapter'}", f"run_dir={tmp_path / 'eval_run'}",

@@ -148,7 +148,7 @@ def _blocks(ev: dict, images: dict[str, bytes]) -> list[tuple]:
     systems = {n: ev["systems"][n] for n in SYSTEMS if n in ev.get("systems", {})}
     head = ev.get("headline", "norm")
     corpus = ev.get("corpus", {})
-    b: list[tuple] = [("h", 1, f"ASR evaluation: {corpus.get('name', 'unnamed corpus')}")]
+    b: list[tuple] = [("h", 1, f"ASR evaluation: {corpus.get('title') or corpus.get('name', 'unnamed corpus')}")]
     if ev.get("synthetic"):
         b.append(("banner", ("Synthetic corpus: TTS speech, not real speakers. These numbers show the "
                              "pipeline works; they are not a measure of real-world accuracy.")))
@@ -370,7 +370,8 @@ def write_report(eval: dict, out_dir: Path) -> dict[str, Path]:
         images[f"wer_by_{key}.png"] = _plot_groups(key, per)
 
     blocks = _blocks(eval, images)
-    title = f"ASR evaluation: {eval.get('corpus', {}).get('name', '')}"
+    corpus = eval.get("corpus", {})
+    title = f"ASR evaluation: {corpus.get('title') or corpus.get('name', '')}"
     written = {name: write_bytes(out_dir / name, data) for name, data in images.items()}
     written["report.md"] = write_bytes(out_dir / "report.md", _markdown(blocks).encode("utf-8"))
     written["report.html"] = write_bytes(out_dir / "report.html", _html(blocks, title).encode("utf-8"))
