@@ -94,34 +94,34 @@ class SpeechCollator:
         # per row from its own seeded stream, like the timestamp targets.
         self.prompt_ids = list(prompt_ids) if prompt_ids is not None else None
         self.prompt_probability = prompt_probability if prompt_ids is not None else 0.0
-        self.prompt_calls = 0
         # A share of training targets carries segment timestamps (`with_timestamps`), drawn per row
         # from its own seeded stream so the augmentation draws stay what they were.
         self.timestamp_probability = timestamp_probability
-        self.ts_calls = 0
         self.decoder_start_token_id = decoder_start_token_id
         self.augmenter = augmenter
         self.encoder_cache = encoder_cache
         self.seed = seed
-        self.calls = 0
+        self.calls: dict[str, int] = {}  # batches drawn so far, per random stream
 
-    def _batch_rng(self) -> np.random.Generator:
-        """The augmentation RNG of the next batch: seeded by (run seed, DataLoader worker, batch
-        counter). Each worker holds its own copy of the collator and counter, so the worker id keeps
-        two workers from drawing the same augmentations for their n-th batches."""
+    # Each random stream's seed prefix: augmentation, timestamp targets, prompted rows.
+    STREAMS = {"augment": (), "timestamps": (7,), "prompt": (11,)}
+
+    def _rng(self, stream: str) -> np.random.Generator:
+        """The next batch's RNG of one stream: seeded by (run seed, stream, DataLoader worker, batch
+        counter). Each worker holds its own copy of the collator and counters, so the worker id keeps
+        two workers from drawing the same values for their n-th batches; separate streams keep one
+        option's draws from moving another's."""
         info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, 0 if info is None else info.id + 1, self.calls])
-        self.calls += 1
-        return rng
+        n = self.calls.get(stream, 0)
+        self.calls[stream] = n + 1
+        return np.random.default_rng([self.seed, *self.STREAMS[stream], 0 if info is None else info.id + 1, n])
 
     def _labels(self, rows: list[dict], seconds: Sequence[float] | None = None) -> dict:
         """{"labels"} (the model shifts them into its decoder inputs), or {"decoder_input_ids",
         "labels"} when some row of the batch is prompted."""
         label_lists = [r["labels"] for r in rows]
         if self.timestamp_probability > 0:
-            info = torch.utils.data.get_worker_info()
-            rng = np.random.default_rng([self.seed, 7, 0 if info is None else info.id + 1, self.ts_calls])
-            self.ts_calls += 1
+            rng = self._rng("timestamps")
             tok = self.processor.tokenizer
             no_ts, eot = tok.convert_tokens_to_ids("<|notimestamps|>"), tok.eos_token_id
             if seconds is None:
@@ -129,9 +129,7 @@ class SpeechCollator:
             label_lists = [with_timestamps(x, t, no_ts, eot) if rng.random() < self.timestamp_probability else x
                            for x, t in zip(label_lists, seconds)]
         if self.prompt_probability > 0:
-            info = torch.utils.data.get_worker_info()
-            rng = np.random.default_rng([self.seed, 11, 0 if info is None else info.id + 1, self.prompt_calls])
-            self.prompt_calls += 1
+            rng = self._rng("prompt")
             prompts = [self.prompt_ids if rng.random() < self.prompt_probability else None for _ in rows]
             if any(prompts):
                 ids, labels = prompted_inputs(self.processor.tokenizer, label_lists, prompts,
@@ -147,12 +145,12 @@ class SpeechCollator:
             feats = torch.stack([torch.as_tensor(np.asarray(r["input_features"], dtype=np.float32)) for r in rows])
             labels = self._labels(rows)
             if self.augmenter is not None:
-                rng = self._batch_rng()
+                rng = self._rng("augment")
                 feats = torch.stack([torch.as_tensor(self.augmenter.spec(f.numpy(), rng)) for f in feats])
             return {"input_features": feats, **labels}
         audios = [np.asarray(r["audio"], dtype=np.float32) for r in rows]
         if self.augmenter is not None:
-            rng = self._batch_rng()
+            rng = self._rng("augment")
             audios = [self.augmenter(a, rng) for a in audios]
             feats = log_mel(self.processor, audios)
             feats = torch.stack([torch.as_tensor(self.augmenter.spec(f.numpy(), rng)) for f in feats])

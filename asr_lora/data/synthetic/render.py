@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -62,11 +61,10 @@ def render_missing(records: list[Record], out_dir: Path, voices: dict[str, Voice
         per_voice = run(list(firsts.values()))
         if rest:
             left = sum(per_voice[r.voice] for r in rest) / workers
-            clips = Counter(r.voice for r in todo)
             # The first clips carry each engine's start-up (a voice model to load), so this is a ceiling:
             # measured here, 2,860 clips estimated at 3 min rendered in 69 s.
             log.info("%s: rendering %d clips (%d sentences x %d voices): at most about %s on %d worker%s "
-                     "(each voice's first clip timed)", name, len(todo), len({r.text for r in todo}), len(clips),
+                     "(each voice's first clip timed)", name, len(todo), len({r.text for r in todo}), len(firsts),
                      f"{left / 60:.0f} min" if left >= 90 else f"{left:.0f} s", workers, "s" if workers > 1 else "")
             run(rest)
     return len(todo)
