@@ -100,6 +100,15 @@ def test_too_few_sentences_stop_with_the_numbers_needed():
     check_split_sizes(31, 3)
 
 
+def test_a_corpus_of_too_few_sentences_is_refused_before_rendering(tmp_path):
+    files = write_domain(tmp_path / "domain")
+    files["sentences"].write_text("\n".join(TEMPLATES[0].format(p) for p in PRODUCTS[:12]) + "\n")
+    inputs = CorpusInputs.of("tiny", *(files[k] for k in ("sentences", "control", "general", "voices")))
+    with pytest.raises(ValueError, match=r"12 usable domain sentences.*need at least 31"):
+        build_corpus(tmp_path / "out", progress=False, inputs=inputs)
+    assert not (tmp_path / "out" / "audio").exists()
+
+
 def test_speakable_leaves_plain_text_alone():
     assert speakable("Restock the Zorvex, please!") == ("Restock the Zorvex, please!", "")
 
