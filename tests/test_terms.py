@@ -62,7 +62,7 @@ def test_terms_file_errors_name_the_line(tmp_path, tokenizer):
     f.write_text("\n# nothing\n")
     with pytest.raises(TermsError, match="no terms"):
         read_terms_file(f)
-    with pytest.raises(TermsError, match="not found"):
+    with pytest.raises(TermsError, match="eval.terms: no such file"):
         read_terms_file(tmp_path / "missing.txt")
     f.write_text("kopi\nBukit Timah\nzorblax\n")
     t = build_terms(["kopi at bukit timah"], [], tokenizer, f)

@@ -3,7 +3,8 @@
 Every result a user or a later stage reads (reports, metrics, prepared data, caches, exports) goes
 through here, so a crash leaves either the old version or the new one, never half of one. The
 temporary name is a hidden sibling (same filesystem, so the rename is atomic) unique to the
-process, so parallel sweep jobs writing the same cache entry never share one.
+process, so parallel sweep jobs writing the same cache entry never share one. `numbered_lines`
+is the one reader of the line files users hand in (sentences, terms).
 """
 
 from __future__ import annotations
@@ -86,3 +87,19 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+
+
+def numbered_lines(path: str | os.PathLike, what: str) -> list[tuple[int, str]]:
+    """(line number, stripped text) for every line of a UTF-8 file a user names as `what` (a BOM is
+    dropped). Raises FileNotFoundError naming `what` and the path, or ValueError naming file:line
+    for bytes that are not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such file: {path}")
+    out = []
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            out.append((n, raw.decode("utf-8").strip().lstrip("\ufeff")))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+    return out

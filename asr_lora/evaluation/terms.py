@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asr_lora.core.io import numbered_lines
 from asr_lora.data.text import normalize
 
 log = logging.getLogger(__name__)
@@ -61,16 +62,12 @@ def read_terms_file(path: str | Path) -> list[tuple[str, ...]]:
     """Terms from a UTF-8 file, one per line; blank lines and `#` comments are skipped. Raises
     TermsError naming the file and line for undecodable bytes, a term that normalises to nothing,
     or a duplicate."""
-    path = Path(path)
-    if not path.is_file():
-        raise TermsError(f"{path}: terms file not found")
-    raw = path.read_bytes()
+    try:
+        lines = numbered_lines(path, "eval.terms")
+    except (FileNotFoundError, ValueError) as e:
+        raise TermsError(str(e)) from None
     out, where = [], {}
-    for lineno, line in enumerate(raw.split(b"\n"), 1):
-        try:
-            text = line.decode("utf-8").strip()
-        except UnicodeDecodeError as e:
-            raise TermsError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    for lineno, text in lines:
         if not text or text.startswith("#"):
             continue
         words = tuple(normalize(text).split())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from num2words import num2words
 
+from asr_lora.core.io import numbered_lines
 from asr_lora.data.synthetic.voices import VOICES
 
 # The shipped Singapore English text: the synthetic source's default inputs.
@@ -102,18 +103,6 @@ def speakable(text: str) -> tuple[str | None, str]:
     return out, ""
 
 
-def _decoded_lines(path: Path, role: str) -> list[tuple[int, str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"data.{role}: no such file: {path}")
-    out = []
-    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
-        try:
-            out.append((n, raw.decode("utf-8").strip().lstrip("\ufeff")))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8") from None
-    return out
-
-
 def sentence_key(s: str) -> str:
     """What makes two sentences the same: their letters, lower-cased, word by word."""
     return " ".join(re.findall(r"[a-z]+", s.lower()))
@@ -126,7 +115,7 @@ def read_sentences(path: str | Path, role: str = "sentences", shown: str | None 
     path = Path(path)
     out = TextFile(path)
     seen: dict[str, int] = {}
-    for n, raw in _decoded_lines(path, role):
+    for n, raw in numbered_lines(path, f"data.{role}"):
         if not raw or raw.startswith("#"):
             continue
         where = f"{shown or path}:{n}"
@@ -163,7 +152,7 @@ def check_terms(path: str | Path, sentences: list[str], shown: str | None = None
     out = TextFile(path)
     haystack = [f" {sentence_key(s)} " for s in sentences]
     seen: dict[str, int] = {}
-    for n, raw in _decoded_lines(path, "terms"):
+    for n, raw in numbered_lines(path, "data.terms"):
         if not raw or raw.startswith("#"):
             continue
         where, key = f"{shown or path}:{n}", sentence_key(raw)
