@@ -230,7 +230,7 @@ def quiet() -> None:
 
 def random_adapter(base: str, out_dir: Path, seed: int = 0, r: int = 8, alpha: int = 16,
                    scope: tuple[str, ...] = ("decoder_self", "decoder_cross"), b_std: float = 0.01) -> Path:
-    """A peft LoRA adapter on `base` (q/v, the sg_english scope by default) with small random B, so
+    """A peft LoRA adapter on `base` (q/v, on the decoder by default) with small random B, so
     it changes the weights (W' != W0) without wrecking the transcripts; saved as safetensors."""
     from types import SimpleNamespace
 

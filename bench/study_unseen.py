@@ -33,8 +33,12 @@ from asr_lora.evaluation.report import render_markdown_table  # noqa: E402
 # One dev evaluation, at the last step: on 2 cores each costs ~2.5 min, and the final scoring of
 # the unseen-engine dev part is what the study compares anyway.
 COMMON = ["export.enabled=false", "logger=none", "eval.split=dev", "train.dev_part=unseen_engine",
-          "train.eval_steps=128", "train.save_steps=128"]
+          "train.eval_steps=128", "train.save_steps=128",
+          # The recipe's form when the study ran: q/v, short encoder context, no term prompt.
+          "lora.target_modules=[q_proj,v_proj]", "train.encoder_context=batch", "train.prompt_probability=0",
+          "eval.adapted_prompt=false"]
 DECODER = "lora.scope=[decoder_self,decoder_cross]"
+ENCODER_DECODER = "lora.scope=[encoder,decoder_self,decoder_cross]"
 # The frozen encoder's 30 s outputs could be cached for decoder-only runs, but filling that cache
 # costs one 30 s encoder pass per training clip (~1.1 s each on 2 cores, ~40 min here), more than
 # the whole encoder + decoder run; so decoder-only runs also train on the short context.
@@ -87,7 +91,8 @@ def run(name: str, overrides: list[str], out: Path, eval_part: str | None) -> Pa
     if (run_dir / "metrics.json").is_file():
         print(f"[study] {name}: reusing {run_dir}", flush=True)
         return run_dir
-    cmd = [sys.executable, "-m", "asr_lora.train", "+recipe=sg_english", *COMMON, *overrides,
+    scope = [] if any(o.startswith("lora.scope=") for o in overrides) else [ENCODER_DECODER]
+    cmd = [sys.executable, "-m", "asr_lora.train", "+recipe=sg_english", *COMMON, *scope, *overrides,
            f"eval.part={eval_part or 'null'}", f"run_dir={run_dir}", "quiet=true"]
     print("[study]", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO, env=os.environ | {"PYTHONUNBUFFERED": "1"})

@@ -298,6 +298,7 @@ def build_corpus(
     manifest, info_path = out_dir / "manifest.jsonl", out_dir / "corpus_info.json"
     paths = {"sentences": inputs.sentences, "control": inputs.control, "general": inputs.general,
              "voices": inputs.voices, "terms": inputs.terms}
+    # Hashed for the cache key before any reader opens them, so checked here with the readers' words.
     for role, path in paths.items():
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"data.{role}: no such file: {path}")
