@@ -79,6 +79,27 @@ def test_encoder_cache_equals_a_fresh_encoder_pass(tiny_whisper_dir):
     assert torch.allclose(via_cache, direct, atol=1e-5)
 
 
+def test_a_lazily_filled_encoder_cache_equals_the_up_front_fill(tiny_whisper_dir):
+    """Training rows that carry their audio fill the cache on first use, in eval mode (no dropout
+    even while the model trains), with the outputs an up-front fill gives; clips no batch draws are
+    never encoded."""
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir, dropout=0.5).eval()
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    audios = [np.sin(np.arange(16000) / 16000 * 2 * np.pi * f).astype("float32") * 0.2 for f in (200, 300, 400)]
+    eager = EncoderCache(model, processor, batch_size=1)
+    eager.fill(["a", "b", "c"], audios, progress=False)
+    model.train()
+    lazy = EncoderCache(model, processor, batch_size=1)
+    collate = SpeechCollator(processor, 50257, encoder_cache=lazy)
+    rows = [{"id": i, "audio": a, "labels": [50257, 7]} for i, a in zip("abc", audios)]
+    batch = collate([rows[2], rows[0]])
+    assert set(lazy.store) == {"a", "c"} and model.training and model.model.encoder.training
+    assert torch.equal(batch["encoder_outputs"].last_hidden_state, eager.get(["c", "a"]))
+    first = lazy.store["a"]
+    collate([rows[0]])
+    assert lazy.store["a"] is first and len(lazy.store) == 2  # reused, not encoded again
+
+
 def test_timestamp_targets_replace_notimestamps_with_the_clip_as_one_segment(tiny_whisper_dir):
     from asr_lora.data.features import with_timestamps
 

@@ -82,7 +82,7 @@ class SpeechCollator:
 
     `augmenter` (training only) perturbs the waveform and the log-mel with a per-batch RNG derived
     from `seed` and a counter, so a run is reproducible. With an `encoder_cache`, rows become
-    `encoder_outputs` instead of `input_features`.
+    `encoder_outputs` instead of `input_features` (rows that carry their audio fill a lazy cache).
     """
 
     def __init__(self, processor, decoder_start_token_id: int, augmenter=None, encoder_cache=None, seed: int = 0,
@@ -139,7 +139,8 @@ class SpeechCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         if self.encoder_cache is not None:
-            hidden = self.encoder_cache.get([r["id"] for r in rows])
+            audios = [np.asarray(r["audio"], dtype=np.float32) for r in rows] if "audio" in rows[0] else None
+            hidden = self.encoder_cache.get([r["id"] for r in rows], audios)
             return {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden), **self._labels(rows)}
         if "input_features" in rows[0] and (self.augmenter is None or not self.augmenter.touches_waveform()):
             feats = torch.stack([torch.as_tensor(np.asarray(r["input_features"], dtype=np.float32)) for r in rows])

@@ -82,7 +82,19 @@ class EncoderCache:
         with atomic_file(path) as tmp:
             save_file({i: self.store[i].contiguous() for i in ids}, str(tmp))
 
-    def get(self, ids: Sequence[str]) -> torch.Tensor:
+    def get(self, ids: Sequence[str], audios: Sequence[np.ndarray] | None = None) -> torch.Tensor:
+        """The cached outputs of `ids`; with `audios`, the missing ones are encoded first (a lazily
+        filled split: training draws fewer clips than its split holds when it stops within an epoch).
+        The encoder runs in eval mode, as for the up-front fill, so a lazy entry equals an eager one."""
+        if audios is not None and any(i not in self.store for i in ids):
+            encoder = self.model.get_encoder()
+            was_training = encoder.training
+            encoder.eval()
+            try:
+                with torch.no_grad():
+                    self.fill(ids, audios, progress=False)
+            finally:
+                encoder.train(was_training)
         return torch.stack([self.store[i] for i in ids])
 
     def nbytes(self) -> int:
@@ -115,10 +127,11 @@ def encoder_batch_size(model, gpu_batch_size: int) -> int:
 
 
 def build_encoder_cache(model, processor, splits: dict, *, auto: bool, budget_gb: float, on_disk: bool,
-                        base: str, dtype: str, batch_size: int):
+                        base: str, dtype: str, batch_size: int, lazy: Sequence[str] = ()):
     """The frozen encoder's outputs for every clip of `splits` (name -> dataset or None), or None when
     `auto` and they would not fit `budget_gb`. `on_disk` keeps them under the cache root, keyed by
-    the base model (`base`, `dtype`) and the rows, for the next run."""
+    the base model (`base`, `dtype`) and the rows, for the next run. Splits named in `lazy` are not
+    encoded here (unless on disk already): their reader passes the audio to `EncoderCache.get`."""
     n = sum(len(ds) for ds in splits.values() if ds is not None)
     gb = n * model.config.max_source_positions * model.config.d_model * 4 / 2**30
     if auto and gb > budget_gb:
@@ -136,7 +149,9 @@ def build_encoder_cache(model, processor, splits: dict, *, auto: bool, budget_gb
             continue
         audios = lambda ds=ds: [np.asarray(a, dtype=np.float32) for a in ds["audio"]]  # noqa: E731
         label = f"encoding {name} ({len(ds)} clips, frozen encoder)"
-        if on_disk:
+        if name in lazy:
+            log.info("encoder outputs of the %s split (%d clips) are computed on first use", name, len(ds))
+        elif on_disk:
             path = cache_root() / "encoder" / f"{cache_key(model_id, ds._fingerprint, len(ds), length=20)}.safetensors"
             cache.load_or_fill(path, ds["id"], audios, True, label)
         else:
