@@ -100,6 +100,26 @@ def test_a_lazily_filled_encoder_cache_equals_the_up_front_fill(tiny_whisper_dir
     assert lazy.store["a"] is first and len(lazy.store) == 2  # reused, not encoded again
 
 
+def test_a_lazy_split_saves_what_it_encoded_and_the_next_run_reuses_it(tiny_whisper_dir, tmp_path):
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    audios = {i: np.sin(np.arange(16000) / 16000 * 2 * np.pi * f).astype("float32") * 0.2
+              for i, f in zip("abc", (200, 300, 400))}
+    path = tmp_path / "train.safetensors"
+    first = EncoderCache(model, processor, batch_size=1)
+    first.start_lazy(path, list("abc"))
+    first.get(["a", "b"], [audios["a"], audios["b"]])
+    first.save_lazy()
+    second = EncoderCache(model, processor, batch_size=1)
+    second.start_lazy(path, list("abc"))
+    assert set(second.store) == {"a", "b"} and torch.equal(second.store["a"], first.store["a"])
+    second.get(["c"], [audios["c"]])
+    second.save_lazy()  # now 3 entries against the file's 2: rewritten
+    third = EncoderCache(model, processor, batch_size=1)
+    third.start_lazy(path, list("abc"))
+    assert set(third.store) == {"a", "b", "c"}
+
+
 def test_timestamp_targets_replace_notimestamps_with_the_clip_as_one_segment(tiny_whisper_dir):
     from asr_lora.data.features import with_timestamps
 

@@ -58,6 +58,7 @@ class EncoderCache:
     def __init__(self, model, processor, batch_size: int = 8):
         self.model, self.processor, self.batch_size = model, processor, batch_size
         self.store: dict[str, torch.Tensor] = {}
+        self.lazy: list[tuple[Path | None, list[str]]] = []  # (file or None, ids) of lazily filled splits
 
     def fill(self, ids: Sequence[str], audios: Sequence[np.ndarray], progress: bool = True, description="encoding"):
         todo = [(i, a) for i, a in zip(ids, audios) if i not in self.store]
@@ -81,6 +82,36 @@ class EncoderCache:
         self.fill(ids, audios_fn(), progress, description)
         with atomic_file(path) as tmp:
             save_file({i: self.store[i].contiguous() for i in ids}, str(tmp))
+
+    def start_lazy(self, path: Path | None, ids: Sequence[str]):
+        """Fill the split of `ids` on first use (`get` with audios); whatever an earlier run saved at
+        `path` (any subset of `ids`) is loaded now, and `save_lazy` writes the filled entries back."""
+        from safetensors import safe_open
+
+        self.lazy.append((path, list(ids)))
+        if path is not None and path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                saved = set(f.keys())
+                for i in ids:
+                    if i in saved:
+                        self.store[i] = f.get_tensor(i)
+            log.info("encoder outputs for %d of %d clips reused from %s", len(saved & set(ids)), len(ids), path)
+
+    def save_lazy(self):
+        """Write each lazily filled split's entries to its file when they outnumber what it holds."""
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        for path, ids in self.lazy:
+            have = [i for i in ids if i in self.store]
+            if path is None or not have:
+                continue
+            if path.is_file():
+                with safe_open(str(path), framework="pt") as f:
+                    if len(list(f.keys())) >= len(have):
+                        continue
+            with atomic_file(path) as tmp:
+                save_file({i: self.store[i].contiguous() for i in have}, str(tmp))
 
     def get(self, ids: Sequence[str], audios: Sequence[np.ndarray] | None = None) -> torch.Tensor:
         """The cached outputs of `ids`; with `audios`, the missing ones are encoded first (a lazily
@@ -131,7 +162,8 @@ def build_encoder_cache(model, processor, splits: dict, *, auto: bool, budget_gb
     """The frozen encoder's outputs for every clip of `splits` (name -> dataset or None), or None when
     `auto` and they would not fit `budget_gb`. `on_disk` keeps them under the cache root, keyed by
     the base model (`base`, `dtype`) and the rows, for the next run. Splits named in `lazy` are not
-    encoded here (unless on disk already): their reader passes the audio to `EncoderCache.get`."""
+    encoded here: their reader passes the audio to `EncoderCache.get`, and `save_lazy` keeps what
+    it encoded."""
     n = sum(len(ds) for ds in splits.values() if ds is not None)
     gb = n * model.config.max_source_positions * model.config.d_model * 4 / 2**30
     if auto and gb > budget_gb:
@@ -149,10 +181,12 @@ def build_encoder_cache(model, processor, splits: dict, *, auto: bool, budget_gb
             continue
         audios = lambda ds=ds: [np.asarray(a, dtype=np.float32) for a in ds["audio"]]  # noqa: E731
         label = f"encoding {name} ({len(ds)} clips, frozen encoder)"
+        path = (cache_root() / "encoder" / f"{cache_key(model_id, ds._fingerprint, len(ds), length=20)}.safetensors"
+                if on_disk else None)
         if name in lazy:
             log.info("encoder outputs of the %s split (%d clips) are computed on first use", name, len(ds))
-        elif on_disk:
-            path = cache_root() / "encoder" / f"{cache_key(model_id, ds._fingerprint, len(ds), length=20)}.safetensors"
+            cache.start_lazy(path, ds["id"])
+        elif path is not None:
             cache.load_or_fill(path, ds["id"], audios, True, label)
         else:
             cache.fill(ds["id"], audios(), True, label)

@@ -154,8 +154,8 @@ def train_encoded_lazily(cfg: DictConfig, rows: Rows) -> tuple[str, ...]:
     """("train",) when the training collator runs in this process: it then encodes each training
     clip the first time a batch draws it, so a run that stops within its first epoch (the main
     recipe: 128 x 8 of 1,594 clips) never encodes the rest. A DataLoader worker's fills would stay
-    in its own copy of the cache, and with the cache on disk the whole split is saved for reuse."""
-    if rows.streaming or cfg.train.dataloader_num_workers > 0 or cfg.train.encoder_cache_on_disk:
+    in its own copy of the cache."""
+    if rows.streaming or cfg.train.dataloader_num_workers > 0:
         return ()
     return ("train",)
 
@@ -248,6 +248,8 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     trainer.save_model(str(adapter_dir))  # every rank: sharded (FSDP/DeepSpeed) saves gather across ranks
     if not is_main_process():
         return Fitted(model, adapter_dir, trainer, result, seconds, run)
+    if held_cache is not None:
+        held_cache.save_lazy()  # the training clips encoded on first use, for the next run
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         # The trained weights are sharded over the ranks, and rank 0 alone cannot run a sharded
         # forward; it scores the full copy `save_model` just gathered to disk instead.
