@@ -131,8 +131,9 @@ def caches_encoder(cfg: DictConfig) -> bool:
     return cache_enabled(cfg.train.cache_encoder_outputs, cfg.train.mode, cfg.lora.scope, cfg.augment)
 
 
-def build_model(cfg: DictConfig, model, processor, rows: Rows):
-    """The trainable model, its parameter counts, and the frozen encoder's outputs (or None)."""
+def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool = True):
+    """The trainable model, its parameter counts, and the frozen encoder's outputs (or None); with
+    `lazy_train=False` the train split is encoded here too (a benchmark counting it before step 1)."""
     from asr_lora.model.encoder_cache import build_encoder_cache
 
     model, params = prepare_for_training(cfg, model)
@@ -146,7 +147,7 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows):
     cache = build_encoder_cache(model, processor, held, auto=str(t.cache_encoder_outputs).lower() == "auto",
                                 budget_gb=t.encoder_cache_budget_gb, on_disk=t.encoder_cache_on_disk,
                                 base=cfg.model.name_or_path, dtype=cfg.model.dtype, batch_size=cfg.eval.batch_size,
-                                lazy=train_encoded_lazily(cfg, rows))
+                                lazy=train_encoded_lazily(cfg, rows) if lazy_train else ())
     return model, params, cache
 
 
