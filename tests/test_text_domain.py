@@ -199,7 +199,8 @@ def test_fixture_domain_prepare_train_evaluate(tmp_path, tiny_whisper_dir):
 def test_fixture_domain_on_real_tiny_en_beats_the_prompt_baseline_on_unseen_voices(tmp_path):
     """Real tiny.en, the recipe's prompt training, shortened: decoded with the term prompt, the
     adapter transcribes the unseen-voice test parts (a neural voice, concatenative engines) with
-    fewer errors than the prompt alone, and hears the product names more often than zero-shot."""
+    fewer errors than the prompt alone, and without the prompt hears the product names more often
+    than the prompt baseline does."""
     from asr_lora.training.job import train
 
     files = write_domain(tmp_path / "domain")
@@ -218,4 +219,4 @@ def test_fixture_domain_on_real_tiny_en_beats_the_prompt_baseline_on_unseen_voic
 
     assert set(systems["prompt"]["parts"]) == {"neural", "unseen_engine"}
     assert pooled("adapted_prompt", "wer") < pooled("prompt", "wer")
-    assert pooled("adapted", "terms") > pooled("base", "terms")
+    assert pooled("adapted", "terms") > pooled("prompt", "terms") > pooled("base", "terms")
