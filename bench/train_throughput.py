@@ -128,7 +128,7 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     from asr_lora.config import CONF_DIR
     from asr_lora.data.augment import training_augmentation
     from asr_lora.data.features import SpeechCollator
-    from asr_lora.training.job import Rows, build_model, trainer_args
+    from asr_lora.training.job import Rows, build_model, collator_columns, trainer_args
     from asr_lora.training.trainer import build_trainer
 
     steps, bs = spec["steps"], spec["batch_size"]
@@ -151,7 +151,7 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     model, params, cache = build_model(cfg, model, processor, Rows({}, {}, ds, None, None, len(ds), False, augmenter),
                                        lazy_train=False)
     collator = SpeechCollator(processor, model.config.decoder_start_token_id, augmenter, cache, cfg.seed)
-    keep = ["id", "labels"] if cache is not None else ["id", "labels", "audio"]
+    keep = collator_columns(cache, ds.column_names, cfg.train.timestamp_probability)
     args = trainer_args(cfg, out_dir, [], False)
     args.disable_tqdm = True
     trainer = build_trainer(model, args, ds.select_columns(keep), None, CountingCollator(collator), processor,

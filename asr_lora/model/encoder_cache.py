@@ -70,7 +70,7 @@ class EncoderCache:
 
     def load_or_fill(self, path, ids: Sequence[str], audios_fn, progress: bool = True, description="encoding"):
         """Reuse a saved cache file for exactly these ids, else encode and save it (atomically)."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         path = Path(path)
         if path.is_file():
@@ -80,8 +80,7 @@ class EncoderCache:
                 log.info("encoder outputs for %d clips reused from %s", len(ids), path)
                 return
         self.fill(ids, audios_fn(), progress, description)
-        with atomic_file(path) as tmp:
-            save_file({i: self.store[i].contiguous() for i in ids}, str(tmp))
+        self._save(path, ids)
 
     def start_lazy(self, path: Path | None, ids: Sequence[str]):
         """Fill the split of `ids` on first use (`get` with audios); whatever an earlier run saved at
@@ -100,7 +99,6 @@ class EncoderCache:
     def save_lazy(self):
         """Write each lazily filled split's entries to its file when they outnumber what it holds."""
         from safetensors import safe_open
-        from safetensors.torch import save_file
 
         for path, ids in self.lazy:
             have = [i for i in ids if i in self.store]
@@ -110,8 +108,13 @@ class EncoderCache:
                 with safe_open(str(path), framework="pt") as f:
                     if len(list(f.keys())) >= len(have):
                         continue
-            with atomic_file(path) as tmp:
-                save_file({i: self.store[i].contiguous() for i in have}, str(tmp))
+            self._save(path, have)
+
+    def _save(self, path: Path, ids: Sequence[str]):
+        from safetensors.torch import save_file
+
+        with atomic_file(path) as tmp:
+            save_file({i: self.store[i].contiguous() for i in ids}, str(tmp))
 
     def get(self, ids: Sequence[str], audios: Sequence[np.ndarray] | None = None) -> torch.Tensor:
         """The cached outputs of `ids`; with `audios`, the missing ones are encoded first (a lazily

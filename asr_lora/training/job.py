@@ -161,6 +161,15 @@ def train_encoded_lazily(cfg: DictConfig, rows: Rows) -> tuple[str, ...]:
     return ("train",)
 
 
+def collator_columns(cache, column_names, timestamp_probability: float) -> list[str]:
+    """The train columns the collator reads. Audio goes unless the cache already holds every clip's
+    encoder output; a lazily filled cache encodes each clip from its audio on first use."""
+    keep = ["id", "labels"] + (["audio"] if cache is None or cache.lazy else [])
+    keep += ["input_features"] if "input_features" in (column_names or []) else []
+    keep += ["duration"] if timestamp_probability > 0 else []  # the timestamp targets' clip end
+    return keep
+
+
 def domain_terms(cfg: DictConfig, rows: Rows, tokenizer):
     from asr_lora.evaluation.terms import terms_file, terms_for_split
 
@@ -224,11 +233,7 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
                                                              reads_per_clip(t, len(train_ds))):
         train_ds = add_features(train_ds, processor)
         dev_ds = add_features(dev_ds, processor) if dev_ds is not None else None
-    # A lazily encoded train split keeps its audio: the collator encodes each clip on first use.
-    lazy = cache is not None and "train" in train_encoded_lazily(cfg, rows)
-    keep = ["id", "labels"] if cache is not None and not streaming and not lazy else ["id", "labels", "audio"]
-    keep += ["input_features"] if "input_features" in (train_ds.column_names or []) else []
-    keep += ["duration"] if t.timestamp_probability > 0 else []  # the timestamp targets' clip end
+    keep = collator_columns(held_cache, train_ds.column_names, t.timestamp_probability)
     if cfg.data.length_buckets and not streaming:
         # The Trainer's group_by_length reads this column (and groups dev batches the same way).
         train_ds, dev_ds = (d.map(lambda r: {"n_labels": len(r["labels"])}, desc="label lengths")
