@@ -140,3 +140,21 @@ def test_a_folded_model_copies_pickles_and_keeps_a_cache_the_caller_passes(tiny_
         model.generate(input_features=feats, **KW, cache=own)
     assert not torch.equal(broken, stock)
     assert own.self_attention_cache.get_seq_length() > 0  # filled by the call: it was not swapped out
+
+
+def test_prompted_beam_search_projects_the_last_position_only_and_keeps_the_stock_tokens(tiny_whisper_dir):
+    model, processor = _model(tiny_whisper_dir)
+    feats = _features()
+    prompt = torch.as_tensor(processor.get_prompt_ids("kopi siew dai, Toa Payoh, Bukit Timah, chope, shiok"))
+    ids = torch.ones(3, 4, dtype=torch.long)
+    kw = dict(KW, prompt_ids=prompt)
+    with torch.no_grad():
+        stock = model.generate(input_features=feats, **kw)
+        fold_beam_search(model)
+        widths = []
+        model.proj_out.register_forward_hook(lambda m, a, out: widths.append(out.shape[1]))
+        folded = model.generate(input_features=feats, **kw)
+        full = model(input_features=feats, decoder_input_ids=ids).logits  # after a beam search: every position
+    assert torch.equal(stock, folded)
+    assert len(prompt) > 5 and widths[:-1] and set(widths[:-1]) == {1}  # the prompt's first step included
+    assert full.shape[1] == 4

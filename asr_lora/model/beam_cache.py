@@ -16,7 +16,11 @@ Together that was most of beam-5 decoding time on the CPU (bench/beam_decode.py;
   Cross-attention has no mask between query positions, so each query row sees the same keys as
   before. Any other call (training, greedy decoding, transformers' own cache, an attention mask,
   attention weights asked for) runs the stock forward unchanged;
-- `fold_beam_search(model)` installs both: the attention class on the decoder's cross-attention
+- `LastPositionHead` computes the vocabulary logits of the last position only in a beam-search
+  forward: generate reads nothing else, but Whisper's forward (no `logits_to_keep`) projects every
+  position, so a prompted decode's first step projected each beam's ~150 prompt tokens onto 51,864
+  words, more than the rest of the prompt's cost (bench/beam_decode.py);
+- `fold_beam_search(model)` installs them: the attention class on the decoder's cross-attention
   modules, and a wrapper on the model's `_prepare_cache_for_generation` that turns the cache
   transformers makes for each beam-search call into a `BeamSearchCache`. The cache is made per
   call, not passed in: Whisper's `generate` may call the inner `generate` several times (long-form
@@ -29,6 +33,7 @@ from __future__ import annotations
 import types
 
 import torch
+from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.whisper.modeling_whisper import (ALL_ATTENTION_FUNCTIONS, WhisperAttention,
                                                           WhisperForConditionalGeneration, eager_attention_forward)
@@ -74,6 +79,24 @@ class FoldedCrossAttention(WhisperAttention):
         return self.out_proj(out.reshape(rows, length, heads * dim)), None
 
 
+class LastPositionHead(nn.Linear):
+    """Whisper's `proj_out`; while `keep_last` (set per forward by `_mark_beam_search`) it projects
+    the last position only: a beam-search step's logits are read at [:, -1] and nowhere else."""
+
+    keep_last = False
+
+    def forward(self, hidden_states):
+        if self.keep_last and hidden_states.shape[1] > 1:
+            hidden_states = hidden_states[:, -1:]
+        return super().forward(hidden_states)
+
+
+def _mark_beam_search(whisper, args, kwargs):
+    # A forward pre-hook: only a folded beam search passes a BeamSearchCache, and it never asks for a loss.
+    cache = next((kwargs[k] for k in _CACHE_KEYS if kwargs.get(k) is not None), None)
+    whisper.proj_out.keep_last = isinstance(cache, BeamSearchCache) and kwargs.get("labels") is None
+
+
 def _whisper(model) -> WhisperForConditionalGeneration | None:
     return next((m for m in model.modules() if isinstance(m, WhisperForConditionalGeneration)), None)
 
@@ -114,4 +137,7 @@ def fold_beam_search(model) -> int:
             n += isinstance(module, FoldedCrossAttention)
     if n and "_prepare_cache_for_generation" not in vars(whisper):
         whisper._prepare_cache_for_generation = types.MethodType(_prepare_cache_for_generation, whisper)
+    if n and type(whisper.proj_out) is nn.Linear:
+        whisper.proj_out.__class__ = LastPositionHead  # same weight (tied to the embeddings); forward only
+        whisper.register_forward_pre_hook(_mark_beam_search, with_kwargs=True)
     return n
