@@ -9,6 +9,11 @@ states (row `beam_search_cache`, the cache passed to one `generate` call). With 
 values are also projected and kept once per clip instead of once per beam. All decode the same
 batch of dev clips (bundled tiny.en, 30 s input, one `generate` call), alternating, and the script
 checks that the tokens are identical. Greedy decoding is the peer row.
+
+With `--prompt` (the prompt baseline's way of decoding: Whisper's `prompt_ids`, here the recipe's
+Singapore term list, ~150 tokens), two more rows decode the folded model with the prompt: with
+`LastPositionHead` (`beam_folded_prompt`, what evaluation runs) and with the stock head that
+projects every prompt position onto the vocabulary at the first step (`beam_folded_prompt_all_logits`).
 """
 
 from __future__ import annotations
@@ -25,19 +30,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
+# The recipe's term prompt on the shipped corpus (the training text's most frequent terms).
+SG_PROMPT = ("sia, auntie, mrt, hawker, jurong, mee, punggol, bishan, durian, tampines, teh, orchard, payoh, "
+             "sengkang, sentosa, sian, toa, aircon, anyhow, bedok, clementi, handphone, hokkien, jialat, kampong, "
+             "kopi, prata, woodlands, aiyo, atas, bugis, bukit, chope, kiasu, kio, laksa, makan, polyclinic, "
+             "sambal, satay, shiok, siew, yishun, aiyah, alamak, aunty, bahru, boardwalk, canteen, carpark, "
+             "causeway, changi, chiong, fishball, geylang, hari, hdb, jetty, jio")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--beams", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--name", default="beam_decode")
+    ap.add_argument("--prompt", action="store_true", help="also time prompted decoding (two more rows)")
     a = ap.parse_args()
     common.quiet()
     from transformers.cache_utils import DynamicCache
 
     from asr_lora.model.beam_cache import BeamSearchCache, fold_beam_search
 
-    model, _, feats = common.tiny_en_dev_features(a.clips)
+    model, processor, feats = common.tiny_en_dev_features(a.clips)
     folded = copy.deepcopy(model)
     assert fold_beam_search(folded) == len(folded.model.decoder.layers)
     kw = dict(max_new_tokens=128, do_sample=False)
@@ -46,6 +60,14 @@ def main() -> None:
             "beam_search_cache": lambda: model.generate(input_features=feats, num_beams=a.beams, **kw,
                                                         cache=BeamSearchCache(DynamicCache(), DynamicCache())),
             "beam_folded": lambda: folded.generate(input_features=feats, num_beams=a.beams, **kw)}
+    if a.prompt:
+        from torch import nn
+
+        all_logits = copy.deepcopy(folded)
+        all_logits.proj_out.__class__ = nn.Linear
+        prompt = torch.as_tensor(processor.get_prompt_ids(SG_PROMPT))
+        for name, m in (("beam_folded_prompt", folded), ("beam_folded_prompt_all_logits", all_logits)):
+            runs[name] = lambda m=m: m.generate(input_features=feats, num_beams=a.beams, prompt_ids=prompt, **kw)
     times, tokens = {k: [] for k in runs}, {}
     with torch.no_grad():
         for _ in range(a.repeats):
@@ -62,11 +84,18 @@ def main() -> None:
               "beam_stock_cache/beam_folded time": round(med["beam_stock_cache"] / med["beam_folded"], 2),
               "beam_folded/greedy time": round(med["beam_folded"] / med["greedy"], 2),
               "tokens identical": identical}
+    if a.prompt:
+        ratios["beam_folded_prompt_all_logits/beam_folded_prompt time"] = round(
+            med["beam_folded_prompt_all_logits"] / med["beam_folded_prompt"], 2)
+        ratios["beam_folded_prompt/beam_folded time"] = round(med["beam_folded_prompt"] / med["beam_folded"], 2)
+        ratios["prompted tokens identical"] = torch.equal(tokens["beam_folded_prompt"],
+                                                          tokens["beam_folded_prompt_all_logits"])
+        identical = identical and ratios["prompted tokens identical"]
     common.print_results(rows, ["variant", "clips", "beams", "median_s", "s_per_clip"], ratios)
     common.write_result(a.name, {"args": vars(a), "machine": common.machine_info(), "results": rows,
                                  "ratios": ratios})
     if not identical:
-        raise SystemExit("BeamSearchCache or the folded cross-attention changed the tokens")
+        raise SystemExit("BeamSearchCache, the folded cross-attention or the last-position head changed the tokens")
 
 
 if __name__ == "__main__":
