@@ -85,6 +85,9 @@ class DataConfig:
     general: Optional[str] = None  # general English replayed in training
     voices: Optional[str] = None  # voice inventory (voices.json)
     terms: Optional[str] = None  # the domain's terms, one a line (null: derived from the training text)
+    # More domain sentences for training only (more contexts per term), never in dev or test; the
+    # shipped domain has data/sg_english/sg_train_sentences.txt
+    train_sentences: Optional[str] = None
     corpus_seed: int = 0
     corpus_max_sentences: Optional[int] = None
     corpus_workers: int = 2

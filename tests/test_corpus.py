@@ -15,6 +15,8 @@ from asr_lora.data.synthetic.corpus import (
     CONTROL,
     GENERAL,
     SENTENCES,
+    TRAIN_SENTENCES,
+    CorpusInputs,
     build_corpus,
     default_cache_dir,
     load_manifest,
@@ -139,6 +141,39 @@ def test_full_plan_sizes_and_disjointness():
     assert [r.id for r in again] == [r.id for r in records]
     other = plan_corpus(load_sentences(SENTENCES), load_sentences(CONTROL), load_voices(), seed=1)
     assert {r.text for r in other if r.split == "test"} != {r.text for r in records if r.split == "test"}
+
+
+def test_shipped_train_only_sentences_add_contexts_not_evaluation_text():
+    extra, sg = load_sentences(TRAIN_SENTENCES), load_sentences(SENTENCES)  # raises on duplicates / digits
+    scored = [set(_words(s)) for s in (*sg, *load_sentences(CONTROL))]  # any of them may be dev or test
+    # No train-only line shares 60% of the shorter one's words with a sentence that may be scored.
+    near = [s for s in extra if any(len(set(_words(s)) & w) >= 0.6 * min(len(w), len(set(_words(s))))
+                                    for w in scored)]
+    assert len(extra) >= 400 and not near, near[:3]
+
+
+def test_train_only_sentences_go_to_train_and_leave_the_rest_of_the_plan():
+    sg, ctl, voices = load_sentences(SENTENCES), load_sentences(CONTROL), load_voices()
+    extra = ["The kopi uncle at Bedok always remembers my order lah.", "Take the MRT to Toa Payoh, faster."]
+    records = plan_corpus(sg, ctl, voices, seed=0, train_only=extra)
+    added = [r for r in records if r.id.startswith("sgt-")]
+    assert {r.text for r in added} == set(extra) and {(r.split, r.subset) for r in added} == {("train", "main")}
+    assert len(added) == 2 * len(extra)  # the main sentences' voices per sentence, all train voices
+    assert {r.voice for r in added} <= {v.id for v in voices if v.split == "train"}
+    without = plan_corpus(sg, ctl, voices, seed=0)
+    assert [(r.id, r.audio_path) for r in without] == [(r.id, r.audio_path) for r in records if r not in added]
+    with pytest.raises(ValueError, match=r"extra.txt:2: train-only sentence repeats a domain or control"):
+        plan_corpus(sg, ctl, voices, train_only=[extra[0], sg[5].upper()],
+                    sources={"main": [""] * len(sg), "control": [""] * len(ctl), "general": [],
+                             "train_only": ["extra.txt:1", "extra.txt:2"]})
+
+
+def test_train_only_sentences_are_opt_in(tmp_path):
+    assert CorpusInputs.of().train_sentences is None
+    assert CorpusInputs.of("drugs", tmp_path / "d.txt").train_sentences is None
+    own = CorpusInputs.of("drugs", sentences=tmp_path / "d.txt", train_sentences=tmp_path / "more.txt")
+    assert own.train_sentences == tmp_path / "more.txt"
+    assert CorpusInputs.of(train_sentences=str(TRAIN_SENTENCES)).sentences == SENTENCES
 
 
 def test_default_cache_dir_follows_env(monkeypatch, tmp_path):

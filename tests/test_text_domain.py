@@ -109,6 +109,17 @@ def test_a_corpus_of_too_few_sentences_is_refused_before_rendering(tmp_path):
     assert not (tmp_path / "out" / "audio").exists()
 
 
+def test_train_only_sentences_that_repeat_a_scored_sentence_stop_before_rendering(tmp_path):
+    files = write_domain(tmp_path / "domain")
+    more = tmp_path / "domain" / "more.txt"
+    more.write_text("Customers ask for the Zorvex by name now.\n" + TEMPLATES[1].format(PRODUCTS[2]).upper() + "\n")
+    inputs = CorpusInputs.of("tiny", *(files[k] for k in ("sentences", "control", "general", "voices")),
+                             train_sentences=more)
+    with pytest.raises(ValueError, match=rf"{more}:2: train-only sentence repeats a domain or control sentence"):
+        build_corpus(tmp_path / "out", progress=False, inputs=inputs)
+    assert not (tmp_path / "out" / "audio").exists()
+
+
 def test_speakable_leaves_plain_text_alone():
     assert speakable("Restock the Zorvex, please!") == ("Restock the Zorvex, please!", "")
 
@@ -143,6 +154,8 @@ def test_fixture_domain_prepare_train_evaluate(tmp_path, tiny_whisper_dir):
     files = write_domain(tmp_path / "domain", extra_lines=[
         "Call 555 0199 for the Zorvex recall.", "Visit https://zorvex.example.com today.", long_line])
     files["terms"].write_text("\n".join([*PRODUCTS, "Nebulor"]) + "\n")
+    files["train_sentences"] = tmp_path / "domain" / "more.txt"
+    files["train_sentences"].write_text("\n".join(f"Our {p} order came in two boxes today." for p in PRODUCTS[:4]))
     small = ["lora.scope=[decoder_self,decoder_cross]", "lora.r=4", "lora.alpha=8", "train.max_steps=3",
              "train.eval_steps=3", "train.save_steps=3", "train.warmup_steps=0", "train.dev_eval_max_samples=4",
              "train.per_device_train_batch_size=4", "train.encoder_context=full", "eval.n_bootstrap=20",
@@ -163,6 +176,10 @@ def test_fixture_domain_prepare_train_evaluate(tmp_path, tiny_whisper_dir):
     assert set(info["parts"]["test"]) >= {"neural/main", "unseen_engine/main", "seen_engine/main"}
     kept_terms = Path(info["terms_file"]).read_text().split()
     assert kept_terms == PRODUCTS
+    assert info["text_lines"]["train_sentences"] == {"kept": 4, "skipped": 0, "normalised": 0}
+    extra = [json.loads(line) for line in (Path(info["terms_file"]).parent / "manifest.jsonl").read_text().splitlines()
+             if "two boxes" in line]
+    assert len(extra) == 8 and {(r["split"], r["subset"]) for r in extra} == {("train", "main")}
 
     summary = train(cfg)
     run = tmp_path / "run"

@@ -29,7 +29,8 @@ def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[
     if dcfg.source == "synthetic":
         from asr_lora.data.synthetic.corpus import CorpusInputs, build_corpus
 
-        inputs = CorpusInputs.of(dcfg.name, dcfg.sentences, dcfg.control, dcfg.general, dcfg.voices, dcfg.terms)
+        inputs = CorpusInputs.of(dcfg.name, dcfg.sentences, dcfg.control, dcfg.general, dcfg.voices, dcfg.terms,
+                                 dcfg.train_sentences)
         out = Path(dcfg.path) if dcfg.path else None
         manifest = build_corpus(out, seed=dcfg.corpus_seed, workers=dcfg.corpus_workers,
                                 max_sentences=dcfg.corpus_max_sentences, progress=progress, inputs=inputs)

@@ -10,6 +10,9 @@ voice inventory. The corpus is split so that test scores say something about uns
 * control sentences (subset="control") go to dev and test only: they exist to measure
   forgetting of general English, never to be trained on. Real recorded English from Debian's
   pocketsphinx-testdata joins the test control set when installed;
+* train-only domain sentences (`data.train_sentences`, subset="main", ids "sgt-...") go to
+  train only, two train voices each: more contexts for the domain's terms, never scored. None may
+  repeat a domain or control sentence;
 * general sentences (subset="general") go to train only, one train voice each: plain English
   replayed during training (rehearsal) so the adapter does not forget general English. They never
   reach dev or test and share no sentence with the control set;
@@ -46,13 +49,13 @@ from asr_lora.data.records import Record
 from asr_lora.data.synthetic.engines import SYNTH_VERSION, Voice, write_wav_16k
 from asr_lora.data.synthetic.render import render_missing
 from asr_lora.data.synthetic.sentences import (
-    CONTROL, DATA_DIR, GENERAL, SENTENCES, CorpusInputs, TextFile, check_terms, load_sentences, read_sentences,
-    sentence_key,
+    CONTROL, DATA_DIR, GENERAL, SENTENCES, TRAIN_SENTENCES, CorpusInputs, TextFile, check_terms, load_sentences,
+    read_sentences, sentence_key,
 )
 from asr_lora.data.synthetic.voices import HELD_OUT_PARTS, REAL_PART, VOICES, load_voices, part_of
 
-__all__ = ["CONTROL", "DATA_DIR", "GENERAL", "SENTENCES", "VOICES", "CorpusInputs", "build_corpus", "load_manifest",
-           "load_sentences", "load_voices", "plan_corpus"]
+__all__ = ["CONTROL", "DATA_DIR", "GENERAL", "SENTENCES", "TRAIN_SENTENCES", "VOICES", "CorpusInputs", "build_corpus",
+           "load_manifest", "load_sentences", "load_voices", "plan_corpus"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ VOICES_PER_SENTENCE = {"main": 2, "control": 1, "general": 1}
 UNSEEN_VOICES_PER_SENTENCE = 1
 
 
-ID_PREFIX = {"main": "sg", "control": "ctl", "general": "gen"}
+ID_PREFIX = {"main": "sg", "control": "ctl", "general": "gen", "train_only": "sgt"}
 
 
 CONTROL_DEV_FRACTION = 1 / 3
@@ -163,18 +166,21 @@ def check_split_sizes(n_sentences: int, n_control: int) -> None:
 def plan_corpus(
     sentences: list[str], control: list[str], voices: list[Voice], seed: int = 0, max_sentences: int | None = None,
     general: list[str] | None = None, sources: dict[str, list[str]] | None = None, voices_path: Path = VOICES,
+    train_only: list[str] | None = None,
 ) -> list[Record]:
     """Every synthetic utterance as a Record (audio_path relative to the corpus dir), no audio.
 
-    `general` sentences (rehearsal data) all go to train, one train voice each. `sources` names each
-    sentence's file:line per subset (default: the shipped files, line = position)."""
-    general = general or []
+    `general` sentences (rehearsal data) all go to train, one train voice each; so do `train_only`
+    domain sentences, with the main sentences' voices per sentence. `sources` names each sentence's
+    file:line per subset (keys main, control, general, train_only; default: the shipped files, line =
+    position)."""
+    general, train_only = general or [], train_only or []
     check_split_sizes(len(sentences), len(control))
     if sources is None:
         shown = {subset: CorpusInputs().shown(path) for subset, path in
-                 (("main", SENTENCES), ("control", CONTROL), ("general", GENERAL))}
-        sources = {subset: [f"{shown[subset]}:{i + 1}" for i in range(len(texts))]
-                   for subset, texts in (("main", sentences), ("control", control), ("general", general))}
+                 (("main", SENTENCES), ("control", CONTROL), ("general", GENERAL), ("train_only", TRAIN_SENTENCES))}
+        sources = {subset: [f"{shown[subset]}:{i + 1}" for i in range(len(texts))] for subset, texts in
+                   (("main", sentences), ("control", control), ("general", general), ("train_only", train_only))}
     rng = random.Random(seed)
     order = rng.sample(range(len(sentences)), len(sentences))
     ctl_order = rng.sample(range(len(control)), len(control))
@@ -183,12 +189,21 @@ def plan_corpus(
         ctl_order = ctl_order[: max(2, max_sentences // 4)]
     if overlap := {sentence_key(t) for t in general} & {sentence_key(t) for t in control}:
         raise ValueError(f"general sentences repeat control sentences: {sorted(overlap)[:3]}")
+    # A train-only sentence that is also a domain sentence could be one dev or test scores.
+    evaluated = {sentence_key(t) for t in (*sentences, *control)}
+    if clash := [i for i, t in enumerate(train_only) if sentence_key(t) in evaluated]:
+        where = (sources or {}).get("train_only") or [f"train sentence {i + 1}" for i in range(len(train_only))]
+        raise ValueError(f"{where[clash[0]]}: train-only sentence repeats a domain or control sentence "
+                         f"({len(clash)} such lines): {train_only[clash[0]]!r}")
     # A separate seeded rng, so adding general data changes neither the main/control split nor
     # their voice hands (their cached audio stays valid).
     gen_rng = random.Random(f"general-{seed}")
     gen_order = gen_rng.sample(range(len(general)), len(general))
+    train_rng = random.Random(f"train-only-{seed}")  # likewise for the train-only domain sentences
+    train_order = train_rng.sample(range(len(train_only)), len(train_only))
     if max_sentences is not None:
         gen_order = gen_order[: max(1, max_sentences // 4)] if general else []
+        train_order = train_order[: max(1, max_sentences // 4)] if train_only else []
     # Seen-engine voices only here: each held-out part below is dealt apart, by its own rng.
     by_split = {s: [v for v in voices if v.split == s and part_of(v) not in HELD_OUT_PARTS] for s in SPLIT_FRACTIONS}
     ctl_fracs = {"test": 1 - CONTROL_DEV_FRACTION, "dev": CONTROL_DEV_FRACTION}
@@ -197,7 +212,8 @@ def plan_corpus(
     records = []
     jobs = [("main", sentences, main_idx, rng, by_split, VOICES_PER_SENTENCE["main"]),
             ("control", control, ctl_idx, rng, by_split, VOICES_PER_SENTENCE["control"]),
-            ("general", general, {"train": gen_order}, gen_rng, by_split, VOICES_PER_SENTENCE["general"])]
+            ("general", general, {"train": gen_order}, gen_rng, by_split, VOICES_PER_SENTENCE["general"]),
+            ("train_only", train_only, {"train": train_order}, train_rng, by_split, VOICES_PER_SENTENCE["main"])]
     dev_test = lambda d: {s: d[s] for s in ("dev", "test") if s in d}  # noqa: E731
     for part in HELD_OUT_PARTS:
         held = {s: [v for v in voices if v.split == s and part_of(v) == part] for s in ("dev", "test")}
@@ -206,7 +222,8 @@ def plan_corpus(
             part_rng = random.Random(f"{part.replace('_', '-')}-{seed}")
             jobs += [("main", sentences, dev_test(main_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE),
                      ("control", control, dev_test(ctl_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE)]
-    for subset, texts, split_idx, deal_rng, pool, k in jobs:
+    for kind, texts, split_idx, deal_rng, pool, k in jobs:
+        subset = "main" if kind == "train_only" else kind
         for split, idx in split_idx.items():
             if not idx:
                 continue
@@ -215,11 +232,11 @@ def plan_corpus(
             for i, hand in zip(idx, _deal(pool[split], k, len(idx), deal_rng)):
                 for v in hand:
                     key = hashlib.sha1(json.dumps([texts[i], v.spec()], sort_keys=True).encode()).hexdigest()[:16]
-                    prefix = ID_PREFIX[subset]
+                    prefix = ID_PREFIX[kind]
                     records.append(Record(
                         id=f"{prefix}-{i:04d}-{v.id}", text=texts[i], audio_path=f"audio/{v.id}/{key}.wav",
                         speaker=v.speaker, accent=v.accent, split=split, subset=subset, engine=v.engine,
-                        voice=v.id, part=part_of(v), source=sources[subset][i],
+                        voice=v.id, part=part_of(v), source=sources[kind][i],
                     ))
     return records
 
@@ -273,10 +290,11 @@ _REUSE_LOGGED: set = set()
 
 def _read_inputs(inputs: CorpusInputs) -> tuple[dict[str, TextFile], TextFile | None]:
     texts = {role: read_sentences(getattr(inputs, role), role, shown=inputs.shown(getattr(inputs, role)))
-             for role in ("sentences", "control", "general")}
+             for role in ("sentences", "control", "general", "train_sentences") if getattr(inputs, role)}
     terms = None
     if inputs.terms is not None:
-        terms = check_terms(inputs.terms, texts["sentences"].texts, shown=inputs.shown(inputs.terms))
+        domain = texts["sentences"].texts + (texts["train_sentences"].texts if "train_sentences" in texts else [])
+        terms = check_terms(inputs.terms, domain, shown=inputs.shown(inputs.terms))
     return texts, terms
 
 
@@ -297,13 +315,14 @@ def build_corpus(
     out_dir = Path(out_dir) if out_dir is not None else default_cache_dir(name)
     manifest, info_path = out_dir / "manifest.jsonl", out_dir / "corpus_info.json"
     paths = {"sentences": inputs.sentences, "control": inputs.control, "general": inputs.general,
-             "voices": inputs.voices, "terms": inputs.terms}
+             "voices": inputs.voices, "terms": inputs.terms, "train_sentences": inputs.train_sentences}
     # Hashed for the cache key before any reader opens them, so checked here with the readers' words.
     for role, path in paths.items():
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"data.{role}: no such file: {path}")
     # Keyed by file name as before for the shipped inputs, so their cache stays valid.
-    files = {(p.name if role != "terms" else "terms:" + p.name): _sha256(p) for role, p in paths.items() if p}
+    files = {(f"{role}:{p.name}" if role in ("terms", "train_sentences") else p.name): _sha256(p)
+             for role, p in paths.items() if p}
     real_sources = [str(s[2]) for s in _real_control_sources()]
     inputs_hash = hashlib.sha256(json.dumps(
         [PLAN_VERSION, SYNTH_VERSION, seed, max_sentences, files, real_sources], sort_keys=True).encode()).hexdigest()
@@ -326,10 +345,12 @@ def build_corpus(
     for sk in skips[:5]:
         log.warning("skipped %s", sk.detail)
     voices = load_voices(inputs.voices)
+    train_only = texts.get("train_sentences")
     sources = {"main": texts["sentences"].sources, "control": texts["control"].sources,
-               "general": texts["general"].sources}
+               "general": texts["general"].sources, "train_only": train_only.sources if train_only else []}
     records = plan_corpus(texts["sentences"].texts, texts["control"].texts, voices, seed, max_sentences,
-                          general=texts["general"].texts, sources=sources, voices_path=inputs.voices)
+                          general=texts["general"].texts, sources=sources, voices_path=inputs.voices,
+                          train_only=train_only.texts if train_only else None)
     rendered = render_missing(records, out_dir, {v.id: v for v in voices}, seed, workers, progress, name)
     real, real_info = _add_real_control(out_dir)
     records = [replace(r, audio_path=str((out_dir / r.audio_path).resolve()),

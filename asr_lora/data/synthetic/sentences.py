@@ -21,6 +21,10 @@ DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "sg_english"
 SENTENCES = DATA_DIR / "sg_sentences.txt"
 CONTROL = DATA_DIR / "control_sentences.txt"
 GENERAL = DATA_DIR / "general_sentences.txt"
+# More Singapore English sentences for training only (each term in at least six sentences), never in
+# dev or test; opt-in (data.train_sentences=data/sg_english/sg_train_sentences.txt): on the dev
+# neural part they raised the adapter's term recall but not its WER (recipes/RESULTS_sg_english.md).
+TRAIN_SENTENCES = DATA_DIR / "sg_train_sentences.txt"
 
 # A clip per sentence: under 3 words the voices' leading and trailing silence dominates; past 40
 # a clip nears Whisper's 30 s window at the slower voices (data.max_seconds drops it later anyway).
@@ -187,20 +191,23 @@ def load_sentences(path: Path = SENTENCES) -> list[str]:
 @dataclass(frozen=True)
 class CorpusInputs:
     """What a synthetic corpus is rendered from (data.sentences / control / general / voices /
-    terms); the defaults are the shipped Singapore English files."""
+    terms / train_sentences); the defaults are the shipped Singapore English files."""
     name: str = "sg_english"
     sentences: Path = SENTENCES
     control: Path = CONTROL
     general: Path = GENERAL
     voices: Path = VOICES
     terms: Path | None = None
+    train_sentences: Path | None = None
 
     @classmethod
-    def of(cls, name: str | None = None, sentences=None, control=None, general=None, voices=None, terms=None):
+    def of(cls, name: str | None = None, sentences=None, control=None, general=None, voices=None, terms=None,
+           train_sentences=None):
         d = cls()
+        train = Path(train_sentences).expanduser() if train_sentences else None
         return cls(name or d.name, *(Path(p).expanduser() if p else q for p, q in (
             (sentences, d.sentences), (control, d.control), (general, d.general), (voices, d.voices))),
-            Path(terms).expanduser() if terms else None)
+            Path(terms).expanduser() if terms else None, train)
 
     def shown(self, path: Path) -> str:
         """A path as records and reports name it: repo-relative for the shipped files."""
