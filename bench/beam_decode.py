@@ -11,7 +11,7 @@ batch of dev clips (bundled tiny.en, 30 s input, one `generate` call), alternati
 checks that the tokens are identical. Greedy decoding is the peer row.
 
 With `--prompt` (the prompt baseline's way of decoding: Whisper's `prompt_ids`, here the recipe's
-Singapore term list, ~150 tokens), two more rows decode the folded model with the prompt: with
+Singapore term list, ~200 tokens), two more rows decode the folded model with the prompt: with
 `LastPositionHead` (`beam_folded_prompt`, what evaluation runs) and with the stock head that
 projects every prompt position onto the vocabulary at the first step (`beam_folded_prompt_all_logits`).
 """

@@ -18,7 +18,7 @@ Together that was most of beam-5 decoding time on the CPU (bench/beam_decode.py;
   attention weights asked for) runs the stock forward unchanged;
 - `LastPositionHead` computes the vocabulary logits of the last position only in a beam-search
   forward: generate reads nothing else, but Whisper's forward (no `logits_to_keep`) projects every
-  position, so a prompted decode's first step projected each beam's ~150 prompt tokens onto 51,864
+  position, so a prompted decode's first step projected each beam's ~200 prompt tokens onto 51,864
   words, more than the rest of the prompt's cost (bench/beam_decode.py);
 - `fold_beam_search(model)` installs them: the attention class on the decoder's cross-attention
   modules, and a wrapper on the model's `_prepare_cache_for_generation` that turns the cache
