@@ -30,12 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-# The recipe's term prompt on the shipped corpus (the training text's most frequent terms).
-SG_PROMPT = ("sia, auntie, mrt, hawker, jurong, mee, punggol, bishan, durian, tampines, teh, orchard, payoh, "
-             "sengkang, sentosa, sian, toa, aircon, anyhow, bedok, clementi, handphone, hokkien, jialat, kampong, "
-             "kopi, prata, woodlands, aiyo, atas, bugis, bukit, chope, kiasu, kio, laksa, makan, polyclinic, "
-             "sambal, satay, shiok, siew, yishun, aiyah, alamak, aunty, bahru, boardwalk, canteen, carpark, "
-             "causeway, changi, chiong, fishball, geylang, hari, hdb, jetty, jio")
+def recipe_prompt(tokenizer) -> str:
+    """The prompt the recipe's evaluation decodes with: the terms `build_terms` derives from the
+    embedded corpus's train split (domain rows and general-English rows, as the job reads them)."""
+    from asr_lora.data.synthetic.corpus import build_corpus, load_manifest
+    from asr_lora.evaluation.terms import build_terms
+
+    train = [r for r in load_manifest(build_corpus(progress=False)) if r.split == "train"]
+    return build_terms([r.text for r in train if r.subset == "main"],
+                       [r.text for r in train if r.subset == "general"], tokenizer).prompt
 
 
 def main() -> None:
@@ -65,7 +68,7 @@ def main() -> None:
 
         all_logits = copy.deepcopy(folded)
         all_logits.proj_out.__class__ = nn.Linear
-        prompt = torch.as_tensor(processor.get_prompt_ids(SG_PROMPT))
+        prompt = torch.as_tensor(processor.get_prompt_ids(recipe_prompt(processor.tokenizer)))
         for name, m in (("beam_folded_prompt", folded), ("beam_folded_prompt_all_logits", all_logits)):
             runs[name] = lambda m=m: m.generate(input_features=feats, num_beams=a.beams, prompt_ids=prompt, **kw)
     times, tokens = {k: [] for k in runs}, {}

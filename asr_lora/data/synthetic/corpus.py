@@ -192,8 +192,7 @@ def plan_corpus(
     # A train-only sentence that is also a domain sentence could be one dev or test scores.
     evaluated = {sentence_key(t) for t in (*sentences, *control)}
     if clash := [i for i, t in enumerate(train_only) if sentence_key(t) in evaluated]:
-        where = (sources or {}).get("train_only") or [f"train sentence {i + 1}" for i in range(len(train_only))]
-        raise ValueError(f"{where[clash[0]]}: train-only sentence repeats a domain or control sentence "
+        raise ValueError(f"{sources['train_only'][clash[0]]}: train-only sentence repeats a domain or control sentence "
                          f"({len(clash)} such lines): {train_only[clash[0]]!r}")
     # A separate seeded rng, so adding general data changes neither the main/control split nor
     # their voice hands (their cached audio stays valid).
