@@ -112,3 +112,55 @@ def test_mode_and_lora_settings_must_agree(tiny_whisper_dir):
     cfg.train.mode = "full"
     with pytest.raises(ValueError, match="lora=none"):
         prepare_for_training(cfg, _model(tiny_whisper_dir))
+
+
+def _logits(model, feats, ids):
+    with torch.no_grad():
+        return model(input_features=feats, decoder_input_ids=ids).logits
+
+
+def test_scale_adapter_is_wise_ft_and_is_saved_loaded_and_merged_at_that_scale(tiny_whisper_dir, tmp_path):
+    from peft import PeftModel
+    from peft.helpers import rescale_adapter_scale
+
+    from asr_lora.model.adapters import load_adapter
+    from asr_lora.model.lora import scale_adapter
+
+    peft_model, _ = prepare_for_training(_cfg(r=4, alpha=8, dropout=0.0), _model(tiny_whisper_dir))
+    _train_steps(peft_model)
+    peft_model.eval()
+    torch.manual_seed(1)
+    feats, ids = torch.randn(2, 80, 3000), torch.randint(0, 50000, (2, 5))
+    with rescale_adapter_scale(peft_model, 0.5):  # peft's own W0 + 0.5 * (alpha/r) B A
+        want = _logits(peft_model, feats, ids)
+    with peft_model.disable_adapter():
+        base = _logits(peft_model, feats, ids)
+    full = _logits(peft_model, feats, ids)
+    assert not torch.allclose(want, full, atol=1e-4) and not torch.allclose(want, base, atol=1e-4)
+
+    assert scale_adapter(peft_model, 0.5) == 6 * LAYERS
+    assert torch.allclose(_logits(peft_model, feats, ids), want, atol=1e-5)
+    assert peft_model.peft_config["default"].lora_alpha == 4.0
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reloaded = load_adapter(_model(tiny_whisper_dir), tmp_path / "adapter")
+    assert torch.allclose(_logits(reloaded, feats, ids), want, atol=1e-5)
+    merged = reloaded.merge_and_unload(safe_merge=True).eval()
+    assert not isinstance(merged, PeftModel)
+    assert torch.allclose(_logits(merged, feats, ids), want, atol=1e-4)
+
+    scale_adapter(reloaded_again := load_adapter(_model(tiny_whisper_dir), tmp_path / "adapter"), 0.0)
+    assert torch.allclose(_logits(reloaded_again, feats, ids), base, atol=1e-5)  # scale 0 is the base
+
+
+def test_scale_adapter_names_bad_input(tiny_whisper_dir):
+    from asr_lora.model.lora import scale_adapter
+
+    peft_model, _ = prepare_for_training(_cfg(r=4, alpha=8), _model(tiny_whisper_dir))
+    with pytest.raises(ValueError, match="lora.scale=-1"):
+        scale_adapter(peft_model, -1.0)
+    with pytest.raises(ValueError, match="no LoRA adapter 'other'"):
+        scale_adapter(peft_model, 0.5, "other")
+    cfg = _cfg(enabled=False, scale=0.5)
+    cfg.train.mode = "full"
+    with pytest.raises(ValueError, match="train.mode=full has none"):
+        prepare_for_training(cfg, _model(tiny_whisper_dir))

@@ -197,6 +197,16 @@ def test_fixture_domain_prepare_train_evaluate(tmp_path, tiny_whisper_dir):
     again = evaluate(ev_cfg)
     assert again["systems"]["adapted"]["wer"]["norm"]["wer"] == pytest.approx(
         ev["systems"]["adapted"]["wer"]["norm"]["wer"])
+    # lora.scale=0 scores the adapter with its update scaled away: the decoded weights are the base's.
+    zero = evaluate(_cfg(tmp_path, files, *small, f"adapter={run / 'adapter'}", "lora.scale=0.0",
+                         f"run_dir={tmp_path / 'eval_zero'}", model=str(tiny_whisper_dir)))
+    from transformers import WhisperForConditionalGeneration
+
+    from asr_lora.model.lora import merged_weights_digest
+
+    assert zero["model"]["scale"] == 0.0
+    base_digest = merged_weights_digest(WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir))
+    assert zero["adapted_weights"]["sha256"] == base_digest != ev["adapted_weights"]["sha256"]
 
     # The same text reuses its audio; one changed line renders only that line's clips.
     corpus_dir = Path(info["terms_file"]).parent

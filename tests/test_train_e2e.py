@@ -94,6 +94,19 @@ def cfg_overrides(cfg):
             "eval.n_bootstrap=50", "eval.max_new_tokens=8", "export.enabled=false"]
 
 
+def test_lora_scale_is_what_the_run_scores_saves_and_exports(tmp_path, tiny_whisper_dir):
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "lora.scale=0.5", "export.enabled=true",
+                   "export.formats=[hf]", "export.force=true", "export.probe_size=2")
+    summary = train(cfg)
+    run = tmp_path / "run"
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["lora_alpha"] == 4.0  # 8 x 0.5
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert ev["model"]["scale"] == 0.5
+    v = summary["export"]["verification"]
+    # The merged export holds bit for bit the weights the evaluation decoded at that scale.
+    assert v["passed"] and v["evaluated_weights"] == {"sha256": ev["adapted_weights"]["sha256"], "identical": True}
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_whisper_dir):
     cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "train.resume=true")
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):

@@ -39,6 +39,11 @@ def evaluate(cfg: DictConfig) -> dict:
         from asr_lora.model.adapters import load_adapter
 
         model = load_adapter(model, cfg.adapter)
+        if cfg.lora.scale != 1:
+            from asr_lora.model.lora import scale_adapter
+
+            scale_adapter(model, cfg.lora.scale)
+            log.info("adapter %s scored at lora.scale=%g", cfg.adapter, cfg.lora.scale)
     model.eval()
     splits, report = load_data(cfg.data, processor.tokenizer, run_dir, scored=cfg.eval.split)
     from asr_lora.evaluation.scoring import eval_systems
@@ -57,7 +62,8 @@ def evaluate(cfg: DictConfig) -> dict:
         # The encoder is the same for every system here: run it once per clip.
         cache = EncoderCache(model, processor, encoder_batch_size(model, cfg.eval.batch_size))
         cache.fill(ds["id"], [np.asarray(a, dtype=np.float32) for a in ds["audio"]], True, f"encoding {split}")
-    info = eval_info(cfg.data, cfg.model.name_or_path, report, cfg.adapter, split)
+    info = eval_info(cfg.data, cfg.model.name_or_path, report, cfg.adapter, split,
+                     cfg.lora.scale if cfg.adapter else 1.0)
     ev = evaluate_systems(model, processor, ds, cfg.eval, run_dir / "eval", info, systems, cache, terms=terms)
     for s in (s for s in systems if s in ("base", "adapted")):
         h = headline(ev, s)

@@ -86,6 +86,28 @@ def add_lora(model, lora, adapter_name: str = "default") -> PeftModel:
     return get_peft_model(model, config, adapter_name=adapter_name)
 
 
+def scale_adapter(model, multiplier: float, adapter_name: str = "default") -> int:
+    """Multiply one adapter's update by `multiplier` in place: W0 + multiplier * (alpha/r) B A.
+
+    peft's `rescale_adapter_scale` does this for the span of a `with` block; here it must outlive
+    the block, so the adapter's config takes it too (lora_alpha and alpha_pattern times
+    `multiplier`): what `save_pretrained` writes then loads, merges and exports at the same scale.
+    Returns the number of LoRA layers rescaled."""
+    if not multiplier >= 0:
+        raise ValueError(f"lora.scale={multiplier}: the adapter's update needs a multiplier >= 0")
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and adapter_name in m.scaling]
+    if not layers:
+        raise ValueError(f"lora.scale={multiplier}: the model holds no LoRA adapter {adapter_name!r}")
+    if multiplier == 1:
+        return len(layers)
+    for m in layers:
+        m.scaling[adapter_name] *= multiplier
+    conf = model.peft_config[adapter_name]
+    conf.lora_alpha = conf.lora_alpha * multiplier
+    conf.alpha_pattern = {k: v * multiplier for k, v in (conf.alpha_pattern or {}).items()}
+    return len(layers)
+
+
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

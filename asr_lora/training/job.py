@@ -121,6 +121,8 @@ def prepare_for_training(cfg: DictConfig, model):
     """LoRA on the frozen base (or every weight trainable, train.mode=full); (model, param counts)."""
     from asr_lora.training.trainer import prepare_model
 
+    if cfg.lora.scale != 1 and cfg.train.mode != "lora":
+        raise ValueError(f"lora.scale={cfg.lora.scale} rescales a LoRA update; train.mode={cfg.train.mode} has none")
     return prepare_model(model, cfg.train.mode, cfg.lora, cfg.train.encoder_context, cfg.train.context_pad_s)
 
 
@@ -251,6 +253,11 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     result = trainer.train(resume_from_checkpoint=resume_point(t.resume, ckpt_dir))
     seconds = time.perf_counter() - t_train
     adapter_dir = run_dir / ("adapter" if t.mode == "lora" else "model")
+    if cfg.lora.scale != 1:  # before scoring and saving, so report, adapter and export agree
+        from asr_lora.model.lora import scale_adapter
+
+        log.info("adapter update scaled by lora.scale=%g (%d LoRA layers)", cfg.lora.scale,
+                 scale_adapter(model, cfg.lora.scale))
     trainer.save_model(str(adapter_dir))  # every rank: sharded (FSDP/DeepSpeed) saves gather across ranks
     if not is_main_process():
         return Fitted(model, adapter_dir, trainer, result, seconds, run)
@@ -295,7 +302,8 @@ def score(cfg: DictConfig, model, processor, rows: Rows, cache, terms, precomput
     from asr_lora.evaluation.scoring import eval_systems, evaluate_systems
     from asr_lora.evaluation.summary import eval_info
 
-    info = eval_info(cfg.data, cfg.model.name_or_path, rows.report, str(adapter_dir), cfg.eval.split)
+    info = eval_info(cfg.data, cfg.model.name_or_path, rows.report, str(adapter_dir), cfg.eval.split,
+                     cfg.lora.scale)
     systems = eval_systems(cfg.eval, terms is not None, adapted=True)
     return evaluate_systems(model, processor, rows.test, cfg.eval, run_dir / "eval", info, systems, cache,
                             precomputed=precomputed, terms=terms)
