@@ -39,9 +39,10 @@ class LoraSettings:
     use_dora: bool = False
     bias: str = "none"
     # Multiplier on the trained update, W0 + scale * (alpha/r) B A, applied before the adapter is
-    # scored, saved and exported (the saved lora_alpha carries it); also applied to `adapter=` in
-    # evaluate. Below 1 it interpolates towards the base (WiSE-FT), trading domain gain for less
-    # forgetting on voices unlike the training ones; choose it on dev.
+    # scored, saved and exported (the saved lora_alpha carries it); evaluate applies it to `adapter=`
+    # on top of the strength that adapter was saved with. Below 1 it interpolates towards the base
+    # (WiSE-FT), trading domain gain for less forgetting on voices unlike the training ones; choose
+    # it on dev.
     scale: float = 1.0
 
 
