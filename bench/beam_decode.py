@@ -11,9 +11,11 @@ batch of dev clips (bundled tiny.en, 30 s input, one `generate` call), alternati
 checks that the tokens are identical. Greedy decoding is the peer row.
 
 With `--prompt` (the prompt baseline's way of decoding: Whisper's `prompt_ids`, here the recipe's
-Singapore term list, ~200 tokens), two more rows decode the folded model with the prompt: with
-`LastPositionHead` (`beam_folded_prompt`, what evaluation runs) and with the stock head that
-projects every prompt position onto the vocabulary at the first step (`beam_folded_prompt_all_logits`).
+Singapore term list, ~200 tokens), three more rows decode the folded model with the prompt: as
+evaluation runs it (`beam_folded_prompt`: the first step runs the prompt once per clip, and
+`LastPositionHead`), with the first step run once per beam as transformers does
+(`beam_folded_prompt_per_beam`), and with the stock head that projects every prompt position onto
+the vocabulary at the first step (`beam_folded_prompt_all_logits`).
 """
 
 from __future__ import annotations
@@ -68,8 +70,11 @@ def main() -> None:
 
         all_logits = copy.deepcopy(folded)
         all_logits.proj_out.__class__ = nn.Linear
+        per_beam = copy.deepcopy(folded)
+        del per_beam.forward  # fold_beam_search's first-step wrapper: back to the class's forward
         prompt = torch.as_tensor(processor.get_prompt_ids(recipe_prompt(processor.tokenizer)))
-        for name, m in (("beam_folded_prompt", folded), ("beam_folded_prompt_all_logits", all_logits)):
+        for name, m in (("beam_folded_prompt", folded), ("beam_folded_prompt_per_beam", per_beam),
+                        ("beam_folded_prompt_all_logits", all_logits)):
             runs[name] = lambda m=m: m.generate(input_features=feats, num_beams=a.beams, prompt_ids=prompt, **kw)
     times, tokens = {k: [] for k in runs}, {}
     with torch.no_grad():
@@ -90,15 +95,19 @@ def main() -> None:
     if a.prompt:
         ratios["beam_folded_prompt_all_logits/beam_folded_prompt time"] = round(
             med["beam_folded_prompt_all_logits"] / med["beam_folded_prompt"], 2)
+        ratios["beam_folded_prompt_per_beam/beam_folded_prompt time"] = round(
+            med["beam_folded_prompt_per_beam"] / med["beam_folded_prompt"], 2)
         ratios["beam_folded_prompt/beam_folded time"] = round(med["beam_folded_prompt"] / med["beam_folded"], 2)
-        ratios["prompted tokens identical"] = torch.equal(tokens["beam_folded_prompt"],
-                                                          tokens["beam_folded_prompt_all_logits"])
+        ratios["prompted tokens identical"] = all(
+            torch.equal(tokens["beam_folded_prompt"], tokens[k])
+            for k in ("beam_folded_prompt_all_logits", "beam_folded_prompt_per_beam"))
         identical = identical and ratios["prompted tokens identical"]
     common.print_results(rows, ["variant", "clips", "beams", "median_s", "s_per_clip"], ratios)
     common.write_result(a.name, {"args": vars(a), "machine": common.machine_info(), "results": rows,
                                  "ratios": ratios})
     if not identical:
-        raise SystemExit("BeamSearchCache, the folded cross-attention or the last-position head changed the tokens")
+        raise SystemExit("BeamSearchCache, the folded cross-attention, the first step run once per clip or the "
+                         "last-position head changed the tokens")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
 
 from asr_lora.data.features import log_mel
 from asr_lora.model.beam_cache import BeamSearchCache, FoldedCrossAttention, fold_beam_search
@@ -142,7 +143,7 @@ def test_a_folded_model_copies_pickles_and_keeps_a_cache_the_caller_passes(tiny_
     assert own.self_attention_cache.get_seq_length() > 0  # filled by the call: it was not swapped out
 
 
-def test_prompted_beam_search_projects_the_last_position_only_and_keeps_the_stock_tokens(tiny_whisper_dir):
+def test_prompted_beam_search_runs_the_prompt_once_per_clip_and_keeps_the_stock_tokens(tiny_whisper_dir):
     model, processor = _model(tiny_whisper_dir)
     feats = _features()
     prompt = torch.as_tensor(processor.get_prompt_ids("kopi siew dai, Toa Payoh, Bukit Timah, chope, shiok"))
@@ -151,10 +152,19 @@ def test_prompted_beam_search_projects_the_last_position_only_and_keeps_the_stoc
     with torch.no_grad():
         stock = model.generate(input_features=feats, **kw)
         fold_beam_search(model)
-        widths = []
+        widths, rows = [], []
         model.proj_out.register_forward_hook(lambda m, a, out: widths.append(out.shape[1]))
+        model.model.decoder.register_forward_pre_hook(
+            lambda m, a, kw: rows.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
         folded = model.generate(input_features=feats, **kw)
+        steps, widths[:], rows[:] = list(zip(widths, rows)), [], []
+        # The evaluation's way in: encoder outputs computed once (generate checks kwargs against forward).
+        hidden = BaseModelOutput(last_hidden_state=model.get_encoder()(feats).last_hidden_state)
+        from_cache = model.generate(encoder_outputs=hidden, **kw)
         full = model(input_features=feats, decoder_input_ids=ids).logits  # after a beam search: every position
-    assert torch.equal(stock, folded)
-    assert len(prompt) > 5 and widths[:-1] and set(widths[:-1]) == {1}  # the prompt's first step included
+    assert torch.equal(stock, folded) and torch.equal(stock, from_cache)
+    assert len(prompt) > 5 and {w for w, _ in steps} == {1}  # the prompt's first step included
     assert full.shape[1] == 4
+    # The first step ran the prompt once per clip (3 rows, not 3 x 4 beams); then one token per beam.
+    assert steps[0][1][0] == 3 and steps[0][1][1] > len(prompt) and {r for _, r in steps[1:]} == {(12, 1)}
+    assert rows[0][0] == 3  # from encoder outputs too

@@ -20,8 +20,13 @@ Together that was most of beam-5 decoding time on the CPU (bench/beam_decode.py;
   forward: generate reads nothing else, but Whisper's forward (no `logits_to_keep`) projects every
   position, so a prompted decode's first step projected each beam's ~200 prompt tokens onto 51,864
   words, more than the rest of the prompt's cost (bench/beam_decode.py);
+- `_prefill_once` runs a beam search's first forward on one row per clip: generate starts every
+  beam of a clip from the same tokens (a prompt and the start sequence), so the stock first step
+  ran the ~200 prompt tokens through the decoder num_beams times over; here they run once and the
+  self-attention cache and the logits are repeated for the beams (`batch_repeat_interleave`);
 - `fold_beam_search(model)` installs them: the attention class on the decoder's cross-attention
-  modules, and a wrapper on the model's `_prepare_cache_for_generation` that turns the cache
+  modules, a wrapper on the model's forward for the first step, and a wrapper on the model's
+  `_prepare_cache_for_generation` that turns the cache
   transformers makes for each beam-search call into a `BeamSearchCache`. The cache is made per
   call, not passed in: Whisper's `generate` may call the inner `generate` several times (long-form
   windows, temperature fallback, timestamps), and a cache passed as a kwarg would be reused across
@@ -35,6 +40,7 @@ import types
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.modeling_whisper import (ALL_ATTENTION_FUNCTIONS, WhisperAttention,
                                                           WhisperForConditionalGeneration, eager_attention_forward)
 
@@ -97,6 +103,47 @@ def _mark_beam_search(whisper, args, kwargs):
     whisper.proj_out.keep_last = isinstance(cache, BeamSearchCache) and kwargs.get("labels") is None
 
 
+# The keyword arguments a beam-search step passes that `_prefill_once` knows how to narrow to one row
+# per clip (or that hold no rows); with any other, the step runs the stock forward.
+_PREFILL_KWARGS = {"decoder_input_ids", "encoder_outputs", *_CACHE_KEYS, "use_cache", "cache_position",
+                   "return_dict", "output_attentions", "output_hidden_states", "labels", "attention_mask",
+                   "decoder_attention_mask", "decoder_position_ids", "decoder_inputs_embeds", "input_features"}
+
+
+def _prefill_once(self, *args, **kwargs):
+    """Whisper's forward; for the first step of a folded beam search (empty `BeamSearchCache`, more
+    than one token, every beam of a clip on the same tokens) it runs one row per clip and repeats the
+    self-attention cache and the logits for the beams. Installed per instance by fold_beam_search."""
+    stock = type(self).forward
+    cache = next((kwargs[k] for k in _CACHE_KEYS if kwargs.get(k) is not None), None)
+    beams = getattr(cache, "num_beams", 1)
+    ids, enc = kwargs.get("decoder_input_ids"), kwargs.get("encoder_outputs")
+    if (args or beams <= 1 or not isinstance(cache, BeamSearchCache) or cache.get_seq_length() or ids is None
+            or enc is None or ids.shape[1] < 2 or ids.shape[0] % beams or set(kwargs) - _PREFILL_KWARGS
+            or any(kwargs.get(k) is not None for k in ("labels", "attention_mask", "decoder_attention_mask",
+                                                          "decoder_position_ids", "decoder_inputs_embeds",
+                                                          "input_features", "output_attentions"))
+            or not torch.equal(ids[::beams].repeat_interleave(beams, 0), ids)):
+        return stock(self, *args, **kwargs)
+    hidden = enc.last_hidden_state if hasattr(enc, "last_hidden_state") else enc[0]
+    one = BaseModelOutput(last_hidden_state=hidden[::beams])  # generate repeat-interleaved it
+    cache.num_beams = 1  # the cross-attention fills its one copy per clip the stock way
+    try:
+        out = stock(self, **{**kwargs, "decoder_input_ids": ids[::beams], "encoder_outputs": one})
+    finally:
+        cache.num_beams = beams
+    cache.self_attention_cache.batch_repeat_interleave(beams)
+    out.logits = out.logits.repeat_interleave(beams, 0)
+    return out
+
+
+# A bound method pickles as getattr(instance, its __name__): named "forward", a pickled model comes
+# back with the stock forward (stock beam search, the same tokens), as _prepare_cache_for_generation
+# does. generate checks its kwargs against the forward's signature, which inspect reads via __wrapped__.
+_prefill_once.__name__ = "forward"
+_prefill_once.__wrapped__ = WhisperForConditionalGeneration.forward
+
+
 def _whisper(model) -> WhisperForConditionalGeneration | None:
     return next((m for m in model.modules() if isinstance(m, WhisperForConditionalGeneration)), None)
 
@@ -125,7 +172,9 @@ def fold_beam_search(model) -> int:
     number of folded cross-attention modules (0: not a Whisper model, nothing done).
 
     The cache a folded beam search returns (`return_dict_in_generate=True`) holds one cross-attention
-    row per clip beside clips*beams self-attention rows: feed it back only to a folded beam search."""
+    row per clip beside clips*beams self-attention rows: feed it back only to a folded beam search.
+    peft's mixed-adapter batches (`adapter_names`, one name per beam row) are not for a folded beam
+    search: the serving engine decodes them greedily, where nothing here applies."""
     whisper = _whisper(model)
     if whisper is None:
         return 0
@@ -137,6 +186,8 @@ def fold_beam_search(model) -> int:
             n += isinstance(module, FoldedCrossAttention)
     if n and "_prepare_cache_for_generation" not in vars(whisper):
         whisper._prepare_cache_for_generation = types.MethodType(_prepare_cache_for_generation, whisper)
+    if n and "forward" not in vars(whisper):
+        whisper.forward = types.MethodType(_prefill_once, whisper)
     if n and type(whisper.proj_out) is nn.Linear:
         whisper.proj_out.__class__ = LastPositionHead  # same weight (tied to the embeddings); forward only
         whisper.register_forward_pre_hook(_mark_beam_search, with_kwargs=True)
