@@ -168,3 +168,19 @@ def test_prompted_beam_search_runs_the_prompt_once_per_clip_and_keeps_the_stock_
     # The first step ran the prompt once per clip (3 rows, not 3 x 4 beams); then one token per beam.
     assert steps[0][1][0] == 3 and steps[0][1][1] > len(prompt) and {r for _, r in steps[1:]} == {(12, 1)}
     assert rows[0][0] == 3  # from encoder outputs too
+
+
+def test_a_beam_search_that_asks_for_hidden_states_runs_every_beam_at_the_first_step(tiny_whisper_dir):
+    model, processor = _model(tiny_whisper_dir)
+    prompt = torch.as_tensor(processor.get_prompt_ids("kopi siew dai, Toa Payoh"))
+    fold_beam_search(model)
+    rows = []
+    model.model.decoder.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]),
+                                                  with_kwargs=True)
+    with torch.no_grad():
+        model.generate(input_features=_features(), **KW, prompt_ids=prompt, return_dict_in_generate=True,
+                       output_hidden_states=True)
+        n = len(rows)
+        model.generate(input_features=_features(), **KW, prompt_ids=prompt)
+    assert rows[0] == 3 * KW["num_beams"]  # per-step hidden states are per beam row: the stock first step
+    assert rows[n] == 3  # without them, the prompt runs once per clip

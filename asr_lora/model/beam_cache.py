@@ -122,7 +122,10 @@ def _prefill_once(self, *args, **kwargs):
             or enc is None or ids.shape[1] < 2 or ids.shape[0] % beams or set(kwargs) - _PREFILL_KWARGS
             or any(kwargs.get(k) is not None for k in ("labels", "attention_mask", "decoder_attention_mask",
                                                           "decoder_position_ids", "decoder_inputs_embeds",
-                                                          "input_features", "output_attentions"))
+                                                          "input_features"))
+            # asked-for attentions or hidden states, or a tuple output, would come back one row per clip
+            or kwargs.get("output_attentions") or kwargs.get("output_hidden_states")
+            or kwargs.get("return_dict") is False
             or not torch.equal(ids[::beams].repeat_interleave(beams, 0), ids)):
         return stock(self, *args, **kwargs)
     hidden = enc.last_hidden_state if hasattr(enc, "last_hidden_state") else enc[0]
