@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 # The demo trains the main recipe and scores what its headline and forgetting gate are made of: the
 # test split's natural-voice part and the real recorded clips (236 clips), with four systems
 # (zero-shot, prompt baseline, adapted, adapted + prompt). The unseen-engine part, a secondary row,
-# costs another ~7 min of decoding on 2 cores (the prompted passes are the slow ones); score it with
+# costs up to 7 min more decoding on 2 cores (the prompted passes are the slow ones); score it with
 # `python -m asr_lora.evaluate +recipe=sg_english adapter=<run>/adapter eval.part=unseen_engine`.
 # The recipe's single dev evaluation, at its last step, selects nothing (one checkpoint), so the
 # demo skips it (~1.5 min); the adapter is the same either way.

@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--beams", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--name", default="beam_decode")
-    ap.add_argument("--prompt", action="store_true", help="also time prompted decoding (two more rows)")
+    ap.add_argument("--prompt", action="store_true", help="also time prompted decoding (three more rows)")
     a = ap.parse_args()
     common.quiet()
     from transformers.cache_utils import DynamicCache

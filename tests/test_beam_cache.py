@@ -135,6 +135,10 @@ def test_a_folded_model_copies_pickles_and_keeps_a_cache_the_caller_passes(tiny_
         assert torch.equal(twin.generate(input_features=feats, **KW), stock)
         thawed = pickle.loads(pickle.dumps(model))
         assert torch.equal(thawed.generate(input_features=feats, **KW), stock)
+        fold_beam_search(thawed)  # folds again: the stock methods it came back with are replaced
+        assert thawed.forward.__func__.__name__ == "forward" and thawed.forward.__func__ is not type(thawed).forward
+        assert thawed._prepare_cache_for_generation.__func__ is not type(thawed)._prepare_cache_for_generation
+        assert torch.equal(thawed.generate(input_features=feats, **KW), stock)
         # the caller's own cache is the one used (this one is wrong on purpose), not swapped for ours
         broken = model.generate(input_features=feats, **KW, cache=NoReorder(DynamicCache(), DynamicCache()))
         own = EncoderDecoderCache(DynamicCache(), DynamicCache())

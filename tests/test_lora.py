@@ -160,6 +160,12 @@ def test_scale_adapter_names_bad_input(tiny_whisper_dir):
         scale_adapter(peft_model, -1.0)
     with pytest.raises(ValueError, match="no LoRA adapter 'other'"):
         scale_adapter(peft_model, 0.5, "other")
+    from asr_lora.model.lora import add_lora
+
+    for option in ({"use_dora": True}, {"bias": "lora_only"}):
+        other = add_lora(_model(tiny_whisper_dir), LoraSettings(r=4, alpha=8, **option))
+        with pytest.raises(ValueError, match="scales the B A update only"):
+            scale_adapter(other, 0.5)
     cfg = _cfg(enabled=False, scale=0.5)
     cfg.train.mode = "full"
     with pytest.raises(ValueError, match="train.mode=full has none"):

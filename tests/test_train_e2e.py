@@ -105,6 +105,10 @@ def test_lora_scale_is_what_the_run_scores_saves_and_exports(tmp_path, tiny_whis
     v = summary["export"]["verification"]
     # The merged export holds bit for bit the weights the evaluation decoded at that scale.
     assert v["passed"] and v["evaluated_weights"] == {"sha256": ev["adapted_weights"]["sha256"], "identical": True}
+    from asr_lora.export.job import main as export_main
+
+    with pytest.raises(SystemExit, match="lora.scale=0.5: export ships the run's adapter"):
+        export_main(cfg)  # a re-export cannot rescale what the evaluation scored
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_whisper_dir):

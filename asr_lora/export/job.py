@@ -103,6 +103,9 @@ def main(cfg: DictConfig) -> dict:
 
     if not cfg.run_dir:
         raise SystemExit("usage: python -m asr_lora.export run_dir=outputs/<recipe>/<timestamp> [export.*=...]")
+    if cfg.lora.scale != 1:  # the run's adapter and its evaluation already hold the strength it trained with
+        raise SystemExit(f"lora.scale={cfg.lora.scale}: export ships the run's adapter at the strength its "
+                         "evaluation scored; train with lora.scale=S to export another")
     run_cfg = run_config(cfg)
     run_dir = Path(run_cfg.run_dir)
     setup_logging(run_dir, quiet=cfg.quiet)

@@ -187,10 +187,10 @@ def fold_beam_search(model) -> int:
             if type(module) is WhisperAttention:
                 module.__class__ = FoldedCrossAttention  # same weights and state; only forward changes
             n += isinstance(module, FoldedCrossAttention)
-    if n and "_prepare_cache_for_generation" not in vars(whisper):
-        whisper._prepare_cache_for_generation = types.MethodType(_prepare_cache_for_generation, whisper)
-    if n and "forward" not in vars(whisper):
-        whisper.forward = types.MethodType(_prefill_once, whisper)
+    # A pickled model comes back holding the stock methods as instance attributes: install over them.
+    for attr, fn in (("_prepare_cache_for_generation", _prepare_cache_for_generation), ("forward", _prefill_once)):
+        if n and getattr(vars(whisper).get(attr), "__func__", None) is not fn:
+            setattr(whisper, attr, types.MethodType(fn, whisper))
     if n and type(whisper.proj_out) is nn.Linear:
         whisper.proj_out.__class__ = LastPositionHead  # same weight (tied to the embeddings); forward only
         whisper.register_forward_pre_hook(_mark_beam_search, with_kwargs=True)

@@ -92,9 +92,14 @@ def scale_adapter(model, multiplier: float, adapter_name: str = "default") -> in
     peft's `rescale_adapter_scale` does this for the span of a `with` block; here it must outlive
     the block, so the adapter's config takes it too (lora_alpha and alpha_pattern times
     `multiplier`): what `save_pretrained` writes then loads, merges and exports at the same scale.
-    Returns the number of LoRA layers rescaled."""
+    Returns the number of LoRA layers rescaled. DoRA and trained biases are refused: a DoRA
+    magnitude or a bias is not part of alpha/r B A, so scaling that would not move towards W0."""
     if not multiplier >= 0:
         raise ValueError(f"lora.scale={multiplier}: the adapter's update needs a multiplier >= 0")
+    conf = getattr(model, "peft_config", {}).get(adapter_name)
+    if conf is not None and multiplier != 1 and (getattr(conf, "use_dora", False) or conf.bias != "none"):
+        raise ValueError(f"lora.scale={multiplier} scales the B A update only; adapter {adapter_name!r} also has "
+                         f"use_dora={conf.use_dora}, bias={conf.bias!r}, which it would leave as trained")
     layers = [m for m in model.modules() if isinstance(m, LoraLayer) and adapter_name in m.scaling]
     if not layers:
         raise ValueError(f"lora.scale={multiplier}: the model holds no LoRA adapter {adapter_name!r}")
@@ -102,7 +107,7 @@ def scale_adapter(model, multiplier: float, adapter_name: str = "default") -> in
         return len(layers)
     for m in layers:
         m.scaling[adapter_name] *= multiplier
-    conf = model.peft_config[adapter_name]
+        m.lora_alpha[adapter_name] *= multiplier  # peft's set_scale / unscale_layer rebuild scaling from it
     conf.lora_alpha = conf.lora_alpha * multiplier
     conf.alpha_pattern = {k: v * multiplier for k, v in (conf.alpha_pattern or {}).items()}
     return len(layers)
