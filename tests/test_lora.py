@@ -170,3 +170,25 @@ def test_scale_adapter_names_bad_input(tiny_whisper_dir):
     cfg.train.mode = "full"
     with pytest.raises(ValueError, match="train.mode=full has none"):
         prepare_for_training(cfg, _model(tiny_whisper_dir))
+
+
+@pytest.mark.parametrize("extra", [{"use_rslora": True}, {"alpha_pattern": {"fc1": 32}}])
+def test_scale_adapter_with_rslora_and_alpha_pattern_reloads_at_that_scale(tiny_whisper_dir, tmp_path, extra):
+    from peft import LoraConfig, get_peft_model
+    from peft.helpers import rescale_adapter_scale
+
+    from asr_lora.model.adapters import load_adapter
+    from asr_lora.model.lora import scale_adapter
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"], init_lora_weights=False,
+                        **extra)  # random B: an update to scale without training
+    model = get_peft_model(_model(tiny_whisper_dir), config).eval()
+    torch.manual_seed(2)
+    feats, ids = torch.randn(1, 80, 3000), torch.randint(0, 50000, (1, 5))
+    with rescale_adapter_scale(model, 0.5):
+        want = _logits(model, feats, ids)
+    scale_adapter(model, 0.5)
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = load_adapter(_model(tiny_whisper_dir), tmp_path / "adapter")
+    assert torch.allclose(_logits(model, feats, ids), want, atol=1e-5)
+    assert torch.allclose(_logits(reloaded, feats, ids), want, atol=1e-5)
