@@ -36,11 +36,10 @@ def recipe_prompt(tokenizer) -> str:
     """The prompt the recipe's evaluation decodes with: the terms `build_terms` derives from the
     embedded corpus's train split (domain rows and general-English rows, as the job reads them)."""
     from asr_lora.data.synthetic.corpus import build_corpus, load_manifest
-    from asr_lora.evaluation.terms import build_terms
+    from asr_lora.evaluation.terms import terms_for_split
 
     train = [r for r in load_manifest(build_corpus(progress=False)) if r.split == "train"]
-    return build_terms([r.text for r in train if r.subset == "main"],
-                       [r.text for r in train if r.subset == "general"], tokenizer).prompt
+    return terms_for_split({"text": [r.text for r in train], "subset": [r.subset for r in train]}, tokenizer).prompt
 
 
 def main() -> None:

@@ -166,6 +166,9 @@ def test_scale_adapter_names_bad_input(tiny_whisper_dir):
         other = add_lora(_model(tiny_whisper_dir), LoraSettings(r=4, alpha=8, **option))
         with pytest.raises(ValueError, match="scales the B A update only"):
             scale_adapter(other, 0.5)
+    for option in ({"use_dora": True}, {"scale": -0.5}):  # refused before any training step
+        with pytest.raises(ValueError, match="scales the B A update only|needs a multiplier >= 0"):
+            prepare_for_training(_cfg(r=4, alpha=8, **{"scale": 0.5, **option}), _model(tiny_whisper_dir))
     cfg = _cfg(enabled=False, scale=0.5)
     cfg.train.mode = "full"
     with pytest.raises(ValueError, match="train.mode=full has none"):

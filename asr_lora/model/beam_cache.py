@@ -103,11 +103,13 @@ def _mark_beam_search(whisper, args, kwargs):
     whisper.proj_out.keep_last = isinstance(cache, BeamSearchCache) and kwargs.get("labels") is None
 
 
+# Keyword arguments a first step may carry only as None: each holds rows `_prefill_once` does not narrow.
+_PREFILL_NONE = ("labels", "attention_mask", "decoder_attention_mask", "decoder_position_ids",
+                 "decoder_inputs_embeds", "input_features")
 # The keyword arguments a beam-search step passes that `_prefill_once` knows how to narrow to one row
 # per clip (or that hold no rows); with any other, the step runs the stock forward.
 _PREFILL_KWARGS = {"decoder_input_ids", "encoder_outputs", *_CACHE_KEYS, "use_cache", "cache_position",
-                   "return_dict", "output_attentions", "output_hidden_states", "labels", "attention_mask",
-                   "decoder_attention_mask", "decoder_position_ids", "decoder_inputs_embeds", "input_features"}
+                   "return_dict", "output_attentions", "output_hidden_states", *_PREFILL_NONE}
 
 
 def _prefill_once(self, *args, **kwargs):
@@ -120,9 +122,7 @@ def _prefill_once(self, *args, **kwargs):
     ids, enc = kwargs.get("decoder_input_ids"), kwargs.get("encoder_outputs")
     if (args or beams <= 1 or not isinstance(cache, BeamSearchCache) or cache.get_seq_length() or ids is None
             or enc is None or ids.shape[1] < 2 or ids.shape[0] % beams or set(kwargs) - _PREFILL_KWARGS
-            or any(kwargs.get(k) is not None for k in ("labels", "attention_mask", "decoder_attention_mask",
-                                                          "decoder_position_ids", "decoder_inputs_embeds",
-                                                          "input_features"))
+            or any(kwargs.get(k) is not None for k in _PREFILL_NONE)
             # asked-for attentions or hidden states, or a tuple output, would come back one row per clip
             or kwargs.get("output_attentions") or kwargs.get("output_hidden_states")
             or kwargs.get("return_dict") is False

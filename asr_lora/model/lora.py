@@ -86,13 +86,9 @@ def add_lora(model, lora, adapter_name: str = "default") -> PeftModel:
     return get_peft_model(model, config, adapter_name=adapter_name)
 
 
-def scale_adapter(model, multiplier: float, adapter_name: str = "default") -> int:
-    """Multiply one adapter's update by `multiplier` in place: W0 + multiplier * (alpha/r) B A.
-
-    peft's `rescale_adapter_scale` does this for the span of a `with` block; here it must outlive
-    the block, so the adapter's config takes it too (lora_alpha and alpha_pattern times
-    `multiplier`): what `save_pretrained` writes then loads, merges and exports at the same scale.
-    Returns the number of LoRA layers rescaled. DoRA and trained biases are refused: a DoRA
+def scalable_layers(model, multiplier: float, adapter_name: str = "default") -> list:
+    """The LoRA layers `scale_adapter` rescales; raises what it refuses, so a run can check its
+    lora.scale before training rather than after. DoRA and trained biases are refused: a DoRA
     magnitude or a bias is not part of alpha/r B A, so scaling that would not move towards W0."""
     if not multiplier >= 0:
         raise ValueError(f"lora.scale={multiplier}: the adapter's update needs a multiplier >= 0")
@@ -103,11 +99,23 @@ def scale_adapter(model, multiplier: float, adapter_name: str = "default") -> in
     layers = [m for m in model.modules() if isinstance(m, LoraLayer) and adapter_name in m.scaling]
     if not layers:
         raise ValueError(f"lora.scale={multiplier}: the model holds no LoRA adapter {adapter_name!r}")
+    return layers
+
+
+def scale_adapter(model, multiplier: float, adapter_name: str = "default") -> int:
+    """Multiply one adapter's update by `multiplier` in place: W0 + multiplier * (alpha/r) B A.
+
+    peft's `rescale_adapter_scale` does this for the span of a `with` block; here it must outlive
+    the block, so the adapter's config takes it too (lora_alpha and alpha_pattern times
+    `multiplier`): what `save_pretrained` writes then loads, merges and exports at the same scale.
+    Returns the number of LoRA layers rescaled."""
+    layers = scalable_layers(model, multiplier, adapter_name)
     if multiplier == 1:
         return len(layers)
     for m in layers:
         m.scaling[adapter_name] *= multiplier
         m.lora_alpha[adapter_name] *= multiplier  # peft's set_scale / unscale_layer rebuild scaling from it
+    conf = model.peft_config[adapter_name]
     conf.lora_alpha = conf.lora_alpha * multiplier
     conf.alpha_pattern = {k: v * multiplier for k, v in (conf.alpha_pattern or {}).items()}
     return len(layers)

@@ -123,7 +123,12 @@ def prepare_for_training(cfg: DictConfig, model):
 
     if cfg.lora.scale != 1 and cfg.train.mode != "lora":
         raise ValueError(f"lora.scale={cfg.lora.scale} rescales a LoRA update; train.mode={cfg.train.mode} has none")
-    return prepare_model(model, cfg.train.mode, cfg.lora, cfg.train.encoder_context, cfg.train.context_pad_s)
+    model, params = prepare_model(model, cfg.train.mode, cfg.lora, cfg.train.encoder_context, cfg.train.context_pad_s)
+    if cfg.lora.scale != 1:  # fit() scales after training: refuse a scale it cannot apply now, not then
+        from asr_lora.model.lora import scalable_layers
+
+        scalable_layers(model, cfg.lora.scale)
+    return model, params
 
 
 def caches_encoder(cfg: DictConfig) -> bool:
