@@ -185,6 +185,12 @@ class TrainConfig:
     # Share of training rows decoded after the domain-term prompt (the one eval's prompt systems and
     # `transcribe --prompt` use), loss on the transcript only: adapter and prompt learn to add up.
     prompt_probability: float = 0.0
+    # Share of training rows whose cached encoder outputs get SpecAugment-style time masks
+    # (data/features.mask_encoder_time): encoder_time_masks spans of up to encoder_time_mask_seconds
+    # each, zeroed inside the speech. Needs the encoder cache.
+    encoder_time_mask: float = 0.0
+    encoder_time_masks: int = 2
+    encoder_time_mask_seconds: float = 0.4
     ddp_backend: Optional[str] = None
     # Sharding through the Trainer/Accelerate integration (conf/train/fsdp.yaml, deepspeed_zero2.yaml).
     fsdp: bool = False

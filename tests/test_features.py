@@ -144,3 +144,37 @@ def test_timestamp_targets_replace_notimestamps_with_the_clip_as_one_segment(tin
     first = SpeechCollator(processor, sot, seed=3, timestamp_probability=0.5)(rows)["labels"]
     again = SpeechCollator(processor, sot, seed=3, timestamp_probability=0.5)(rows)["labels"]
     assert torch.equal(first, again) and 0 < (first[:, 0] == no_ts + 1).sum() < 8
+
+
+def test_encoder_time_masks_stay_inside_speech_and_follow_the_seed():
+    from asr_lora.data.features import mask_encoder_time
+
+    hidden = torch.randn(4, 1500, 8) + 5  # no exact zeros to begin with
+    seconds = [1.0, 2.0, 0.5, 3.0]
+    masked = mask_encoder_time(hidden, seconds, np.random.default_rng(0), 1.0, 2, 0.4)
+    assert not torch.equal(masked, hidden) and torch.equal(hidden, hidden)  # a new tensor; input untouched
+    for row, sec in enumerate(seconds):
+        zero = (masked[row] == 0).all(dim=-1)
+        speech = int(np.ceil(sec / 0.02))
+        assert 1 <= zero.sum() <= 2 * 20 and not zero[speech:].any()  # two spans of <= 0.4 s, inside speech
+        assert torch.equal(masked[row][~zero], hidden[row][~zero])
+    again = mask_encoder_time(hidden, seconds, np.random.default_rng(0), 1.0, 2, 0.4)
+    assert torch.equal(masked, again)
+    assert torch.equal(mask_encoder_time(hidden, seconds, np.random.default_rng(0), 0.0, 2, 0.4), hidden)
+    half = mask_encoder_time(hidden.repeat(50, 1, 1), seconds * 50, np.random.default_rng(1), 0.5, 1, 0.4)
+    assert 60 <= int((half == 0).all(-1).any(-1).sum()) <= 140  # about half the 200 rows
+
+
+def test_the_collator_masks_cached_encoder_outputs_only_when_asked(tiny_whisper_dir):
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    audios = [np.sin(np.arange(16000) / 16000 * 2 * np.pi * f).astype("float32") * 0.2 for f in (200, 300)]
+    cache = EncoderCache(model, processor, batch_size=2)
+    cache.fill(["a", "b"], audios, progress=False)
+    rows = [{"id": i, "labels": [50257, 7], "duration": 1.0} for i in "ab"]
+    plain = SpeechCollator(processor, 50257, encoder_cache=cache)(rows)["encoder_outputs"].last_hidden_state
+    masked = SpeechCollator(processor, 50257, encoder_cache=cache, encoder_mask=(1.0, 2, 0.4))(rows)
+    hidden = masked["encoder_outputs"].last_hidden_state
+    zero = (hidden == 0).all(-1)
+    assert zero.any(-1).all() and not zero[:, 50:].any()
+    assert torch.equal(hidden[~zero], plain[~zero]) and torch.equal(cache.get(["a", "b"]), plain)  # cache untouched

@@ -204,7 +204,7 @@ def test_fixture_domain_prepare_train_evaluate(tmp_path, tiny_whisper_dir):
 
     from asr_lora.model.lora import merged_weights_digest
 
-    assert zero["model"]["scale"] == 0.0
+    assert zero["model"]["scale"] == 0.0 and zero["model"]["lora"]["lora_alpha"] == 0.0
     base_digest = merged_weights_digest(WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir))
     assert zero["adapted_weights"]["sha256"] == base_digest != ev["adapted_weights"]["sha256"]
 

@@ -101,7 +101,7 @@ def test_lora_scale_is_what_the_run_scores_saves_and_exports(tmp_path, tiny_whis
     run = tmp_path / "run"
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["lora_alpha"] == 4.0  # 8 x 0.5
     ev = json.loads((run / "eval" / "eval.json").read_text())
-    assert ev["model"]["scale"] == 0.5
+    assert ev["model"]["scale"] == 0.5 and ev["model"]["lora"] == {"r": 4, "lora_alpha": 4.0}
     v = summary["export"]["verification"]
     # The merged export holds bit for bit the weights the evaluation decoded at that scale.
     assert v["passed"] and v["evaluated_weights"] == {"sha256": ev["adapted_weights"]["sha256"], "identical": True}
@@ -109,6 +109,18 @@ def test_lora_scale_is_what_the_run_scores_saves_and_exports(tmp_path, tiny_whis
 
     with pytest.raises(SystemExit, match="lora.scale=0.5: export ships the run's adapter"):
         export_main(cfg)  # a re-export cannot rescale what the evaluation scored
+
+
+def test_encoder_time_masks_train_on_the_cached_outputs_and_are_refused_without_them(tmp_path, tiny_whisper_dir):
+    masked = train(tiny_cfg(tmp_path / "a", tiny_whisper_dir, "logger=none", "train.encoder_time_mask=1.0",
+                            "eval.before_training=false"))
+    plain = train(tiny_cfg(tmp_path / "b", tiny_whisper_dir, "logger=none", "eval.before_training=false"))
+    assert masked["train"]["train_loss"] != plain["train"]["train_loss"]  # the masks reached the training batches
+    cfg = tiny_cfg(tmp_path / "c", tiny_whisper_dir, "logger=none", "train.encoder_time_mask=0.5",
+                   "train.cache_encoder_outputs=false")
+    with pytest.raises(ValueError, match="train.encoder_time_mask masks the frozen encoder's cached outputs"):
+        train(cfg)
+    assert not (tmp_path / "c" / "run" / "eval").exists()  # refused before any decoding pass
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_whisper_dir):

@@ -28,6 +28,29 @@ def log_mel(processor, audios: Sequence[np.ndarray]) -> torch.Tensor:
     return processor.feature_extractor(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
 
 
+ENCODER_STEP_S = 0.02  # one encoder output position: Whisper's 30 s window holds 1500
+
+
+def mask_encoder_time(hidden: torch.Tensor, seconds: Sequence[float], rng: np.random.Generator, probability: float,
+                      masks: int, max_seconds: float) -> torch.Tensor:
+    """SpecAugment's time mask, applied to the frozen encoder's cached outputs instead of the log-mel
+    (which the cache has already consumed): each row, with `probability`, gets `masks` spans of up to
+    `max_seconds` zeroed inside its speech (`seconds` long), so the decoder must finish a word it
+    only partly hears from the words around it. Hand-written: the Whisper model's own
+    `mask_time_prob` masks input features, which a cached run never sees. Returns a new tensor."""
+    out = hidden.clone()
+    width = max(1, int(round(max_seconds / ENCODER_STEP_S)))
+    for row, sec in enumerate(seconds):
+        if rng.random() >= probability:
+            continue
+        n = min(out.shape[1], max(1, int(np.ceil(sec / ENCODER_STEP_S))))
+        for _ in range(masks):
+            w = int(rng.integers(1, min(width, n) + 1))
+            start = int(rng.integers(0, n - w + 1))
+            out[row, start : start + w] = 0
+    return out
+
+
 def pad_labels(tokenizer, label_lists: Sequence[Sequence[int]], decoder_start_token_id: int) -> torch.Tensor:
     """Right-padded by the tokenizer, padding turned into -100 (ignored by the loss); a leading
     decoder-start token is dropped because the model prepends it itself when shifting labels right."""
@@ -87,8 +110,10 @@ class SpeechCollator:
 
     def __init__(self, processor, decoder_start_token_id: int, augmenter=None, encoder_cache=None, seed: int = 0,
                  timestamp_probability: float = 0.0, prompt_ids: Sequence[int] | None = None,
-                 prompt_probability: float = 0.0):
+                 prompt_probability: float = 0.0, encoder_mask: tuple[float, int, float] = (0.0, 0, 0.0)):
         self.processor = processor
+        # (probability, masks, max_seconds) of `mask_encoder_time` on cached encoder outputs; training only.
+        self.encoder_mask = encoder_mask
         # A share of rows is trained after the domain-term prompt (`prompted_inputs`), so that the
         # adapter learns to use the prompt it will be decoded with instead of fighting it; drawn
         # per row from its own seeded stream, like the timestamp targets.
@@ -104,7 +129,7 @@ class SpeechCollator:
         self.calls: dict[str, int] = {}  # batches drawn so far, per random stream
 
     # Each random stream's seed prefix: augmentation, timestamp targets, prompted rows.
-    STREAMS = {"augment": (), "timestamps": (7,), "prompt": (11,)}
+    STREAMS = {"augment": (), "timestamps": (7,), "prompt": (11,), "encoder_mask": (13,)}
 
     def _rng(self, stream: str) -> np.random.Generator:
         """The next batch's RNG of one stream: seeded by (run seed, stream, DataLoader worker, batch
@@ -141,6 +166,9 @@ class SpeechCollator:
         if self.encoder_cache is not None:
             audios = [np.asarray(r["audio"], dtype=np.float32) for r in rows] if "audio" in rows[0] else None
             hidden = self.encoder_cache.get([r["id"] for r in rows], audios)
+            if self.encoder_mask[0] > 0:
+                hidden = mask_encoder_time(hidden, [float(r["duration"]) for r in rows], self._rng("encoder_mask"),
+                                           *self.encoder_mask)
             return {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden), **self._labels(rows)}
         if "input_features" in rows[0] and (self.augmenter is None or not self.augmenter.touches_waveform()):
             feats = torch.stack([torch.as_tensor(np.asarray(r["input_features"], dtype=np.float32)) for r in rows])

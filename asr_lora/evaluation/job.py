@@ -62,8 +62,10 @@ def evaluate(cfg: DictConfig) -> dict:
         # The encoder is the same for every system here: run it once per clip.
         cache = EncoderCache(model, processor, encoder_batch_size(model, cfg.eval.batch_size))
         cache.fill(ds["id"], [np.asarray(a, dtype=np.float32) for a in ds["audio"]], True, f"encoding {split}")
+    from asr_lora.model.lora import adapter_strength
+
     info = eval_info(cfg.data, cfg.model.name_or_path, report, cfg.adapter, split,
-                     cfg.lora.scale if cfg.adapter else 1.0)
+                     cfg.lora.scale if cfg.adapter else 1.0, adapter_strength(model))
     ev = evaluate_systems(model, processor, ds, cfg.eval, run_dir / "eval", info, systems, cache, terms=terms)
     for s in (s for s in systems if s in ("base", "adapted")):
         h = headline(ev, s)

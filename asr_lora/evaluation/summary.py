@@ -126,9 +126,11 @@ def describe_corpus(title: str, data_report: dict, synthetic: bool, where: str) 
     return text + ("; real recorded speech only in the control set." if real else ".")
 
 
-def eval_info(data, base: str, data_report: dict, adapter: str | None, split: str, scale: float = 1.0) -> dict:
+def eval_info(data, base: str, data_report: dict, adapter: str | None, split: str, scale: float = 1.0,
+              lora: dict | None = None) -> dict:
     """The report's description of what was scored; `data` is the data config section, `scale` the
-    multiplier the adapter's update was scored at (lora.scale)."""
+    multiplier this run applied to the adapter's update (lora.scale), `lora` the adapter's rank and
+    alpha as scored (model/lora.adapter_strength), which hold any earlier scale too."""
     corpus = data_report.get("corpus") or {}
     synthetic = bool(data.synthetic or corpus.get("synthetic"))
     # A synthetic corpus of the user's text is named after its sentence file.
@@ -138,7 +140,8 @@ def eval_info(data, base: str, data_report: dict, adapter: str | None, split: st
     return {
         "synthetic": synthetic,
         "corpus": {"name": data.name, "title": title, "description": description},
-        "model": {"base": base, "adapter": adapter} | ({"scale": scale} if scale != 1 else {}),
+        "model": ({"base": base, "adapter": adapter} | ({"scale": scale} if scale != 1 else {})
+                  | ({"lora": lora} if lora else {})),
         "split": split,
         "data": {"kept": {s: sum(v.values()) for s, v in data_report.get("kept_per_split", {}).items()},
                  "dropped": counts.get("skipped_by_reason", {}),

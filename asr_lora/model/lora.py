@@ -121,6 +121,18 @@ def scale_adapter(model, multiplier: float, adapter_name: str = "default") -> in
     return len(layers)
 
 
+def adapter_strength(model, adapter_name: str = "default") -> dict | None:
+    """The adapter's rank and alpha as it is now, lora.scale included: the absolute strength a report
+    records beside the run's own multiplier. None for a model without that adapter."""
+    conf = getattr(model, "peft_config", {}).get(adapter_name)
+    if conf is None:
+        return None
+    out = {"r": conf.r, "lora_alpha": conf.lora_alpha}
+    out |= {"use_rslora": True} if conf.use_rslora else {}
+    out |= {"alpha_pattern": dict(conf.alpha_pattern)} if conf.alpha_pattern else {}
+    return out
+
+
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

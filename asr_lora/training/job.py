@@ -147,14 +147,16 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     if torch.cuda.is_available() and cfg.device != "cpu":
         model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
     t = cfg.train
-    if not caches_encoder(cfg):
-        return model, params, None
-    # Streaming: the train split is never held, so only dev/test outputs can be cached.
-    held = {"dev": rows.dev, "test": rows.test} | ({} if rows.streaming else {"train": rows.train})
-    cache = build_encoder_cache(model, processor, held, auto=str(t.cache_encoder_outputs).lower() == "auto",
-                                budget_gb=t.encoder_cache_budget_gb, on_disk=t.encoder_cache_on_disk,
-                                base=cfg.model.name_or_path, dtype=cfg.model.dtype, batch_size=cfg.eval.batch_size,
-                                lazy=train_encoded_lazily(cfg, rows) if lazy_train else ())
+    cache = None
+    if caches_encoder(cfg):
+        # Streaming: the train split is never held, so only dev/test outputs can be cached.
+        held = {"dev": rows.dev, "test": rows.test} | ({} if rows.streaming else {"train": rows.train})
+        cache = build_encoder_cache(model, processor, held, auto=str(t.cache_encoder_outputs).lower() == "auto",
+                                    budget_gb=t.encoder_cache_budget_gb, on_disk=t.encoder_cache_on_disk,
+                                    base=cfg.model.name_or_path, dtype=cfg.model.dtype,
+                                    batch_size=cfg.eval.batch_size,
+                                    lazy=train_encoded_lazily(cfg, rows) if lazy_train else ())
+    encoder_mask(t, None if rows.streaming else cache)  # fails here, before any decoding pass, if it cannot run
     return model, params, cache
 
 
@@ -168,13 +170,30 @@ def train_encoded_lazily(cfg: DictConfig, rows: Rows) -> tuple[str, ...]:
     return ("train",)
 
 
-def collator_columns(cache, column_names, timestamp_probability: float) -> list[str]:
+def collator_columns(cache, column_names, timestamp_probability: float, encoder_time_mask: float = 0.0) -> list[str]:
     """The train columns the collator reads. Audio goes unless the cache already holds every clip's
     encoder output; a lazily filled cache encodes each clip from its audio on first use."""
     keep = ["id", "labels"] + (["audio"] if cache is None or cache.lazy else [])
     keep += ["input_features"] if "input_features" in (column_names or []) else []
-    keep += ["duration"] if timestamp_probability > 0 else []  # the timestamp targets' clip end
+    # The clip's end: for the timestamp targets, and for the encoder masks (which stay inside speech).
+    keep += ["duration"] if timestamp_probability > 0 or encoder_time_mask > 0 else []
     return keep
+
+
+def encoder_mask(t, cache) -> tuple[float, int, float]:
+    """The collator's encoder-output time mask (train.encoder_time_mask*), checked: it masks the
+    cached outputs, so a run without the encoder cache cannot honour it."""
+    if not 0 <= t.encoder_time_mask <= 1:
+        raise ValueError(f"train.encoder_time_mask must be a probability in [0, 1], got {t.encoder_time_mask}")
+    if t.encoder_time_mask > 0 and cache is None:
+        raise ValueError("train.encoder_time_mask masks the frozen encoder's cached outputs, and this run does not "
+                         "cache them (an adapter in the encoder, per-step augmentation, streaming, "
+                         "train.cache_encoder_outputs=false, or a cache over its budget); set it to 0 or use "
+                         "augment.specaugment, which masks the log-mel")
+    if t.encoder_time_mask > 0 and (t.encoder_time_masks < 1 or t.encoder_time_mask_seconds <= 0):
+        raise ValueError("train.encoder_time_masks must be >= 1 and train.encoder_time_mask_seconds > 0, got "
+                         f"{t.encoder_time_masks} and {t.encoder_time_mask_seconds}")
+    return float(t.encoder_time_mask), int(t.encoder_time_masks), float(t.encoder_time_mask_seconds)
 
 
 def domain_terms(cfg: DictConfig, rows: Rows, tokenizer):
@@ -231,7 +250,7 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     # Streaming: the collator (run in the DataLoader workers) computes every log-mel on the fly.
     collator = SpeechCollator(processor, start, rows.augmenter, held_cache, cfg.seed, t.timestamp_probability,
                               prompt_ids=training_prompt(t.prompt_probability, terms, processor),
-                              prompt_probability=t.prompt_probability)
+                              prompt_probability=t.prompt_probability, encoder_mask=encoder_mask(t, held_cache))
     # Dev batches: clean audio, <|notimestamps|> targets, no prompt (those are for training only).
     eval_collator = (SpeechCollator(processor, start, None, held_cache, cfg.seed)
                      if rows.augmenter is not None or t.timestamp_probability > 0 or t.prompt_probability > 0
@@ -240,7 +259,7 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
                                                              reads_per_clip(t, len(train_ds))):
         train_ds = add_features(train_ds, processor)
         dev_ds = add_features(dev_ds, processor) if dev_ds is not None else None
-    keep = collator_columns(held_cache, train_ds.column_names, t.timestamp_probability)
+    keep = collator_columns(held_cache, train_ds.column_names, t.timestamp_probability, t.encoder_time_mask)
     if cfg.data.length_buckets and not streaming:
         # The Trainer's group_by_length reads this column (and groups dev batches the same way).
         train_ds, dev_ds = (d.map(lambda r: {"n_labels": len(r["labels"])}, desc="label lengths")
@@ -307,8 +326,10 @@ def score(cfg: DictConfig, model, processor, rows: Rows, cache, terms, precomput
     from asr_lora.evaluation.scoring import eval_systems, evaluate_systems
     from asr_lora.evaluation.summary import eval_info
 
+    from asr_lora.model.lora import adapter_strength
+
     info = eval_info(cfg.data, cfg.model.name_or_path, rows.report, str(adapter_dir), cfg.eval.split,
-                     cfg.lora.scale)
+                     cfg.lora.scale, adapter_strength(model))
     systems = eval_systems(cfg.eval, terms is not None, adapted=True)
     return evaluate_systems(model, processor, rows.test, cfg.eval, run_dir / "eval", info, systems, cache,
                             precomputed=precomputed, terms=terms)
