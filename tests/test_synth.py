@@ -12,9 +12,12 @@ from asr_lora.data.synthetic.engines import SAMPLE_RATE, SynthError, Voice, avai
 TEXT = "Uncle, one kopi siew dai and one teh peng, takeaway ah."
 
 
+SILERO = Voice(id="silero-en10", engine="silero", voice="en_10", speaker="silero-en-10", accent="en-us", split="train")
+
+
 def _one_voice_per_engine() -> list[Voice]:
     seen: dict[str, Voice] = {}
-    for v in load_voices():
+    for v in [*load_voices(), SILERO]:  # silero: opt-in voices (non-commercial weights), not in the inventory
         seen.setdefault(v.engine, v)
     return list(seen.values())
 
@@ -28,7 +31,7 @@ ENGINE_VOICES = [pytest.param(v, id=v.engine) for v in _one_voice_per_engine()]
 
 def test_inventory_names_install_hint_for_every_engine():
     inv = available_engines()
-    assert set(inv) == {"espeak", "flite", "festival", "piper", "pico", "mbrola"}
+    assert set(inv) == {"espeak", "flite", "festival", "piper", "silero", "pico", "mbrola"}
     for engine, entry in inv.items():
         assert entry["install"], engine
         assert entry["installed"] == bool(entry["voices"])
@@ -80,6 +83,7 @@ def test_unknown_voice_raises_instead_of_silent_fallback(tmp_path):
     # flite and espeak-ng quietly substitute a default voice for an unknown name.
     for engine, name, opts in [("flite", "no_such_voice", {}), ("espeak", "en-us", {"variant": "nosuch9"}),
                                ("festival", "no_such_voice", {}), ("pico", "xx-XX", {}), ("mbrola", "us9", {}),
+                               ("silero", "en_118", {}), ("piper", "en_US-nobody-medium", {}),
                                ("bogus", "x", {})]:
         voice = Voice(id=f"{engine}-bad", engine=engine, voice=name, speaker="s", accent="x", split="train",
                       options=opts)
@@ -96,3 +100,20 @@ def test_cli_failure_names_engine_voice_and_text(tmp_path, monkeypatch):
     monkeypatch.setattr(synth, "_run", lambda cmd, **kw: synth.subprocess.CompletedProcess(cmd, 1, "", "boom"))
     with pytest.raises(SynthError, match=r"espeak.*espeak-en-us.*takeaway ah.*boom"):
         synthesize(TEXT, voice, tmp_path / "x.wav")
+
+
+def test_silero_names_the_text_it_cannot_speak_and_where_to_get_its_model(tmp_path, monkeypatch):
+    if not _installed(SILERO):
+        pytest.skip(f"silero not installed: {available_engines()['silero']['install']}")
+    for text in ("12345", "@@@ ###"):  # no letters: the corpus writes numbers out before rendering
+        with pytest.raises(SynthError, match=r"silero voice 'silero-en10' failed on text .*English letters"):
+            synthesize(text, SILERO, tmp_path / "x.wav")
+    import asr_lora.data.synthetic.engines as synth
+
+    monkeypatch.setenv("ASR_LORA_SILERO_MODEL", str(tmp_path / "absent.pt"))
+    synth.available_engines.cache_clear()
+    try:
+        with pytest.raises(SynthError, match=r"silero.*not installed: bash scripts/fetch_silero.sh"):
+            synthesize(TEXT, SILERO, tmp_path / "x.wav")
+    finally:
+        synth.available_engines.cache_clear()

