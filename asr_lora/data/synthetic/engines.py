@@ -10,8 +10,8 @@ concatenation; espeak-ng supplies phonemes and prosody through its `mb-*` voices
 adaptation to the accent rather than to the training engines' sound (FIELD_NOTES 13).
 
 Every backend is deterministic: the CLI synthesisers have no randomness, piper runs with both
-noise scales at 0 on one CPU thread, and Silero's named speakers have no sampling. `seed` is therefore accepted for a uniform
-interface and recorded by callers, but it changes nothing today.
+noise scales at 0 on one CPU thread, and Silero's named speakers have no sampling. `seed` is
+therefore accepted for a uniform interface and recorded by callers, but it changes nothing today.
 
 Two CLIs fail silently: flite and espeak-ng fall back to a default voice for an unknown name
 (espeak-ng for an unknown variant), and festival prints "SIOD ERROR" yet exits 0. So voices are
