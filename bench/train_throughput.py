@@ -128,7 +128,8 @@ def _ours(variant: str, spec: dict, model, processor, ds, out_dir: Path):
     from asr_lora.config import CONF_DIR
     from asr_lora.data.augment import training_augmentation
     from asr_lora.data.features import SpeechCollator
-    from asr_lora.training.job import Rows, build_model, collator_columns, trainer_args
+    from asr_lora.training.collate import collator_columns
+    from asr_lora.training.job import Rows, build_model, trainer_args
     from asr_lora.training.trainer import build_trainer
 
     steps, bs = spec["steps"], spec["batch_size"]

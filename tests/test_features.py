@@ -178,3 +178,39 @@ def test_the_collator_masks_cached_encoder_outputs_only_when_asked(tiny_whisper_
     zero = (hidden == 0).all(-1)
     assert zero.any(-1).all() and not zero[:, 50:].any()
     assert torch.equal(hidden[~zero], plain[~zero]) and torch.equal(cache.get(["a", "b"]), plain)  # cache untouched
+
+
+def test_encoder_masks_leave_the_other_random_streams_as_they_were(tiny_whisper_dir):
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
+    audios = [np.sin(np.arange(16000) / 16000 * 2 * np.pi * f).astype("float32") * 0.2 for f in (200, 300, 400)]
+    cache = EncoderCache(model, processor, batch_size=1)
+    cache.fill(list("abc"), audios, progress=False)
+    tok = processor.tokenizer
+    rows = [{"id": i, "labels": tok("can chope the table lah").input_ids, "duration": 1.0} for i in "abc"]
+    prompt = [int(i) for i in processor.get_prompt_ids("kopi, chope")]
+    kw = dict(encoder_cache=cache, seed=3, timestamp_probability=0.5, prompt_ids=prompt, prompt_probability=0.5)
+    plain, masked = SpeechCollator(processor, 50257, **kw), SpeechCollator(processor, 50257, encoder_mask=(1.0, 2, 0.4),
+                                                                          **kw)
+    for _ in range(4):
+        a, b = plain(rows), masked(rows)
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a if k != "encoder_outputs")
+        assert not torch.equal(a["encoder_outputs"].last_hidden_state, b["encoder_outputs"].last_hidden_state)
+
+
+def test_dev_batches_are_never_masked(tiny_whisper_dir):
+    from hydra import compose, initialize_config_dir
+
+    from asr_lora.config import CONF_DIR
+    from asr_lora.training.collate import make_collators
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    cache = EncoderCache(model, processor, batch_size=1)
+    cache.fill(["a"], [np.sin(np.arange(16000) / 40).astype("float32") * 0.2], progress=False)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["train.encoder_time_mask=1.0"])
+    train_collate, dev_collate = make_collators(cfg.train, cfg.seed, processor, 50257, None, cache)
+    rows = [{"id": "a", "labels": [50257, 7], "duration": 1.0}]
+    assert (train_collate(rows)["encoder_outputs"].last_hidden_state == 0).all(-1).any()
+    assert torch.equal(dev_collate(rows)["encoder_outputs"].last_hidden_state, cache.get(["a"]))

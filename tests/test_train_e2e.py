@@ -111,16 +111,25 @@ def test_lora_scale_is_what_the_run_scores_saves_and_exports(tmp_path, tiny_whis
         export_main(cfg)  # a re-export cannot rescale what the evaluation scored
 
 
-def test_encoder_time_masks_train_on_the_cached_outputs_and_are_refused_without_them(tmp_path, tiny_whisper_dir):
+def test_encoder_time_masks_train_on_the_cached_outputs_and_are_refused_without_them(tmp_path, tiny_whisper_dir,
+                                                                                     monkeypatch):
     masked = train(tiny_cfg(tmp_path / "a", tiny_whisper_dir, "logger=none", "train.encoder_time_mask=1.0",
                             "eval.before_training=false"))
     plain = train(tiny_cfg(tmp_path / "b", tiny_whisper_dir, "logger=none", "eval.before_training=false"))
     assert masked["train"]["train_loss"] != plain["train"]["train_loss"]  # the masks reached the training batches
-    cfg = tiny_cfg(tmp_path / "c", tiny_whisper_dir, "logger=none", "train.encoder_time_mask=0.5",
-                   "train.cache_encoder_outputs=false")
-    with pytest.raises(ValueError, match="train.encoder_time_mask masks the frozen encoder's cached outputs"):
-        train(cfg)
-    assert not (tmp_path / "c" / "run" / "eval").exists()  # refused before any decoding pass
+    import asr_lora.model.encoder_cache as encoder_cache
+    import asr_lora.training.job as job
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded before refusing")
+
+    monkeypatch.setattr(job, "zero_shot", no_decoding)
+    monkeypatch.setattr(encoder_cache, "build_encoder_cache", no_decoding)
+    for bad, match in (("train.cache_encoder_outputs=false", "masks the frozen encoder's cached outputs"),
+                       ("train.encoder_time_masks=0", "encoder_time_masks must be >= 1")):
+        cfg = tiny_cfg(tmp_path / "c", tiny_whisper_dir, "logger=none", "train.encoder_time_mask=0.5", bad)
+        with pytest.raises(ValueError, match=match):  # before the encoder pass and any decoding
+            train(cfg)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_whisper_dir):

@@ -51,6 +51,22 @@ def mask_encoder_time(hidden: torch.Tensor, seconds: Sequence[float], rng: np.ra
     return out
 
 
+def encoder_mask_settings(t, cached: bool) -> tuple[float, int, float]:
+    """The collator's `encoder_mask` from the train config section (train.encoder_time_mask*), checked:
+    it masks the cached encoder outputs, so a run that does not cache them (`cached`) cannot honour it."""
+    if not 0 <= t.encoder_time_mask <= 1:
+        raise ValueError(f"train.encoder_time_mask must be a probability in [0, 1], got {t.encoder_time_mask}")
+    if t.encoder_time_mask > 0 and (t.encoder_time_masks < 1 or t.encoder_time_mask_seconds <= 0):
+        raise ValueError("train.encoder_time_masks must be >= 1 and train.encoder_time_mask_seconds > 0, got "
+                         f"{t.encoder_time_masks} and {t.encoder_time_mask_seconds}")
+    if t.encoder_time_mask > 0 and not cached:
+        raise ValueError("train.encoder_time_mask masks the frozen encoder's cached outputs, and this run does not "
+                         "cache them (an adapter in the encoder, per-step augmentation, streaming, "
+                         "train.cache_encoder_outputs=false, or a cache over its budget); set it to 0 or use "
+                         "augment.specaugment, which masks the log-mel")
+    return float(t.encoder_time_mask), int(t.encoder_time_masks), float(t.encoder_time_mask_seconds)
+
+
 def pad_labels(tokenizer, label_lists: Sequence[Sequence[int]], decoder_start_token_id: int) -> torch.Tensor:
     """Right-padded by the tokenizer, padding turned into -100 (ignored by the loss); a leading
     decoder-start token is dropped because the model prepends it itself when shifting labels right."""
@@ -128,7 +144,7 @@ class SpeechCollator:
         self.seed = seed
         self.calls: dict[str, int] = {}  # batches drawn so far, per random stream
 
-    # Each random stream's seed prefix: augmentation, timestamp targets, prompted rows.
+    # Each random stream's seed prefix: augmentation, timestamp targets, prompted rows, encoder masks.
     STREAMS = {"augment": (), "timestamps": (7,), "prompt": (11,), "encoder_mask": (13,)}
 
     def _rng(self, stream: str) -> np.random.Generator:

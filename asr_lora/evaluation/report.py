@@ -155,7 +155,8 @@ def _blocks(ev: dict, images: dict[str, bytes]) -> list[tuple]:
     if corpus.get("description"):
         b.append(("p", corpus["description"]))
     model = ev.get("model", {})
-    ident = [(k, ", ".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict) else v) for k, v in model.items()]
+    ident = [(k, ", ".join(f"{name}={value}" for name, value in v.items()) if isinstance(v, dict) else v)
+             for k, v in model.items()]
     ident += [("normaliser", ev.get("normalizer_version", "n/a")), ("synthetic", bool(ev.get("synthetic")))]
     b.append(("table", ["field", "value"], ident))
 

@@ -130,6 +130,8 @@ def adapter_strength(model, adapter_name: str = "default") -> dict | None:
     out = {"r": conf.r, "lora_alpha": conf.lora_alpha}
     out |= {"use_rslora": True} if conf.use_rslora else {}
     out |= {"alpha_pattern": dict(conf.alpha_pattern)} if conf.alpha_pattern else {}
+    out |= {"rank_pattern": dict(conf.rank_pattern)} if conf.rank_pattern else {}
+    out |= {"use_dora": True} if getattr(conf, "use_dora", False) else {}
     return out
 
 

@@ -23,6 +23,7 @@ from asr_lora.core.io import write_json
 from asr_lora.core.logs import setup_logging
 from asr_lora.core.paths import use_cache_root
 from asr_lora.core.runtime import init_distributed, is_main_process, run_dir_of, seed_everything
+from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import eval_summary, print_summary
 
 log = logging.getLogger("asr_lora.train")
@@ -143,6 +144,10 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     `lazy_train=False` the train split is encoded here too (a benchmark counting it before step 1)."""
     from asr_lora.model.encoder_cache import build_encoder_cache
 
+    from asr_lora.data.features import encoder_mask_settings
+
+    # Refused before the encoder pass and any decoding when the run cannot honour it.
+    encoder_mask_settings(cfg.train, caches_encoder(cfg) and not rows.streaming)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
         model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
@@ -156,7 +161,7 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
                                     base=cfg.model.name_or_path, dtype=cfg.model.dtype,
                                     batch_size=cfg.eval.batch_size,
                                     lazy=train_encoded_lazily(cfg, rows) if lazy_train else ())
-    encoder_mask(t, None if rows.streaming else cache)  # fails here, before any decoding pass, if it cannot run
+    encoder_mask_settings(t, cache is not None and not rows.streaming)  # an auto cache may be over its budget
     return model, params, cache
 
 
@@ -168,32 +173,6 @@ def train_encoded_lazily(cfg: DictConfig, rows: Rows) -> tuple[str, ...]:
     if rows.streaming or cfg.train.dataloader_num_workers > 0:
         return ()
     return ("train",)
-
-
-def collator_columns(cache, column_names, timestamp_probability: float, encoder_time_mask: float = 0.0) -> list[str]:
-    """The train columns the collator reads. Audio goes unless the cache already holds every clip's
-    encoder output; a lazily filled cache encodes each clip from its audio on first use."""
-    keep = ["id", "labels"] + (["audio"] if cache is None or cache.lazy else [])
-    keep += ["input_features"] if "input_features" in (column_names or []) else []
-    # The clip's end: for the timestamp targets, and for the encoder masks (which stay inside speech).
-    keep += ["duration"] if timestamp_probability > 0 or encoder_time_mask > 0 else []
-    return keep
-
-
-def encoder_mask(t, cache) -> tuple[float, int, float]:
-    """The collator's encoder-output time mask (train.encoder_time_mask*), checked: it masks the
-    cached outputs, so a run without the encoder cache cannot honour it."""
-    if not 0 <= t.encoder_time_mask <= 1:
-        raise ValueError(f"train.encoder_time_mask must be a probability in [0, 1], got {t.encoder_time_mask}")
-    if t.encoder_time_mask > 0 and cache is None:
-        raise ValueError("train.encoder_time_mask masks the frozen encoder's cached outputs, and this run does not "
-                         "cache them (an adapter in the encoder, per-step augmentation, streaming, "
-                         "train.cache_encoder_outputs=false, or a cache over its budget); set it to 0 or use "
-                         "augment.specaugment, which masks the log-mel")
-    if t.encoder_time_mask > 0 and (t.encoder_time_masks < 1 or t.encoder_time_mask_seconds <= 0):
-        raise ValueError("train.encoder_time_masks must be >= 1 and train.encoder_time_mask_seconds > 0, got "
-                         f"{t.encoder_time_masks} and {t.encoder_time_mask_seconds}")
-    return float(t.encoder_time_mask), int(t.encoder_time_masks), float(t.encoder_time_mask_seconds)
 
 
 def domain_terms(cfg: DictConfig, rows: Rows, tokenizer):
@@ -241,20 +220,14 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
         params: dict, terms=None) -> Fitted:
     """Train with the Trainer (resuming if asked), save the adapter (or full model) portable and
     pickle-free, and return the trained model ready to score."""
-    from asr_lora.data.features import SpeechCollator, add_features, use_feature_cache
+    from asr_lora.data.features import add_features, use_feature_cache
     from asr_lora.training.trainer import build_trainer
 
     train_ds, dev_ds, streaming, t = rows.train, rows.dev, rows.streaming, cfg.train
     held_cache = None if streaming else cache
     start = model.config.decoder_start_token_id
     # Streaming: the collator (run in the DataLoader workers) computes every log-mel on the fly.
-    collator = SpeechCollator(processor, start, rows.augmenter, held_cache, cfg.seed, t.timestamp_probability,
-                              prompt_ids=training_prompt(t.prompt_probability, terms, processor),
-                              prompt_probability=t.prompt_probability, encoder_mask=encoder_mask(t, held_cache))
-    # Dev batches: clean audio, <|notimestamps|> targets, no prompt (those are for training only).
-    eval_collator = (SpeechCollator(processor, start, None, held_cache, cfg.seed)
-                     if rows.augmenter is not None or t.timestamp_probability > 0 or t.prompt_probability > 0
-                     else None)
+    collator, eval_collator = make_collators(t, cfg.seed, processor, start, rows.augmenter, held_cache, terms)
     if not streaming and cache is None and use_feature_cache(cfg.data, len(train_ds) + len(dev_ds or []),
                                                              reads_per_clip(t, len(train_ds))):
         train_ds = add_features(train_ds, processor)
@@ -306,16 +279,6 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
 
         make_adapter_portable(adapter_dir, cfg.model.name_or_path)
     return Fitted(model, adapter_dir, trainer, result, seconds, run)
-
-
-def training_prompt(probability: float, terms, processor) -> list[int] | None:
-    """The token ids of the domain-term prompt the training rows are prompted with, if any."""
-    if probability <= 0:
-        return None
-    if terms is None or not terms.prompt:
-        raise ValueError("train.prompt_probability > 0 needs domain terms (eval.terms=PATH, or training text "
-                         "with words general English does not use)")
-    return [int(i) for i in processor.get_prompt_ids(terms.prompt)]
 
 
 def score(cfg: DictConfig, model, processor, rows: Rows, cache, terms, precomputed: dict, run_dir: Path,

