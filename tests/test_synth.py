@@ -117,3 +117,19 @@ def test_silero_names_the_text_it_cannot_speak_and_where_to_get_its_model(tmp_pa
             synthesize(TEXT, SILERO, tmp_path / "x.wav")
     finally:
         synth.available_engines.cache_clear()
+
+
+def test_the_silero_study_inventory_is_a_valid_voice_plan(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "voices.json"
+    done = subprocess.run([sys.executable, str(root / "scripts" / "voices_with_silero.py"), "10", str(out)],
+                          capture_output=True, text=True, check=True)
+    assert "12 of them Silero" in done.stdout
+    voices = load_voices(out)  # the split and engine-leakage rules hold with the extra train voices
+    silero = [v for v in voices if v.engine == "silero"]
+    assert len(silero) == 12 and {v.split for v in silero} == {"train"}
+    assert len(voices) == len(load_voices()) + 12
