@@ -191,6 +191,11 @@ class TrainConfig:
     encoder_time_mask: float = 0.0
     encoder_time_masks: int = 2
     encoder_time_mask_seconds: float = 0.4
+    # Weight of a distillation term on the general-English replay rows (Learning without Forgetting):
+    # the per-token KL from the frozen base's next-token distribution (the adapter switched off) to
+    # the adapted one's, added to the loss. Replay's reference text carries one token per position;
+    # the base's distribution carries all it knew of general English there. Needs train.mode=lora.
+    replay_kl: float = 0.0
     ddp_backend: Optional[str] = None
     # Sharding through the Trainer/Accelerate integration (conf/train/fsdp.yaml, deepspeed_zero2.yaml).
     fsdp: bool = False

@@ -126,8 +126,11 @@ class SpeechCollator:
 
     def __init__(self, processor, decoder_start_token_id: int, augmenter=None, encoder_cache=None, seed: int = 0,
                  timestamp_probability: float = 0.0, prompt_ids: Sequence[int] | None = None,
-                 prompt_probability: float = 0.0, encoder_mask: tuple[float, int, float] = (0.0, 0, 0.0)):
+                 prompt_probability: float = 0.0, encoder_mask: tuple[float, int, float] = (0.0, 0, 0.0),
+                 mark_replay: bool = False):
         self.processor = processor
+        # Flag the general-English replay rows (`distill_rows`) for the trainer's distillation term.
+        self.mark_replay = mark_replay
         # (probability, masks, max_seconds) of `mask_encoder_time` on cached encoder outputs; training only.
         self.encoder_mask = encoder_mask
         # A share of rows is trained after the domain-term prompt (`prompted_inputs`), so that the
@@ -179,6 +182,12 @@ class SpeechCollator:
         return {"labels": pad_labels(self.processor.tokenizer, label_lists, self.decoder_start_token_id)}
 
     def __call__(self, rows: list[dict]) -> dict:
+        batch = self._batch(rows)
+        if self.mark_replay:
+            batch["distill_rows"] = torch.tensor([r.get("subset") == "general" for r in rows])
+        return batch
+
+    def _batch(self, rows: list[dict]) -> dict:
         if self.encoder_cache is not None:
             audios = [np.asarray(r["audio"], dtype=np.float32) for r in rows] if "audio" in rows[0] else None
             hidden = self.encoder_cache.get([r["id"] for r in rows], audios)

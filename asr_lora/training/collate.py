@@ -6,10 +6,12 @@ from __future__ import annotations
 from asr_lora.data.features import SpeechCollator, encoder_mask_settings
 
 
-def collator_columns(cache, column_names, timestamp_probability: float, encoder_time_mask: float = 0.0) -> list[str]:
+def collator_columns(cache, column_names, timestamp_probability: float, encoder_time_mask: float = 0.0,
+                     replay_kl: float = 0.0) -> list[str]:
     """The train columns the collator reads. Audio goes unless the cache already holds every clip's
     encoder output; a lazily filled cache encodes each clip from its audio on first use."""
     keep = ["id", "labels"] + (["audio"] if cache is None or cache.lazy else [])
+    keep += ["subset"] if replay_kl > 0 else []  # which rows are general-English replay
     keep += ["input_features"] if "input_features" in (column_names or []) else []
     # The clip's end: for the timestamp targets, and for the encoder masks (which stay inside speech).
     keep += ["duration"] if timestamp_probability > 0 or encoder_time_mask > 0 else []
@@ -23,8 +25,10 @@ def make_collators(t, seed: int, processor, start: int, augmenter, cache, terms=
     collator = SpeechCollator(processor, start, augmenter, cache, seed, t.timestamp_probability,
                               prompt_ids=training_prompt(t.prompt_probability, terms, processor),
                               prompt_probability=t.prompt_probability,
-                              encoder_mask=encoder_mask_settings(t, cache is not None))
-    plain = augmenter is None and not (t.timestamp_probability or t.prompt_probability or t.encoder_time_mask)
+                              encoder_mask=encoder_mask_settings(t, cache is not None),
+                              mark_replay=t.replay_kl > 0)
+    plain = augmenter is None and not (t.timestamp_probability or t.prompt_probability or t.encoder_time_mask
+                                       or t.replay_kl)
     return collator, None if plain else SpeechCollator(processor, start, None, cache, seed)
 
 

@@ -148,6 +148,7 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
 
     # Refused before the encoder pass and any decoding when the run cannot honour it.
     encoder_mask_settings(cfg.train, caches_encoder(cfg) and not rows.streaming)
+    check_replay_kl(cfg.train, rows)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
         model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
@@ -163,6 +164,22 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
                                     lazy=train_encoded_lazily(cfg, rows) if lazy_train else ())
     encoder_mask_settings(t, cache is not None and not rows.streaming)  # an auto cache may be over its budget
     return model, params, cache
+
+
+def check_replay_kl(t, rows: Rows) -> None:
+    """train.replay_kl distils the base into the adapter on general-English replay rows: it needs an
+    adapter to switch off and, in an in-memory train split, replay rows to distil on."""
+    if t.replay_kl < 0:
+        raise ValueError(f"train.replay_kl={t.replay_kl}: a loss weight, must be >= 0")
+    if t.replay_kl == 0:
+        return
+    if t.mode != "lora":
+        raise ValueError(f"train.replay_kl distils the base with the adapter switched off; train.mode={t.mode} "
+                         "has no adapter (use train.mode=lora)")
+    if not rows.streaming and "general" not in set(rows.train["subset"] if "subset" in rows.train.column_names
+                                                   else []):
+        raise ValueError("train.replay_kl: the train split has no general-English replay rows (subset 'general') "
+                         "to distil on; give the corpus general sentences or raise data.replay_share")
 
 
 def train_encoded_lazily(cfg: DictConfig, rows: Rows) -> tuple[str, ...]:
@@ -232,7 +249,8 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
                                                              reads_per_clip(t, len(train_ds))):
         train_ds = add_features(train_ds, processor)
         dev_ds = add_features(dev_ds, processor) if dev_ds is not None else None
-    keep = collator_columns(held_cache, train_ds.column_names, t.timestamp_probability, t.encoder_time_mask)
+    keep = collator_columns(held_cache, train_ds.column_names, t.timestamp_probability, t.encoder_time_mask,
+                            t.replay_kl)
     if cfg.data.length_buckets and not streaming:
         # The Trainer's group_by_length reads this column (and groups dev batches the same way).
         train_ds, dev_ds = (d.map(lambda r: {"n_labels": len(r["labels"])}, desc="label lengths")
@@ -245,7 +263,8 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
            if is_main_process() else None)
     trainer = build_trainer(model, args, train_ds.select_columns(keep),
                             dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor,
-                            eval_collator, early_stopping_patience=t.early_stopping_patience)
+                            eval_collator, early_stopping_patience=t.early_stopping_patience,
+                            replay_kl=t.replay_kl)
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_point(t.resume, ckpt_dir))
     seconds = time.perf_counter() - t_train

@@ -235,13 +235,33 @@ def wer_metric(tokenizer):
 
 
 class SpeechTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer whose dev batches come from a clean collator. The Trainer feeds train and
-    eval through one `data_collator`, so training-only augmentation and timestamp targets would
-    otherwise reach the dev WER that picks the checkpoint."""
+    """Seq2SeqTrainer whose dev batches come from a clean collator (the Trainer feeds train and eval
+    through one `data_collator`, so training-only augmentation and timestamp targets would otherwise
+    reach the dev WER that picks the checkpoint), and whose loss can add `replay_kl` times the
+    distillation term of `replay_distillation` on the rows the collator flags as replay."""
 
-    def __init__(self, *args, eval_collator=None, **kwargs):
+    def __init__(self, *args, eval_collator=None, replay_kl: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
+        self.replay_kl = replay_kl
+        self._kl_sum, self._kl_n = 0.0, 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        rows = inputs.pop("distill_rows", None)
+        if not self.replay_kl or rows is None or not bool(rows.any()):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        kl = replay_distillation(self.accelerator.unwrap_model(model), inputs, outputs.logits, labels, rows)
+        self._kl_sum, self._kl_n = self._kl_sum + float(kl.detach()), self._kl_n + 1
+        loss = loss + self.replay_kl * kl
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        if self._kl_n and "loss" in logs:  # the term's mean since the last logged step, beside the loss
+            logs["replay_kl"] = round(self._kl_sum / self._kl_n, 6)
+            self._kl_sum, self._kl_n = 0.0, 0
+        super().log(logs, *args, **kwargs)
 
     def get_eval_dataloader(self, eval_dataset=None):
         if self.eval_collator is None:
@@ -253,15 +273,38 @@ class SpeechTrainer(Seq2SeqTrainer):
             self.data_collator = train_collator
 
 
+def replay_distillation(peft_model, inputs: dict, logits: torch.Tensor, labels: torch.Tensor,
+                        rows: torch.Tensor) -> torch.Tensor:
+    """Mean per-token KL(base || adapted) over the label positions of the flagged `rows`: the base is
+    the same model with its adapters switched off (peft's `disable_adapter`), run without gradients
+    on those rows only. Hand-written: neither the Trainer nor peft has a distillation loss."""
+    rows = rows.to(logits.device)
+    picked = {k: _pick_rows(v, rows) for k, v in inputs.items()}
+    with torch.no_grad(), peft_model.disable_adapter():
+        teacher = peft_model(**picked).logits
+    positions = labels[rows] != -100
+    student = torch.log_softmax(logits[rows][positions].float(), dim=-1)
+    base = torch.log_softmax(teacher[positions].float(), dim=-1)
+    return torch.nn.functional.kl_div(student, base, log_target=True, reduction="batchmean")
+
+
+def _pick_rows(value, rows: torch.Tensor):
+    if isinstance(value, torch.Tensor):
+        return value[rows]
+    if hasattr(value, "last_hidden_state"):  # cached encoder outputs
+        return type(value)(last_hidden_state=value.last_hidden_state[rows])
+    return value
+
+
 def build_trainer(model, args, train_ds, dev_ds, collator, processor, eval_collator=None,
-                  early_stopping_patience: int | None = None) -> Seq2SeqTrainer:
+                  early_stopping_patience: int | None = None, replay_kl: float = 0.0) -> Seq2SeqTrainer:
     callbacks = [StopOnNonFiniteLoss(), MarkCompleteCheckpoints()]
     if dev_ds is not None and early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     trainer = SpeechTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds, data_collator=collator,
         processing_class=processor.feature_extractor, compute_metrics=wer_metric(processor.tokenizer),
-        callbacks=callbacks, eval_collator=eval_collator,
+        callbacks=callbacks, eval_collator=eval_collator, replay_kl=replay_kl,
     )
     # Whisper's forward takes **kwargs but its loss is a plain token mean that ignores
     # `num_items_in_batch`; left True, the Trainer multiplies the loss (and gradients) by the world
