@@ -26,11 +26,12 @@ def lora_model(model_dir, seed: int = 0):
     return add_lora(WhisperForConditionalGeneration.from_pretrained(model_dir), cfg.lora)
 
 
-def batch(processor, subsets):
+def batch(processor, subsets, prompt=None):
     rng = np.random.default_rng(0)
     rows = [{"id": f"u{i}", "audio": (0.1 * rng.standard_normal(8000)).astype("float32"), "subset": s,
              "labels": [50257, 50362, 220 + i, 300 + i, 400, 50256][: 4 + i % 3]} for i, s in enumerate(subsets)]
-    return SpeechCollator(processor, 50257, mark_replay=True)(rows)
+    return SpeechCollator(processor, 50257, mark_replay=True, prompt_ids=prompt,
+                          prompt_probability=1.0 if prompt else 0.0)(rows)
 
 
 def move_adapter(model, seed: int = 1):
@@ -64,6 +65,28 @@ def test_distillation_is_the_kl_to_the_base_on_the_flagged_rows_only(tiny_whispe
     kl.backward()  # the gradient reaches the adapter, never the frozen base
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_a_prompted_replay_row_is_held_to_the_unprompted_base(tiny_whisper_dir):
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    model = lora_model(tiny_whisper_dir)
+    move_adapter(model)
+    prompted = batch(processor, ["general", "general"], prompt=[50360, 700, 701, 702])
+    plain = batch(processor, ["general", "general"])
+    rows = prompted.pop("distill_rows")
+    plain.pop("distill_rows")
+    assert "decoder_input_ids" in prompted and "decoder_input_ids" not in plain
+    with torch.no_grad():
+        out = model(**prompted)
+        kl = replay_distillation(model, prompted, out.logits, prompted["labels"], rows)
+        with model.disable_adapter():
+            unprompted_base = model(**plain).logits[plain["labels"] != -100].log_softmax(-1)
+            prompted_base = model(**prompted).logits[prompted["labels"] != -100].log_softmax(-1)
+    adapted = out.logits[prompted["labels"] != -100].log_softmax(-1)
+    expect = (unprompted_base.exp() * (unprompted_base - adapted)).sum(-1).mean()
+    against_prompted = (prompted_base.exp() * (prompted_base - adapted)).sum(-1).mean()
+    assert float(kl) == pytest.approx(float(expect), rel=1e-4)
+    assert abs(float(kl) - float(against_prompted)) > 1e-3 * float(kl)  # the prompt changes the base's view
 
 
 def test_the_term_holds_replay_rows_nearer_the_base(tiny_whisper_dir):

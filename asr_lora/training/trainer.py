@@ -275,16 +275,24 @@ class SpeechTrainer(Seq2SeqTrainer):
 
 def replay_distillation(peft_model, inputs: dict, logits: torch.Tensor, labels: torch.Tensor,
                         rows: torch.Tensor) -> torch.Tensor:
-    """Mean per-token KL(base || adapted) over the label positions of the flagged `rows`: the base is
-    the same model with its adapters switched off (peft's `disable_adapter`), run without gradients
-    on those rows only. Hand-written: neither the Trainer nor peft has a distillation loss."""
+    """Mean per-token KL(base || adapted) over the transcript tokens of the flagged `rows`. The base
+    is the same model with its adapters switched off (peft's `disable_adapter`), run without
+    gradients on those rows only, and always without the term prompt: a prompted row is compared
+    token for token with the base decoding the plain transcript, because the prompt itself costs the
+    base general English (the prompt baseline's control WER), which the adapter must not learn.
+    Hand-written: neither the Trainer nor peft has a distillation loss."""
     rows = rows.to(logits.device)
-    picked = {k: _pick_rows(v, rows) for k, v in inputs.items()}
+    picked = {k: _pick_rows(v, rows) for k, v in inputs.items() if k not in ("labels", "decoder_input_ids")}
+    targets = labels[rows]
+    positions = targets != -100
+    # Each row's transcript tokens, left-aligned: the labels of the same row decoded without a prompt.
+    plain = torch.full_like(targets, -100)
+    for i, keep in enumerate(positions):
+        plain[i, : int(keep.sum())] = targets[i][keep]
     with torch.no_grad(), peft_model.disable_adapter():
-        teacher = peft_model(**picked).logits
-    positions = labels[rows] != -100
+        teacher = peft_model(**picked, labels=plain).logits
     student = torch.log_softmax(logits[rows][positions].float(), dim=-1)
-    base = torch.log_softmax(teacher[positions].float(), dim=-1)
+    base = torch.log_softmax(teacher[plain != -100].float(), dim=-1)
     return torch.nn.functional.kl_div(student, base, log_target=True, reduction="batchmean")
 
 
