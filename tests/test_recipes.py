@@ -27,7 +27,8 @@ SENTENCES = ["the kopi here very nice lah", "take the MRT to Tampines", "can or 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """10 clips of 1 s (6 train, 2 dev, 2 test; one control clip in test): tones with a little noise."""
+    """10 clips of 1 s (6 train, one of them general-English replay; 2 dev, 2 test; one control clip in
+    test): tones with a little noise."""
     root = tmp_path_factory.mktemp("recipe_corpus")
     rng = np.random.default_rng(0)
     rows = []
@@ -39,7 +40,7 @@ def corpus(tmp_path_factory) -> Path:
         sf.write(root / "audio" / f"u{i}.wav", x.astype("float32"), 16000)
         rows.append({"audio_filepath": f"audio/u{i}.wav", "text": SENTENCES[i % len(SENTENCES)], "id": f"u{i}",
                      "speaker": f"spk{i % 2 if split == 'train' else 2 + i % 2}", "split": split,
-                     "subset": "control" if i == 9 else "main"})
+                     "subset": "control" if i == 9 else ("general" if i == 4 else "main")})
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
