@@ -48,7 +48,7 @@ def corpus(tmp_path_factory) -> Path:
 
 def size_overrides(tmp_path: Path, model_dir: Path, manifest: Path) -> list[str]:
     return [
-        f"model.name_or_path={model_dir}", "data=jsonl", f"data.path={manifest}",
+        f"model.name_or_path={model_dir}", "data=jsonl", f"data.path={manifest}", "data.train_sentences=null",
         f"paths.cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}", "logger=none",
         "train.max_steps=2", "train.per_device_train_batch_size=2", "train.per_device_eval_batch_size=2",
         "train.eval_steps=2", "train.save_steps=2", "train.logging_steps=1", "train.warmup_steps=0",
@@ -78,6 +78,15 @@ def test_recipe_trains_a_few_steps(recipe, extra, corpus, tmp_path, tiny_whisper
     assert (tmp_path / "run" / "metrics.json").is_file()
     if cfg.augment.enabled and cfg.augment.copies:  # trained on the pre-rendered takes, 2 per train clip
         assert "training on 12 pre-rendered augmented clips (from 6)" in (tmp_path / "run" / "asr_lora.log").read_text()
+
+
+def test_a_recipes_corpus_text_is_refused_on_recorded_clips(corpus, tmp_path, tiny_whisper_dir):
+    overrides = [o for o in size_overrides(tmp_path, tiny_whisper_dir, corpus) if o != "data.train_sentences=null"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["+recipe=sg_english_terms", *overrides])
+    with pytest.raises(ValueError, match=r"data.train_sentences: text the synthetic corpus is rendered from, but "
+                                         r"data.source=jsonl reads recorded clips from .*manifest.jsonl"):
+        train(cfg)
 
 
 def _get(cfg, dotted: str):

@@ -22,6 +22,10 @@ def speaker_split(speaker: str, fractions: list[float]) -> str:
     return SPLITS[min(int(np.searchsorted(edges, u, side="right")), 2)]
 
 
+# The synthetic source's text inputs (config.DataConfig); meaningless to a reader of recorded clips.
+SYNTHETIC_INPUTS = ("sentences", "control", "general", "voices", "train_sentences")
+
+
 def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[Record], dict]:
     """All records of the configured source, lazily (a synthetic corpus is rendered first if missing);
     splits are assigned by speaker where the source has none. `info["manifest"]` names the input."""
@@ -44,6 +48,11 @@ def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[
     else:
         if not dcfg.path:
             raise ValueError(f"data.path is required for data.source={dcfg.source}")
+        if given := [k for k in SYNTHETIC_INPUTS if dcfg.get(k)]:
+            # A recipe's corpus text (sg_english_terms' data.train_sentences) would otherwise be dropped unsaid.
+            raise ValueError(f"{', '.join('data.' + k for k in given)}: text the synthetic corpus is rendered from, "
+                             f"but data.source={dcfg.source} reads recorded clips from {dcfg.path}; use "
+                             f"data=synthetic, or drop it ({' '.join('data.' + k + '=null' for k in given)})")
         source, path, options = dcfg.source, dcfg.path, dict(dcfg.options or {})
     info["manifest"] = str(path)
     fractions = list(dcfg.split_fractions)
