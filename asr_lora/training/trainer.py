@@ -253,13 +253,14 @@ class SpeechTrainer(Seq2SeqTrainer):
         labels = inputs["labels"]
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         kl = replay_distillation(self.accelerator.unwrap_model(model), inputs, outputs.logits, labels, rows)
-        self._kl_sum, self._kl_n = self._kl_sum + float(kl.detach()), self._kl_n + 1
+        # Summed as a tensor: a float() here would make every GPU step wait for its kernels.
+        self._kl_sum, self._kl_n = self._kl_sum + kl.detach(), self._kl_n + 1
         loss = loss + self.replay_kl * kl
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, *args, **kwargs):
         if self._kl_n and "loss" in logs:  # the term's mean since the last logged step, beside the loss
-            logs["replay_kl"] = round(self._kl_sum / self._kl_n, 6)
+            logs["replay_kl"] = round(float(self._kl_sum) / self._kl_n, 6)
             self._kl_sum, self._kl_n = 0.0, 0
         super().log(logs, *args, **kwargs)
 
