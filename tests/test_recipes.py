@@ -87,6 +87,11 @@ def test_a_recipes_corpus_text_is_refused_on_recorded_clips(corpus, tmp_path, ti
     with pytest.raises(ValueError, match=r"data.train_sentences: text the synthetic corpus is rendered from, but "
                                          r"data.source=jsonl reads recorded clips from .*manifest.jsonl"):
         train(cfg)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["+recipe=sg_english", *overrides, "data.terms=terms.txt"])
+    with pytest.raises(ValueError, match=r"data.terms: text the synthetic corpus .*the terms of recorded clips go in "
+                                         r"eval.terms"):
+        train(cfg)
 
 
 def _get(cfg, dotted: str):

@@ -23,7 +23,7 @@ def speaker_split(speaker: str, fractions: list[float]) -> str:
 
 
 # The synthetic source's text inputs (config.DataConfig); meaningless to a reader of recorded clips.
-SYNTHETIC_INPUTS = ("sentences", "control", "general", "voices", "train_sentences")
+SYNTHETIC_INPUTS = ("sentences", "control", "general", "voices", "terms", "train_sentences")
 
 
 def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[Record], dict]:
@@ -52,7 +52,8 @@ def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[
             # A recipe's corpus text (sg_english_terms' data.train_sentences) would otherwise be dropped unsaid.
             raise ValueError(f"{', '.join('data.' + k for k in given)}: text the synthetic corpus is rendered from, "
                              f"but data.source={dcfg.source} reads recorded clips from {dcfg.path}; use "
-                             f"data=synthetic, or drop it ({' '.join('data.' + k + '=null' for k in given)})")
+                             f"data=synthetic, or drop it ({' '.join('data.' + k + '=null' for k in given)})"
+                             + ("; the terms of recorded clips go in eval.terms" if "terms" in given else ""))
         source, path, options = dcfg.source, dcfg.path, dict(dcfg.options or {})
     info["manifest"] = str(path)
     fractions = list(dcfg.split_fractions)
