@@ -196,6 +196,10 @@ class TrainConfig:
     # the adapted one's, added to the loss. Replay's reference text carries one token per position;
     # the base's distribution carries all it knew of general English there. Needs train.mode=lora.
     replay_kl: float = 0.0
+    # How many times the label tokens of a domain term count in the token loss (1: Whisper's own loss,
+    # every token once). The terms are the evaluation's (eval.terms or derived from the training text);
+    # training/term_tokens.py says why and how they are found in the labels.
+    term_loss_weight: float = 1.0
     ddp_backend: Optional[str] = None
     # Sharding through the Trainer/Accelerate integration (conf/train/fsdp.yaml, deepspeed_zero2.yaml).
     fsdp: bool = False

@@ -4,6 +4,7 @@ section, and the dev collator beside it."""
 from __future__ import annotations
 
 from asr_lora.data.features import SpeechCollator, encoder_mask_settings
+from asr_lora.training.term_tokens import term_marker
 
 
 def collator_columns(cache, column_names, timestamp_probability: float, encoder_time_mask: float = 0.0,
@@ -26,9 +27,10 @@ def make_collators(t, seed: int, processor, start: int, augmenter, cache, terms=
                               prompt_ids=training_prompt(t.prompt_probability, terms, processor),
                               prompt_probability=t.prompt_probability,
                               encoder_mask=encoder_mask_settings(t, cache is not None),
-                              mark_replay=t.replay_kl > 0)
+                              mark_replay=t.replay_kl > 0,
+                              term_marker=term_marker(t.term_loss_weight, terms, processor.tokenizer))
     plain = augmenter is None and not (t.timestamp_probability or t.prompt_probability or t.encoder_time_mask
-                                       or t.replay_kl)
+                                       or t.replay_kl or t.term_loss_weight != 1)
     return collator, None if plain else SpeechCollator(processor, start, None, cache, seed)
 
 
@@ -40,3 +42,4 @@ def training_prompt(probability: float, terms, processor) -> list[int] | None:
         raise ValueError("train.prompt_probability > 0 needs domain terms (eval.terms=PATH, or training text "
                          "with words general English does not use)")
     return [int(i) for i in processor.get_prompt_ids(terms.prompt)]
+

@@ -25,6 +25,7 @@ from asr_lora.core.paths import use_cache_root
 from asr_lora.core.runtime import init_distributed, is_main_process, run_dir_of, seed_everything
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import eval_summary, print_summary
+from asr_lora.training.term_tokens import term_marker
 
 log = logging.getLogger("asr_lora.train")
 
@@ -65,9 +66,13 @@ def train(cfg: DictConfig) -> dict:
 
     model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
     rows = select_rows(cfg, processor.tokenizer, run_dir, main)
+    # Every rank needs the terms when training rows are prompted with them or their tokens weighed.
+    t = cfg.train
+    terms = (domain_terms(cfg, rows, processor.tokenizer) if main or t.prompt_probability > 0 or t.term_loss_weight != 1
+             else None)
+    # Refused before the encoder pass when no training label spells a term.
+    term_marker(t.term_loss_weight, terms, processor.tokenizer, None if rows.streaming else rows.train["labels"])
     model, params, cache = build_model(cfg, model, processor, rows)
-    # Every rank needs the terms when training rows are prompted with them.
-    terms = domain_terms(cfg, rows, processor.tokenizer) if main or cfg.train.prompt_probability > 0 else None
     precomputed = zero_shot(cfg, model, processor, rows.test, cache, terms) if main else {}
     fitted = fit(cfg, model, processor, rows, cache, run_dir, report_to, params, terms)
     if not main:
@@ -264,7 +269,7 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     trainer = build_trainer(model, args, train_ds.select_columns(keep),
                             dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor,
                             eval_collator, early_stopping_patience=t.early_stopping_patience,
-                            replay_kl=t.replay_kl)
+                            replay_kl=t.replay_kl, term_loss_weight=t.term_loss_weight)
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_point(t.resume, ckpt_dir))
     seconds = time.perf_counter() - t_train

@@ -16,6 +16,7 @@ from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingA
 
 from asr_lora.core.io import write_json
 from asr_lora.evaluation.metrics import normalized_wer
+from asr_lora.training.term_tokens import weighted_token_loss
 from asr_lora.model.lora import adapted_module_names, add_lora, count_parameters, expected_lora_parameters
 
 log = logging.getLogger(__name__)
@@ -237,25 +238,33 @@ def wer_metric(tokenizer):
 class SpeechTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer whose dev batches come from a clean collator (the Trainer feeds train and eval
     through one `data_collator`, so training-only augmentation and timestamp targets would otherwise
-    reach the dev WER that picks the checkpoint), and whose loss can add `replay_kl` times the
-    distillation term of `replay_distillation` on the rows the collator flags as replay."""
+    reach the dev WER that picks the checkpoint), whose loss can count the tokens the collator marks
+    as term tokens `term_loss_weight` times, and add `replay_kl` times the distillation term of
+    `replay_distillation` on the rows the collator flags as replay."""
 
-    def __init__(self, *args, eval_collator=None, replay_kl: float = 0.0, **kwargs):
+    def __init__(self, *args, eval_collator=None, replay_kl: float = 0.0, term_loss_weight: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
         self.replay_kl = replay_kl
+        self.term_loss_weight = term_loss_weight
         self._kl_sum, self._kl_n = 0.0, 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows = inputs.pop("distill_rows", None)
-        if not self.replay_kl or rows is None or not bool(rows.any()):
+        marked = inputs.pop("term_tokens", None)
+        distil = bool(self.replay_kl) and rows is not None and bool(rows.any())
+        weigh = self.term_loss_weight != 1 and marked is not None
+        if not (distil or weigh):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        kl = replay_distillation(self.accelerator.unwrap_model(model), inputs, outputs.logits, labels, rows)
-        # Summed as a tensor: a float() here would make every GPU step wait for its kernels.
-        self._kl_sum, self._kl_n = self._kl_sum + kl.detach(), self._kl_n + 1
-        loss = loss + self.replay_kl * kl
+        if weigh:
+            loss = weighted_token_loss(outputs.logits, labels, marked, self.term_loss_weight)
+        if distil:
+            kl = replay_distillation(self.accelerator.unwrap_model(model), inputs, outputs.logits, labels, rows)
+            # Summed as a tensor: a float() here would make every GPU step wait for its kernels.
+            self._kl_sum, self._kl_n = self._kl_sum + kl.detach(), self._kl_n + 1
+            loss = loss + self.replay_kl * kl
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, *args, **kwargs):
@@ -306,7 +315,8 @@ def _pick_rows(value, rows: torch.Tensor):
 
 
 def build_trainer(model, args, train_ds, dev_ds, collator, processor, eval_collator=None,
-                  early_stopping_patience: int | None = None, replay_kl: float = 0.0) -> Seq2SeqTrainer:
+                  early_stopping_patience: int | None = None, replay_kl: float = 0.0,
+                  term_loss_weight: float = 1.0) -> Seq2SeqTrainer:
     callbacks = [StopOnNonFiniteLoss(), MarkCompleteCheckpoints()]
     if dev_ds is not None and early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
@@ -314,6 +324,7 @@ def build_trainer(model, args, train_ds, dev_ds, collator, processor, eval_colla
         model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds, data_collator=collator,
         processing_class=processor.feature_extractor, compute_metrics=wer_metric(processor.tokenizer),
         callbacks=callbacks, eval_collator=eval_collator, replay_kl=replay_kl,
+        term_loss_weight=term_loss_weight,
     )
     # Whisper's forward takes **kwargs but its loss is a plain token mean that ignores
     # `num_items_in_batch`; left True, the Trainer multiplies the loss (and gradients) by the world
