@@ -41,6 +41,20 @@ def move_adapter(model, seed: int = 1):
             p.data = 0.5 * torch.randn(p.shape, generator=g)
 
 
+def trained_lora(model_dir, loss_of, steps: int, lr: float):
+    """A LoRA model trained `steps` Adam steps on `loss_of(model)`. Its output embeddings are scaled
+    up, so that a few steps can move the random init's near-uniform output far."""
+    model = lora_model(model_dir)
+    model.base_model.model.model.decoder.embed_tokens.weight.data *= 30
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        loss = loss_of(model)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
 def test_distillation_is_the_kl_to_the_base_on_the_flagged_rows_only(tiny_whisper_dir):
     processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
     model = lora_model(tiny_whisper_dir)
@@ -95,16 +109,11 @@ def test_the_term_holds_replay_rows_nearer_the_base(tiny_whisper_dir):
     rows = inputs.pop("distill_rows")
     drift = {}
     for weight in (0.0, 5.0):
-        model = lora_model(tiny_whisper_dir)
-        # Larger output embeddings, so that training can move the random init's near-uniform output far.
-        model.base_model.model.model.decoder.embed_tokens.weight.data *= 30
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-2)
-        for _ in range(20):
+        def loss_of(model, weight=weight):
             out = model(**inputs)
-            loss = out.loss + weight * replay_distillation(model, inputs, out.logits, inputs["labels"], rows)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            return out.loss + weight * replay_distillation(model, inputs, out.logits, inputs["labels"], rows)
+
+        model = trained_lora(tiny_whisper_dir, loss_of, steps=20, lr=5e-2)
         with torch.no_grad():
             drift[weight] = float(replay_distillation(model, inputs, model(**inputs).logits, inputs["labels"], rows))
     assert drift[5.0] < 0.5 * drift[0.0], drift

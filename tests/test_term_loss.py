@@ -10,7 +10,7 @@ from asr_lora.data.features import SpeechCollator
 from asr_lora.evaluation.terms import Terms
 from asr_lora.training.job import train
 from asr_lora.training.term_tokens import TermTokenMarker, term_marker, weighted_token_loss
-from test_replay_kl import lora_model
+from test_replay_kl import trained_lora
 from test_train_e2e import tiny_cfg
 
 TERMS = [("serangoon",), ("kopi",), ("bukit", "timah"), ("lah",)]
@@ -62,15 +62,10 @@ def test_the_weight_teaches_the_term_tokens_first(tiny_whisper_dir):
     assert marked[0].any() and not marked[1].any()
     term_loss = {}
     for weight in (1.0, 5.0):
-        model = lora_model(tiny_whisper_dir)
-        # Larger output embeddings, so that a few steps can move the random init's near-uniform output.
-        model.base_model.model.model.decoder.embed_tokens.weight.data *= 30
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-        for _ in range(5):
-            loss = weighted_token_loss(model(**batch).logits, batch["labels"], marked, weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        def loss_of(model, weight=weight):
+            return weighted_token_loss(model(**batch).logits, batch["labels"], marked, weight)
+
+        model = trained_lora(tiny_whisper_dir, loss_of, steps=5, lr=2e-2)
         with torch.no_grad():
             logits = model(**batch).logits
         term_loss[weight] = float(torch.nn.functional.cross_entropy(logits[marked], batch["labels"][marked]))

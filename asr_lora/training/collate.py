@@ -42,4 +42,3 @@ def training_prompt(probability: float, terms, processor) -> list[int] | None:
         raise ValueError("train.prompt_probability > 0 needs domain terms (eval.terms=PATH, or training text "
                          "with words general English does not use)")
     return [int(i) for i in processor.get_prompt_ids(terms.prompt)]
-

@@ -16,8 +16,8 @@ from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingA
 
 from asr_lora.core.io import write_json
 from asr_lora.evaluation.metrics import normalized_wer
-from asr_lora.training.term_tokens import weighted_token_loss
 from asr_lora.model.lora import adapted_module_names, add_lora, count_parameters, expected_lora_parameters
+from asr_lora.training.term_tokens import weighted_token_loss
 
 log = logging.getLogger(__name__)
 
