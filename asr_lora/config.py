@@ -200,6 +200,10 @@ class TrainConfig:
     # every token once). The terms are the evaluation's (eval.terms or derived from the training text);
     # training/term_tokens.py says why and how they are found in the labels.
     term_loss_weight: float = 1.0
+    # The order clips are drawn in: "random" (the Trainer's permutation per epoch) or "by_text" (each
+    # text's clips spread evenly over the epoch, so a run shorter than an epoch still hears every
+    # sentence once; training/sampling.py).
+    sampling: str = "random"
     ddp_backend: Optional[str] = None
     # Sharding through the Trainer/Accelerate integration (conf/train/fsdp.yaml, deepspeed_zero2.yaml).
     fsdp: bool = False

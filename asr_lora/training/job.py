@@ -25,6 +25,7 @@ from asr_lora.core.paths import use_cache_root
 from asr_lora.core.runtime import init_distributed, is_main_process, run_dir_of, seed_everything
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import eval_summary, print_summary
+from asr_lora.training.sampling import check_sampling, train_sampler
 from asr_lora.training.term_tokens import term_marker
 
 log = logging.getLogger("asr_lora.train")
@@ -154,6 +155,7 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     # Refused before the encoder pass and any decoding when the run cannot honour it.
     encoder_mask_settings(cfg.train, caches_encoder(cfg) and not rows.streaming)
     check_replay_kl(cfg.train, rows)
+    check_sampling(cfg.train.sampling, rows.streaming, cfg.data.length_buckets)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
         model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
@@ -266,10 +268,11 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     run = (tracking.init_run(cfg.logger.wandb, run_dir, f"{cfg.recipe_name}-{run_dir.name}",
                              OmegaConf.to_container(cfg, resolve=True) | {"params": params}, report_to)
            if is_main_process() else None)
+    sampler = train_sampler(t.sampling, None if streaming else train_ds["text"], cfg.seed, cfg.data.length_buckets)
     trainer = build_trainer(model, args, train_ds.select_columns(keep),
                             dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor,
                             eval_collator, early_stopping_patience=t.early_stopping_patience,
-                            replay_kl=t.replay_kl, term_loss_weight=t.term_loss_weight)
+                            replay_kl=t.replay_kl, term_loss_weight=t.term_loss_weight, train_sampler=sampler)
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_point(t.resume, ckpt_dir))
     seconds = time.perf_counter() - t_train

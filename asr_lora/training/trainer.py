@@ -244,9 +244,11 @@ class SpeechTrainer(Seq2SeqTrainer):
     `term_loss_weight` times, and adds `replay_kl` times the distillation term of
     `replay_distillation` on the rows the collator flags as replay."""
 
-    def __init__(self, *args, eval_collator=None, replay_kl: float = 0.0, term_loss_weight: float = 1.0, **kwargs):
+    def __init__(self, *args, eval_collator=None, replay_kl: float = 0.0, term_loss_weight: float = 1.0,
+                 train_sampler=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
+        self.train_sampler = train_sampler  # None: the Trainer's own (train.sampling)
         self.replay_kl = replay_kl
         self.term_loss_weight = term_loss_weight
         self._kl_sum, self._kl_n = 0.0, 0
@@ -275,6 +277,9 @@ class SpeechTrainer(Seq2SeqTrainer):
             self._kl_sum, self._kl_n = self._kl_sum + kl.detach(), self._kl_n + 1
             loss = loss + self.replay_kl * kl
         return (loss, outputs) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self.train_sampler or super()._get_train_sampler(train_dataset)
 
     def log(self, logs, *args, **kwargs):
         if self._kl_n and "loss" in logs:  # the term's mean since the last logged step, beside the loss
@@ -348,7 +353,7 @@ def _pick_rows(value, rows: torch.Tensor):
 
 def build_trainer(model, args, train_ds, dev_ds, collator, processor, eval_collator=None,
                   early_stopping_patience: int | None = None, replay_kl: float = 0.0,
-                  term_loss_weight: float = 1.0) -> Seq2SeqTrainer:
+                  term_loss_weight: float = 1.0, train_sampler=None) -> Seq2SeqTrainer:
     callbacks = [StopOnNonFiniteLoss(), MarkCompleteCheckpoints()]
     if dev_ds is not None and early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
@@ -356,7 +361,7 @@ def build_trainer(model, args, train_ds, dev_ds, collator, processor, eval_colla
         model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds, data_collator=collator,
         processing_class=processor.feature_extractor, compute_metrics=wer_metric(processor.tokenizer),
         callbacks=callbacks, eval_collator=eval_collator, replay_kl=replay_kl,
-        term_loss_weight=term_loss_weight,
+        term_loss_weight=term_loss_weight, train_sampler=train_sampler,
     )
     # Whisper's forward takes **kwargs but its loss is a plain token mean that ignores
     # `num_items_in_batch`; left True, the Trainer multiplies the loss (and gradients) by the world
