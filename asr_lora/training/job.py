@@ -191,8 +191,8 @@ def check_replay_kl(t, rows: Rows) -> None:
 
 def train_encoded_lazily(cfg: DictConfig, rows: Rows) -> tuple[str, ...]:
     """("train",) when the training collator runs in this process: it then encodes each training
-    clip the first time a batch draws it, so a run that stops within its first epoch (the main
-    recipe: 128 x 8 of 1,594 clips) never encodes the rest. A DataLoader worker's fills would stay
+    clip the first time a batch draws it, so a run that stops within its first epoch (128 steps of
+    8 of sg_english's 1,594 clips) never encodes the rest. A DataLoader worker's fills would stay
     in its own copy of the cache."""
     if rows.streaming or cfg.train.dataloader_num_workers > 0:
         return ()

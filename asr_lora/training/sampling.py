@@ -1,7 +1,7 @@
 """The order training draws its clips in (train.sampling).
 
 `random` is the Trainer's: a fresh permutation of the clips every epoch. A run that stops before the
-epoch ends (the recipe's 128 steps x 8 clips cover 64% of its train split) then never hears some
+epoch ends (128 steps of 8 clips cover 64% of the sg_english train split) then never hears some
 sentences at all: a sentence read by two voices is missed by both with probability (1 - 0.64)^2 = 13%,
 and a domain term that one sentence carries goes untrained with it.
 
