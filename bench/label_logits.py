@@ -23,7 +23,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from beam_decode import recipe_prompt  # noqa: E402
 
 
 def recipe_model():
@@ -58,7 +57,6 @@ def batches(model, processor, cfg, n_batches: int, batch_size: int) -> list[dict
     train = [r for r in load_manifest(build_corpus(progress=False)) if r.split == "train"]
     terms = terms_for_split({"text": [r.text for r in train], "subset": [r.subset for r in train]},
                             processor.tokenizer)
-    assert terms.prompt == recipe_prompt(processor.tokenizer)
     clips = common.load_clips(common.corpus_clips(n_batches * batch_size, "train"))
     tok = processor.tokenizer
     collate = SpeechCollator(processor, model.config.decoder_start_token_id, seed=0,

@@ -52,10 +52,11 @@ def test_orders_a_run_cannot_honour_are_refused():
     with pytest.raises(ValueError, match="random, by_text"):
         check_sampling("shuffled", streaming=False)
     with pytest.raises(ValueError, match="shard order"):
-        train_sampler("by_text", None, seed=0)
+        check_sampling("by_text", streaming=True)
     with pytest.raises(ValueError, match="length_buckets"):
         check_sampling("by_text", streaming=False, length_buckets=4)
-    assert train_sampler("random", TEXTS, seed=0) is None  # the Trainer's own
+    assert train_sampler("random", {"text": TEXTS}, seed=0) is None  # the Trainer's own
+    assert list(train_sampler("by_text", {"text": TEXTS}, seed=0)) == list(SpreadByText(TEXTS, seed=0))
 
 
 def test_a_run_trains_in_text_order(tmp_path, tiny_whisper_dir):

@@ -268,7 +268,7 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     run = (tracking.init_run(cfg.logger.wandb, run_dir, f"{cfg.recipe_name}-{run_dir.name}",
                              OmegaConf.to_container(cfg, resolve=True) | {"params": params}, report_to)
            if is_main_process() else None)
-    sampler = train_sampler(t.sampling, None if streaming else train_ds["text"], cfg.seed, cfg.data.length_buckets)
+    sampler = None if streaming else train_sampler(t.sampling, train_ds, cfg.seed)  # checked in build_model
     trainer = build_trainer(model, args, train_ds.select_columns(keep),
                             dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor,
                             eval_collator, early_stopping_patience=t.early_stopping_patience,

@@ -68,13 +68,12 @@ def check_sampling(sampling: str, streaming: bool, length_buckets: int = 0) -> N
                          "set one of them")
 
 
-def train_sampler(sampling: str, texts: Sequence[str] | None, seed: int, length_buckets: int = 0) -> Sampler | None:
-    """The sampler for train.sampling (None: the Trainer's own); `texts` is the train split's text
-    column (None: streamed)."""
-    check_sampling(sampling, texts is None, length_buckets)
-    if sampling == "random":
+def train_sampler(sampling: str, train_ds, seed: int) -> Sampler | None:
+    """The sampler for train.sampling over an in-memory train split whose setting `check_sampling`
+    accepted (None: the Trainer's own); only `by_text` reads the split's text column."""
+    if sampling != "by_text":
         return None
-    sampler = SpreadByText(texts, seed)
+    sampler = SpreadByText(train_ds["text"], seed)
     log.info("training order: by text, %s clips of %s texts spread over each epoch", f"{sampler.n:,}",
              f"{len(sampler.groups):,}")
     return sampler

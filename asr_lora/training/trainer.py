@@ -260,8 +260,8 @@ class SpeechTrainer(Seq2SeqTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         at = labels != -100
-        whisper = self.accelerator.unwrap_model(model)
-        whisper = whisper.get_base_model() if hasattr(whisper, "get_base_model") else whisper  # lora / full
+        unwrapped = self.accelerator.unwrap_model(model)
+        whisper = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped  # lora / full
         if "decoder_input_ids" not in inputs:  # what the model does with labels alone
             inputs["decoder_input_ids"] = shift_tokens_right(labels, whisper.config.pad_token_id,
                                                              whisper.config.decoder_start_token_id)
@@ -272,7 +272,7 @@ class SpeechTrainer(Seq2SeqTrainer):
         loss = weighted_token_loss(logits, targets, marked[at] if marked is not None else torch.zeros_like(targets),
                                    weight)
         if self.replay_kl and rows is not None and bool(rows.any()):
-            kl = replay_distillation(self.accelerator.unwrap_model(model), inputs, logits, labels, rows)
+            kl = replay_distillation(unwrapped, inputs, logits, labels, rows)
             # Summed as a tensor: a float() here would make every GPU step wait for its kernels.
             self._kl_sum, self._kl_n = self._kl_sum + kl.detach(), self._kl_n + 1
             loss = loss + self.replay_kl * kl
