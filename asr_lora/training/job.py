@@ -151,10 +151,11 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     from asr_lora.model.encoder_cache import build_encoder_cache
 
     from asr_lora.data.features import encoder_mask_settings
+    from asr_lora.training.trainer import check_replay_kl
 
     # Refused before the encoder pass and any decoding when the run cannot honour it.
     encoder_mask_settings(cfg.train, caches_encoder(cfg) and not rows.streaming)
-    check_replay_kl(cfg.train, rows)
+    check_replay_kl(cfg.train, rows.train, rows.streaming)
     check_sampling(cfg.train.sampling, rows.streaming, cfg.data.length_buckets)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
@@ -171,22 +172,6 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
                                     lazy=train_encoded_lazily(cfg, rows) if lazy_train else ())
     encoder_mask_settings(t, cache is not None and not rows.streaming)  # an auto cache may be over its budget
     return model, params, cache
-
-
-def check_replay_kl(t, rows: Rows) -> None:
-    """train.replay_kl distils the base into the adapter on general-English replay rows: it needs an
-    adapter to switch off and, in an in-memory train split, replay rows to distil on."""
-    if t.replay_kl < 0:
-        raise ValueError(f"train.replay_kl={t.replay_kl}: a loss weight, must be >= 0")
-    if t.replay_kl == 0:
-        return
-    if t.mode != "lora":
-        raise ValueError(f"train.replay_kl distils the base with the adapter switched off; train.mode={t.mode} "
-                         "has no adapter (use train.mode=lora)")
-    if not rows.streaming and "general" not in set(rows.train["subset"] if "subset" in rows.train.column_names
-                                                   else []):
-        raise ValueError("train.replay_kl: the train split has no general-English replay rows (subset 'general') "
-                         "to distil on; give the corpus general sentences or raise data.replay_share")
 
 
 def train_encoded_lazily(cfg: DictConfig, rows: Rows) -> tuple[str, ...]:

@@ -297,6 +297,21 @@ class SpeechTrainer(Seq2SeqTrainer):
             self.data_collator = train_collator
 
 
+def check_replay_kl(t, train_ds, streaming: bool) -> None:
+    """train.replay_kl distils the base into the adapter on general-English replay rows: it needs an
+    adapter to switch off and, in an in-memory train split, replay rows to distil on."""
+    if t.replay_kl < 0:
+        raise ValueError(f"train.replay_kl={t.replay_kl}: a loss weight, must be >= 0")
+    if t.replay_kl == 0:
+        return
+    if t.mode != "lora":
+        raise ValueError(f"train.replay_kl distils the base with the adapter switched off; train.mode={t.mode} "
+                         "has no adapter (use train.mode=lora)")
+    if not streaming and "general" not in set(train_ds["subset"] if "subset" in train_ds.column_names else []):
+        raise ValueError("train.replay_kl: the train split has no general-English replay rows (subset 'general') "
+                         "to distil on; give the corpus general sentences or raise data.replay_share")
+
+
 def replay_distillation(peft_model, inputs: dict, logits: torch.Tensor, labels: torch.Tensor,
                         rows: torch.Tensor) -> torch.Tensor:
     """Mean per-token KL(base || adapted) over the transcript tokens of the flagged `rows`. The base
