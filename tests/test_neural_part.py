@@ -10,7 +10,7 @@ import pytest
 
 from asr_lora.data.synthetic.engines import change_speaker
 from asr_lora.data.synthetic.voices import VOICES, lead_part, load_voices, part_of
-from test_unseen_engine import ROWS, _evaluate
+from test_unseen_engine import ROWS, _evaluate, _plan
 
 
 def test_neural_voices_are_held_out_of_train_in_dev_and_test():
@@ -35,6 +35,31 @@ def test_a_neural_voice_in_train_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"neural voices .*piper.* engine that train also uses"):
         load_voices(f)
 
+
+
+def test_dev_speakers_that_read_all_add_clips_and_leave_the_dealt_plan_as_is():
+    voices = load_voices()
+    readers = [v for v in voices if v.reads_all]
+    assert readers and {(v.split, part_of(v)) for v in readers} == {("dev", "neural")}
+    for kw in ({}, {"seed": 3, "max_sentences": 40}):
+        full = _plan(voices, **kw)
+        dealt = _plan([v for v in voices if not v.reads_all], **kw)
+        keep = [(r.id, r.audio_path) for r in full if r.voice not in {v.id for v in readers}]
+        assert keep == [(r.id, r.audio_path) for r in dealt]  # test and the rest of dev untouched
+        # Each reader speaks every dev sentence of the part once: the dealt dev voice's sentences.
+        dev_neural = sorted((r.subset, r.text) for r in dealt if (r.split, r.part) == ("dev", "neural"))
+        for v in readers:
+            assert sorted((r.subset, r.text) for r in full if r.voice == v.id) == dev_neural
+
+
+def test_reads_all_outside_a_held_out_part_is_refused(tmp_path):
+    doc = json.loads(VOICES.read_text(encoding="utf-8"))
+    seen_dev = next(v for v in doc["voices"] if v["split"] == "dev" and v.get("part", "seen_engine") == "seen_engine")
+    seen_dev["reads_all"] = True
+    f = tmp_path / "voices.json"
+    f.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="set reads_all outside a held-out dev/test part"):
+        load_voices(f)
 
 def _voiced(sr=16000, f0=120.0, seconds=1.0):
     t = np.arange(int(sr * seconds)) / sr

@@ -215,12 +215,20 @@ def plan_corpus(
             ("train_only", train_only, {"train": train_order}, train_rng, by_split, VOICES_PER_SENTENCE["main"])]
     dev_test = lambda d: {s: d[s] for s in ("dev", "test") if s in d}  # noqa: E731
     for part in HELD_OUT_PARTS:
-        held = {s: [v for v in voices if v.split == s and part_of(v) == part] for s in ("dev", "test")}
+        held = {s: [v for v in voices if v.split == s and part_of(v) == part and not v.reads_all]
+                for s in ("dev", "test")}
         if any(held.values()):
             # A separate seeded rng per part: adding (or changing) one part's voices leaves the rest as is.
             part_rng = random.Random(f"{part.replace('_', '-')}-{seed}")
-            jobs += [("main", sentences, dev_test(main_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE),
-                     ("control", control, dev_test(ctl_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE)]
+            dealt = lambda idx: {s: i for s, i in dev_test(idx).items() if held[s]}  # noqa: E731
+            jobs += [("main", sentences, dealt(main_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE),
+                     ("control", control, dealt(ctl_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE)]
+    # Voices that read every sentence of their split draw nothing from any rng: the dealt hands stay
+    # as they were without them.
+    for v in voices:
+        if v.reads_all:
+            jobs += [("main", sentences, {v.split: main_idx.get(v.split, [])}, None, {v.split: [v]}, 1),
+                     ("control", control, {v.split: ctl_idx.get(v.split, [])}, None, {v.split: [v]}, 1)]
     for kind, texts, split_idx, deal_rng, pool, k in jobs:
         subset = "main" if kind == "train_only" else kind
         for split, idx in split_idx.items():
@@ -228,7 +236,8 @@ def plan_corpus(
                 continue
             if not pool[split]:
                 raise ValueError(f"no voices for split {split!r} in {voices_path}")
-            for i, hand in zip(idx, _deal(pool[split], k, len(idx), deal_rng)):
+            hands = [pool[split]] * len(idx) if deal_rng is None else _deal(pool[split], k, len(idx), deal_rng)
+            for i, hand in zip(idx, hands):
                 for v in hand:
                     key = hashlib.sha1(json.dumps([texts[i], v.spec()], sort_keys=True).encode()).hexdigest()[:16]
                     prefix = ID_PREFIX[kind]

@@ -27,13 +27,16 @@ class Voice:
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     # Dev/test only: "seen_engine" (engine also in train), "unseen_engine" or "neural"; see voices.py.
     part: str = ""
+    # Dev/test held-out voices only: read every sentence of the split instead of a dealt share, so a
+    # small held-out part gets several speakers on the same sentences (more words per decision).
+    reads_all: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Voice:
         return cls(
             id=d["id"], engine=d["engine"], voice=d["voice"], speaker=d.get("speaker", d["id"]),
             accent=d.get("accent", "unknown"), split=d.get("split", ""), options=dict(d.get("options", {})),
-            part=d.get("part", ""),
+            part=d.get("part", ""), reads_all=bool(d.get("reads_all", False)),
         )
 
     def spec(self) -> dict[str, Any]:

@@ -75,6 +75,8 @@ def check_parts(voices: list[Voice], where: str = "voices") -> None:
                              f"(train engines: {sorted(train_engines)})")
         if held and (missing := [s for s in ("dev", "test") if not any(v.split == s for v in held)]):
             raise ValueError(f"{where}: no {part} voice in {missing}; dev and test each need one")
+    if bad := [v.id for v in voices if v.reads_all and part_of(v) not in HELD_OUT_PARTS]:
+        raise ValueError(f"{where}: voices {bad} set reads_all outside a held-out dev/test part {list(HELD_OUT_PARTS)}")
     if bad := sorted(v.id for v in voices if part_of(v) == "seen_engine" and v.engine not in train_engines):
         raise ValueError(f"{where}: voices {bad} are marked seen_engine but no train voice uses their engine")
 
