@@ -36,7 +36,6 @@ def test_a_neural_voice_in_train_is_refused(tmp_path):
         load_voices(f)
 
 
-
 def test_dev_speakers_that_read_all_add_clips_and_leave_the_dealt_plan_as_is():
     voices = load_voices()
     readers = [v for v in voices if v.reads_all]
@@ -60,6 +59,7 @@ def test_reads_all_outside_a_held_out_part_is_refused(tmp_path):
     f.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="set reads_all outside a held-out dev/test part"):
         load_voices(f)
+
 
 def _voiced(sr=16000, f0=120.0, seconds=1.0):
     t = np.arange(int(sr * seconds)) / sr

@@ -213,16 +213,14 @@ def plan_corpus(
             ("control", control, ctl_idx, rng, by_split, VOICES_PER_SENTENCE["control"]),
             ("general", general, {"train": gen_order}, gen_rng, by_split, VOICES_PER_SENTENCE["general"]),
             ("train_only", train_only, {"train": train_order}, train_rng, by_split, VOICES_PER_SENTENCE["main"])]
-    dev_test = lambda d: {s: d[s] for s in ("dev", "test") if s in d}  # noqa: E731
     for part in HELD_OUT_PARTS:
-        held = {s: [v for v in voices if v.split == s and part_of(v) == part and not v.reads_all]
-                for s in ("dev", "test")}
-        if any(held.values()):
+        held = {s: dealt for s in ("dev", "test")
+                if (dealt := [v for v in voices if v.split == s and part_of(v) == part and not v.reads_all])}
+        if held:
             # A separate seeded rng per part: adding (or changing) one part's voices leaves the rest as is.
             part_rng = random.Random(f"{part.replace('_', '-')}-{seed}")
-            dealt = lambda idx: {s: i for s, i in dev_test(idx).items() if held[s]}  # noqa: E731
-            jobs += [("main", sentences, dealt(main_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE),
-                     ("control", control, dealt(ctl_idx), part_rng, held, UNSEEN_VOICES_PER_SENTENCE)]
+            jobs += [(kind, texts, {s: idx[s] for s in held if s in idx}, part_rng, held, UNSEEN_VOICES_PER_SENTENCE)
+                     for kind, texts, idx in (("main", sentences, main_idx), ("control", control, ctl_idx))]
     # Voices that read every sentence of their split draw nothing from any rng: the dealt hands stay
     # as they were without them.
     for v in voices:
