@@ -59,6 +59,11 @@ def test_reads_all_outside_a_held_out_part_is_refused(tmp_path):
     f.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="set reads_all outside a held-out dev/test part"):
         load_voices(f)
+    doc = json.loads(VOICES.read_text(encoding="utf-8"))
+    next(v for v in doc["voices"] if v.get("reads_all"))["reads_all"] = "false"  # a string, not a boolean
+    f.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"voices \['piper-joe-dev-mid'\] give reads_all as something other"):
+        load_voices(f)
 
 
 def _voiced(sr=16000, f0=120.0, seconds=1.0):

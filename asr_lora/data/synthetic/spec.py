@@ -36,7 +36,7 @@ class Voice:
         return cls(
             id=d["id"], engine=d["engine"], voice=d["voice"], speaker=d.get("speaker", d["id"]),
             accent=d.get("accent", "unknown"), split=d.get("split", ""), options=dict(d.get("options", {})),
-            part=d.get("part", ""), reads_all=bool(d.get("reads_all", False)),
+            part=d.get("part", ""), reads_all=d.get("reads_all", False),
         )
 
     def spec(self) -> dict[str, Any]:

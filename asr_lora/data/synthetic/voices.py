@@ -84,7 +84,10 @@ def check_parts(voices: list[Voice], where: str = "voices") -> None:
 def load_voices(path: Path = VOICES) -> list[Voice]:
     """Voices from voices.json; raises ValueError unless ids are unique, splits are known, every
     speaker sits in exactly one split and the parts obey `check_parts`."""
-    voices = [Voice.from_dict(d) for d in json.loads(Path(path).read_text(encoding="utf-8"))["voices"]]
+    entries = json.loads(Path(path).read_text(encoding="utf-8"))["voices"]
+    if bad := [d.get("id") for d in entries if not isinstance(d.get("reads_all", False), bool)]:
+        raise ValueError(f"{path}: voices {bad} give reads_all as something other than true or false")
+    voices = [Voice.from_dict(d) for d in entries]
     ids = Counter(v.id for v in voices)
     if dup := [i for i, c in ids.items() if c > 1]:
         raise ValueError(f"{path}: duplicate voice ids {dup}")
