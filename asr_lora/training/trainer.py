@@ -324,18 +324,21 @@ def replay_distillation(peft_model, inputs: dict, logits: torch.Tensor, labels: 
     picked = {k: _pick_rows(v, rows) for k, v in inputs.items() if k not in ("labels", "decoder_input_ids")}
     targets = labels[rows]
     positions = targets != -100
-    # Each row's transcript tokens, left-aligned: the labels of the same row decoded without a prompt.
-    plain = torch.full_like(targets, -100)
+    # Each row's transcript tokens, left-aligned: the labels of the same row decoded without a prompt,
+    # only as wide as the longest transcript (the batch's width is set by its prompted rows).
+    plain = torch.full_like(targets[:, : int(positions.sum(1).max())], -100)
     for i, keep in enumerate(positions):
         plain[i, : int(keep.sum())] = targets[i][keep]
-    with torch.no_grad(), peft_model.disable_adapter():
-        teacher = peft_model(**picked, labels=plain).logits
+    whisper = peft_model.get_base_model()
+    start = shift_tokens_right(plain, whisper.config.pad_token_id, whisper.config.decoder_start_token_id)
+    with torch.no_grad(), peft_model.disable_adapter(), logits_only_at(whisper.get_output_embeddings(), plain != -100):
+        teacher = peft_model(**picked, decoder_input_ids=start).logits  # one row per transcript token
     if logits.dim() == 2:  # one row per label token of the batch (`logits_only_at`), in batch order
         student = logits[rows[(labels != -100).nonzero(as_tuple=True)[0]]]
     else:
         student = logits[rows][positions]
     student = torch.log_softmax(student.float(), dim=-1)
-    base = torch.log_softmax(teacher[plain != -100].float(), dim=-1)
+    base = torch.log_softmax(teacher.float(), dim=-1)
     return torch.nn.functional.kl_div(student, base, log_target=True, reduction="batchmean")
 
 

@@ -1,0 +1,149 @@
+"""What the replay distillation term (train.replay_kl) adds to a training step of the recipe.
+
+    ASR_LORA_CACHE=<cache> .venv/bin/python bench/replay_kl.py --batches 6 --replay-rows 2
+
+The recipe's step (`+recipe=sg_english`: bundled tiny.en, decoder LoRA, half the rows after the
+term prompt, encoder outputs computed once) on batches of 8 train clips of which `--replay-rows`
+are general-English replay. Variants, each on the same batches, alternating:
+- `no_kl`: the step without the term (the peer);
+- `kl`: `SpeechTrainer.compute_loss` with replay_kl=1 (the base decodes each replay row's plain
+  transcript, as wide as the longest one, and projects the transcript tokens only);
+- `kl_batch_width`: the same term with the base decoding at the batch's width (which the prompted
+  rows set, ~200 tokens) and projecting every position onto the vocabulary.
+The script checks the two distillation terms agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from label_logits import recipe_model  # noqa: E402
+
+
+def batches(model, processor, cfg, n_batches: int, batch_size: int, replay_rows: int) -> list[dict]:
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from asr_lora.data.features import SpeechCollator, log_mel
+    from asr_lora.data.synthetic.corpus import build_corpus, load_manifest
+    from asr_lora.evaluation.terms import terms_for_split
+    from asr_lora.training.term_tokens import TermTokenMarker
+
+    train = [r for r in load_manifest(build_corpus(progress=False)) if r.split == "train"]
+    terms = terms_for_split({"text": [r.text for r in train], "subset": [r.subset for r in train]},
+                            processor.tokenizer)
+    main_n = batch_size - replay_rows
+    main = common.load_clips(common.corpus_clips(n_batches * main_n, "train"))
+    general = common.load_clips(common.corpus_clips(n_batches * replay_rows, "train", subset="general"))
+    tok = processor.tokenizer
+    collate = SpeechCollator(processor, model.config.decoder_start_token_id, seed=0,
+                             prompt_ids=[int(i) for i in processor.get_prompt_ids(terms.prompt)],
+                             prompt_probability=cfg.train.prompt_probability, mark_replay=True,
+                             term_marker=TermTokenMarker(tok, terms.terms))
+    out = []
+    for b in range(n_batches):
+        clips = [(c, "main") for c in main[b * main_n:(b + 1) * main_n]]
+        clips += [(c, "general") for c in general[b * replay_rows:(b + 1) * replay_rows]]
+        rows = [{"id": c["id"], "audio": np.asarray(c["audio"], dtype=np.float32), "subset": subset,
+                 "labels": tok(" " + c["text"]).input_ids} for c, subset in clips]
+        batch = collate(rows)
+        with torch.no_grad():
+            hidden = model.get_base_model().model.encoder(log_mel(processor, [r["audio"] for r in rows]))
+        batch.pop("input_features", None)
+        batch["encoder_outputs"] = BaseModelOutput(last_hidden_state=hidden.last_hidden_state)
+        out.append(batch)
+    return out
+
+
+def batch_width_distillation(peft_model, inputs, logits, labels, rows):
+    """The term with the base decoding at the batch's width and projecting every position."""
+    from asr_lora.training.trainer import _pick_rows
+
+    picked = {k: _pick_rows(v, rows) for k, v in inputs.items() if k not in ("labels", "decoder_input_ids")}
+    targets = labels[rows]
+    positions = targets != -100
+    plain = torch.full_like(targets, -100)
+    for i, keep in enumerate(positions):
+        plain[i, : int(keep.sum())] = targets[i][keep]
+    with torch.no_grad(), peft_model.disable_adapter():
+        teacher = peft_model(**picked, labels=plain).logits
+    student = torch.log_softmax(logits[rows[(labels != -100).nonzero(as_tuple=True)[0]]].float(), dim=-1)
+    base = torch.log_softmax(teacher[plain != -100].float(), dim=-1)
+    return torch.nn.functional.kl_div(student, base, log_target=True, reduction="batchmean")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--replay-rows", type=int, default=2, help="general-English rows per batch (the recipe: ~28%%)")
+    ap.add_argument("--batches", type=int, default=6, help="each timed twice per variant")
+    ap.add_argument("--name", default="replay_kl")
+    a = ap.parse_args()
+    common.quiet()
+    from transformers import Seq2SeqTrainingArguments
+
+    import asr_lora.training.trainer as trainer_module
+
+    model, processor, cfg = recipe_model()
+    data = batches(model, processor, cfg, a.batches, a.batch_size, a.replay_rows)
+
+    def trainer(weight: float):
+        return trainer_module.SpeechTrainer(
+            model=model, term_loss_weight=float(cfg.train.term_loss_weight), replay_kl=weight,
+            args=Seq2SeqTrainingArguments(output_dir=tempfile.mkdtemp(), use_cpu=True, report_to=[],
+                                          remove_unused_columns=False))
+
+    plain, with_kl = trainer(0.0), trainer(1.0)
+    terms: dict[str, list[float]] = {"kl": [], "kl_batch_width": []}
+    kl_now = trainer_module.replay_distillation
+
+    def record(name, fn):
+        def run(*args):
+            value = fn(*args)
+            terms[name].append(float(value.detach()))
+            return value
+        return run
+
+    def step_with(name, fn):
+        def step(batch):
+            trainer_module.replay_distillation = record(name, fn)
+            try:
+                return with_kl.compute_loss(model, dict(batch))
+            finally:
+                trainer_module.replay_distillation = kl_now
+        return step
+
+    variants = {"no_kl": lambda batch: plain.compute_loss(model, dict(batch)),
+                "kl": step_with("kl", kl_now), "kl_batch_width": step_with("kl_batch_width", batch_width_distillation)}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(2):
+        for batch in data:
+            for name, step in variants.items():
+                model.zero_grad()
+                t = time.perf_counter()
+                step(batch).backward()
+                times[name].append(time.perf_counter() - t)
+    worst = max(abs(x - y) / abs(y) for x, y in zip(terms["kl"], terms["kl_batch_width"]))
+    med = {k: common.median(v) for k, v in times.items()}
+    rows = [{"variant": k, "batches": len(data), "batch_size": a.batch_size, "replay_rows": a.replay_rows,
+             "median_s": round(m, 3)} for k, m in med.items()]
+    ratios = {"kl/no_kl time": round(med["kl"] / med["no_kl"], 2),
+              "kl_batch_width/no_kl time": round(med["kl_batch_width"] / med["no_kl"], 2),
+              "largest relative difference of the term": f"{worst:.1e}"}
+    common.print_results(rows, ["variant", "batches", "batch_size", "replay_rows", "median_s"], ratios)
+    common.write_result(a.name, {"args": vars(a), "machine": common.machine_info(), "results": rows,
+                                 "ratios": ratios, "raw_s": times})
+    if worst > 1e-4:
+        raise SystemExit("the distillation term differs between the two base decodings")
+
+
+if __name__ == "__main__":
+    main()
