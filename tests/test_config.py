@@ -51,7 +51,7 @@ def test_recipe_is_a_delta_over_defaults():
     assert recipe.lora.scope == decoder.lora.scope == ["decoder_self", "decoder_cross"]
     assert default.lora.target_modules == decoder.lora.target_modules == ["q_proj", "v_proj"]
     assert recipe.lora.target_modules == ["q_proj", "v_proj", "fc1", "fc2"]
-    assert (default.train.max_steps, recipe.train.max_steps, decoder.train.max_steps) == (300, 256, 220)
+    assert (default.train.max_steps, recipe.train.max_steps, decoder.train.max_steps) == (300, 384, 220)
     assert _compose(["+recipe=sg_english_terms"]).train.max_steps == 128  # as it was measured
     # A frozen encoder trains on its cached 30 s outputs, what it gives at test time.
     assert default.train.encoder_context == recipe.train.encoder_context == decoder.train.encoder_context == "full"
