@@ -147,7 +147,25 @@ def test_a_run_logs_the_term_and_refuses_what_it_cannot_distil(tmp_path, tiny_wh
     monkeypatch.setattr(job, "zero_shot", no_work)
     monkeypatch.setattr(encoder_cache, "build_encoder_cache", no_work)
     for extra, match in ((["train.replay_kl=-1"], "must be >= 0"),
-                         (["train.replay_kl=1", "train.mode=full", "lora=none"], "has no adapter"),
-                         (["train.replay_kl=1", "data.replay_share=0.0"], "no general-English replay rows")):
+                         (["train.replay_kl=1", "train.mode=full", "lora=none"], "has no adapter")):
         with pytest.raises(ValueError, match=match):
             train(cfg("c", *extra))
+
+
+def test_a_train_split_without_replay_rows_trains_without_the_term_and_says_so(caplog):
+    # The recipe sets the term; a corpus of the user's own recordings has no general-English rows.
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from asr_lora.training.trainer import check_replay_kl
+
+    t = SimpleNamespace(replay_kl=1.0, mode="lora")
+    own = Dataset.from_dict({"id": ["a", "b"], "subset": ["main", "control"]})
+    with caplog.at_level("WARNING"):
+        assert check_replay_kl(t, own, streaming=False) == 0.0
+    assert "no general-English replay rows" in caplog.text and "trains without the term" in caplog.text
+    assert check_replay_kl(t, Dataset.from_dict({"id": ["a"]}), streaming=False) == 0.0  # no subset column
+    mixed = Dataset.from_dict({"id": ["a", "b"], "subset": ["main", "general"]})
+    assert check_replay_kl(t, mixed, streaming=False) == 1.0
+    assert check_replay_kl(t, None, streaming=True) == 1.0  # a stream is checked batch by batch

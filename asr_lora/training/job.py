@@ -155,7 +155,8 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
 
     # Refused before the encoder pass and any decoding when the run cannot honour it.
     encoder_mask_settings(cfg.train, caches_encoder(cfg) and not rows.streaming)
-    check_replay_kl(cfg.train, rows.train, rows.streaming)
+    # The weight the run trains with, in the config that is logged and saved with it.
+    cfg.train.replay_kl = check_replay_kl(cfg.train, rows.train, rows.streaming)
     check_sampling(cfg.train.sampling, rows.streaming, cfg.data.length_buckets)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":

@@ -297,19 +297,24 @@ class SpeechTrainer(Seq2SeqTrainer):
             self.data_collator = train_collator
 
 
-def check_replay_kl(t, train_ds, streaming: bool) -> None:
-    """train.replay_kl distils the base into the adapter on general-English replay rows: it needs an
-    adapter to switch off and, in an in-memory train split, replay rows to distil on."""
+def check_replay_kl(t, train_ds, streaming: bool) -> float:
+    """The replay distillation weight this run trains with. train.replay_kl distils the base into the
+    adapter on general-English replay rows: it needs an adapter to switch off (refused without one),
+    and a train split without replay rows (a corpus of the user's own recordings) has nothing to
+    distil on, so the term is off there, said once in the log, rather than the recipe refusing it."""
     if t.replay_kl < 0:
         raise ValueError(f"train.replay_kl={t.replay_kl}: a loss weight, must be >= 0")
     if t.replay_kl == 0:
-        return
+        return 0.0
     if t.mode != "lora":
         raise ValueError(f"train.replay_kl distils the base with the adapter switched off; train.mode={t.mode} "
-                         "has no adapter (use train.mode=lora)")
+                         "has no adapter (use train.mode=lora, or train.replay_kl=0)")
     if not streaming and "general" not in set(train_ds["subset"] if "subset" in train_ds.column_names else []):
-        raise ValueError("train.replay_kl: the train split has no general-English replay rows (subset 'general') "
-                         "to distil on; give the corpus general sentences or raise data.replay_share")
+        log.warning("train.replay_kl=%s: the train split has no general-English replay rows (subset 'general') "
+                    "to distil on, so this run trains without the term (give the corpus general sentences, "
+                    "or raise data.replay_share, to use it)", t.replay_kl)
+        return 0.0
+    return float(t.replay_kl)
 
 
 def replay_distillation(peft_model, inputs: dict, logits: torch.Tensor, labels: torch.Tensor,
