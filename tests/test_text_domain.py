@@ -247,3 +247,18 @@ def test_fixture_domain_on_real_tiny_en_beats_the_prompt_baseline_on_unseen_voic
     assert set(systems["prompt"]["parts"]) == {"neural", "unseen_engine"}
     assert pooled("adapted_prompt", "wer") < pooled("prompt", "wer")
     assert pooled("adapted", "terms") > pooled("prompt", "terms") > pooled("base", "terms")
+
+
+def test_the_shipped_drug_name_example_reads_whole():
+    # README's "Adapt from your own text" example: every line kept, each name in eight sentences.
+    import re
+    from collections import Counter
+
+    from asr_lora.config import REPO_ROOT
+
+    text = read_sentences(REPO_ROOT / "data" / "examples" / "drug_names.txt")
+    assert len(text.lines) == 200 and not text.skips
+    names = Counter(n for line in text.lines for n in re.findall(r"\b[A-Z][a-z]{5,}\b", line.text)
+                    if n not in {"Please", "Switch", "Night", "Write", "Tuesday"})
+    assert len(names) == 25 and set(names.values()) == {8}
+    check_split_sizes(len(text.lines), 3)
