@@ -44,9 +44,10 @@ def recipe_model():
     return model.train(), processor, cfg
 
 
-def batches(model, processor, cfg, n_batches: int, batch_size: int) -> list[dict]:
+def batches(model, processor, cfg, n_batches: int, batch_size: int, replay_rows: int = 0) -> list[dict]:
     """The recipe collator's batches (prompt in half the rows, term tokens marked) over train clips,
-    with their encoder outputs computed once, as the encoder cache serves them."""
+    with their encoder outputs computed once, as the encoder cache serves them. With `replay_rows`,
+    that many rows of each batch are general-English replay, flagged for the distillation term."""
     from transformers.modeling_outputs import BaseModelOutput
 
     from asr_lora.data.features import SpeechCollator, log_mel
@@ -57,16 +58,21 @@ def batches(model, processor, cfg, n_batches: int, batch_size: int) -> list[dict
     train = [r for r in load_manifest(build_corpus(progress=False)) if r.split == "train"]
     terms = terms_for_split({"text": [r.text for r in train], "subset": [r.subset for r in train]},
                             processor.tokenizer)
-    clips = common.load_clips(common.corpus_clips(n_batches * batch_size, "train"))
+    main_n = batch_size - replay_rows
+    main = common.load_clips(common.corpus_clips(n_batches * main_n, "train"))
+    general = common.load_clips(common.corpus_clips(n_batches * replay_rows, "train", subset="general")
+                                if replay_rows else [])
     tok = processor.tokenizer
     collate = SpeechCollator(processor, model.config.decoder_start_token_id, seed=0,
                              prompt_ids=[int(i) for i in processor.get_prompt_ids(terms.prompt)],
-                             prompt_probability=cfg.train.prompt_probability,
+                             prompt_probability=cfg.train.prompt_probability, mark_replay=replay_rows > 0,
                              term_marker=TermTokenMarker(tok, terms.terms))
     out = []
     for b in range(n_batches):
-        rows = [{"id": c["id"], "audio": np.asarray(c["audio"], dtype=np.float32),
-                 "labels": tok(" " + c["text"]).input_ids} for c in clips[b * batch_size:(b + 1) * batch_size]]
+        clips = [(c, "main") for c in main[b * main_n:(b + 1) * main_n]]
+        clips += [(c, "general") for c in general[b * replay_rows:(b + 1) * replay_rows]]
+        rows = [{"id": c["id"], "audio": np.asarray(c["audio"], dtype=np.float32), "subset": subset,
+                 "labels": tok(" " + c["text"]).input_ids} for c, subset in clips]
         batch = collate(rows)
         with torch.no_grad():
             feats = log_mel(processor, [r["audio"] for r in rows])

@@ -21,46 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from label_logits import recipe_model  # noqa: E402
-
-
-def batches(model, processor, cfg, n_batches: int, batch_size: int, replay_rows: int) -> list[dict]:
-    from transformers.modeling_outputs import BaseModelOutput
-
-    from asr_lora.data.features import SpeechCollator, log_mel
-    from asr_lora.data.synthetic.corpus import build_corpus, load_manifest
-    from asr_lora.evaluation.terms import terms_for_split
-    from asr_lora.training.term_tokens import TermTokenMarker
-
-    train = [r for r in load_manifest(build_corpus(progress=False)) if r.split == "train"]
-    terms = terms_for_split({"text": [r.text for r in train], "subset": [r.subset for r in train]},
-                            processor.tokenizer)
-    main_n = batch_size - replay_rows
-    main = common.load_clips(common.corpus_clips(n_batches * main_n, "train"))
-    general = common.load_clips(common.corpus_clips(n_batches * replay_rows, "train", subset="general"))
-    tok = processor.tokenizer
-    collate = SpeechCollator(processor, model.config.decoder_start_token_id, seed=0,
-                             prompt_ids=[int(i) for i in processor.get_prompt_ids(terms.prompt)],
-                             prompt_probability=cfg.train.prompt_probability, mark_replay=True,
-                             term_marker=TermTokenMarker(tok, terms.terms))
-    out = []
-    for b in range(n_batches):
-        clips = [(c, "main") for c in main[b * main_n:(b + 1) * main_n]]
-        clips += [(c, "general") for c in general[b * replay_rows:(b + 1) * replay_rows]]
-        rows = [{"id": c["id"], "audio": np.asarray(c["audio"], dtype=np.float32), "subset": subset,
-                 "labels": tok(" " + c["text"]).input_ids} for c, subset in clips]
-        batch = collate(rows)
-        with torch.no_grad():
-            hidden = model.get_base_model().model.encoder(log_mel(processor, [r["audio"] for r in rows]))
-        batch.pop("input_features", None)
-        batch["encoder_outputs"] = BaseModelOutput(last_hidden_state=hidden.last_hidden_state)
-        out.append(batch)
-    return out
+from label_logits import batches, recipe_model  # noqa: E402
 
 
 def batch_width_distillation(peft_model, inputs, logits, labels, rows):
