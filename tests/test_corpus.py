@@ -13,6 +13,7 @@ import soundfile as sf
 import asr_lora.data.synthetic.corpus as corpus
 from asr_lora.data.synthetic.corpus import (
     CONTROL,
+    DEV_CONTROL,
     GENERAL,
     SENTENCES,
     TRAIN_SENTENCES,
@@ -168,6 +169,52 @@ def test_train_only_sentences_go_to_train_and_leave_the_rest_of_the_plan():
                              "train_only": ["extra.txt:1", "extra.txt:2"]})
 
 
+def test_shipped_dev_control_sentences_are_plain_and_unlike_every_other_line():
+    dev = load_sentences(DEV_CONTROL)  # raises on duplicates / digits
+    others = [set(_words(s)) for f in (SENTENCES, CONTROL, GENERAL, TRAIN_SENTENCES) for s in load_sentences(f)]
+    near = [s for s in dev if any(len(set(_words(s)) & w) >= 0.6 * min(len(w), len(set(_words(s)))) for w in others)]
+    assert len(dev) >= 150 and not near, near[:3]
+    assert all(s.isascii() and 6 <= len(s.split()) <= 16 for s in dev)
+    singlish = {"lah", "leh", "lor", "meh", "hor", "sia", "makan", "chope", "kopi", "hawker", "mrt", "hdb"}
+    assert not [s for s in dev if singlish & set(_words(s))]
+
+
+def test_dev_control_sentences_join_dev_control_only_and_leave_the_rest_of_the_plan():
+    sg, ctl, voices = load_sentences(SENTENCES), load_sentences(CONTROL), load_voices()
+    extra = ["The library closes early on public holidays.", "He fixed the leaking tap before dinner.",
+             "Our neighbours painted their fence a bright shade of green."]
+    records = plan_corpus(sg, ctl, voices, seed=0, dev_control=extra)
+    added = [r for r in records if r.id.startswith("dctl-")]
+    assert {(r.split, r.subset) for r in added} == {("dev", "control")}
+    dev = [v for v in voices if v.split == "dev"]
+    by_part = defaultdict(list)
+    for r in added:
+        by_part[r.part, r.text].append(r.voice)
+    # Each part's dev voices read it as they read a control sentence: every reads-all voice, one dealt voice.
+    assert {r.part for r in added} == {corpus.part_of(v) for v in dev} == {"seen_engine", "neural", "unseen_engine"}
+    for part in {r.part for r in added}:
+        reads_all = {v.id for v in dev if v.reads_all and corpus.part_of(v) == part}
+        dealt = any(not v.reads_all and corpus.part_of(v) == part for v in dev)
+        for text in extra:
+            heard = by_part[part, text]
+            assert reads_all <= set(heard) and len(heard) == len(set(heard)) == len(reads_all) + dealt
+    without = plan_corpus(sg, ctl, voices, seed=0)
+    assert [(r.id, r.audio_path) for r in without] == [(r.id, r.audio_path) for r in records if r not in added]
+    with pytest.raises(ValueError, match=r"more.txt:2: dev control sentence repeats"):
+        plan_corpus(sg, ctl, voices, general=["A plain sentence about the weather today."],
+                    dev_control=[extra[0], "a plain sentence about the WEATHER today"],
+                    sources={"main": [""] * len(sg), "control": [""] * len(ctl), "general": ["g.txt:1"],
+                             "train_only": [], "dev_control": ["more.txt:1", "more.txt:2"]})
+
+
+def test_dev_control_defaults_to_the_shipped_file_only_with_the_shipped_control(tmp_path):
+    assert CorpusInputs.of().dev_control == DEV_CONTROL == CorpusInputs().dev_control
+    assert CorpusInputs.of("drugs", tmp_path / "d.txt").dev_control == DEV_CONTROL
+    assert CorpusInputs.of("drugs", tmp_path / "d.txt", control=tmp_path / "c.txt").dev_control is None
+    own = CorpusInputs.of("drugs", tmp_path / "d.txt", control=tmp_path / "c.txt", dev_control=tmp_path / "e.txt")
+    assert own.dev_control == tmp_path / "e.txt"
+
+
 def test_train_only_sentences_are_opt_in(tmp_path):
     assert CorpusInputs.of().train_sentences is None
     assert CorpusInputs.of("drugs", tmp_path / "d.txt").train_sentences is None
@@ -204,7 +251,8 @@ def test_small_build_manifest_split_and_cache(tmp_path):
     assert info["synthetic"] is True and info["seed"] == 0
     assert info["utterances"] == len(rows)
     assert set(info["input_files_sha256"]) == {"sg_sentences.txt", "control_sentences.txt",
-                                               "general_sentences.txt", "voices.json"}
+                                               "general_sentences.txt", "voices.json",
+                                               "dev_control:dev_control_sentences.txt"}
     assert info["counts"]["train"]["general"] == 3  # max(1, 12 // 4)
     # Unseen-engine part (tests/test_unseen_engine.py): rendered, in dev and test, counted per part.
     assert {r.split for r in records if r.part == "unseen_engine"} == {"dev", "test"}

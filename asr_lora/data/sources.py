@@ -23,7 +23,7 @@ def speaker_split(speaker: str, fractions: list[float]) -> str:
 
 
 # The synthetic source's text inputs (config.DataConfig); meaningless to a reader of recorded clips.
-SYNTHETIC_INPUTS = ("sentences", "control", "general", "voices", "terms", "train_sentences")
+SYNTHETIC_INPUTS = ("sentences", "control", "general", "voices", "terms", "train_sentences", "dev_control")
 
 
 def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[Record], dict]:
@@ -34,7 +34,7 @@ def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[
         from asr_lora.data.synthetic.corpus import CorpusInputs, build_corpus
 
         inputs = CorpusInputs.of(dcfg.name, dcfg.sentences, dcfg.control, dcfg.general, dcfg.voices, dcfg.terms,
-                                 dcfg.train_sentences)
+                                 dcfg.train_sentences, dcfg.dev_control)
         out = Path(dcfg.path) if dcfg.path else None
         manifest = build_corpus(out, seed=dcfg.corpus_seed, workers=dcfg.corpus_workers,
                                 max_sentences=dcfg.corpus_max_sentences, progress=progress, inputs=inputs)

@@ -10,6 +10,9 @@ voice inventory. The corpus is split so that test scores say something about uns
 * control sentences (subset="control") go to dev and test only: they exist to measure
   forgetting of general English, never to be trained on. Real recorded English from Debian's
   pocketsphinx-testdata joins the test control set when installed;
+* dev-only control sentences (`data.dev_control`, subset="control", ids "dctl-...") join the dev
+  control set, read like the control sentences, so that recipes chosen on dev see enough general
+  English to tell forgetting from noise; dealt by their own seeded rngs, they change nothing else;
 * train-only domain sentences (`data.train_sentences`, subset="main", ids "sgt-...") go to
   train only, two train voices each: more contexts for the domain's terms, never scored. None may
   repeat a domain or control sentence;
@@ -34,7 +37,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -46,22 +48,20 @@ import soundfile as sf
 from asr_lora.core.io import write_json, write_text
 from asr_lora.core.paths import cache_root
 from asr_lora.data.records import Record
-from asr_lora.data.synthetic.engines import SYNTH_VERSION, Voice, write_wav_16k
+from asr_lora.data.synthetic.engines import SYNTH_VERSION, Voice
+from asr_lora.data.synthetic.real_control import add_real_control, real_control_sources
 from asr_lora.data.synthetic.render import render_missing
 from asr_lora.data.synthetic.sentences import (
-    CONTROL, DATA_DIR, GENERAL, SENTENCES, TRAIN_SENTENCES, CorpusInputs, TextFile, check_terms, load_sentences,
-    read_sentences, sentence_key,
+    CONTROL, DATA_DIR, DEV_CONTROL, GENERAL, SENTENCES, TRAIN_SENTENCES, CorpusInputs, TextFile, check_terms,
+    load_sentences, read_sentences, sentence_key,
 )
-from asr_lora.data.synthetic.voices import HELD_OUT_PARTS, REAL_PART, VOICES, load_voices, part_of
+from asr_lora.data.synthetic.voices import HELD_OUT_PARTS, VOICES, load_voices, part_of
 
-__all__ = ["CONTROL", "DATA_DIR", "GENERAL", "SENTENCES", "TRAIN_SENTENCES", "VOICES", "CorpusInputs", "build_corpus",
-           "load_manifest", "load_sentences", "load_voices", "plan_corpus"]
+__all__ = ["CONTROL", "DATA_DIR", "DEV_CONTROL", "GENERAL", "SENTENCES", "TRAIN_SENTENCES", "VOICES", "CorpusInputs",
+           "build_corpus", "load_manifest", "load_sentences", "load_voices", "plan_corpus"]
 
 log = logging.getLogger(__name__)
 
-
-
-POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 
 
 PLAN_VERSION = 3  # bump when the split/assignment logic changes, to invalidate caches
@@ -81,7 +81,7 @@ VOICES_PER_SENTENCE = {"main": 2, "control": 1, "general": 1}
 UNSEEN_VOICES_PER_SENTENCE = 1
 
 
-ID_PREFIX = {"main": "sg", "control": "ctl", "general": "gen", "train_only": "sgt"}
+ID_PREFIX = {"main": "sg", "control": "ctl", "general": "gen", "train_only": "sgt", "dev_control": "dctl"}
 
 
 CONTROL_DEV_FRACTION = 1 / 3
@@ -97,22 +97,6 @@ def default_cache_dir(name: str = "sg_english") -> Path:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _real_control_sources() -> list[tuple[str, str, Path, str]]:
-    """(id, text, wav, speaker) for pocketsphinx-testdata clips that come with a transcript."""
-    out = []
-    for sub, transcript, speaker in (("librivox", "transcription", "librivox-austen-reader"),
-                                     ("cards", "cards.transcription", "pocketsphinx-cards")):
-        path = POCKETSPHINX / sub / transcript
-        if not path.is_file():
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            m = re.match(r"\s*<s>(.*)</s>\s*\((\S+)\)", line)
-            if m and (POCKETSPHINX / sub / f"{m.group(2)}.wav").is_file():
-                out.append((f"psx-{sub}-{m.group(2)}", " ".join(m.group(1).split()),
-                            POCKETSPHINX / sub / f"{m.group(2)}.wav", speaker))
-    return out
 
 
 def _deal(voices: list[Voice], k: int, n: int, rng: random.Random) -> list[list[Voice]]:
@@ -166,21 +150,24 @@ def check_split_sizes(n_sentences: int, n_control: int) -> None:
 def plan_corpus(
     sentences: list[str], control: list[str], voices: list[Voice], seed: int = 0, max_sentences: int | None = None,
     general: list[str] | None = None, sources: dict[str, list[str]] | None = None, voices_path: Path = VOICES,
-    train_only: list[str] | None = None,
+    train_only: list[str] | None = None, dev_control: list[str] | None = None,
 ) -> list[Record]:
     """Every synthetic utterance as a Record (audio_path relative to the corpus dir), no audio.
 
     `general` sentences (rehearsal data) all go to train, one train voice each; so do `train_only`
-    domain sentences, with the main sentences' voices per sentence. `sources` names each sentence's
-    file:line per subset (keys main, control, general, train_only; default: the shipped files, line =
-    position)."""
-    general, train_only = general or [], train_only or []
+    domain sentences, with the main sentences' voices per sentence. `dev_control` sentences join the
+    dev control set only, read like the control sentences. `sources` names each sentence's file:line
+    per subset (keys main, control, general, train_only, dev_control; default: the shipped files,
+    line = position)."""
+    general, train_only, dev_control = general or [], train_only or [], dev_control or []
     check_split_sizes(len(sentences), len(control))
     if sources is None:
         shown = {subset: CorpusInputs().shown(path) for subset, path in
-                 (("main", SENTENCES), ("control", CONTROL), ("general", GENERAL), ("train_only", TRAIN_SENTENCES))}
+                 (("main", SENTENCES), ("control", CONTROL), ("general", GENERAL), ("train_only", TRAIN_SENTENCES),
+                  ("dev_control", DEV_CONTROL))}
         sources = {subset: [f"{shown[subset]}:{i + 1}" for i in range(len(texts))] for subset, texts in
-                   (("main", sentences), ("control", control), ("general", general), ("train_only", train_only))}
+                   (("main", sentences), ("control", control), ("general", general), ("train_only", train_only),
+                    ("dev_control", dev_control))}
     rng = random.Random(seed)
     order = rng.sample(range(len(sentences)), len(sentences))
     ctl_order = rng.sample(range(len(control)), len(control))
@@ -194,15 +181,22 @@ def plan_corpus(
     if clash := [i for i, t in enumerate(train_only) if sentence_key(t) in evaluated]:
         raise ValueError(f"{sources['train_only'][clash[0]]}: train-only sentence repeats a domain or control sentence "
                          f"({len(clash)} such lines): {train_only[clash[0]]!r}")
+    seen = evaluated | {sentence_key(t) for t in (*general, *train_only)}
+    if clash := [i for i, t in enumerate(dev_control) if sentence_key(t) in seen]:
+        raise ValueError(f"{sources['dev_control'][clash[0]]}: dev control sentence repeats a domain, control, general "
+                         f"or train-only sentence ({len(clash)} such lines): {dev_control[clash[0]]!r}")
     # A separate seeded rng, so adding general data changes neither the main/control split nor
     # their voice hands (their cached audio stays valid).
     gen_rng = random.Random(f"general-{seed}")
     gen_order = gen_rng.sample(range(len(general)), len(general))
     train_rng = random.Random(f"train-only-{seed}")  # likewise for the train-only domain sentences
     train_order = train_rng.sample(range(len(train_only)), len(train_only))
+    dev_rng = random.Random(f"dev-control-{seed}")  # likewise for the dev-only control sentences
+    dev_order = dev_rng.sample(range(len(dev_control)), len(dev_control))
     if max_sentences is not None:
         gen_order = gen_order[: max(1, max_sentences // 4)] if general else []
         train_order = train_order[: max(1, max_sentences // 4)] if train_only else []
+        dev_order = dev_order[: max(1, max_sentences // 4)] if dev_control else []
     # Seen-engine voices only here: each held-out part below is dealt apart, by its own rng.
     by_split = {s: [v for v in voices if v.split == s and part_of(v) not in HELD_OUT_PARTS] for s in SPLIT_FRACTIONS}
     ctl_fracs = {"test": 1 - CONTROL_DEV_FRACTION, "dev": CONTROL_DEV_FRACTION}
@@ -212,7 +206,8 @@ def plan_corpus(
     jobs = [("main", sentences, main_idx, rng, by_split, VOICES_PER_SENTENCE["main"]),
             ("control", control, ctl_idx, rng, by_split, VOICES_PER_SENTENCE["control"]),
             ("general", general, {"train": gen_order}, gen_rng, by_split, VOICES_PER_SENTENCE["general"]),
-            ("train_only", train_only, {"train": train_order}, train_rng, by_split, VOICES_PER_SENTENCE["main"])]
+            ("train_only", train_only, {"train": train_order}, train_rng, by_split, VOICES_PER_SENTENCE["main"]),
+            ("dev_control", dev_control, {"dev": dev_order}, dev_rng, by_split, VOICES_PER_SENTENCE["control"])]
     for part in HELD_OUT_PARTS:
         held = {s: dealt for s in ("dev", "test")
                 if (dealt := [v for v in voices if v.split == s and part_of(v) == part and not v.reads_all])}
@@ -221,14 +216,20 @@ def plan_corpus(
             part_rng = random.Random(f"{part.replace('_', '-')}-{seed}")
             jobs += [(kind, texts, {s: idx[s] for s in held if s in idx}, part_rng, held, UNSEEN_VOICES_PER_SENTENCE)
                      for kind, texts, idx in (("main", sentences, main_idx), ("control", control, ctl_idx))]
+            if "dev" in held:
+                jobs.append(("dev_control", dev_control, {"dev": dev_order},
+                             random.Random(f"{part.replace('_', '-')}-dev-control-{seed}"), held,
+                             UNSEEN_VOICES_PER_SENTENCE))
     # Voices that read every sentence of their split draw nothing from any rng: the dealt hands stay
     # as they were without them.
     for v in voices:
         if v.reads_all:
             jobs += [("main", sentences, {v.split: main_idx.get(v.split, [])}, None, {v.split: [v]}, 1),
-                     ("control", control, {v.split: ctl_idx.get(v.split, [])}, None, {v.split: [v]}, 1)]
+                     ("control", control, {v.split: ctl_idx.get(v.split, [])}, None, {v.split: [v]}, 1),
+                     ("dev_control", dev_control, {"dev": dev_order if v.split == "dev" else []}, None,
+                      {"dev": [v]}, 1)]
     for kind, texts, split_idx, deal_rng, pool, k in jobs:
-        subset = "main" if kind == "train_only" else kind
+        subset = {"train_only": "main", "dev_control": "control"}.get(kind, kind)
         for split, idx in split_idx.items():
             if not idx:
                 continue
@@ -245,23 +246,6 @@ def plan_corpus(
                         voice=v.id, part=part_of(v), source=sources[kind][i],
                     ))
     return records
-
-
-def _add_real_control(out_dir: Path) -> tuple[list[Record], dict]:
-    sources = _real_control_sources()
-    if not sources:
-        return [], {"included": False, "reason": f"pocketsphinx-testdata not found under {POCKETSPHINX} "
-                    "(apt-get install pocketsphinx-testdata)"}
-    records = []
-    for rid, text, wav, speaker in sources:
-        rel = f"audio/real/{rid}.wav"
-        if not (out_dir / rel).is_file():
-            x, sr = sf.read(wav, dtype="float32")
-            write_wav_16k(x, sr, out_dir / rel)
-        records.append(Record(id=rid, text=text, audio_path=rel, speaker=speaker, accent="unknown", split="test",
-                              subset="control", engine=None, voice=None, part=REAL_PART, source=str(wav)))
-    return records, {"included": True, "source": str(POCKETSPHINX), "package": "pocketsphinx-testdata",
-                     "utterances": len(records)}
 
 
 def _summary(records: list[Record]) -> dict:
@@ -296,7 +280,7 @@ _REUSE_LOGGED: set = set()
 
 def _read_inputs(inputs: CorpusInputs) -> tuple[dict[str, TextFile], TextFile | None]:
     texts = {role: read_sentences(getattr(inputs, role), role, shown=inputs.shown(getattr(inputs, role)))
-             for role in ("sentences", "control", "general", "train_sentences") if getattr(inputs, role)}
+             for role in ("sentences", "control", "general", "train_sentences", "dev_control") if getattr(inputs, role)}
     terms = None
     if inputs.terms is not None:
         domain = texts["sentences"].texts + (texts["train_sentences"].texts if "train_sentences" in texts else [])
@@ -321,15 +305,16 @@ def build_corpus(
     out_dir = Path(out_dir) if out_dir is not None else default_cache_dir(name)
     manifest, info_path = out_dir / "manifest.jsonl", out_dir / "corpus_info.json"
     paths = {"sentences": inputs.sentences, "control": inputs.control, "general": inputs.general,
-             "voices": inputs.voices, "terms": inputs.terms, "train_sentences": inputs.train_sentences}
+             "voices": inputs.voices, "terms": inputs.terms, "train_sentences": inputs.train_sentences,
+             "dev_control": inputs.dev_control}
     # Hashed for the cache key before any reader opens them, so checked here with the readers' words.
     for role, path in paths.items():
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"data.{role}: no such file: {path}")
     # Keyed by file name as before for the shipped inputs, so their cache stays valid.
-    files = {(f"{role}:{p.name}" if role in ("terms", "train_sentences") else p.name): _sha256(p)
+    files = {(f"{role}:{p.name}" if role in ("terms", "train_sentences", "dev_control") else p.name): _sha256(p)
              for role, p in paths.items() if p}
-    real_sources = [str(s[2]) for s in _real_control_sources()]
+    real_sources = [str(s[2]) for s in real_control_sources()]
     inputs_hash = hashlib.sha256(json.dumps(
         [PLAN_VERSION, SYNTH_VERSION, seed, max_sentences, files, real_sources], sort_keys=True).encode()).hexdigest()
 
@@ -351,14 +336,16 @@ def build_corpus(
     for sk in skips[:5]:
         log.warning("skipped %s", sk.detail)
     voices = load_voices(inputs.voices)
-    train_only = texts.get("train_sentences")
+    train_only, dev_control = texts.get("train_sentences"), texts.get("dev_control")
     sources = {"main": texts["sentences"].sources, "control": texts["control"].sources,
-               "general": texts["general"].sources, "train_only": train_only.sources if train_only else []}
+               "general": texts["general"].sources, "train_only": train_only.sources if train_only else [],
+               "dev_control": dev_control.sources if dev_control else []}
     records = plan_corpus(texts["sentences"].texts, texts["control"].texts, voices, seed, max_sentences,
                           general=texts["general"].texts, sources=sources, voices_path=inputs.voices,
-                          train_only=train_only.texts if train_only else None)
+                          train_only=train_only.texts if train_only else None,
+                          dev_control=dev_control.texts if dev_control else None)
     rendered = render_missing(records, out_dir, {v.id: v for v in voices}, seed, workers, progress, name)
-    real, real_info = _add_real_control(out_dir)
+    real, real_info = add_real_control(out_dir)
     records = [replace(r, audio_path=str((out_dir / r.audio_path).resolve()),
                        duration=round(sf.info(out_dir / r.audio_path).duration, 3)) for r in records + real]
 
