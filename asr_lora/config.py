@@ -94,8 +94,8 @@ class DataConfig:
     # More domain sentences for training only (more contexts per term), never in dev or test; the
     # shipped domain has data/sg_english/sg_train_sentences.txt
     train_sentences: Optional[str] = None
-    # More general English for the dev split only (more control words to choose recipes on); null:
-    # data/sg_english/dev_control_sentences.txt with the shipped control file, none with your own
+    # More general English for the dev split only (more control words to choose recipes on), opt-in:
+    # data/sg_english/dev_control_sentences.txt for the shipped corpus
     dev_control: Optional[str] = None
     corpus_seed: int = 0
     corpus_max_sentences: Optional[int] = None

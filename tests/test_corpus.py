@@ -207,10 +207,9 @@ def test_dev_control_sentences_join_dev_control_only_and_leave_the_rest_of_the_p
                              "train_only": [], "dev_control": ["more.txt:1", "more.txt:2"]})
 
 
-def test_dev_control_defaults_to_the_shipped_file_only_with_the_shipped_control(tmp_path):
-    assert CorpusInputs.of().dev_control == DEV_CONTROL == CorpusInputs().dev_control
-    assert CorpusInputs.of("drugs", tmp_path / "d.txt").dev_control == DEV_CONTROL
-    assert CorpusInputs.of("drugs", tmp_path / "d.txt", control=tmp_path / "c.txt").dev_control is None
+def test_dev_control_sentences_are_opt_in(tmp_path):
+    assert CorpusInputs.of().dev_control is None is CorpusInputs().dev_control
+    assert CorpusInputs.of(dev_control=str(DEV_CONTROL)).dev_control == DEV_CONTROL
     own = CorpusInputs.of("drugs", tmp_path / "d.txt", control=tmp_path / "c.txt", dev_control=tmp_path / "e.txt")
     assert own.dev_control == tmp_path / "e.txt"
 
@@ -251,8 +250,7 @@ def test_small_build_manifest_split_and_cache(tmp_path):
     assert info["synthetic"] is True and info["seed"] == 0
     assert info["utterances"] == len(rows)
     assert set(info["input_files_sha256"]) == {"sg_sentences.txt", "control_sentences.txt",
-                                               "general_sentences.txt", "voices.json",
-                                               "dev_control:dev_control_sentences.txt"}
+                                               "general_sentences.txt", "voices.json"}
     assert info["counts"]["train"]["general"] == 3  # max(1, 12 // 4)
     # Unseen-engine part (tests/test_unseen_engine.py): rendered, in dev and test, counted per part.
     assert {r.split for r in records if r.part == "unseen_engine"} == {"dev", "test"}

@@ -10,7 +10,7 @@ voice inventory. The corpus is split so that test scores say something about uns
 * control sentences (subset="control") go to dev and test only: they exist to measure
   forgetting of general English, never to be trained on. Real recorded English from Debian's
   pocketsphinx-testdata joins the test control set when installed;
-* dev-only control sentences (`data.dev_control`, subset="control", ids "dctl-...") join the dev
+* dev-only control sentences (opt-in `data.dev_control`, subset="control", ids "dctl-...") join the dev
   control set, read like the control sentences, so that recipes chosen on dev see enough general
   English to tell forgetting from noise; dealt by their own seeded rngs, they change nothing else;
 * train-only domain sentences (`data.train_sentences`, subset="main", ids "sgt-...") go to

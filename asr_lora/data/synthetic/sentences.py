@@ -20,9 +20,10 @@ from asr_lora.data.synthetic.voices import VOICES
 DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "sg_english"
 SENTENCES = DATA_DIR / "sg_sentences.txt"
 CONTROL = DATA_DIR / "control_sentences.txt"
-# More control sentences for the dev split only: a third of CONTROL alone is 55 sentences, where the
-# forgetting limit (5% of zero-shot's control errors) is less than one word, so recipes chosen on dev
-# could not tell forgetting from noise. Dev only, so the test split stays as it is.
+# More control sentences for the dev split only, opt-in (data.dev_control=...): a third of CONTROL
+# alone is 55 sentences, where the forgetting limit (5% of zero-shot's control errors) is less than
+# one word, so recipes chosen on dev could not tell forgetting from noise. Dev only, so the test split
+# stays as it is; opt-in, so runs that never score dev (`make demo`) do not render ~850 more clips.
 DEV_CONTROL = DATA_DIR / "dev_control_sentences.txt"
 GENERAL = DATA_DIR / "general_sentences.txt"
 # More Singapore English sentences for training only (each term in at least six sentences), never in
@@ -196,8 +197,7 @@ def load_sentences(path: Path = SENTENCES) -> list[str]:
 class CorpusInputs:
     """What a synthetic corpus is rendered from (data.sentences / control / general / voices /
     terms / train_sentences / dev_control); the defaults are the shipped Singapore English files.
-    `dev_control` defaults to the shipped dev-only control sentences with the shipped control file,
-    and to none with a control file of one's own."""
+    `dev_control` (dev-only control sentences, e.g. `DEV_CONTROL`) is opt-in."""
     name: str = "sg_english"
     sentences: Path = SENTENCES
     control: Path = CONTROL
@@ -205,14 +205,14 @@ class CorpusInputs:
     voices: Path = VOICES
     terms: Path | None = None
     train_sentences: Path | None = None
-    dev_control: Path | None = DEV_CONTROL
+    dev_control: Path | None = None
 
     @classmethod
     def of(cls, name: str | None = None, sentences=None, control=None, general=None, voices=None, terms=None,
            train_sentences=None, dev_control=None):
         d = cls()
         train = Path(train_sentences).expanduser() if train_sentences else None
-        dev = Path(dev_control).expanduser() if dev_control else (d.dev_control if not control else None)
+        dev = Path(dev_control).expanduser() if dev_control else None
         return cls(name or d.name, *(Path(p).expanduser() if p else q for p, q in (
             (sentences, d.sentences), (control, d.control), (general, d.general), (voices, d.voices))),
             Path(terms).expanduser() if terms else None, train, dev)
