@@ -164,7 +164,7 @@ class TrainConfig:
     logging_steps: int = 10
     early_stopping_patience: Optional[int] = 3
     gradient_checkpointing: bool = False
-    bf16: str = "auto"  # auto: bf16 autocast on a bf16-capable GPU, fp32 on CPU
+    bf16: str = "auto"  # auto: bf16 autocast on a bf16-capable GPU or CPU (AVX512-BF16/AMX), else fp32
     # full: every training step runs the encoder on Whisper's 30 s input. batch: on the batch's
     # longest clip + context_pad_s, rounded up to whole seconds (asr_lora/model/context.py); evaluation
     # and exported models always use 30 s.

@@ -17,9 +17,11 @@ rank 1 batches 1, 3, 5, ... of size 2, so global step k sees exactly the 4 clips
 process sees at step k (the same permutation, same seed). DDP averages the two ranks' gradients of
 their mean losses, which equals the gradient of the 4-clip mean loss when both halves hold the same
 number of label tokens, so every label here has the same token count (checked). LoRA dropout is
-off (its random masks would differ), the encoder is frozen and cached. What remains is the order of
-float32 sums (all-reduce vs one batched reduction), about 1e-7 relative per step, carried through
-6 AdamW steps: 1e-4 leaves two orders of magnitude of margin and still catches a wrong batch split
+off (its random masks would differ), the encoder is frozen and cached, and the runs are fp32
+(train.bf16=false: bf16 autocast rounds each product to 8 bits of mantissa, and kernels blocked for
+a batch of 4 or of 2 round differently). What remains is the order of float32 sums (all-reduce
+vs one batched reduction), about 1e-7 relative per step, carried through 6 AdamW steps: 1e-4
+leaves two orders of magnitude of margin and still catches a wrong batch split
 (loss differs by ~1e-2) or a gradient scaled by the world size (factor 2).
 
 Rank 1's writes are recorded by a Python audit hook (a `sitecustomize` on PYTHONPATH, active only
@@ -116,8 +118,9 @@ def overrides(model_dir: Path, manifest: Path, cache: Path, run_dir: Path, batch
     return [
         "+recipe=sg_english_decoder", f"model.name_or_path={model_dir}", "data=jsonl", f"data.path={manifest}",
         f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}",  # one run dir for every rank
-        "lora.r=4", "lora.alpha=8", "lora.dropout=0.0", f"train.max_steps={STEPS}", "train.warmup_steps=0",
-        f"train.per_device_train_batch_size={batch}", "train.logging_steps=1", "train.save_steps=1000",
+        "lora.r=4", "lora.alpha=8", "lora.dropout=0.0", "train.bf16=false", f"train.max_steps={STEPS}",
+        "train.warmup_steps=0", f"train.per_device_train_batch_size={batch}", "train.logging_steps=1",
+        "train.save_steps=1000",
         "train.eval_steps=1000", "logger=none", "export.enabled=false", "eval.before_training=false",
     ]
 

@@ -214,3 +214,23 @@ def test_dev_batches_are_never_masked(tiny_whisper_dir):
     rows = [{"id": "a", "labels": [50257, 7], "duration": 1.0}]
     assert (train_collate(rows)["encoder_outputs"].last_hidden_state == 0).all(-1).any()
     assert torch.equal(dev_collate(rows)["encoder_outputs"].last_hidden_state, cache.get(["a"]))
+
+
+def test_a_bf16_training_split_is_encoded_as_a_bf16_step_would_encode_it(tiny_whisper_dir, tmp_path):
+    """Under train.bf16 the training clips' cached outputs are the encoder's under bf16 autocast (what
+    the uncached run feeds the decoder), filled eagerly or lazily alike; without it they stay fp32."""
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    audios = [np.sin(np.arange(16000) / 16000 * 2 * np.pi * f).astype("float32") * 0.2 for f in (200, 300)]
+    feats = log_mel(processor, audios)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = torch.cat([model.get_encoder()(feats[i : i + 1]).last_hidden_state.float() for i in range(2)])
+    eager = EncoderCache(model, processor, batch_size=1)
+    eager.fill(["a", "b"], audios, progress=False, bf16=True)
+    assert torch.equal(eager.get(["a", "b"]), want)
+    lazy = EncoderCache(model, processor, batch_size=1)
+    lazy.start_lazy(None, ["a", "b"], bf16=True)
+    assert torch.equal(lazy.get(["a", "b"], audios), eager.get(["a", "b"]))
+    plain = EncoderCache(model, processor, batch_size=1)
+    plain.fill(["a", "b"], audios, progress=False)
+    assert not torch.equal(plain.get(["a", "b"]), want)

@@ -111,6 +111,31 @@ def test_lora_scale_is_what_the_run_scores_saves_and_exports(tmp_path, tiny_whis
         export_main(cfg)  # a re-export cannot rescale what the evaluation scored
 
 
+def test_a_bf16_run_trains_under_autocast_and_scores_the_fp32_model_it_saved(tmp_path, tiny_whisper_dir,
+                                                                            monkeypatch):
+    """train.bf16=true: the Trainer's steps run under bf16 autocast; what the run then scores and
+    exports is the fp32 model with its saved adapter (Accelerate's autocast wrapper taken off), logit
+    for logit."""
+    import torch
+
+    from asr_lora.training import job
+
+    fitted = {}
+    fit = job.fit
+    monkeypatch.setattr(job, "fit", lambda *a, **k: fitted.setdefault("run", fit(*a, **k)))
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "train.bf16=true")
+    train(cfg)
+    run = fitted["run"]
+    assert run.trainer.args.bf16
+    saved = job.reload_trained(cfg, run.adapter_dir)
+    feats = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[50257, 11, 12, 13]] * 2)
+    with torch.no_grad():
+        scored = run.model.eval()(input_features=feats, decoder_input_ids=ids).logits
+        want = saved(input_features=feats, decoder_input_ids=ids).logits
+    assert torch.equal(scored, want)
+
+
 def test_encoder_time_masks_train_on_the_cached_outputs_and_are_refused_without_them(tmp_path, tiny_whisper_dir,
                                                                                      monkeypatch):
     masked = train(tiny_cfg(tmp_path / "a", tiny_whisper_dir, "logger=none", "train.encoder_time_mask=1.0",

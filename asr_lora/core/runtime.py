@@ -1,4 +1,5 @@
-"""Process plumbing every entry point shares: distributed init, rank-0-first, run dir, seeds."""
+"""Process plumbing every entry point shares: distributed init, rank-0-first, run dir, seeds, and the
+device and precision training runs on."""
 
 from __future__ import annotations
 
@@ -48,3 +49,25 @@ def main_process_first():
     from accelerate import PartialState
 
     return PartialState().main_process_first()
+
+
+def trains_on_cpu(device: str | None) -> bool:
+    """Whether the Trainer runs on the CPU: asked for (`device` "cpu"), or no accelerator visible."""
+    return device == "cpu" or not (torch.cuda.is_available() or torch.backends.mps.is_available())
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run natively (elsewhere autocast emulates them, slower than
+    fp32). torch exposes the probe only under torch.cpu's private names."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def use_bf16(setting: str, on_cpu: bool) -> bool:
+    """Whether training runs under bf16 autocast (train.bf16; fp32 master weights, scoring stays fp32).
+    auto: on a bf16-capable GPU, and on a CPU with native bf16 arithmetic, where a recipe step takes
+    about half its fp32 time (docs/BENCHMARKS.md)."""
+    setting = str(setting).lower()
+    if setting != "auto":
+        return setting in ("true", "1", "yes")
+    return cpu_has_bf16() if on_cpu else torch.cuda.is_available() and torch.cuda.is_bf16_supported()

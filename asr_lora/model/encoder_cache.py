@@ -6,7 +6,10 @@ fed to the decoder as `encoder_outputs` in every training step and in both the b
 adapted evaluation. On 2 CPU cores the 30 s encoder pass is ~0.6 s per clip, so this turns hours
 into minutes; it changes nothing the model computes. It is skipped when waveform/spectrogram
 augmentation runs per step (each step would need a fresh encoder pass anyway); augmented takes
-pre-rendered once (`augment.copies`, no SpecAugment) are fixed audio and are cached like any clip."""
+pre-rendered once (`augment.copies`, no SpecAugment) are fixed audio and are cached like any clip.
+A run that trains under bf16 autocast encodes its training clips under the same autocast, so the
+decoder is trained on what the uncached run would feed it; dev and test stay fp32, as they are
+scored."""
 
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ from asr_lora.data.features import log_mel
 log = logging.getLogger("asr_lora")
 
 
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on `device` as the Trainer's training step has it, or nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
 
 @torch.no_grad()
 def encoder_states(encoder, features: torch.Tensor, clips_per_call: int) -> torch.Tensor:
@@ -38,8 +45,8 @@ def encoder_states(encoder, features: torch.Tensor, clips_per_call: int) -> torc
 
 @torch.no_grad()
 def encode(model, processor, audios: Sequence[np.ndarray], batch_size: int = 8, progress: bool = False,
-           description: str = "encoding") -> torch.Tensor:
-    """Encoder hidden states (N, 1500, d) for clean audio, in batches."""
+           description: str = "encoding", bf16: bool = False) -> torch.Tensor:
+    """Encoder hidden states (N, 1500, d) for clean audio, in batches; `bf16`: under bf16 autocast."""
 
     encoder = model.get_encoder()
     param = next(encoder.parameters())
@@ -47,7 +54,9 @@ def encode(model, processor, audios: Sequence[np.ndarray], batch_size: int = 8, 
     with progress_bar(description, len(audios), progress) as advance:
         for i in range(0, len(audios), batch_size):
             feats = log_mel(processor, audios[i : i + batch_size]).to(param.device, param.dtype)
-            outs.append(encoder(feats).last_hidden_state.float().cpu())
+            with autocast(param.device, bf16):
+                hidden = encoder(feats).last_hidden_state
+            outs.append(hidden.float().cpu())
             advance(len(feats))
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -59,16 +68,20 @@ class EncoderCache:
         self.model, self.processor, self.batch_size = model, processor, batch_size
         self.store: dict[str, torch.Tensor] = {}
         self.lazy: list[tuple[Path | None, list[str]]] = []  # (file or None, ids) of lazily filled splits
+        self.lazy_bf16 = False  # the lazily filled split is the training one: encoded as training runs
 
-    def fill(self, ids: Sequence[str], audios: Sequence[np.ndarray], progress: bool = True, description="encoding"):
+    def fill(self, ids: Sequence[str], audios: Sequence[np.ndarray], progress: bool = True, description="encoding",
+             bf16: bool = False):
         todo = [(i, a) for i, a in zip(ids, audios) if i not in self.store]
         if not todo:
             return
-        hidden = encode(self.model, self.processor, [a for _, a in todo], self.batch_size, progress, description)
+        hidden = encode(self.model, self.processor, [a for _, a in todo], self.batch_size, progress, description,
+                        bf16)
         for (i, _), h in zip(todo, hidden):
             self.store[i] = h.clone()
 
-    def load_or_fill(self, path, ids: Sequence[str], audios_fn, progress: bool = True, description="encoding"):
+    def load_or_fill(self, path, ids: Sequence[str], audios_fn, progress: bool = True, description="encoding",
+                     bf16: bool = False):
         """Reuse a saved cache file for exactly these ids, else encode and save it (atomically)."""
         from safetensors.torch import load_file
 
@@ -79,15 +92,17 @@ class EncoderCache:
                 self.store.update({i: stored[i] for i in ids})
                 log.info("encoder outputs for %d clips reused from %s", len(ids), path)
                 return
-        self.fill(ids, audios_fn(), progress, description)
+        self.fill(ids, audios_fn(), progress, description, bf16)
         self._save(path, ids)
 
-    def start_lazy(self, path: Path | None, ids: Sequence[str]):
-        """Fill the split of `ids` on first use (`get` with audios); whatever an earlier run saved at
-        `path` (any subset of `ids`) is loaded now, and `save_lazy` writes the filled entries back."""
+    def start_lazy(self, path: Path | None, ids: Sequence[str], bf16: bool = False):
+        """Fill the split of `ids` on first use (`get` with audios), under bf16 autocast with `bf16`;
+        whatever an earlier run saved at `path` (any subset of `ids`) is loaded now, and `save_lazy`
+        writes the filled entries back."""
         from safetensors import safe_open
 
         self.lazy.append((path, list(ids)))
+        self.lazy_bf16 = bf16
         if path is not None and path.is_file():
             with safe_open(str(path), framework="pt") as f:
                 saved = set(f.keys())
@@ -126,7 +141,7 @@ class EncoderCache:
             encoder.eval()
             try:
                 with torch.no_grad():
-                    self.fill(ids, audios, progress=False)
+                    self.fill(ids, audios, progress=False, bf16=self.lazy_bf16)
             finally:
                 encoder.train(was_training)
         return torch.stack([self.store[i] for i in ids])
@@ -161,12 +176,13 @@ def encoder_batch_size(model, gpu_batch_size: int) -> int:
 
 
 def build_encoder_cache(model, processor, splits: dict, *, auto: bool, budget_gb: float, on_disk: bool,
-                        base: str, dtype: str, batch_size: int, lazy: Sequence[str] = ()):
+                        base: str, dtype: str, batch_size: int, lazy: Sequence[str] = (), train_bf16: bool = False):
     """The frozen encoder's outputs for every clip of `splits` (name -> dataset or None), or None when
     `auto` and they would not fit `budget_gb`. `on_disk` keeps them under the cache root, keyed by
-    the base model (`base`, `dtype`) and the rows, for the next run. Splits named in `lazy` are not
-    encoded here: their reader passes the audio to `EncoderCache.get`, and `save_lazy` keeps what
-    it encoded."""
+    the base model (`base`, `dtype`), the autocast and the rows, for the next run. Splits named in
+    `lazy` are not encoded here: their reader passes the audio to `EncoderCache.get`, and
+    `save_lazy` keeps what it encoded. `train_bf16`: the "train" split is encoded under bf16
+    autocast, as a bf16 training step would encode it."""
     n = sum(len(ds) for ds in splits.values() if ds is not None)
     gb = n * model.config.max_source_positions * model.config.d_model * 4 / 2**30
     if auto and gb > budget_gb:
@@ -183,15 +199,18 @@ def build_encoder_cache(model, processor, splits: dict, *, auto: bool, budget_gb
         if ds is None or not len(ds):
             continue
         audios = lambda ds=ds: [np.asarray(a, dtype=np.float32) for a in ds["audio"]]  # noqa: E731
-        label = f"encoding {name} ({len(ds)} clips, frozen encoder)"
-        path = (cache_root() / "encoder" / f"{cache_key(model_id, ds._fingerprint, len(ds), length=20)}.safetensors"
+        bf16 = train_bf16 and name == "train"
+        label = f"encoding {name} ({len(ds)} clips, frozen encoder{', bf16' if bf16 else ''})"
+        key = model_id + ["bf16"] if bf16 else model_id  # fp32 keys stay what they were
+        path = (cache_root() / "encoder" / f"{cache_key(key, ds._fingerprint, len(ds), length=20)}.safetensors"
                 if on_disk else None)
         if name in lazy:
-            log.info("encoder outputs of the %s split (%d clips) are computed on first use", name, len(ds))
-            cache.start_lazy(path, ds["id"])
+            log.info("encoder outputs of the %s split (%d clips) are computed on first use%s", name, len(ds),
+                     " (bf16 autocast, as training runs)" if bf16 else "")
+            cache.start_lazy(path, ds["id"], bf16)
         elif path is not None:
-            cache.load_or_fill(path, ds["id"], audios, True, label)
+            cache.load_or_fill(path, ds["id"], audios, True, label, bf16)
         else:
-            cache.fill(ds["id"], audios(), True, label)
+            cache.fill(ds["id"], audios(), True, label, bf16)
     log.info("encoder cache: %d clips, %.0f MB", len(cache.store), cache.nbytes() / 2**20)
     return cache

@@ -22,7 +22,8 @@ from asr_lora.core import tracking
 from asr_lora.core.io import write_json
 from asr_lora.core.logs import setup_logging
 from asr_lora.core.paths import use_cache_root
-from asr_lora.core.runtime import init_distributed, is_main_process, run_dir_of, seed_everything
+from asr_lora.core.runtime import (init_distributed, is_main_process, run_dir_of, seed_everything, trains_on_cpu,
+                                   use_bf16)
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import eval_summary, print_summary
 from asr_lora.training.sampling import check_sampling, train_sampler
@@ -170,9 +171,15 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
                                     budget_gb=t.encoder_cache_budget_gb, on_disk=t.encoder_cache_on_disk,
                                     base=cfg.model.name_or_path, dtype=cfg.model.dtype,
                                     batch_size=cfg.eval.batch_size,
-                                    lazy=train_encoded_lazily(cfg, rows) if lazy_train else ())
+                                    lazy=train_encoded_lazily(cfg, rows) if lazy_train else (),
+                                    train_bf16=trains_bf16(cfg))
     encoder_mask_settings(t, cache is not None and not rows.streaming)  # an auto cache may be over its budget
     return model, params, cache
+
+
+def trains_bf16(cfg: DictConfig) -> bool:
+    """Whether the Trainer will run its steps under bf16 autocast (train.bf16 on this device)."""
+    return use_bf16(cfg.train.bf16, on_cpu=trains_on_cpu(cfg.device))
 
 
 def train_encoded_lazily(cfg: DictConfig, rows: Rows) -> tuple[str, ...]:
@@ -262,6 +269,9 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_point(t.resume, ckpt_dir))
     seconds = time.perf_counter() - t_train
+    # A bf16 run leaves Accelerate's autocast wrapper on the model's forward; what is scored, checked
+    # and exported is the fp32 model with the trained adapter, so it comes off.
+    model = trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     adapter_dir = run_dir / ("adapter" if t.mode == "lora" else "model")
     if cfg.lora.scale != 1:  # before scoring and saving, so report, adapter and export agree
         from asr_lora.model.lora import scale_adapter

@@ -17,6 +17,7 @@ from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingA
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 from asr_lora.core.io import write_json
+from asr_lora.core.runtime import trains_on_cpu, use_bf16
 from asr_lora.evaluation.metrics import normalized_wer
 from asr_lora.model.lora import adapted_module_names, add_lora, count_parameters, expected_lora_parameters
 from asr_lora.training.term_tokens import weighted_token_loss
@@ -128,12 +129,6 @@ def prepare_model(model, mode: str, lora, encoder_context: str = "full", context
     return model, info
 
 
-def use_bf16(setting: str) -> bool:
-    if setting == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return str(setting).lower() in ("true", "1", "yes")
-
-
 def _checkpointing_args(enabled: bool) -> dict:
     # transformers 5.x renamed gradient_checkpointing* to activation_checkpointing* (the old names
     # warn); use whichever this transformers knows. Reentrant checkpoints leave encoder adapters
@@ -155,6 +150,7 @@ def training_args(t, output_dir: Path, report_to: list[str], has_dev: bool, stre
         extra["accelerator_config"] = {"dispatch_batches": False, "split_batches": False}
     elif length_buckets:
         extra.update(train_sampling_strategy="group_by_length", length_column_name="n_labels")
+    on_cpu = trains_on_cpu(device)
     return Seq2SeqTrainingArguments(
         **extra,
         output_dir=str(output_dir),
@@ -182,7 +178,7 @@ def training_args(t, output_dir: Path, report_to: list[str], has_dev: bool, stre
         predict_with_generate=True,
         generation_max_length=generation_max_length,
         generation_num_beams=1,
-        bf16=use_bf16(t.bf16),
+        bf16=use_bf16(t.bf16, on_cpu=on_cpu),
         **_checkpointing_args(t.gradient_checkpointing),
         # PeftModel.forward takes **kwargs, so the Trainer must not prune columns (FIELD_NOTES 3).
         remove_unused_columns=False,
@@ -194,7 +190,7 @@ def training_args(t, output_dir: Path, report_to: list[str], has_dev: bool, stre
         ddp_backend=t.ddp_backend,
         # Accelerate treats torchrun's processes as one distributed job on CPU (gloo) only with
         # use_cpu; without it every rank silently trains alone on the whole data set.
-        use_cpu=device == "cpu" or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        use_cpu=on_cpu,
         fsdp=bool(t.fsdp) or None,
         fsdp_config=_plain(t.fsdp_config) or None,
         deepspeed=_deepspeed_config(t.deepspeed),
