@@ -27,11 +27,6 @@ from asr_lora.data.features import log_mel
 log = logging.getLogger("asr_lora")
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on `device` as the Trainer's training step has it, or nothing."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
 @torch.no_grad()
 def encoder_states(encoder, features: torch.Tensor, clips_per_call: int) -> torch.Tensor:
     """`encoder(features).last_hidden_state`, `clips_per_call` clips per call: each clip's states
@@ -54,7 +49,7 @@ def encode(model, processor, audios: Sequence[np.ndarray], batch_size: int = 8, 
     with progress_bar(description, len(audios), progress) as advance:
         for i in range(0, len(audios), batch_size):
             feats = log_mel(processor, audios[i : i + batch_size]).to(param.device, param.dtype)
-            with autocast(param.device, bf16):
+            with torch.autocast(param.device.type, dtype=torch.bfloat16, enabled=bf16):
                 hidden = encoder(feats).last_hidden_state
             outs.append(hidden.float().cpu())
             advance(len(feats))
