@@ -199,6 +199,11 @@ class TrainConfig:
     # the adapted one's, added to the loss. Replay's reference text carries one token per position;
     # the base's distribution carries all it knew of general English there. Needs train.mode=lora.
     replay_kl: float = 0.0
+    # Weight of the same distillation term on the domain rows' tokens that spell none of the domain's
+    # own words (the terms, and every word general English never uses; training/distill.py): the
+    # adapter is free on the domain's words and held to the base around them, to learn the words
+    # rather than the training engines' sound. Needs train.mode=lora and terms.
+    context_kl: float = 0.0
     # How many times the label tokens of a domain term count in the token loss (1: Whisper's own loss,
     # every token once). The terms are the evaluation's (eval.terms or derived from the training text);
     # training/term_tokens.py says why and how they are found in the labels.

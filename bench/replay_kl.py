@@ -1,4 +1,4 @@
-"""What the replay distillation term (train.replay_kl) adds to a training step of the recipe.
+"""What the base distillation terms (train.replay_kl, train.context_kl) add to a training step of the recipe.
 
     ASR_LORA_CACHE=<cache> .venv/bin/python bench/replay_kl.py --batches 6 --replay-rows 2
 
@@ -9,8 +9,9 @@ are general-English replay. Variants, each on the same batches, alternating:
 - `kl`: `SpeechTrainer.compute_loss` with replay_kl=1 (the base decodes each replay row's plain
   transcript, as wide as the longest one, and projects the transcript tokens only);
 - `kl_batch_width`: the same term with the base decoding at the batch's width (which the prompted
-  rows set, ~200 tokens) and projecting every position onto the vocabulary.
-The script checks the two distillation terms agree.
+  rows set, ~200 tokens) and projecting every position onto the vocabulary;
+- `kl_context`: replay_kl=1 and context_kl=1 (the base decodes every row, not the replay rows only).
+The script checks the two replay terms agree.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from label_logits import batches, recipe_model  # noqa: E402
 
 
 def batch_width_distillation(peft_model, inputs, logits, labels, rows):
-    """The term with the base decoding at the batch's width and projecting every position."""
-    from asr_lora.training.trainer import _pick_rows
+    """The per-token term with the base decoding at the batch's width and projecting every position."""
+    from asr_lora.training.distill import _pick_rows
 
     picked = {k: _pick_rows(v, rows) for k, v in inputs.items() if k not in ("labels", "decoder_input_ids")}
     targets = labels[rows]
@@ -42,7 +43,7 @@ def batch_width_distillation(peft_model, inputs, logits, labels, rows):
         teacher = peft_model(**picked, labels=plain).logits
     student = torch.log_softmax(logits[rows[(labels != -100).nonzero(as_tuple=True)[0]]].float(), dim=-1)
     base = torch.log_softmax(teacher[plain != -100].float(), dim=-1)
-    return torch.nn.functional.kl_div(student, base, log_target=True, reduction="batchmean")
+    return torch.nn.functional.kl_div(student, base, log_target=True, reduction="none").sum(-1)
 
 
 def main() -> None:
@@ -55,39 +56,41 @@ def main() -> None:
     common.quiet()
     from transformers import Seq2SeqTrainingArguments
 
+    import asr_lora.training.distill as distill_module
     import asr_lora.training.trainer as trainer_module
 
     model, processor, cfg = recipe_model()
     data = batches(model, processor, cfg, a.batches, a.batch_size, a.replay_rows)
 
-    def trainer(weight: float):
+    def trainer(weight: float, context: float = 0.0):
         return trainer_module.SpeechTrainer(
-            model=model, term_loss_weight=float(cfg.train.term_loss_weight), replay_kl=weight,
+            model=model, term_loss_weight=float(cfg.train.term_loss_weight), replay_kl=weight, context_kl=context,
             args=Seq2SeqTrainingArguments(output_dir=tempfile.mkdtemp(), use_cpu=True, report_to=[],
                                           remove_unused_columns=False))
 
-    plain, with_kl = trainer(0.0), trainer(1.0)
+    plain, with_kl, with_context = trainer(0.0), trainer(1.0), trainer(1.0, 1.0)
     terms: dict[str, list[float]] = {"kl": [], "kl_batch_width": []}
-    kl_now = trainer_module.replay_distillation
+    kl_now = distill_module.base_divergence
 
     def record(name, fn):
         def run(*args):
             value = fn(*args)
-            terms[name].append(float(value.detach()))
+            terms[name].append(float(value.detach().mean()))
             return value
         return run
 
     def step_with(name, fn):
         def step(batch):
-            trainer_module.replay_distillation = record(name, fn)
+            distill_module.base_divergence = record(name, fn)
             try:
                 return with_kl.compute_loss(model, dict(batch))
             finally:
-                trainer_module.replay_distillation = kl_now
+                distill_module.base_divergence = kl_now
         return step
 
     variants = {"no_kl": lambda batch: plain.compute_loss(model, dict(batch)),
-                "kl": step_with("kl", kl_now), "kl_batch_width": step_with("kl_batch_width", batch_width_distillation)}
+                "kl": step_with("kl", kl_now), "kl_batch_width": step_with("kl_batch_width", batch_width_distillation),
+                "kl_context": lambda batch: with_context.compute_loss(model, dict(batch))}
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(2):
         for batch in data:
@@ -102,6 +105,7 @@ def main() -> None:
              "median_s": round(m, 3)} for k, m in med.items()]
     ratios = {"kl/no_kl time": round(med["kl"] / med["no_kl"], 2),
               "kl_batch_width/no_kl time": round(med["kl_batch_width"] / med["no_kl"], 2),
+              "kl_context/no_kl time": round(med["kl_context"] / med["no_kl"], 2),
               "largest relative difference of the term": f"{worst:.1e}"}
     common.print_results(rows, ["variant", "batches", "batch_size", "replay_rows", "median_s"], ratios)
     common.write_result(a.name, {"args": vars(a), "machine": common.machine_info(), "results": rows,

@@ -8,7 +8,8 @@ import torch
 from transformers import Seq2SeqTrainingArguments, WhisperProcessor
 
 from asr_lora.training.term_tokens import weighted_token_loss
-from asr_lora.training.trainer import SpeechTrainer, replay_distillation
+from asr_lora.training.distill import replay_distillation
+from asr_lora.training.trainer import SpeechTrainer
 from test_replay_kl import batch, lora_model, move_adapter
 
 

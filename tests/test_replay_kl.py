@@ -14,7 +14,7 @@ from asr_lora.config import CONF_DIR
 from asr_lora.data.features import SpeechCollator
 from asr_lora.model.lora import add_lora
 from asr_lora.training.job import train
-from asr_lora.training.trainer import replay_distillation
+from asr_lora.training.distill import replay_distillation
 from test_train_e2e import make_corpus, tiny_cfg
 
 
@@ -158,7 +158,7 @@ def test_a_train_split_without_replay_rows_trains_without_the_term_and_says_so(c
 
     from datasets import Dataset
 
-    from asr_lora.training.trainer import check_replay_kl
+    from asr_lora.training.distill import check_replay_kl
 
     t = SimpleNamespace(replay_kl=1.0, mode="lora")
     own = Dataset.from_dict({"id": ["a", "b"], "subset": ["main", "control"]})

@@ -51,6 +51,17 @@ def test_terms_derived_from_training_text_only(tokenizer):
     assert terms.train_counts["serangoon"] == 2 and terms.prompt.split(", ")[:2] == ["kopi", "serangoon"]
 
 
+def test_the_domains_own_words_include_the_ones_the_tokenizer_keeps_whole(tokenizer):
+    # What train.context_kl leaves free: every word general English never uses, however it is split.
+    domain = ["Can or not lah, the kopi at Serangoon is shiok.", "Got the kopi already lor."]
+    general = ["Can you get the coffee or not, it is already late."]
+    terms = build_terms(domain, general, tokenizer)
+    own = {" ".join(w) for w in terms.own_words}
+    assert len(tokenizer.tokenize(" Lah")) == 1 and "lah" not in terms.names  # whole as " Lah": not a term
+    assert {"lah", "lor", "kopi", "serangoon"} <= own and set(terms.names) <= own
+    assert not {"can", "the", "not", "already", "coffee"} & own  # general English stays held
+
+
 def test_terms_file_errors_name_the_line(tmp_path, tokenizer):
     f = tmp_path / "terms.txt"
     f.write_bytes(b"# comment\nkopi\n\nBukit Timah\n\xff\xfebad\n")

@@ -127,10 +127,13 @@ class SpeechCollator:
     def __init__(self, processor, decoder_start_token_id: int, augmenter=None, encoder_cache=None, seed: int = 0,
                  timestamp_probability: float = 0.0, prompt_ids: Sequence[int] | None = None,
                  prompt_probability: float = 0.0, encoder_mask: tuple[float, int, float] = (0.0, 0, 0.0),
-                 mark_replay: bool = False, term_marker=None):
+                 mark_replay: bool = False, term_marker=None, own_marker=None):
         self.processor = processor
         # Marks the label tokens that spell a domain term (`term_tokens`) for a term-weighted loss.
         self.term_marker = term_marker
+        # Marks the tokens of the domain's own words (`own_tokens`), which the context distillation
+        # leaves free (train.context_kl).
+        self.own_marker = own_marker
         # Flag the general-English replay rows (`distill_rows`) for the trainer's distillation term.
         self.mark_replay = mark_replay
         # (probability, masks, max_seconds) of `mask_encoder_time` on cached encoder outputs; training only.
@@ -189,6 +192,8 @@ class SpeechCollator:
             batch["distill_rows"] = torch.tensor([r.get("subset") == "general" for r in rows])
         if self.term_marker is not None:
             batch["term_tokens"] = self.term_marker(batch["labels"])
+        if self.own_marker is not None:
+            batch["own_tokens"] = self.own_marker(batch["labels"])
         return batch
 
     def _batch(self, rows: list[dict]) -> dict:

@@ -41,6 +41,9 @@ class Terms:
     train_counts: dict[str, int] = field(default_factory=dict)
     prompt: str = ""
     n_prompt_terms: int = 0
+    # Every word of the training domain text that the general-English text never uses, however the
+    # tokenizer splits it: the domain's own words, which train.context_kl leaves free.
+    own_words: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
@@ -113,7 +116,7 @@ def build_terms(train_domain_texts: Sequence[str], train_general_texts: Sequence
     else:
         terms, source = _derive(words, train_general_texts, tokenizer), "derived from training text"
     counts = {" ".join(t): sum(_count(w, t) for w in words) for t in terms}
-    out = Terms(terms, source, counts)
+    out = Terms(terms, source, counts, own_words=_derive(words, train_general_texts, tokenizer, min_pieces=1))
     # Most frequent first: the prompt holds what the training text says most often.
     ranked = sorted(out.names, key=lambda n: (-counts[n], n))
     chosen: list[str] = []

@@ -4,15 +4,15 @@ section, and the dev collator beside it."""
 from __future__ import annotations
 
 from asr_lora.data.features import SpeechCollator, encoder_mask_settings
-from asr_lora.training.term_tokens import term_marker
+from asr_lora.training.term_tokens import own_word_marker, term_marker
 
 
 def collator_columns(cache, column_names, timestamp_probability: float, encoder_time_mask: float = 0.0,
-                     replay_kl: float = 0.0) -> list[str]:
+                     distils: bool = False) -> list[str]:
     """The train columns the collator reads. Audio goes unless the cache already holds every clip's
     encoder output; a lazily filled cache encodes each clip from its audio on first use."""
     keep = ["id", "labels"] + (["audio"] if cache is None or cache.lazy else [])
-    keep += ["subset"] if replay_kl > 0 else []  # which rows are general-English replay
+    keep += ["subset"] if distils else []  # which rows are general-English replay
     keep += ["input_features"] if "input_features" in (column_names or []) else []
     # The clip's end: for the timestamp targets, and for the encoder masks (which stay inside speech).
     keep += ["duration"] if timestamp_probability > 0 or encoder_time_mask > 0 else []
@@ -27,10 +27,11 @@ def make_collators(t, seed: int, processor, start: int, augmenter, cache, terms=
                               prompt_ids=training_prompt(t.prompt_probability, terms, processor),
                               prompt_probability=t.prompt_probability,
                               encoder_mask=encoder_mask_settings(t, cache is not None),
-                              mark_replay=t.replay_kl > 0,
-                              term_marker=term_marker(t.term_loss_weight, terms, processor.tokenizer))
+                              mark_replay=t.replay_kl > 0 or t.context_kl > 0,
+                              term_marker=term_marker(t.term_loss_weight, terms, processor.tokenizer),
+                              own_marker=own_word_marker(terms, processor.tokenizer) if t.context_kl > 0 else None)
     plain = augmenter is None and not (t.timestamp_probability or t.prompt_probability or t.encoder_time_mask
-                                       or t.replay_kl or t.term_loss_weight != 1)
+                                       or t.replay_kl or t.context_kl or t.term_loss_weight != 1)
     return collator, None if plain else SpeechCollator(processor, start, None, cache, seed)
 
 

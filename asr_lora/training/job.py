@@ -70,10 +70,11 @@ def train(cfg: DictConfig) -> dict:
     rows = select_rows(cfg, processor.tokenizer, run_dir, main)
     # Every rank needs the terms when training rows are prompted with them or their tokens weighed.
     t = cfg.train
-    terms = (domain_terms(cfg, rows, processor.tokenizer) if main or t.prompt_probability > 0 or t.term_loss_weight != 1
-             else None)
+    terms = (domain_terms(cfg, rows, processor.tokenizer)
+             if main or t.prompt_probability > 0 or t.term_loss_weight != 1 or t.context_kl else None)
     # Refused before the encoder pass when no training label spells a term.
-    term_marker(t.term_loss_weight, terms, processor.tokenizer, None if rows.streaming else rows.train["labels"])
+    term_marker(t.term_loss_weight, terms, processor.tokenizer, None if rows.streaming else rows.train["labels"],
+                needed_by_context=t.context_kl > 0)
     model, params, cache = build_model(cfg, model, processor, rows)
     precomputed = zero_shot(cfg, model, processor, rows.test, cache, terms) if main else {}
     fitted = fit(cfg, model, processor, rows, cache, run_dir, report_to, params, terms)
@@ -152,12 +153,13 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     from asr_lora.model.encoder_cache import build_encoder_cache
 
     from asr_lora.data.features import encoder_mask_settings
-    from asr_lora.training.trainer import check_replay_kl
+    from asr_lora.training.distill import check_context_kl, check_replay_kl
 
     # Refused before the encoder pass and any decoding when the run cannot honour it.
     encoder_mask_settings(cfg.train, caches_encoder(cfg) and not rows.streaming)
     # The weight the run trains with, in the config that is logged and saved with it.
     cfg.train.replay_kl = check_replay_kl(cfg.train, rows.train, rows.streaming)
+    cfg.train.context_kl = check_context_kl(cfg.train)
     check_sampling(cfg.train.sampling, rows.streaming, cfg.data.length_buckets)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
@@ -250,7 +252,7 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
         train_ds = add_features(train_ds, processor)
         dev_ds = add_features(dev_ds, processor) if dev_ds is not None else None
     keep = collator_columns(held_cache, train_ds.column_names, t.timestamp_probability, t.encoder_time_mask,
-                            t.replay_kl)
+                            t.replay_kl > 0 or t.context_kl > 0)
     if cfg.data.length_buckets and not streaming:
         # The Trainer's group_by_length reads this column (and groups dev batches the same way).
         train_ds, dev_ds = (d.map(lambda r: {"n_labels": len(r["labels"])}, desc="label lengths")
@@ -265,7 +267,8 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     trainer = build_trainer(model, args, train_ds.select_columns(keep),
                             dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor,
                             eval_collator, early_stopping_patience=t.early_stopping_patience,
-                            replay_kl=t.replay_kl, term_loss_weight=t.term_loss_weight, train_sampler=sampler)
+                            replay_kl=t.replay_kl, term_loss_weight=t.term_loss_weight, train_sampler=sampler,
+                            context_kl=t.context_kl)
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_point(t.resume, ckpt_dir))
     seconds = time.perf_counter() - t_train

@@ -87,27 +87,40 @@ def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, marked: torc
     return (ce * w)[valid].sum() / valid.sum().clamp(min=1)
 
 
-def term_marker(weight: float, terms, tokenizer, label_lists=None) -> TermTokenMarker | None:
-    """The marker for train.term_loss_weight=`weight`, or None at 1 (Whisper's own loss). Refuses a
-    negative weight and a run without terms; given the train split's `label_lists`, also one in
-    which no label spells a term, and logs the share that does."""
+def term_marker(weight: float, terms, tokenizer, label_lists=None,
+                needed_by_context: bool = False) -> TermTokenMarker | None:
+    """The marker for train.term_loss_weight=`weight` (or for train.context_kl, `needed_by_context`),
+    or None when neither needs it (weight 1 is Whisper's own loss). Refuses a negative weight and a
+    run without terms; given the train split's `label_lists`, also one in which no label spells a
+    term, and logs the share that does."""
     if weight < 0:
         raise ValueError(f"train.term_loss_weight={weight}: a loss weight, must be >= 0")
-    if weight == 1:
+    if weight == 1 and not needed_by_context:
         return None
+    setting = f"train.term_loss_weight={weight}" if weight != 1 else "train.context_kl"
     if terms is None or not terms.terms:
-        raise ValueError("train.term_loss_weight weighs the tokens of domain terms and needs terms (eval.terms=PATH, "
+        raise ValueError(f"{setting} finds the tokens of domain terms in the labels and needs terms (eval.terms=PATH, "
                          "or training text with words general English does not use)")
     marker = TermTokenMarker(tokenizer, terms.terms)
     if label_lists is not None:
         marked, total = count_term_tokens(marker, label_lists)
         if not marked:
-            raise ValueError(f"train.term_loss_weight={weight}: none of the {total:,} training label tokens spells one "
-                             f"of the {len(terms.terms)} domain terms ({terms.source}), so the weight would change "
-                             "nothing")
+            raise ValueError(f"{setting}: none of the {total:,} training label tokens spells one of the "
+                             f"{len(terms.terms)} domain terms ({terms.source}), so the setting would change nothing")
         log.info("term tokens: %s of %s training label tokens (%.1f%%) count %g times in the loss", f"{marked:,}",
                  f"{total:,}", 100 * marked / total, weight)
     return marker
+
+
+def own_word_marker(terms, tokenizer) -> TermTokenMarker:
+    """The marker of the domain's own words (`Terms.own_words`: the terms, and every word of the
+    training domain text that the general-English text never uses), which train.context_kl leaves
+    free. Wider than the terms: a domain's words that the tokenizer keeps whole ("lah", "lor")
+    are still its own, and holding them to the base would unteach them."""
+    if terms is None or not (terms.terms or terms.own_words):
+        raise ValueError("train.context_kl finds the tokens of the domain's own words in the labels and needs terms "
+                         "(eval.terms=PATH, or training text with words general English does not use)")
+    return TermTokenMarker(tokenizer, list(dict.fromkeys([*terms.terms, *terms.own_words])))
 
 
 def count_term_tokens(marker: TermTokenMarker, label_lists) -> tuple[int, int]:

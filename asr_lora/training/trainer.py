@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,6 +19,8 @@ from asr_lora.core.io import write_json
 from asr_lora.core.runtime import trains_on_cpu, use_bf16
 from asr_lora.evaluation.metrics import normalized_wer
 from asr_lora.model.lora import adapted_module_names, add_lora, count_parameters, expected_lora_parameters
+from asr_lora.training.distill import distillation
+from asr_lora.training.label_logits import logits_only_at
 from asr_lora.training.term_tokens import weighted_token_loss
 
 log = logging.getLogger(__name__)
@@ -237,21 +238,23 @@ class SpeechTrainer(Seq2SeqTrainer):
     through one `data_collator`, so training-only augmentation and timestamp targets would otherwise
     reach the dev WER that picks the checkpoint), whose training loss computes logits at the label
     tokens only (`logits_only_at`), can count the tokens the collator marks as term tokens
-    `term_loss_weight` times, and adds `replay_kl` times the distillation term of
-    `replay_distillation` on the rows the collator flags as replay."""
+    `term_loss_weight` times, and adds the base distillation terms of training/distill.py:
+    `replay_kl` times the one on the rows the collator flags as replay, `context_kl` times the one
+    on the other rows' tokens that spell no domain term."""
 
     def __init__(self, *args, eval_collator=None, replay_kl: float = 0.0, term_loss_weight: float = 1.0,
-                 train_sampler=None, **kwargs):
+                 train_sampler=None, context_kl: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
         self.train_sampler = train_sampler  # None: the Trainer's own (train.sampling)
-        self.replay_kl = replay_kl
+        self.replay_kl, self.context_kl = replay_kl, context_kl
         self.term_loss_weight = term_loss_weight
-        self._kl_sum, self._kl_n = 0.0, 0
+        self._kl: dict[str, list] = {}  # name: [sum, count] since the last logged step
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows = inputs.pop("distill_rows", None)
         marked = inputs.pop("term_tokens", None)
+        own = inputs.pop("own_tokens", None)
         if not model.training:  # dev loss: the model's own, on the clean collator's batches
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
@@ -267,20 +270,23 @@ class SpeechTrainer(Seq2SeqTrainer):
         weight = self.term_loss_weight if marked is not None else 1.0
         loss = weighted_token_loss(logits, targets, marked[at] if marked is not None else torch.zeros_like(targets),
                                    weight)
-        if self.replay_kl and rows is not None and bool(rows.any()):
-            kl = replay_distillation(unwrapped, inputs, logits, labels, rows)
-            # Summed as a tensor: a float() here would make every GPU step wait for its kernels.
-            self._kl_sum, self._kl_n = self._kl_sum + kl.detach(), self._kl_n + 1
-            loss = loss + self.replay_kl * kl
+        if (self.replay_kl or self.context_kl) and rows is not None:
+            weights = {"replay_kl": self.replay_kl, "context_kl": self.context_kl}
+            for name, kl in distillation(unwrapped, inputs, logits, labels, rows, own, self.replay_kl,
+                                         self.context_kl).items():
+                # Summed as a tensor: a float() here would make every GPU step wait for its kernels.
+                total = self._kl.setdefault(name, [0.0, 0])
+                total[0], total[1] = total[0] + kl.detach(), total[1] + 1
+                loss = loss + weights[name] * kl
         return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
         return self.train_sampler or super()._get_train_sampler(train_dataset)
 
     def log(self, logs, *args, **kwargs):
-        if self._kl_n and "loss" in logs:  # the term's mean since the last logged step, beside the loss
-            logs["replay_kl"] = round(float(self._kl_sum) / self._kl_n, 6)
-            self._kl_sum, self._kl_n = 0.0, 0
+        if self._kl and "loss" in logs:  # each term's mean since the last logged step, beside the loss
+            logs.update({name: round(float(total) / n, 6) for name, (total, n) in self._kl.items()})
+            self._kl = {}
         super().log(logs, *args, **kwargs)
 
     def get_eval_dataloader(self, eval_dataset=None):
@@ -293,86 +299,9 @@ class SpeechTrainer(Seq2SeqTrainer):
             self.data_collator = train_collator
 
 
-def check_replay_kl(t, train_ds, streaming: bool) -> float:
-    """The replay distillation weight this run trains with. train.replay_kl distils the base into the
-    adapter on general-English replay rows: it needs an adapter to switch off (refused without one),
-    and a train split without replay rows (a corpus of the user's own recordings) has nothing to
-    distil on, so the term is off there, said once in the log, rather than the recipe refusing it."""
-    if t.replay_kl < 0:
-        raise ValueError(f"train.replay_kl={t.replay_kl}: a loss weight, must be >= 0")
-    if t.replay_kl == 0:
-        return 0.0
-    if t.mode != "lora":
-        raise ValueError(f"train.replay_kl distils the base with the adapter switched off; train.mode={t.mode} "
-                         "has no adapter (use train.mode=lora, or train.replay_kl=0)")
-    if not streaming and "general" not in set(train_ds["subset"] if "subset" in train_ds.column_names else []):
-        log.warning("train.replay_kl=%s: the train split has no general-English replay rows (subset 'general') "
-                    "to distil on, so this run trains without the term (give the corpus general sentences, "
-                    "or raise data.replay_share, to use it)", t.replay_kl)
-        return 0.0
-    return float(t.replay_kl)
-
-
-def replay_distillation(peft_model, inputs: dict, logits: torch.Tensor, labels: torch.Tensor,
-                        rows: torch.Tensor) -> torch.Tensor:
-    """Mean per-token KL(base || adapted) over the transcript tokens of the flagged `rows`. The base
-    is the same model with its adapters switched off (peft's `disable_adapter`), run without
-    gradients on those rows only, and always without the term prompt: a prompted row is compared
-    token for token with the base decoding the plain transcript, because the prompt itself costs the
-    base general English (the prompt baseline's control WER), which the adapter must not learn.
-    Hand-written: neither the Trainer nor peft has a distillation loss."""
-    rows = rows.to(logits.device)
-    picked = {k: _pick_rows(v, rows) for k, v in inputs.items() if k not in ("labels", "decoder_input_ids")}
-    targets = labels[rows]
-    positions = targets != -100
-    # Each row's transcript tokens, left-aligned: the labels of the same row decoded without a prompt,
-    # only as wide as the longest transcript (the batch's width is set by its prompted rows).
-    plain = torch.full_like(targets[:, : int(positions.sum(1).max())], -100)
-    for i, keep in enumerate(positions):
-        plain[i, : int(keep.sum())] = targets[i][keep]
-    whisper = peft_model.get_base_model()
-    start = shift_tokens_right(plain, whisper.config.pad_token_id, whisper.config.decoder_start_token_id)
-    with torch.no_grad(), peft_model.disable_adapter(), logits_only_at(whisper.get_output_embeddings(), plain != -100):
-        teacher = peft_model(**picked, decoder_input_ids=start).logits  # one row per transcript token
-    if logits.dim() == 2:  # one row per label token of the batch (`logits_only_at`), in batch order
-        student = logits[rows[(labels != -100).nonzero(as_tuple=True)[0]]]
-    else:
-        student = logits[rows][positions]
-    student = torch.log_softmax(student.float(), dim=-1)
-    base = torch.log_softmax(teacher.float(), dim=-1)
-    return torch.nn.functional.kl_div(student, base, log_target=True, reduction="batchmean")
-
-
-@contextmanager
-def logits_only_at(head: torch.nn.Module, at: torch.Tensor):
-    """Within the block, the output projection `head` sees only the decoder states where `at` (batch
-    x positions) is true, so the model's logits are one row per label token instead of every
-    position. The vocabulary projection is most of a training step for a small Whisper (51,865
-    outputs per position, forward and backward), and with the term prompt most positions are
-    prompt or padding that the loss ignores: this cuts a prompted CPU step by about half. A hook
-    rather than a call into the decoder, so DDP, FSDP and DeepSpeed still wrap the whole forward.
-    Hand-written: Whisper's forward has no `logits_to_keep`."""
-    def select(module, args):
-        return (args[0][at.to(args[0].device)], *args[1:])
-
-    handle = head.register_forward_pre_hook(select)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def _pick_rows(value, rows: torch.Tensor):
-    if isinstance(value, torch.Tensor):
-        return value[rows]
-    if hasattr(value, "last_hidden_state"):  # cached encoder outputs
-        return type(value)(last_hidden_state=value.last_hidden_state[rows])
-    return value
-
-
 def build_trainer(model, args, train_ds, dev_ds, collator, processor, eval_collator=None,
                   early_stopping_patience: int | None = None, replay_kl: float = 0.0,
-                  term_loss_weight: float = 1.0, train_sampler=None) -> Seq2SeqTrainer:
+                  term_loss_weight: float = 1.0, train_sampler=None, context_kl: float = 0.0) -> Seq2SeqTrainer:
     callbacks = [StopOnNonFiniteLoss(), MarkCompleteCheckpoints()]
     if dev_ds is not None and early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
@@ -380,7 +309,7 @@ def build_trainer(model, args, train_ds, dev_ds, collator, processor, eval_colla
         model=model, args=args, train_dataset=train_ds, eval_dataset=dev_ds, data_collator=collator,
         processing_class=processor.feature_extractor, compute_metrics=wer_metric(processor.tokenizer),
         callbacks=callbacks, eval_collator=eval_collator, replay_kl=replay_kl,
-        term_loss_weight=term_loss_weight, train_sampler=train_sampler,
+        term_loss_weight=term_loss_weight, train_sampler=train_sampler, context_kl=context_kl,
     )
     # Whisper's forward takes **kwargs but its loss is a plain token mean that ignores
     # `num_items_in_batch`; left True, the Trainer multiplies the loss (and gradients) by the world
