@@ -44,16 +44,18 @@ def recipe_model():
     return model.train(), processor, cfg
 
 
-def batches(model, processor, cfg, n_batches: int, batch_size: int, replay_rows: int = 0) -> list[dict]:
+def batches(model, processor, cfg, n_batches: int, batch_size: int, replay_rows: int = 0,
+            own_words: bool = False) -> list[dict]:
     """The recipe collator's batches (prompt in half the rows, term tokens marked) over train clips,
     with their encoder outputs computed once, as the encoder cache serves them. With `replay_rows`,
-    that many rows of each batch are general-English replay, flagged for the distillation term."""
+    that many rows of each batch are general-English replay, flagged for the distillation term; with
+    `own_words`, the domain's own words are marked too (train.context_kl)."""
     from transformers.modeling_outputs import BaseModelOutput
 
     from asr_lora.data.features import SpeechCollator, log_mel
     from asr_lora.evaluation.terms import terms_for_split
     from asr_lora.data.synthetic.corpus import build_corpus, load_manifest
-    from asr_lora.training.term_tokens import TermTokenMarker
+    from asr_lora.training.term_tokens import TermTokenMarker, own_word_marker
 
     train = [r for r in load_manifest(build_corpus(progress=False)) if r.split == "train"]
     terms = terms_for_split({"text": [r.text for r in train], "subset": [r.subset for r in train]},
@@ -66,7 +68,8 @@ def batches(model, processor, cfg, n_batches: int, batch_size: int, replay_rows:
     collate = SpeechCollator(processor, model.config.decoder_start_token_id, seed=0,
                              prompt_ids=[int(i) for i in processor.get_prompt_ids(terms.prompt)],
                              prompt_probability=cfg.train.prompt_probability, mark_replay=replay_rows > 0,
-                             term_marker=TermTokenMarker(tok, terms.terms))
+                             term_marker=TermTokenMarker(tok, terms.terms),
+                             own_marker=own_word_marker(terms, tok) if own_words else None)
     out = []
     for b in range(n_batches):
         clips = [(c, "main") for c in main[b * main_n:(b + 1) * main_n]]

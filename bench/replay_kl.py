@@ -60,7 +60,7 @@ def main() -> None:
     import asr_lora.training.trainer as trainer_module
 
     model, processor, cfg = recipe_model()
-    data = batches(model, processor, cfg, a.batches, a.batch_size, a.replay_rows)
+    data = batches(model, processor, cfg, a.batches, a.batch_size, a.replay_rows, own_words=True)
 
     def trainer(weight: float, context: float = 0.0):
         return trainer_module.SpeechTrainer(
