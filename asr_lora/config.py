@@ -293,6 +293,20 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+def check_recipe_applied(cfg, conf_dir: Path = CONF_DIR) -> None:
+    """Refuse a run whose `+recipe=NAME` was not applied. The `recipe` group is `conf/recipe`, a link
+    to `../recipes`; where the link is missing (a checkout without symlinks writes a small text file
+    there instead), Hydra takes the override as a plain `recipe` key, and the run would go on with
+    the defaults under the recipe's name."""
+    name = cfg.get("recipe") if hasattr(cfg, "get") else None
+    if name is None:
+        return
+    link = conf_dir / "recipe"
+    state = "is missing" if not link.exists() and not link.is_symlink() else "is not a folder"
+    raise SystemExit(f"+recipe={name} was not applied: {link} {state}; it must link to ../recipes "
+                     f"(ln -sfn ../recipes {link}; with git: git config core.symlinks true, then check out again)")
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)

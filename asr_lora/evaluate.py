@@ -8,7 +8,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from asr_lora.config import CONF_DIR
+from asr_lora.config import CONF_DIR, check_recipe_applied
 from asr_lora.evaluation.job import evaluate
 
 __all__ = ["evaluate", "main"]
@@ -16,6 +16,7 @@ __all__ = ["evaluate", "main"]
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
+    check_recipe_applied(cfg)
     evaluate(cfg)
 
 

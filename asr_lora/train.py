@@ -7,7 +7,7 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-from asr_lora.config import CONF_DIR
+from asr_lora.config import CONF_DIR, check_recipe_applied
 from asr_lora.training.job import train
 
 __all__ = ["main", "train"]
@@ -15,6 +15,7 @@ __all__ = ["main", "train"]
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    check_recipe_applied(cfg)
     summary = train(cfg)
     ev = (summary or {}).get("eval") or {}
     return (ev.get("adapted") or {}).get("wer")

@@ -96,6 +96,29 @@ def test_recipe_group_link_points_at_recipes():
     assert Path(link / "sg_english.yaml").is_file()
 
 
+def test_a_checkout_without_the_recipe_link_refuses_the_recipe_instead_of_ignoring_it(tmp_path):
+    # Without the link (a checkout without symlinks writes a text file there), Hydra would take
+    # +recipe=NAME as a plain key and run the defaults under that name.
+    import shutil
+
+    shutil.copytree(REPO_ROOT / "asr_lora", tmp_path / "asr_lora", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(CONF_DIR, tmp_path / "conf", symlinks=True, ignore=shutil.ignore_patterns("recipe"))
+    (tmp_path / "conf" / "recipe").write_text("../recipes")
+    for entry in ("train", "evaluate", "prepare", "export"):
+        out = subprocess.run([sys.executable, "-m", f"asr_lora.{entry}", "+recipe=sg_english"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert out.returncode == 1, (entry, out.stdout, out.stderr)
+        assert "+recipe=sg_english was not applied" in out.stderr and "is not a folder" in out.stderr, entry
+    (tmp_path / "conf" / "recipe").unlink()
+    out = subprocess.run([sys.executable, "-m", "asr_lora.train", "+recipe=sg_english", "--cfg", "job"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0 and "recipe: sg_english" in out.stdout  # what Hydra makes of it: a plain key
+    from asr_lora.config import check_recipe_applied
+
+    with pytest.raises(SystemExit, match="conf/recipe is missing; it must link to ../recipes"):
+        check_recipe_applied(OmegaConf.create(out.stdout), tmp_path / "conf")
+
+
 def test_encoder_cache_only_when_the_training_audio_is_fixed():
     """Per-step augmentation rules the frozen-encoder cache out; pre-rendered takes without
     SpecAugment are fixed audio and may be cached."""

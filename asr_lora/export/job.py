@@ -15,7 +15,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from asr_lora.config import CONF_DIR
+from asr_lora.config import CONF_DIR, check_recipe_applied
 from asr_lora.core.io import write_json
 
 log = logging.getLogger("asr_lora.export")
@@ -97,6 +97,7 @@ def run_config(cfg: DictConfig) -> DictConfig:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict:
+    check_recipe_applied(cfg)
     from asr_lora.core.logs import setup_logging
     from asr_lora.core.paths import use_cache_root
     from asr_lora.data.loading import load_data
