@@ -200,7 +200,8 @@ class TrainConfig:
     # the base's distribution carries all it knew of general English there. Needs train.mode=lora.
     replay_kl: float = 0.0
     # Weight of the same distillation term on the domain rows' tokens that spell none of the domain's
-    # own words (the terms, and every word general English never uses; training/distill.py): the
+    # own words (the terms, and every word of 3+ letters the general-English text never uses;
+    # evaluation/terms.py, training/distill.py): the
     # adapter is free on the domain's words and held to the base around them, to learn the words
     # rather than the training engines' sound. Needs train.mode=lora and terms.
     context_kl: float = 0.0

@@ -115,6 +115,8 @@ def test_a_checkout_without_the_recipe_link_refuses_the_recipe_instead_of_ignori
     assert out.returncode == 0 and "recipe: sg_english" in out.stdout  # what Hydra makes of it: a plain key
     from asr_lora.config import check_recipe_applied
 
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        check_recipe_applied(compose("config", overrides=["+recipe=sg_english"]))  # applied: nothing to refuse
     with pytest.raises(SystemExit, match="conf/recipe is missing; it must link to ../recipes"):
         check_recipe_applied(OmegaConf.create(out.stdout), tmp_path / "conf")
 

@@ -111,10 +111,55 @@ def test_a_run_logs_the_term_and_refuses_what_it_cannot_distil(tmp_path, tiny_wh
 
     monkeypatch.setattr(job, "zero_shot", no_work)
     monkeypatch.setattr(encoder_cache, "build_encoder_cache", no_work)
-    nowhere = tmp_path / "terms.txt"
-    nowhere.write_text("zyzzogeton\n")
     for extra, match in ((["train.context_kl=-1"], "must be >= 0"),
-                         (["train.context_kl=1", "train.mode=full", "lora=none"], "has no adapter"),
-                         ([f"eval.terms={nowhere}", "train.context_kl=1"], "train.context_kl: none of the .* label")):
+                         (["train.context_kl=1", "train.mode=full", "lora=none"], "has no adapter")):
         with pytest.raises(ValueError, match=match):
             train(cfg("c", *extra))
+
+
+def test_the_label_token_logits_give_the_same_terms_on_a_prompted_batch(tiny_whisper_dir):
+    # The trainer passes one logit row per label token (logits_only_at); prompted rows shift them.
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    model = lora_model(tiny_whisper_dir)
+    move_adapter(model)
+    rng = np.random.default_rng(0)
+    rows = [{"id": f"u{i}", "audio": (0.1 * rng.standard_normal(8000)).astype("float32"), "subset": subset,
+             "labels": label_ids(processor.tokenizer, text)} for i, (text, subset) in enumerate(TEXTS)]
+    inputs = SpeechCollator(processor, 50257, mark_replay=True, prompt_ids=[50360, 700, 701], prompt_probability=1.0,
+                            own_marker=TermTokenMarker(processor.tokenizer, TERMS))(rows)
+    rows_flag, own = inputs.pop("distill_rows"), inputs.pop("own_tokens")
+    labels = inputs["labels"]
+    assert "decoder_input_ids" in inputs and own.any()
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        full = distillation(model, inputs, logits, labels, rows_flag, own, 1.0, 1.0)
+        sparse = distillation(model, inputs, logits[labels != -100], labels, rows_flag, own, 1.0, 1.0)
+        with pytest.raises(ValueError, match="logit rows for"):
+            distillation(model, inputs, logits[labels != -100][1:], labels, rows_flag, own, 1.0, 1.0)
+    assert set(full) == set(sparse) == {"replay_kl", "context_kl"}
+    for name in full:
+        assert float(sparse[name]) == pytest.approx(float(full[name]), rel=1e-5) and float(full[name]) > 1e-4
+
+
+def test_the_run_says_when_the_free_words_are_not_what_the_term_means(caplog, tiny_whisper_dir):
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from asr_lora.evaluation.terms import Terms, build_terms
+    from asr_lora.training.distill import check_context_kl
+
+    tok = WhisperProcessor.from_pretrained(tiny_whisper_dir).tokenizer
+    t = SimpleNamespace(context_kl=1.0, mode="lora")
+    terms = build_terms(["the kopi at serangoon lah"], ["the coffee at home"], tok)
+    mixed = Dataset.from_dict({"id": ["a", "b"], "subset": ["main", "general"]})
+    with caplog.at_level("WARNING"):
+        check_context_kl(t, terms, tok, mixed, streaming=False)
+        assert not caplog.text
+        check_context_kl(t, terms, tok, Dataset.from_dict({"id": ["a"], "subset": ["main"]}), streaming=False)
+        assert "no general-English sentences" in caplog.text
+        check_context_kl(t, Terms([("kopi",)], "file"), tok, None, streaming=True)
+        assert "only the 1 terms stay free" in caplog.text
+    with pytest.raises(ValueError, match="needs terms"):
+        check_context_kl(t, None, tok, mixed, streaming=False)
+    check_context_kl(SimpleNamespace(context_kl=0.0, mode="full"), None, tok, None, streaming=True)  # off: no checks

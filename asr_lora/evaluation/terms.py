@@ -41,8 +41,9 @@ class Terms:
     train_counts: dict[str, int] = field(default_factory=dict)
     prompt: str = ""
     n_prompt_terms: int = 0
-    # Every word of the training domain text that the general-English text never uses, however the
-    # tokenizer splits it: the domain's own words, which train.context_kl leaves free.
+    # Every alphabetic word of 3+ letters in the training domain text that the general-English text
+    # never uses, however the tokenizer splits it: the domain's own words, which train.context_kl
+    # leaves free.
     own_words: list[tuple[str, ...]] = field(default_factory=list)
 
     @property

@@ -4,7 +4,7 @@ divergence from the base's next-token distribution to the adapted model's, added
 - train.replay_kl weighs it on the general-English replay rows: the reference text gives one token
   per position, the base's distribution all it knew of general English there.
 - train.context_kl weighs it on the domain rows' tokens that spell none of the domain's own words
-  (the terms, and the other words general English never uses: `Terms.own_words`): the adapter is
+  (the terms, and the other words the general-English text never uses: `Terms.own_words`): the adapter is
   free on the domain's words and held to the base around them, so what it learns is the words, not
   how the training engines sound on the general English between them.
 
@@ -47,15 +47,27 @@ def check_replay_kl(t, train_ds, streaming: bool) -> float:
     return float(t.replay_kl)
 
 
-def check_context_kl(t) -> float:
-    """The context distillation weight: refused when negative or without an adapter to switch off.
-    Its terms are checked where the term tokens are marked (training/term_tokens.term_marker)."""
+def check_context_kl(t, terms, tokenizer, train_ds, streaming: bool) -> None:
+    """Refuses a context distillation weight that is negative, has no adapter to switch off or no
+    domain words to leave free, and says when the free words are not what the term means: without
+    general-English training text every domain word counts as the domain's own (little is held);
+    without readable training text only the terms do (the Singapore particles, say, are held)."""
+    from asr_lora.training.term_tokens import own_word_marker
+
     if t.context_kl < 0:
         raise ValueError(f"train.context_kl={t.context_kl}: a loss weight, must be >= 0")
-    if t.context_kl and t.mode != "lora":
+    if not t.context_kl:
+        return
+    if t.mode != "lora":
         raise ValueError(f"train.context_kl distils the base with the adapter switched off; train.mode={t.mode} "
                          "has no adapter (use train.mode=lora, or train.context_kl=0)")
-    return float(t.context_kl)
+    own_word_marker(terms, tokenizer)
+    if not terms.own_words:
+        log.warning("train.context_kl=%s: the training text cannot be read here (streamed), so only the %d terms "
+                    "stay free of the base; the domain's other words are held to it", t.context_kl, len(terms.terms))
+    elif not streaming and "general" not in set(train_ds["subset"] if "subset" in train_ds.column_names else []):
+        log.warning("train.context_kl=%s: the train split has no general-English sentences, so every domain word "
+                    "counts as the domain's own and the term holds only short words and punctuation", t.context_kl)
 
 
 def base_divergence(peft_model, inputs: dict, logits: torch.Tensor, labels: torch.Tensor,
@@ -77,6 +89,9 @@ def base_divergence(peft_model, inputs: dict, logits: torch.Tensor, labels: torc
     with torch.no_grad(), peft_model.disable_adapter(), logits_only_at(whisper.get_output_embeddings(), plain != -100):
         teacher = peft_model(**picked, decoder_input_ids=start).logits  # one row per transcript token
     if logits.dim() == 2:  # one row per label token of the batch, in batch order
+        if logits.shape[0] != int((labels != -100).sum()):
+            raise ValueError(f"{logits.shape[0]} logit rows for {int((labels != -100).sum())} label tokens: "
+                             "the logits must be the label tokens' (logits_only_at) or the whole batch's")
         student = logits[rows[(labels != -100).nonzero(as_tuple=True)[0]]]
     else:
         student = logits[rows][positions]
@@ -96,7 +111,8 @@ def distillation(peft_model, inputs: dict, logits: torch.Tensor, labels: torch.T
     """{"replay_kl": the mean KL on the replay rows' tokens, "context_kl": the mean KL on the other
     rows' tokens that `own_tokens` (the domain's own words) does not mark}, each present when its
     weight is set and the batch has such tokens. One base pass serves both."""
-    rows = torch.ones_like(replay) if context_kl else replay
+    # The rows the base decodes: the domain rows for the context term, the replay rows for their own.
+    rows = (torch.ones_like(replay) if replay_kl else ~replay) if context_kl else replay
     if not bool(rows.any()):
         return {}
     kl = base_divergence(peft_model, inputs, logits, labels, rows)

@@ -27,6 +27,7 @@ from asr_lora.core.runtime import (init_distributed, is_main_process, run_dir_of
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import eval_summary, print_summary
 from asr_lora.training.sampling import check_sampling, train_sampler
+from asr_lora.training.distill import check_context_kl
 from asr_lora.training.term_tokens import term_marker
 
 log = logging.getLogger("asr_lora.train")
@@ -72,9 +73,9 @@ def train(cfg: DictConfig) -> dict:
     t = cfg.train
     terms = (domain_terms(cfg, rows, processor.tokenizer)
              if main or t.prompt_probability > 0 or t.term_loss_weight != 1 or t.context_kl else None)
-    # Refused before the encoder pass when no training label spells a term.
-    term_marker(t.term_loss_weight, terms, processor.tokenizer, None if rows.streaming else rows.train["labels"],
-                needed_by_context=t.context_kl > 0)
+    # Refused before the encoder pass when no training label spells a term, or context_kl has no words to free.
+    term_marker(t.term_loss_weight, terms, processor.tokenizer, None if rows.streaming else rows.train["labels"])
+    check_context_kl(t, terms, processor.tokenizer, rows.train, rows.streaming)
     model, params, cache = build_model(cfg, model, processor, rows)
     precomputed = zero_shot(cfg, model, processor, rows.test, cache, terms) if main else {}
     fitted = fit(cfg, model, processor, rows, cache, run_dir, report_to, params, terms)
@@ -153,13 +154,12 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     from asr_lora.model.encoder_cache import build_encoder_cache
 
     from asr_lora.data.features import encoder_mask_settings
-    from asr_lora.training.distill import check_context_kl, check_replay_kl
+    from asr_lora.training.distill import check_replay_kl
 
     # Refused before the encoder pass and any decoding when the run cannot honour it.
     encoder_mask_settings(cfg.train, caches_encoder(cfg) and not rows.streaming)
     # The weight the run trains with, in the config that is logged and saved with it.
     cfg.train.replay_kl = check_replay_kl(cfg.train, rows.train, rows.streaming)
-    cfg.train.context_kl = check_context_kl(cfg.train)
     check_sampling(cfg.train.sampling, rows.streaming, cfg.data.length_buckets)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":

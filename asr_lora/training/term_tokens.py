@@ -87,19 +87,17 @@ def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, marked: torc
     return (ce * w)[valid].sum() / valid.sum().clamp(min=1)
 
 
-def term_marker(weight: float, terms, tokenizer, label_lists=None,
-                needed_by_context: bool = False) -> TermTokenMarker | None:
-    """The marker for train.term_loss_weight=`weight` (or for train.context_kl, `needed_by_context`),
-    or None when neither needs it (weight 1 is Whisper's own loss). Refuses a negative weight and a
-    run without terms; given the train split's `label_lists`, also one in which no label spells a
-    term, and logs the share that does."""
+def term_marker(weight: float, terms, tokenizer, label_lists=None) -> TermTokenMarker | None:
+    """The marker for train.term_loss_weight=`weight`, or None at 1 (Whisper's own loss). Refuses a
+    negative weight and a run without terms; given the train split's `label_lists`, also one in
+    which no label spells a term, and logs the share that does."""
     if weight < 0:
         raise ValueError(f"train.term_loss_weight={weight}: a loss weight, must be >= 0")
-    if weight == 1 and not needed_by_context:
+    if weight == 1:
         return None
-    setting = f"train.term_loss_weight={weight}" if weight != 1 else "train.context_kl"
+    setting = f"train.term_loss_weight={weight}"
     if terms is None or not terms.terms:
-        raise ValueError(f"{setting} finds the tokens of domain terms in the labels and needs terms (eval.terms=PATH, "
+        raise ValueError(f"{setting} weighs the tokens of domain terms and needs terms (eval.terms=PATH, "
                          "or training text with words general English does not use)")
     marker = TermTokenMarker(tokenizer, terms.terms)
     if label_lists is not None:
@@ -113,10 +111,11 @@ def term_marker(weight: float, terms, tokenizer, label_lists=None,
 
 
 def own_word_marker(terms, tokenizer) -> TermTokenMarker:
-    """The marker of the domain's own words (`Terms.own_words`: the terms, and every word of the
-    training domain text that the general-English text never uses), which train.context_kl leaves
-    free. Wider than the terms: a domain's words that the tokenizer keeps whole ("lah", "lor")
-    are still its own, and holding them to the base would unteach them."""
+    """The marker of the domain's own words (`Terms.own_words`: the terms, and every alphabetic word
+    of three or more letters in the training domain text that its general-English sentences never
+    use), which train.context_kl leaves free. Wider than the terms: a domain's words that the
+    tokenizer keeps whole ("lah", "lor") are still its own, and holding them to the base would
+    unteach them."""
     if terms is None or not (terms.terms or terms.own_words):
         raise ValueError("train.context_kl finds the tokens of the domain's own words in the labels and needs terms "
                          "(eval.terms=PATH, or training text with words general English does not use)")

@@ -240,7 +240,7 @@ class SpeechTrainer(Seq2SeqTrainer):
     tokens only (`logits_only_at`), can count the tokens the collator marks as term tokens
     `term_loss_weight` times, and adds the base distillation terms of training/distill.py:
     `replay_kl` times the one on the rows the collator flags as replay, `context_kl` times the one
-    on the other rows' tokens that spell no domain term."""
+    on the other rows' tokens outside the domain's own words."""
 
     def __init__(self, *args, eval_collator=None, replay_kl: float = 0.0, term_loss_weight: float = 1.0,
                  train_sampler=None, context_kl: float = 0.0, **kwargs):
