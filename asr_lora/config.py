@@ -299,7 +299,7 @@ def check_recipe_applied(cfg, conf_dir: Path = CONF_DIR) -> None:
     to `../recipes`; where the link is missing (a checkout without symlinks writes a small text file
     there instead), Hydra takes the override as a plain `recipe` key, and the run would go on with
     the defaults under the recipe's name."""
-    name = cfg.get("recipe") if hasattr(cfg, "get") else None
+    name = cfg.get("recipe")
     if name is None:
         return
     link = conf_dir / "recipe"

@@ -3,7 +3,6 @@ the domain's own words."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -12,9 +11,8 @@ from transformers import WhisperProcessor
 
 from asr_lora.data.features import SpeechCollator
 from asr_lora.training.distill import distillation
-from asr_lora.training.job import train
 from asr_lora.training.term_tokens import TermTokenMarker
-from test_replay_kl import lora_model, move_adapter, trained_lora
+from test_replay_kl import distillation_is_logged_and_refused, lora_model, move_adapter, trained_lora
 from test_term_loss import TERMS, label_ids
 from test_train_e2e import tiny_cfg
 
@@ -96,25 +94,7 @@ def test_a_run_logs_the_term_and_refuses_what_it_cannot_distil(tmp_path, tiny_wh
     def cfg(where, *extra):
         return tiny_cfg(tmp_path / where, tiny_whisper_dir, "logger=none", "eval.before_training=false", *extra)
 
-    summary = train(cfg("a", "train.context_kl=1.0"))
-    plain = train(cfg("b"))
-    state = json.loads((tmp_path / "a" / "run" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
-    logged = [h["context_kl"] for h in state["log_history"] if "context_kl" in h]
-    assert logged and all(np.isfinite(logged)) and max(logged) > 0
-    assert summary["train"]["train_loss"] != plain["train"]["train_loss"]
-
-    import asr_lora.model.encoder_cache as encoder_cache
-    import asr_lora.training.job as job
-
-    def no_work(*a, **k):
-        raise AssertionError("encoded or decoded before refusing")
-
-    monkeypatch.setattr(job, "zero_shot", no_work)
-    monkeypatch.setattr(encoder_cache, "build_encoder_cache", no_work)
-    for extra, match in ((["train.context_kl=-1"], "must be >= 0"),
-                         (["train.context_kl=1", "train.mode=full", "lora=none"], "has no adapter")):
-        with pytest.raises(ValueError, match=match):
-            train(cfg("c", *extra))
+    distillation_is_logged_and_refused(tmp_path, monkeypatch, cfg, "context_kl")
 
 
 def test_the_label_token_logits_give_the_same_terms_on_a_prompted_batch(tiny_whisper_dir):

@@ -131,13 +131,11 @@ def test_a_run_logs_the_term_and_refuses_what_it_cannot_distil(tmp_path, tiny_wh
         c.data.path = str(manifest)
         return c
 
-    summary = train(cfg("a", "train.replay_kl=1.0"))
-    plain = train(cfg("b"))
-    state = json.loads((tmp_path / "a" / "run" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
-    logged = [h["replay_kl"] for h in state["log_history"] if "replay_kl" in h]
-    assert logged and all(np.isfinite(logged)) and max(logged) > 0
-    assert summary["train"]["train_loss"] != plain["train"]["train_loss"]
+    distillation_is_logged_and_refused(tmp_path, monkeypatch, cfg, "replay_kl")
 
+
+def forbid_encoding_and_decoding(monkeypatch):
+    """Within the test, a run that encodes or decodes anything fails: for refusals that must come first."""
     import asr_lora.model.encoder_cache as encoder_cache
     import asr_lora.training.job as job
 
@@ -146,8 +144,21 @@ def test_a_run_logs_the_term_and_refuses_what_it_cannot_distil(tmp_path, tiny_wh
 
     monkeypatch.setattr(job, "zero_shot", no_work)
     monkeypatch.setattr(encoder_cache, "build_encoder_cache", no_work)
-    for extra, match in ((["train.replay_kl=-1"], "must be >= 0"),
-                         (["train.replay_kl=1", "train.mode=full", "lora=none"], "has no adapter")):
+
+
+def distillation_is_logged_and_refused(tmp_path, monkeypatch, cfg, setting: str):
+    """A run with train.`setting`=1 logs the term beside the loss and trains to another loss than one
+    without; a negative weight and a run without an adapter are refused before any work."""
+    summary = train(cfg("a", f"train.{setting}=1.0"))
+    plain = train(cfg("b"))
+    state = json.loads((tmp_path / "a" / "run" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    logged = [h[setting] for h in state["log_history"] if setting in h]
+    assert logged and all(np.isfinite(logged)) and max(logged) > 0
+    assert summary["train"]["train_loss"] != plain["train"]["train_loss"]
+
+    forbid_encoding_and_decoding(monkeypatch)
+    for extra, match in (([f"train.{setting}=-1"], "must be >= 0"),
+                         ([f"train.{setting}=1", "train.mode=full", "lora=none"], "has no adapter")):
         with pytest.raises(ValueError, match=match):
             train(cfg("c", *extra))
 

@@ -10,7 +10,7 @@ from asr_lora.data.features import SpeechCollator
 from asr_lora.evaluation.terms import Terms
 from asr_lora.training.job import train
 from asr_lora.training.term_tokens import TermTokenMarker, term_marker, weighted_token_loss
-from test_replay_kl import trained_lora
+from test_replay_kl import forbid_encoding_and_decoding, trained_lora
 from test_train_e2e import tiny_cfg
 
 TERMS = [("serangoon",), ("kopi",), ("bukit", "timah"), ("lah",)]
@@ -81,14 +81,7 @@ def test_a_run_weighs_term_tokens_and_refuses_what_it_cannot_weigh(tmp_path, tin
     plain = train(cfg("b"))
     assert weighted["train"]["train_loss"] != plain["train"]["train_loss"]
 
-    import asr_lora.model.encoder_cache as encoder_cache
-    import asr_lora.training.job as job
-
-    def no_work(*a, **k):
-        raise AssertionError("encoded or decoded before refusing")
-
-    monkeypatch.setattr(job, "zero_shot", no_work)
-    monkeypatch.setattr(encoder_cache, "build_encoder_cache", no_work)
+    forbid_encoding_and_decoding(monkeypatch)
     nowhere = tmp_path / "terms.txt"
     nowhere.write_text("zyzzogeton\n")
     for extra, match in ((["train.term_loss_weight=-1"], "must be >= 0"),

@@ -23,6 +23,7 @@ import torch
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 from asr_lora.training.label_logits import logits_only_at
+from asr_lora.training.term_tokens import own_word_marker
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def check_replay_kl(t, train_ds, streaming: bool) -> float:
     if t.mode != "lora":
         raise ValueError(f"train.replay_kl distils the base with the adapter switched off; train.mode={t.mode} "
                          "has no adapter (use train.mode=lora, or train.replay_kl=0)")
-    if not streaming and "general" not in set(train_ds["subset"] if "subset" in train_ds.column_names else []):
+    if not streaming and not has_replay_rows(train_ds):
         log.warning("train.replay_kl=%s: the train split has no general-English replay rows (subset 'general') "
                     "to distil on, so this run trains without the term (give the corpus general sentences, "
                     "or raise data.replay_share, to use it)", t.replay_kl)
@@ -52,8 +53,6 @@ def check_context_kl(t, terms, tokenizer, train_ds, streaming: bool) -> None:
     domain words to leave free, and says when the free words are not what the term means: without
     general-English training text every domain word counts as the domain's own (little is held);
     without readable training text only the terms do (the Singapore particles, say, are held)."""
-    from asr_lora.training.term_tokens import own_word_marker
-
     if t.context_kl < 0:
         raise ValueError(f"train.context_kl={t.context_kl}: a loss weight, must be >= 0")
     if not t.context_kl:
@@ -65,9 +64,14 @@ def check_context_kl(t, terms, tokenizer, train_ds, streaming: bool) -> None:
     if not terms.own_words:
         log.warning("train.context_kl=%s: the training text cannot be read here (streamed), so only the %d terms "
                     "stay free of the base; the domain's other words are held to it", t.context_kl, len(terms.terms))
-    elif not streaming and "general" not in set(train_ds["subset"] if "subset" in train_ds.column_names else []):
+    elif not streaming and not has_replay_rows(train_ds):
         log.warning("train.context_kl=%s: the train split has no general-English sentences, so every domain word "
                     "counts as the domain's own and the term holds only short words and punctuation", t.context_kl)
+
+
+def has_replay_rows(train_ds) -> bool:
+    """Whether the (readable) train split holds general-English replay rows (subset "general")."""
+    return "subset" in train_ds.column_names and "general" in set(train_ds["subset"])
 
 
 def base_divergence(peft_model, inputs: dict, logits: torch.Tensor, labels: torch.Tensor,
@@ -89,10 +93,11 @@ def base_divergence(peft_model, inputs: dict, logits: torch.Tensor, labels: torc
     with torch.no_grad(), peft_model.disable_adapter(), logits_only_at(whisper.get_output_embeddings(), plain != -100):
         teacher = peft_model(**picked, decoder_input_ids=start).logits  # one row per transcript token
     if logits.dim() == 2:  # one row per label token of the batch, in batch order
-        if logits.shape[0] != int((labels != -100).sum()):
-            raise ValueError(f"{logits.shape[0]} logit rows for {int((labels != -100).sum())} label tokens: "
+        at = labels != -100
+        if logits.shape[0] != int(at.sum()):
+            raise ValueError(f"{logits.shape[0]} logit rows for {int(at.sum())} label tokens: "
                              "the logits must be the label tokens' (logits_only_at) or the whole batch's")
-        student = logits[rows[(labels != -100).nonzero(as_tuple=True)[0]]]
+        student = logits[rows[at.nonzero(as_tuple=True)[0]]]
     else:
         student = logits[rows][positions]
     student = torch.log_softmax(student.float(), dim=-1)
@@ -111,23 +116,23 @@ def distillation(peft_model, inputs: dict, logits: torch.Tensor, labels: torch.T
     """{"replay_kl": the mean KL on the replay rows' tokens, "context_kl": the mean KL on the other
     rows' tokens that `own_tokens` (the domain's own words) does not mark}, each present when its
     weight is set and the batch has such tokens. One base pass serves both."""
+    if context_kl and own_tokens is None:
+        raise ValueError("train.context_kl needs the domain's own words marked (the collator's own_marker)")
+    replay = replay.to(labels.device)
     # The rows the base decodes: the domain rows for the context term, the replay rows for their own.
     rows = (torch.ones_like(replay) if replay_kl else ~replay) if context_kl else replay
     if not bool(rows.any()):
         return {}
-    kl = base_divergence(peft_model, inputs, logits, labels, rows)
-    at = labels[rows.to(labels.device)] != -100
-    token_row = rows.nonzero(as_tuple=True)[0].to(at.device)[at.nonzero(as_tuple=True)[0]]
-    on_replay = replay.to(at.device)[token_row]
+    kl = base_divergence(peft_model, inputs, logits, labels, rows).to(labels.device)
+    at = labels[rows] != -100  # the transcript tokens of the decoded rows, in kl's order
+    on_replay = replay[rows.nonzero(as_tuple=True)[0][at.nonzero(as_tuple=True)[0]]]
     terms = {}
     if replay_kl and bool(on_replay.any()):
-        terms["replay_kl"] = kl[on_replay.to(kl.device)].mean()
+        terms["replay_kl"] = kl[on_replay].mean()
     if context_kl:
-        if own_tokens is None:
-            raise ValueError("train.context_kl needs the domain's own words marked (the collator's own_marker)")
-        around = ~on_replay & ~own_tokens.to(at.device)[rows.to(at.device)][at]
+        around = ~on_replay & ~own_tokens.to(labels.device)[rows][at]
         if bool(around.any()):
-            terms["context_kl"] = kl[around.to(kl.device)].mean()
+            terms["context_kl"] = kl[around].mean()
     return terms
 
 

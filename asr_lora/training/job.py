@@ -26,8 +26,8 @@ from asr_lora.core.runtime import (init_distributed, is_main_process, run_dir_of
                                    use_bf16)
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import eval_summary, print_summary
-from asr_lora.training.sampling import check_sampling, train_sampler
 from asr_lora.training.distill import check_context_kl
+from asr_lora.training.sampling import check_sampling, train_sampler
 from asr_lora.training.term_tokens import term_marker
 
 log = logging.getLogger("asr_lora.train")

@@ -95,16 +95,16 @@ def term_marker(weight: float, terms, tokenizer, label_lists=None) -> TermTokenM
         raise ValueError(f"train.term_loss_weight={weight}: a loss weight, must be >= 0")
     if weight == 1:
         return None
-    setting = f"train.term_loss_weight={weight}"
     if terms is None or not terms.terms:
-        raise ValueError(f"{setting} weighs the tokens of domain terms and needs terms (eval.terms=PATH, "
+        raise ValueError("train.term_loss_weight weighs the tokens of domain terms and needs terms (eval.terms=PATH, "
                          "or training text with words general English does not use)")
     marker = TermTokenMarker(tokenizer, terms.terms)
     if label_lists is not None:
         marked, total = count_term_tokens(marker, label_lists)
         if not marked:
-            raise ValueError(f"{setting}: none of the {total:,} training label tokens spells one of the "
-                             f"{len(terms.terms)} domain terms ({terms.source}), so the setting would change nothing")
+            raise ValueError(f"train.term_loss_weight={weight}: none of the {total:,} training label tokens spells one "
+                             f"of the {len(terms.terms)} domain terms ({terms.source}), so the weight would change "
+                             "nothing")
         log.info("term tokens: %s of %s training label tokens (%.1f%%) count %g times in the loss", f"{marked:,}",
                  f"{total:,}", 100 * marked / total, weight)
     return marker
