@@ -34,9 +34,11 @@ from asr_lora.evaluation.report import render_markdown_table  # noqa: E402
 # the unseen-engine dev part is what the study compares anyway.
 COMMON = ["export.enabled=false", "logger=none", "eval.split=dev", "train.dev_part=unseen_engine",
           "train.eval_steps=128", "train.save_steps=128",
-          # The recipe's form when the study ran: q/v, short encoder context, no term prompt.
+          # The configuration this study compares: q/v, short encoder context, 128 steps in fp32,
+          # without the term prompt, the term weight or the replay term that +recipe=sg_english adds.
           "lora.target_modules=[q_proj,v_proj]", "train.encoder_context=batch", "train.prompt_probability=0",
-          "eval.adapted_prompt=false"]
+          "eval.adapted_prompt=false", "train.max_steps=128", "train.warmup_steps=12",
+          "train.term_loss_weight=1", "train.replay_kl=0", "train.bf16=false"]
 DECODER = "lora.scope=[decoder_self,decoder_cross]"
 ENCODER_DECODER = "lora.scope=[encoder,decoder_self,decoder_cross]"
 # The frozen encoder's 30 s outputs could be cached for decoder-only runs, but filling that cache
@@ -51,11 +53,11 @@ def steps(n: int) -> list[str]:
             f"train.save_steps={n}"]
 
 
-# name -> overrides on top of +recipe=sg_english (128 steps x 8 clips, lr 2e-3, q/v r=8).
-# The study ran before the recipe took timestamp targets, so the plain variants turn them off.
+# name -> overrides on top of +recipe=sg_english and COMMON (128 steps x 8 clips, lr 2e-3, q/v r=8).
+# The plain variants train without timestamp targets (TIMESTAMP_VARIANTS below add them).
 NO_TS = "train.timestamp_probability=0.0"
 # Every variant trains on the corpus voices.json defines. bench/results/study_unseen.md's runs used the
-# 18-train-voice corpus, except encdec_vox (`encdec` on stop 21's 20 voices: festival rab and don added),
+# 18-train-voice corpus, except encdec_vox (`encdec` on 20 voices: festival rab and don added),
 # encdec_do, encdec_voiceaug and encdec_replay* (20 voices) and encdec_rhv (`encdec` on 19ca580's 25
 # voices, RHVoice added).
 VARIANTS = {
@@ -63,21 +65,21 @@ VARIANTS = {
     "encdec_aug": [NO_TS, "augment=default"],
     "dec_aug": [NO_TS, DECODER, "augment=default", NO_CACHE],
     "dec": [NO_TS, DECODER, NO_CACHE],
-    # Stop 21: steps and rank (the issue saw 384 steps fit the training engines harder).
+    # Steps and rank (384 steps fit the training engines harder).
     "encdec_s64": [NO_TS, *steps(64)],
     "dec_s256": [NO_TS, DECODER, NO_CACHE, *steps(256)],
     "encdec_r16": [NO_TS, "lora.r=16", "lora.alpha=32"],
-    # Stop 22 (20 train voices): LoRA dropout, and augmentation that varies the voice only (tempo,
+    # 20 train voices: LoRA dropout, and augmentation that varies the voice only (tempo,
     # pitch, EQ, gain, SpecAugment), without the channel effects (room, noise, telephone, codec) that
     # the clean unseen-engine speech never has.
     "encdec_do": [NO_TS, "lora.dropout=0.1"],
     "encdec_voiceaug": [NO_TS, "augment=default", *(f"augment.{k}.enabled=false" for k in
                                                     ("room", "noise", "telephone", "codec")),
                         *(f"augment.{k}.prob=0.5" for k in ("tempo", "pitch", "eq"))],
-    # Stop 23: the general-English replay share (the corpus as built has 28%).
+    # The general-English replay share (the corpus as built has 28%).
     "encdec_replay0": [NO_TS, "data.replay_share=0.0"],
     "encdec_replay50": [NO_TS, "data.replay_share=0.5"],
-    # Stop 23: one pre-rendered augmented take of each clip beside the clean clip (as Kaldi keeps 1.0x).
+    # One pre-rendered augmented take of each clip beside the clean clip (as Kaldi keeps 1.0x).
     "encdec_augclean": [NO_TS, "augment=default", "augment.copies=1", "augment.keep_clean=true"],
 }
 # Each variant again with a share of timestamp targets (train.timestamp_probability, bench/timestamps.py);
