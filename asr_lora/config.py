@@ -209,6 +209,10 @@ class TrainConfig:
     # every token once). The terms are the evaluation's (eval.terms or derived from the training text);
     # training/term_tokens.py says why and how they are found in the labels.
     term_loss_weight: float = 1.0
+    # Evaluate, save and export a running average of the trained weights instead of the last step's:
+    # average = ema_decay * average + (1 - ema_decay) * weights after every step (0: off; 0.99
+    # averages about the last 100 steps). training/averaging.py.
+    ema_decay: float = 0.0
     # The order clips are drawn in: "random" (the Trainer's permutation per epoch) or "by_text" (each
     # text's clips spread evenly over the epoch, so a run shorter than an epoch still hears every
     # sentence once; training/sampling.py).

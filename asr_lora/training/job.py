@@ -268,7 +268,7 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
                             dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor,
                             eval_collator, early_stopping_patience=t.early_stopping_patience,
                             replay_kl=t.replay_kl, term_loss_weight=t.term_loss_weight, train_sampler=sampler,
-                            context_kl=t.context_kl)
+                            context_kl=t.context_kl, ema_decay=t.ema_decay)
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_point(t.resume, ckpt_dir))
     seconds = time.perf_counter() - t_train
