@@ -104,3 +104,14 @@ def test_the_main_job_trains_with_the_average(tmp_path, tiny_whisper_dir):
     train(cfg)
     said = (tmp_path / "run" / "asr_lora.log").read_text()
     assert "the run ends on the running average of its weights (train.ema_decay=0.9, 2 steps)" in " ".join(said.split())
+
+
+def test_the_main_job_refuses_a_bad_decay_before_any_work(tmp_path, tiny_whisper_dir, monkeypatch):
+    from test_replay_kl import forbid_encoding_and_decoding
+    from test_train_e2e import tiny_cfg
+
+    from asr_lora.training.job import train
+
+    forbid_encoding_and_decoding(monkeypatch)
+    with pytest.raises(ValueError, match=r"train.ema_decay=1.5.*0 <= decay < 1"):
+        train(tiny_cfg(tmp_path, tiny_whisper_dir, "train.ema_decay=1.5"))

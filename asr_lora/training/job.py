@@ -26,7 +26,8 @@ from asr_lora.core.runtime import (init_distributed, is_main_process, run_dir_of
                                    use_bf16)
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import eval_summary, print_summary
-from asr_lora.training.distill import check_context_kl
+from asr_lora.training.averaging import check_ema_decay
+from asr_lora.training.distill import check_context_kl, check_replay_kl
 from asr_lora.training.sampling import check_sampling, train_sampler
 from asr_lora.training.term_tokens import term_marker
 
@@ -151,16 +152,15 @@ def caches_encoder(cfg: DictConfig) -> bool:
 def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool = True):
     """The trainable model, its parameter counts, and the frozen encoder's outputs (or None); with
     `lazy_train=False` the train split is encoded here too (a benchmark counting it before step 1)."""
-    from asr_lora.model.encoder_cache import build_encoder_cache
-
     from asr_lora.data.features import encoder_mask_settings
-    from asr_lora.training.distill import check_replay_kl
+    from asr_lora.model.encoder_cache import build_encoder_cache
 
     # Refused before the encoder pass and any decoding when the run cannot honour it.
     encoder_mask_settings(cfg.train, caches_encoder(cfg) and not rows.streaming)
     # The weight the run trains with, in the config that is logged and saved with it.
     cfg.train.replay_kl = check_replay_kl(cfg.train, rows.train, rows.streaming)
     check_sampling(cfg.train.sampling, rows.streaming, cfg.data.length_buckets)
+    check_ema_decay(cfg.train.ema_decay)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
         model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU

@@ -19,7 +19,7 @@ from asr_lora.core.io import write_json
 from asr_lora.core.runtime import trains_on_cpu, use_bf16
 from asr_lora.evaluation.metrics import normalized_wer
 from asr_lora.model.lora import adapted_module_names, add_lora, count_parameters, expected_lora_parameters
-from asr_lora.training.averaging import WeightAverage, check_ema_decay
+from asr_lora.training.averaging import WeightAverage
 from asr_lora.training.distill import distillation
 from asr_lora.training.label_logits import logits_only_at
 from asr_lora.training.term_tokens import weighted_token_loss
@@ -305,7 +305,7 @@ def build_trainer(model, args, train_ds, dev_ds, collator, processor, eval_colla
                   term_loss_weight: float = 1.0, train_sampler=None, context_kl: float = 0.0,
                   ema_decay: float = 0.0) -> Seq2SeqTrainer:
     callbacks = [StopOnNonFiniteLoss(), MarkCompleteCheckpoints()]
-    if check_ema_decay(ema_decay):
+    if ema_decay:  # WeightAverage refuses a decay outside [0, 1)
         callbacks.append(WeightAverage(ema_decay))
     if dev_ds is not None and early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
