@@ -1,5 +1,7 @@
 """Export for a training run: `python -m asr_lora.export run_dir=DIR [export.formats=[hf,ct2]]
-[export.quantization=[int8]] [export.force=true]`, also called at the end of training.
+[export.quantization=[int8]] [export.force=true]`, also called at the end of training. DIR may also
+be an `evaluate` run of an adapter (`adapter=PATH`, say an average of several runs' adapters): its
+evaluation is then the one the export's gate and WER check rest on.
 
 Feeds `export.export_run` what only a run knows: a probe batch from the dev split, the test split's
 accented utterances for the export WER, and the eval dict (WER table, forgetting gate).
@@ -88,7 +90,7 @@ def run_config(cfg: DictConfig) -> DictConfig:
     run_dir = Path(cfg.run_dir)
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
-        raise FileNotFoundError(f"{saved} not found: run_dir must be a training run directory")
+        raise FileNotFoundError(f"{saved} not found: run_dir must be a training or evaluation run directory")
     base = OmegaConf.load(saved)
     base.export = cfg.export
     base.run_dir = str(run_dir)
@@ -120,4 +122,17 @@ def main(cfg: DictConfig) -> dict:
     if ev is None:
         log.warning("%s missing: the model card will carry no WER table and the forgetting gate is unchecked",
                     ev_path)
-    return export_from_run(run_cfg, run_dir, run_dir / "adapter", ev, splits, processor)
+    return export_from_run(run_cfg, run_dir, run_adapter(run_dir, run_cfg), ev, splits, processor)
+
+
+def run_adapter(run_dir: Path, run_cfg: DictConfig) -> Path:
+    """The adapter a run scored: a training run's own `adapter/`, or the `adapter=` an evaluation
+    run was given."""
+    if (run_dir / "adapter").is_dir():
+        return run_dir / "adapter"
+    if run_cfg.get("adapter"):
+        if run_cfg.lora.scale != 1:  # the adapter's file holds strength 1, not what was scored
+            raise SystemExit(f"{run_dir}: scored {run_cfg.adapter} at lora.scale={run_cfg.lora.scale}; "
+                             "export ships an adapter at the strength its evaluation scored")
+        return Path(run_cfg.adapter)
+    raise FileNotFoundError(f"{run_dir}: no adapter/ and no adapter= in its config; nothing to export")

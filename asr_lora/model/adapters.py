@@ -108,3 +108,50 @@ def scored_beam_size(adapter_dir: str | Path | None) -> int | None:
     if beam is None and (ev := _read_json(d.parent / "eval" / "eval.json")):
         beam = ev.get("beam_size")
     return int(beam) if isinstance(beam, (int, float)) and beam >= 1 else None
+
+
+def average_adapters(paths: list[str | Path], out_dir: str | Path, weights: list[float] | None = None) -> Path:
+    """Write to `out_dir` the adapter whose update is the weighted mean of the updates of the
+    adapters at `paths` (equal weights by default): adapters of one recipe trained under several
+    seeds, averaged so that what one seed's draw of rows and initial weights put into its adapter
+    counts for less (a "model soup" of the LoRA updates).
+
+    peft's `add_weighted_adapter(combination_type="cat")` stacks the factors, so the update is the
+    exact mean (rank = the sum of the ranks, scaling 1), not an SVD approximation; the merged and
+    exported model has no extra cost. The adapters must share their base and target modules."""
+    from peft import PeftModel
+
+    from asr_lora.core.io import atomic_dir, write_json
+    from asr_lora.model.whisper import load_whisper
+
+    paths = [check_adapter_dir(p) for p in paths]
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two adapters, got {len(paths)}")
+    weights = [1.0 / len(paths)] * len(paths) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(paths):
+        raise ValueError(f"{len(weights)} weights for {len(paths)} adapters")
+    confs = [json.loads((p / "adapter_config.json").read_text()) for p in paths]
+    for key, what in (("base_model_name_or_path", "base"), ("target_modules", "target modules")):
+        first = adapter_base(paths[0]) if key == "base_model_name_or_path" else confs[0].get(key)
+        for p, c in zip(paths[1:], confs[1:]):
+            other = adapter_base(p) if key == "base_model_name_or_path" else c.get(key)
+            if (sorted(other) if isinstance(other, list) else other) != (
+                    sorted(first) if isinstance(first, list) else first):
+                raise ValueError(f"{p}: its {what} {other!r} differs from {paths[0]}'s {first!r}; "
+                                 "only adapters of one base and one LoRA layout can be averaged")
+    base = adapter_base(paths[0])
+    model, _ = load_whisper(base)
+    names = [f"source{i}" for i in range(len(paths))]
+    model = PeftModel.from_pretrained(model, str(paths[0]), adapter_name=names[0], is_trainable=False)
+    for name, p in zip(names[1:], paths[1:]):
+        model.load_adapter(str(p), adapter_name=name, is_trainable=False)
+    model.add_weighted_adapter(names, weights, adapter_name="default", combination_type="cat")
+    model.set_adapter("default")
+    for name in names:
+        model.delete_adapter(name)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp))
+        make_adapter_portable(tmp, base)
+        write_json(tmp / "averaged_from.json", {"adapters": [str(p) for p in paths], "weights": weights})
+    return out_dir
