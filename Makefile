@@ -41,8 +41,8 @@ demo: setup
 	$(PY) -m asr_lora.train +recipe=sg_english $(DEMO_ARGS)
 
 # The demo's recipe trained under three seeds and the three adapters averaged into one (the mean of
-# their LoRA updates), then scored like the demo: three trainings instead of one (about 25 min more on
-# 2 cores; the corpus, encoder outputs and zero-shot passes are made once). Export the average with
+# their LoRA updates), then scored like the demo: three trainings instead of one (about 21 min more on
+# 2 cores; the corpus and the training clips' encoder outputs are made once). Export the average with
 # `python -m asr_lora.export run_dir=$(SOUP_DIR)/eval`.
 SOUP_SEEDS := 42 1 2
 SOUP_DIR   := outputs/sg_english_soup

@@ -119,8 +119,6 @@ def average_adapters(paths: list[str | Path], out_dir: str | Path, weights: list
     peft's `add_weighted_adapter(combination_type="cat")` stacks the factors, so the update is the
     exact mean (rank = the sum of the ranks, scaling 1), not an SVD approximation; the merged and
     exported model has no extra cost. The adapters must share their base and target modules."""
-    from peft import PeftModel
-
     from asr_lora.core.io import atomic_dir, write_json
     from asr_lora.model.whisper import load_whisper
 
@@ -130,21 +128,21 @@ def average_adapters(paths: list[str | Path], out_dir: str | Path, weights: list
     weights = [1.0 / len(paths)] * len(paths) if weights is None else [float(w) for w in weights]
     if len(weights) != len(paths):
         raise ValueError(f"{len(weights)} weights for {len(paths)} adapters")
-    confs = [json.loads((p / "adapter_config.json").read_text()) for p in paths]
-    for key, what in (("base_model_name_or_path", "base"), ("target_modules", "target modules")):
-        first = adapter_base(paths[0]) if key == "base_model_name_or_path" else confs[0].get(key)
-        for p, c in zip(paths[1:], confs[1:]):
-            other = adapter_base(p) if key == "base_model_name_or_path" else c.get(key)
-            if (sorted(other) if isinstance(other, list) else other) != (
-                    sorted(first) if isinstance(first, list) else first):
-                raise ValueError(f"{p}: its {what} {other!r} differs from {paths[0]}'s {first!r}; "
-                                 "only adapters of one base and one LoRA layout can be averaged")
-    base = adapter_base(paths[0])
+
+    def layout(p: Path) -> tuple:
+        targets = json.loads((p / "adapter_config.json").read_text()).get("target_modules")
+        return adapter_base(p), sorted(targets) if isinstance(targets, list) else targets
+
+    first = layout(paths[0])
+    for p in paths[1:]:
+        if (other := layout(p)) != first:
+            raise ValueError(f"{p}: its base and target modules {other!r} differ from {paths[0]}'s {first!r}; "
+                             "only adapters of one base and one LoRA layout can be averaged")
+    base = first[0]
     model, _ = load_whisper(base)
     names = [f"source{i}" for i in range(len(paths))]
-    model = PeftModel.from_pretrained(model, str(paths[0]), adapter_name=names[0], is_trainable=False)
-    for name, p in zip(names[1:], paths[1:]):
-        model.load_adapter(str(p), adapter_name=name, is_trainable=False)
+    for name, p in zip(names, paths):
+        model = load_adapter(model, p, name)  # the first wraps the base, the others join it
     model.add_weighted_adapter(names, weights, adapter_name="default", combination_type="cat")
     model.set_adapter("default")
     for name in names:
