@@ -188,6 +188,10 @@ class TrainConfig:
     # Share of training rows decoded after the domain-term prompt (the one eval's prompt systems and
     # `transcribe --prompt` use), loss on the transcript only: adapter and prompt learn to add up.
     prompt_probability: float = 0.0
+    # Run a batch's prompted and plain rows as two batches, each only as wide as its own rows, instead
+    # of one padded to the prompt's width: the same loss and gradients, fewer positions computed
+    # (training/row_groups.py). auto: on the CPU in one process | true (one process) | false.
+    split_prompted_rows: str = "auto"
     # Share of training rows whose cached encoder outputs get SpecAugment-style time masks
     # (data/features.mask_encoder_time): encoder_time_masks spans of up to encoder_time_mask_seconds
     # each, zeroed inside the speech. Needs the encoder cache.

@@ -28,6 +28,7 @@ from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import eval_summary, print_summary
 from asr_lora.training.averaging import check_ema_decay
 from asr_lora.training.distill import check_context_kl, check_replay_kl
+from asr_lora.training.row_groups import check_split_setting
 from asr_lora.training.sampling import check_sampling, train_sampler
 from asr_lora.training.term_tokens import term_marker
 
@@ -161,6 +162,7 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     cfg.train.replay_kl = check_replay_kl(cfg.train, rows.train, rows.streaming)
     check_sampling(cfg.train.sampling, rows.streaming, cfg.data.length_buckets)
     check_ema_decay(cfg.train.ema_decay)
+    check_split_setting(cfg.train.split_prompted_rows)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
         model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
@@ -268,7 +270,8 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
                             dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor,
                             eval_collator, early_stopping_patience=t.early_stopping_patience,
                             replay_kl=t.replay_kl, term_loss_weight=t.term_loss_weight, train_sampler=sampler,
-                            context_kl=t.context_kl, ema_decay=t.ema_decay)
+                            context_kl=t.context_kl, ema_decay=t.ema_decay,
+                            split_prompted_rows=t.split_prompted_rows)
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_point(t.resume, ckpt_dir))
     seconds = time.perf_counter() - t_train

@@ -22,6 +22,7 @@ from asr_lora.model.lora import adapted_module_names, add_lora, count_parameters
 from asr_lora.training.averaging import WeightAverage
 from asr_lora.training.distill import distillation
 from asr_lora.training.label_logits import logits_only_at
+from asr_lora.training.row_groups import row_groups, splits_rows, take_rows, width_of
 from asr_lora.training.term_tokens import weighted_token_loss
 
 log = logging.getLogger(__name__)
@@ -241,11 +242,13 @@ class SpeechTrainer(Seq2SeqTrainer):
     tokens only (`logits_only_at`), can count the tokens the collator marks as term tokens
     `term_loss_weight` times, and adds the base distillation terms of training/distill.py:
     `replay_kl` times the one on the rows the collator flags as replay, `context_kl` times the one
-    on the other rows' tokens outside the domain's own words."""
+    on the other rows' tokens outside the domain's own words. With `split_rows` a batch's prompted
+    and plain rows run as two narrower batches (training/row_groups.py)."""
 
     def __init__(self, *args, eval_collator=None, replay_kl: float = 0.0, term_loss_weight: float = 1.0,
-                 train_sampler=None, context_kl: float = 0.0, **kwargs):
+                 train_sampler=None, context_kl: float = 0.0, split_rows: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.split_rows = split_rows
         self.eval_collator = eval_collator
         self.train_sampler = train_sampler  # None: the Trainer's own (train.sampling)
         self.replay_kl, self.context_kl = replay_kl, context_kl
@@ -265,9 +268,28 @@ class SpeechTrainer(Seq2SeqTrainer):
         if "decoder_input_ids" not in inputs:  # what the model does with labels alone
             inputs["decoder_input_ids"] = shift_tokens_right(labels, whisper.config.pad_token_id,
                                                              whisper.config.decoder_start_token_id)
-        with logits_only_at(whisper.get_output_embeddings(), at):
-            outputs = model(**inputs)
-        logits, targets = outputs.logits, labels[at]
+        head = whisper.get_output_embeddings()
+        groups = row_groups(labels) if self.split_rows and not return_outputs else None
+        if groups is None:
+            with logits_only_at(head, at):
+                outputs = model(**inputs)
+            logits = outputs.logits
+        else:
+            # Rows reordered group by group: the loss and the distillation terms are means over
+            # tokens, and the logits below come out in the reordered label tokens' order.
+            order = torch.cat(groups)
+            side = {"labels": labels, "term_tokens": marked, "own_tokens": own, "distill_rows": rows}
+            inputs = take_rows(inputs | {k: v for k, v in side.items() if v is not None}, order)
+            labels, marked, own, rows = (inputs.pop(k, None) for k in side)
+            at, parts, start, outputs = labels != -100, [], 0, None
+            for group in groups:
+                idx = torch.arange(start, start + len(group))
+                start += len(group)
+                width = width_of(labels[idx])
+                with logits_only_at(head, at[idx, :width]):
+                    parts.append(model(**take_rows(inputs, idx, width)).logits)
+            logits = torch.cat(parts)
+        targets = labels[at]
         weight = self.term_loss_weight if marked is not None else 1.0
         loss = weighted_token_loss(logits, targets, marked[at] if marked is not None else torch.zeros_like(targets),
                                    weight)
@@ -303,7 +325,7 @@ class SpeechTrainer(Seq2SeqTrainer):
 def build_trainer(model, args, train_ds, dev_ds, collator, processor, eval_collator=None,
                   early_stopping_patience: int | None = None, replay_kl: float = 0.0,
                   term_loss_weight: float = 1.0, train_sampler=None, context_kl: float = 0.0,
-                  ema_decay: float = 0.0) -> Seq2SeqTrainer:
+                  ema_decay: float = 0.0, split_prompted_rows: str = "false") -> Seq2SeqTrainer:
     callbacks = [StopOnNonFiniteLoss(), MarkCompleteCheckpoints()]
     if ema_decay:  # WeightAverage refuses a decay outside [0, 1)
         callbacks.append(WeightAverage(ema_decay))
@@ -314,6 +336,7 @@ def build_trainer(model, args, train_ds, dev_ds, collator, processor, eval_colla
         processing_class=processor.feature_extractor, compute_metrics=wer_metric(processor.tokenizer),
         callbacks=callbacks, eval_collator=eval_collator, replay_kl=replay_kl,
         term_loss_weight=term_loss_weight, train_sampler=train_sampler, context_kl=context_kl,
+        split_rows=splits_rows(split_prompted_rows, args.use_cpu, args.world_size),
     )
     # Whisper's forward takes **kwargs but its loss is a plain token mean that ignores
     # `num_items_in_batch`; left True, the Trainer multiplies the loss (and gradients) by the world
