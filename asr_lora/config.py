@@ -217,6 +217,10 @@ class TrainConfig:
     # average = ema_decay * average + (1 - ema_decay) * weights after every step (0: off; 0.99
     # averages about the last 100 steps). training/averaging.py.
     ema_decay: float = 0.0
+    # Train the run under each of these seeds and average the adapters (the mean of their LoRA
+    # updates): the run scores, saves and exports the average; each seed's adapter stays under
+    # seed<N>/ (training/seeds.py). []: one run under `seed`.
+    seeds: list[int] = field(default_factory=list)
     # The order clips are drawn in: "random" (the Trainer's permutation per epoch) or "by_text" (each
     # text's clips spread evenly over the epoch, so a run shorter than an epoch still hears every
     # sentence once; training/sampling.py).

@@ -120,3 +120,17 @@ def test_make_demo_overrides_start_and_skip_the_dev_evaluation(corpus, tmp_path,
     summary = train(cfg)
     assert summary["train"]["steps"] == 2 and summary["train"]["best_dev_wer"] is None
     assert (tmp_path / "run" / "eval" / "eval.json").is_file()
+
+
+def test_make_soup_trains_the_demo_under_its_seeds_in_one_run(corpus, tmp_path, tiny_whisper_dir):
+    lines = (REPO_ROOT / "Makefile").read_text().splitlines()
+    seeds = next(s for s in lines if s.startswith("SOUP_SEEDS")).split(":=", 1)[1].strip()
+    rule = lines[lines.index("soup: setup") + 1]
+    assert "$(DEMO_ARGS)" in rule and "'train.seeds=$(SOUP_SEEDS)'" in rule
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["+recipe=sg_english", *size_overrides(tmp_path, tiny_whisper_dir, corpus),
+                                           *demo_args(), f"train.seeds={seeds}"])
+    assert list(cfg.train.seeds) == [42, 1, 2]
+    summary = train(cfg)
+    assert [m["seed"] for m in summary["train"]["seeds"]] == [42, 1, 2]
+    assert (tmp_path / "run" / "adapter" / "averaged_from.json").is_file()

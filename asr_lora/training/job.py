@@ -29,6 +29,7 @@ from asr_lora.training.console import eval_summary, print_summary
 from asr_lora.training.averaging import check_ema_decay
 from asr_lora.training.distill import check_context_kl, check_replay_kl
 from asr_lora.training.row_groups import check_split_setting
+from asr_lora.training.seeds import check_seeds, fit_seeds
 from asr_lora.training.sampling import check_sampling, train_sampler
 from asr_lora.training.term_tokens import term_marker
 
@@ -57,6 +58,7 @@ class Fitted:
     result: Any
     seconds: float
     run: Any  # the wandb run, or None
+    members: list | None = None  # train.seeds: each seed's steps, loss, seconds and adapter
 
 
 def train(cfg: DictConfig) -> dict:
@@ -80,7 +82,11 @@ def train(cfg: DictConfig) -> dict:
     check_context_kl(t, terms, processor.tokenizer, rows.train, rows.streaming)
     model, params, cache = build_model(cfg, model, processor, rows)
     precomputed = zero_shot(cfg, model, processor, rows.test, cache, terms) if main else {}
-    fitted = fit(cfg, model, processor, rows, cache, run_dir, report_to, params, terms)
+    if check_seeds(cfg.train):  # one adapter per seed, averaged (training/seeds.py)
+        fitted = fit_seeds(cfg, model, processor, rows, cache, run_dir, report_to, params, terms, fit,
+                           prepare_for_training, reload_trained)
+    else:
+        fitted = fit(cfg, model, processor, rows, cache, run_dir, report_to, params, terms)
     if not main:
         return {}
     ev = score(cfg, fitted.model, processor, rows, cache, terms, precomputed, run_dir, fitted.adapter_dir)
@@ -163,6 +169,7 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     check_sampling(cfg.train.sampling, rows.streaming, cfg.data.length_buckets)
     check_ema_decay(cfg.train.ema_decay)
     check_split_setting(cfg.train.split_prompted_rows)
+    check_seeds(cfg.train)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
         model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
@@ -349,7 +356,8 @@ def summarise(cfg: DictConfig, run_dir: Path, params: dict, fitted: Fitted, rows
         "train": {"steps": fitted.result.global_step, "train_loss": fitted.result.training_loss,
                   "seconds": round(fitted.seconds, 1), "train_utterances": rows.n_train,
                   "streaming": rows.streaming, "best_checkpoint": trainer.state.best_model_checkpoint,
-                  "best_dev_wer": trainer.state.best_metric},
+                  "best_dev_wer": trainer.state.best_metric}
+                 | ({"seeds": fitted.members} if fitted.members else {}),
         "adapter_bytes": _dir_bytes(fitted.adapter_dir), "synthetic_data": bool(cfg.data.synthetic),
         # What the Trainer actually ran (not only what was asked): process count and sharding engine.
         "distributed": {"world_size": args.world_size, "fsdp": bool(trainer.is_fsdp_enabled),
