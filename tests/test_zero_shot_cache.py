@@ -39,3 +39,30 @@ def test_reuse_and_every_invalidation(tmp_path):
     run(make())
     assert len(calls) == 4
     assert zero_shot_hypotheses(decode, str(model_dir), "cpu", make(), ecfg, None) and len(calls) == 5
+
+
+def test_evaluate_takes_the_zero_shot_passes_a_training_run_made(tmp_path, tiny_whisper_dir, monkeypatch):
+    import json
+
+    from asr_lora.evaluation import scoring
+    from asr_lora.evaluation.job import evaluate
+    from asr_lora.training.job import train
+    from test_train_e2e import tiny_cfg
+
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none")
+    train(cfg)
+    decoded, original = [], scoring.decode_system
+    monkeypatch.setattr(scoring, "decode_system", lambda *a, **k: decoded.append(a[4]) or original(*a, **k))
+
+    def score(*extra):
+        run = tmp_path / f"ev{len(decoded)}"
+        evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", f"adapter={tmp_path / 'run' / 'adapter'}",
+                          f"run_dir={run}", *extra))
+        return json.loads((run / "eval" / "hypotheses.json").read_text())
+
+    hyps = score()
+    assert decoded == ["adapted"]  # base and prompt: the training run's zero-shot passes, not decoded again
+    trained = json.loads((tmp_path / "run" / "eval" / "hypotheses.json").read_text())
+    assert hyps["base"] == trained["base"] and hyps["prompt"] == trained["prompt"] and hyps["ids"] == trained["ids"]
+    score("eval.reuse_zero_shot=false")
+    assert decoded == ["adapted", "base", "prompt", "adapted"]

@@ -66,7 +66,16 @@ def evaluate(cfg: DictConfig) -> dict:
 
     info = eval_info(cfg.data, cfg.model.name_or_path, report, cfg.adapter, split,
                      cfg.lora.scale if cfg.adapter else 1.0, adapter_strength(model))
-    ev = evaluate_systems(model, processor, ds, cfg.eval, run_dir / "eval", info, systems, cache, terms=terms)
+    from asr_lora.core.paths import cache_root
+    from asr_lora.evaluation.zero_shot import zero_shot_passes
+    from asr_lora.model.whisper import resolve_model_dir
+
+    # Base and prompt: the zero-shot passes a training run (or evaluation) of these rows has made.
+    precomputed = zero_shot_passes(model, processor, ds, cfg.eval, systems, terms, cache,
+                                   resolve_model_dir(cfg.model.name_or_path),
+                                   cache_root() if cfg.eval.reuse_zero_shot else None)
+    ev = evaluate_systems(model, processor, ds, cfg.eval, run_dir / "eval", info, systems, cache, terms=terms,
+                          precomputed=precomputed)
     for s in (s for s in systems if s in ("base", "adapted")):
         h = headline(ev, s)
         log.info("%s WER %.2f%% [%.2f, %.2f] (norm), %.2f%% particles removed%s", s, 100 * h["wer"],

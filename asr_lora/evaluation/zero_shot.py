@@ -66,3 +66,22 @@ def zero_shot_hypotheses(decode, model_dir: str, device, ds, ecfg, cache_dir: Pa
     hyps = decode()
     write_json(path, {"ids": list(ds["id"]), "hypotheses": hyps})
     return hyps
+
+
+def zero_shot_passes(model, processor, ds, ecfg, systems, terms, encoder_cache, model_dir: str,
+                     cache_dir: Path | None) -> dict[str, list[str]]:
+    """The hypotheses of the zero-shot systems among `systems` ("base", and "prompt": the domain
+    terms as Whisper's prompt), each decoded with the adapter off or taken from the cache; the
+    training job (before training) and `evaluate` share the entries, so scoring an adapter on rows
+    a run has already decoded zero-shot does not decode them again."""
+    from asr_lora.evaluation.scoring import decode_system
+
+    device = next(model.parameters()).device
+    out = {}
+    for system in (s for s in systems if s in ("base", "prompt")):
+        def decode(system=system):
+            return decode_system(model, processor, ds, ecfg, system, terms, encoder_cache)[0]
+
+        out[system] = zero_shot_hypotheses(decode, model_dir, device, ds, ecfg, cache_dir,
+                                           prompt=terms.prompt if system == "prompt" else None)
+    return out

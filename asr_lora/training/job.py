@@ -8,7 +8,6 @@ Everything lands in the Hydra run directory.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -215,25 +214,13 @@ def zero_shot(cfg: DictConfig, model, processor, test_ds, cache, terms) -> dict[
     if not cfg.eval.before_training or test_ds is None:
         return {}
     from asr_lora.core.paths import cache_root
-    from asr_lora.evaluation.scoring import transcribe_split
-    from asr_lora.evaluation.zero_shot import zero_shot_hypotheses
+    from asr_lora.evaluation.zero_shot import zero_shot_passes
     from asr_lora.model.whisper import resolve_model_dir
 
-    e = cfg.eval
-
-    def decode(prompt=None):
-        ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-        with ctx:
-            return transcribe_split(model, processor, test_ds, e.beam_size, e.batch_size, e.max_new_tokens, cache,
-                                    description="zero-shot + term prompt" if prompt else "zero-shot decoding",
-                                    prompt=prompt)
-
-    keep_dir = cache_root() if e.reuse_zero_shot else None
-    where = (resolve_model_dir(cfg.model.name_or_path), next(model.parameters()).device, test_ds, e)
-    out = {"base": zero_shot_hypotheses(decode, *where, keep_dir)}
-    if terms is not None and e.prompt_baseline:
-        out["prompt"] = zero_shot_hypotheses(lambda: decode(terms.prompt), *where, keep_dir, prompt=terms.prompt)
-    return out
+    systems = ("base", "prompt") if terms is not None and cfg.eval.prompt_baseline else ("base",)
+    keep = cache_root() if cfg.eval.reuse_zero_shot else None
+    return zero_shot_passes(model, processor, test_ds, cfg.eval, systems, terms, cache,
+                            resolve_model_dir(cfg.model.name_or_path), keep)
 
 
 def trainer_args(cfg: DictConfig, output_dir: Path, report_to: list[str], has_dev: bool, streaming: bool = False):
