@@ -48,7 +48,7 @@ def test_feature_cache_choice_follows_the_budget():
 
 def test_feature_cache_only_when_clips_are_read_twice():
     from asr_lora.config import TrainConfig
-    from asr_lora.training.job import reads_per_clip
+    from asr_lora.training.trainer import reads_per_clip
 
     d = OmegaConf.structured(DataConfig(feature_cache="auto", feature_cache_budget_gb=8.0))
     t = OmegaConf.structured(TrainConfig(max_steps=128, per_device_train_batch_size=8, gradient_accumulation_steps=1))

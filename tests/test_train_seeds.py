@@ -27,7 +27,7 @@ def test_seeds_are_trained_as_their_own_runs_and_the_average_is_scored_and_expor
     run = Path(cfg.run_dir)
     members = [run / "seed1" / "adapter", run / "seed2" / "adapter"]
     assert [m["seed"] for m in summary["train"]["seeds"]] == [1, 2]
-    assert all(m["steps"] == 4 for m in summary["train"]["seeds"])
+    assert all(m["steps"] == 4 for m in summary["train"]["seeds"]) and summary["train"]["steps"] == 8
     assert json.loads((run / "adapter" / "averaged_from.json").read_text())["adapters"] == [str(m) for m in members]
 
     # Each member is the adapter a run with that seed trains, bit for bit.
@@ -48,14 +48,12 @@ def test_seeds_are_trained_as_their_own_runs_and_the_average_is_scored_and_expor
 
 
 def test_seeds_setting_is_checked():
-    def t(**kw):
-        return OmegaConf.create({"seeds": [], "mode": "lora", "resume": False} | kw)
-
-    assert check_seeds(t()) == [] and check_seeds(t(seeds=[42, 1, 2])) == [42, 1, 2]
+    assert check_seeds([], "lora", False) == []
+    assert check_seeds(OmegaConf.create([42, 1, 2]), "lora", False) == [42, 1, 2]
     for seeds in ([7], [1, 1], [1, "a"]):
         with pytest.raises(ValueError, match="two or more distinct integer seeds"):
-            check_seeds(t(seeds=seeds))
+            check_seeds(seeds, "lora", False)
     with pytest.raises(ValueError, match="train.mode=full"):
-        check_seeds(t(seeds=[1, 2], mode="full"))
+        check_seeds([1, 2], "full", False)
     with pytest.raises(ValueError, match="cannot be resumed"):
-        check_seeds(t(seeds=[1, 2], resume=True))
+        check_seeds([1, 2], "lora", True)

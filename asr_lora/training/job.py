@@ -81,9 +81,14 @@ def train(cfg: DictConfig) -> dict:
     check_context_kl(t, terms, processor.tokenizer, rows.train, rows.streaming)
     model, params, cache = build_model(cfg, model, processor, rows)
     precomputed = zero_shot(cfg, model, processor, rows.test, cache, terms) if main else {}
-    if check_seeds(cfg.train):  # one adapter per seed, averaged (training/seeds.py)
-        fitted = fit_seeds(cfg, model, processor, rows, cache, run_dir, report_to, params, terms, fit,
-                           prepare_for_training, reload_trained)
+    if seeds := check_seeds(t.seeds, t.mode, t.resume):  # one adapter per seed, averaged (training/seeds.py)
+        fitted = fit_seeds(
+            seeds, model, lambda seed, m: fit_member(cfg, seed, m, processor, rows, cache, run_dir, report_to, params,
+                                                     terms),
+            run_dir / "adapter", lambda d, device: reload_trained(cfg, d, device),
+            lambda members: tracking.init_run(cfg.logger.wandb, run_dir, f"{cfg.recipe_name}-{run_dir.name}",
+                                              OmegaConf.to_container(cfg, resolve=True)
+                                              | {"params": params, "members": members}, report_to))
     else:
         fitted = fit(cfg, model, processor, rows, cache, run_dir, report_to, params, terms)
     if not main:
@@ -168,7 +173,7 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     check_sampling(cfg.train.sampling, rows.streaming, cfg.data.length_buckets)
     check_ema_decay(cfg.train.ema_decay)
     check_split_setting(cfg.train.split_prompted_rows)
-    check_seeds(cfg.train)
+    check_seeds(cfg.train.seeds, cfg.train.mode, cfg.train.resume)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
         model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
@@ -236,7 +241,7 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     """Train with the Trainer (resuming if asked), save the adapter (or full model) portable and
     pickle-free, and return the trained model ready to score."""
     from asr_lora.data.features import add_features, use_feature_cache
-    from asr_lora.training.trainer import build_trainer
+    from asr_lora.training.trainer import build_trainer, reads_per_clip, resume_point
 
     train_ds, dev_ds, streaming, t = rows.train, rows.dev, rows.streaming, cfg.train
     held_cache = None if streaming else cache
@@ -304,6 +309,20 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     return Fitted(model, adapter_dir, trainer, result, seconds, run)
 
 
+def fit_member(cfg: DictConfig, seed: int, model, processor, rows: Rows, cache, run_dir: Path,
+               report_to: list[str], params: dict, terms) -> Fitted:
+    """One member of a train.seeds run: the run under `seed=seed` on a fresh LoRA (the previous
+    member's unloaded from the base), exactly as a run with that seed, into `run_dir/seed<N>`."""
+    from omegaconf import open_dict
+
+    member = cfg.copy()
+    with open_dict(member):
+        member.seed = seed
+    seed_everything(seed)
+    model, _ = prepare_for_training(member, model.unload())
+    return fit(member, model, processor, rows, cache, run_dir / f"seed{seed}", report_to, params, terms)
+
+
 def score(cfg: DictConfig, model, processor, rows: Rows, cache, terms, precomputed: dict, run_dir: Path,
           adapter_dir: Path) -> dict | None:
     """Zero-shot, prompt baseline and adapted on the scored rows: report, tables, eval.json."""
@@ -361,16 +380,6 @@ def _dir_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.exists() else 0
 
 
-def reads_per_clip(tcfg, n_train: int) -> float | None:
-    """How many times one rank reads each train clip on average (micro-batches counted). Per rank,
-    because every rank would build the whole log-mel cache for itself."""
-    if n_train <= 0:
-        return None
-    if (tcfg.max_steps or -1) <= 0:
-        return float(tcfg.num_train_epochs)
-    return tcfg.max_steps * tcfg.per_device_train_batch_size * tcfg.gradient_accumulation_steps / n_train
-
-
 def reload_trained(cfg: DictConfig, saved_dir: Path, device=None):
     """The trained model as saved in the run (adapter on the base, or full weights), unwrapped."""
     from asr_lora.model.whisper import load_whisper
@@ -383,16 +392,3 @@ def reload_trained(cfg: DictConfig, saved_dir: Path, device=None):
         base, _ = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
         model = load_adapter(base, saved_dir)
     return model.to(device).eval() if device is not None else model.eval()
-
-
-def resume_point(resume: bool, ckpt_dir: Path) -> str | None:
-    if not resume:
-        return None
-    from asr_lora.training.trainer import last_complete_checkpoint
-
-    last = last_complete_checkpoint(ckpt_dir)
-    if last is None:
-        raise FileNotFoundError(f"train.resume=true but no complete checkpoint under {ckpt_dir}; "
-                                "pass run_dir=<old run>")
-    log.info("resuming from %s", last)
-    return last

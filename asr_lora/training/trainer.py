@@ -100,6 +100,27 @@ def last_complete_checkpoint(d: Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
+def resume_point(resume: bool, ckpt_dir: Path) -> str | None:
+    if not resume:
+        return None
+    last = last_complete_checkpoint(ckpt_dir)
+    if last is None:
+        raise FileNotFoundError(f"train.resume=true but no complete checkpoint under {ckpt_dir}; "
+                                "pass run_dir=<old run>")
+    log.info("resuming from %s", last)
+    return last
+
+
+def reads_per_clip(tcfg, n_train: int) -> float | None:
+    """How many times one rank reads each train clip on average (micro-batches counted). Per rank,
+    because every rank would build the whole log-mel cache for itself."""
+    if n_train <= 0:
+        return None
+    if (tcfg.max_steps or -1) <= 0:
+        return float(tcfg.num_train_epochs)
+    return tcfg.max_steps * tcfg.per_device_train_batch_size * tcfg.gradient_accumulation_steps / n_train
+
+
 def prepare_model(model, mode: str, lora, encoder_context: str = "full", context_pad_s: float = 1.0):
     """LoRA (frozen base, adapters trainable; `lora` is the lora config section) or full
     fine-tuning (`mode`); returns (model, param info)."""
