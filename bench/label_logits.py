@@ -44,6 +44,20 @@ def recipe_model():
     return model.train(), processor, cfg
 
 
+def recipe_trainer(model, cfg, **loss_terms):
+    """A SpeechTrainer on the CPU around `model` with the recipe's term weight (and `loss_terms`:
+    replay_kl, context_kl), for timing `compute_loss` outside a training loop."""
+    import tempfile
+
+    from transformers import Seq2SeqTrainingArguments
+
+    from asr_lora.training.trainer import SpeechTrainer
+
+    return SpeechTrainer(model=model, term_loss_weight=float(cfg.train.term_loss_weight), **loss_terms,
+                         args=Seq2SeqTrainingArguments(output_dir=tempfile.mkdtemp(), use_cpu=True, report_to=[],
+                                                       remove_unused_columns=False))
+
+
 def batches(model, processor, cfg, n_batches: int, batch_size: int, replay_rows: int = 0,
             own_words: bool = False) -> list[dict]:
     """The recipe collator's batches (prompt in half the rows, term tokens marked) over train clips,
@@ -93,18 +107,12 @@ def main() -> None:
     ap.add_argument("--name", default="label_logits")
     a = ap.parse_args()
     common.quiet()
-    import tempfile
-
-    from transformers import Seq2SeqTrainingArguments
-
     from asr_lora.training.term_tokens import weighted_token_loss
-    from asr_lora.training.trainer import SpeechTrainer
 
     model, processor, cfg = recipe_model()
     weight = float(cfg.train.term_loss_weight)
     data = batches(model, processor, cfg, a.steps, a.batch_size)
-    trainer = SpeechTrainer(model=model, term_loss_weight=weight, args=Seq2SeqTrainingArguments(
-        output_dir=tempfile.mkdtemp(), use_cpu=True, report_to=[], remove_unused_columns=False))
+    trainer = recipe_trainer(model, cfg)
 
     def all_positions(batch):
         inputs = {k: v for k, v in batch.items() if k != "term_tokens"}

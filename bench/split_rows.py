@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,17 +31,12 @@ def main() -> None:
     ap.add_argument("--name", default="split_rows")
     a = ap.parse_args()
     common.quiet()
-    from transformers import Seq2SeqTrainingArguments
-
     from asr_lora.core.runtime import use_bf16
     from asr_lora.training.row_groups import row_groups
-    from asr_lora.training.trainer import SpeechTrainer
 
     model, processor, cfg = label_logits.recipe_model()
     data = label_logits.batches(model, processor, cfg, a.steps, a.batch_size, replay_rows=2)
-    trainer = SpeechTrainer(model=model, term_loss_weight=float(cfg.train.term_loss_weight), replay_kl=1.0,
-                            args=Seq2SeqTrainingArguments(output_dir=tempfile.mkdtemp(), use_cpu=True, report_to=[],
-                                                          remove_unused_columns=False))
+    trainer = label_logits.recipe_trainer(model, cfg, replay_kl=1.0)
     bf16 = use_bf16("auto", on_cpu=True)
     modes = {"padded": False, "split": True}
     step_s = {k: [] for k in modes}

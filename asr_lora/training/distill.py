@@ -23,6 +23,7 @@ import torch
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 from asr_lora.training.label_logits import logits_only_at
+from asr_lora.training.row_groups import take_rows
 from asr_lora.training.term_tokens import own_word_marker
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def base_divergence(peft_model, inputs: dict, logits: torch.Tensor, labels: torc
     `labels[rows][labels[rows] != -100]`. `logits` are the adapted model's: one row per label token
     of the batch (`logits_only_at`) or the full batch x positions x vocabulary."""
     rows = rows.to(logits.device)
-    picked = {k: _pick_rows(v, rows) for k, v in inputs.items() if k not in ("labels", "decoder_input_ids")}
+    picked = take_rows({k: v for k, v in inputs.items() if k not in ("labels", "decoder_input_ids")}, rows)
     targets = labels[rows]
     positions = targets != -100
     # Each row's transcript tokens, left-aligned: the labels of the same row decoded without a prompt,
@@ -134,11 +135,3 @@ def distillation(peft_model, inputs: dict, logits: torch.Tensor, labels: torch.T
         if bool(around.any()):
             terms["context_kl"] = kl[around].mean()
     return terms
-
-
-def _pick_rows(value, rows: torch.Tensor):
-    if isinstance(value, torch.Tensor):
-        return value[rows]
-    if hasattr(value, "last_hidden_state"):  # cached encoder outputs
-        return type(value)(last_hidden_state=value.last_hidden_state[rows])
-    return value

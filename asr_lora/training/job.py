@@ -86,9 +86,7 @@ def train(cfg: DictConfig) -> dict:
             seeds, model, lambda seed, m: fit_member(cfg, seed, m, processor, rows, cache, run_dir, report_to, params,
                                                      terms),
             run_dir / "adapter", lambda d, device: reload_trained(cfg, d, device),
-            lambda members: tracking.init_run(cfg.logger.wandb, run_dir, f"{cfg.recipe_name}-{run_dir.name}",
-                                              OmegaConf.to_container(cfg, resolve=True)
-                                              | {"params": params, "members": members}, report_to))
+            lambda members: wandb_run(cfg, run_dir, report_to, {"params": params, "members": members}))
     else:
         fitted = fit(cfg, model, processor, rows, cache, run_dir, report_to, params, terms)
     if not main:
@@ -261,9 +259,7 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
         keep.append("n_labels")
     ckpt_dir = run_dir / t.output_subdir
     args = trainer_args(cfg, ckpt_dir, report_to, dev_ds is not None and len(dev_ds) > 0, streaming)
-    run = (tracking.init_run(cfg.logger.wandb, run_dir, f"{cfg.recipe_name}-{run_dir.name}",
-                             OmegaConf.to_container(cfg, resolve=True) | {"params": params}, report_to)
-           if is_main_process() else None)
+    run = wandb_run(cfg, run_dir, report_to, {"params": params}) if is_main_process() else None
     sampler = None if streaming else train_sampler(t.sampling, train_ds, cfg.seed)  # checked in build_model
     trainer = build_trainer(model, args, train_ds.select_columns(keep),
                             dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor,
@@ -307,6 +303,13 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
 
         make_adapter_portable(adapter_dir, cfg.model.name_or_path)
     return Fitted(model, adapter_dir, trainer, result, seconds, run)
+
+
+def wandb_run(cfg: DictConfig, run_dir: Path, report_to: list[str], extra: dict):
+    """The run's wandb run (None unless logged to wandb), named after the recipe and run directory,
+    with the resolved config and `extra` as its config."""
+    return tracking.init_run(cfg.logger.wandb, run_dir, f"{cfg.recipe_name}-{run_dir.name}",
+                             OmegaConf.to_container(cfg, resolve=True) | extra, report_to)
 
 
 def fit_member(cfg: DictConfig, seed: int, model, processor, rows: Rows, cache, run_dir: Path,

@@ -48,7 +48,8 @@ def row_groups(labels: torch.Tensor) -> list[torch.Tensor] | None:
 
 
 def take_rows(inputs: dict, idx: torch.Tensor, width: int | None = None) -> dict:
-    """The batch's rows `idx`, in that order; per-position tensors cut to `width` positions."""
+    """The batch's rows `idx` (indices, in that order, or a boolean mask), cached encoder outputs
+    included; per-position tensors cut to `width` positions."""
     out = {}
     for key, value in inputs.items():
         if isinstance(value, torch.Tensor) and value.dim() > 0:
