@@ -100,6 +100,9 @@ class DataConfig:
     corpus_seed: int = 0
     corpus_max_sentences: Optional[int] = None
     corpus_workers: int = 2
+    # false: a run renders only the splits and parts of the synthetic corpus it reads (train, the
+    # scored split's eval.part, dev's train.dev_part when it evaluates on dev); true: all of them
+    render_all: bool = False
 
 
 def _section_schema(name: str, defaults: dict[str, Any]) -> type:

@@ -188,6 +188,11 @@ def test_main_job_real_model_shortened(tmp_path):
     run = tmp_path / "run"
     ev = json.loads((run / "eval" / "eval.json").read_text())
     assert ev["synthetic"] is True and ev["systems"]["base"]["wer"]["norm"]["wer"] < 1.0
+    # It reads train, all of test and dev's natural-voice part (the recipe evaluates there while
+    # training), so dev's engine parts are left unrendered.
+    corpus = json.loads((run / "data_report.json").read_text())["corpus"]
+    assert corpus["scope"] == ["dev:neural", "test", "train"]
+    assert set(corpus["not_rendered"]) == {"dev/seen_engine", "dev/unseen_engine"}
     html = (run / "eval" / "report.html").read_text()
     assert "Synthetic" in html or "SYNTHETIC" in html
     exp = summary["export"]

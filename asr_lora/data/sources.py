@@ -26,19 +26,21 @@ def speaker_split(speaker: str, fractions: list[float]) -> str:
 SYNTHETIC_INPUTS = ("sentences", "control", "general", "voices", "terms", "train_sentences", "dev_control")
 
 
-def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[Record], dict]:
-    """All records of the configured source, lazily (a synthetic corpus is rendered first if missing);
-    splits are assigned by speaker where the source has none. `info["manifest"]` names the input."""
+def iter_records(dcfg, ledger: Ledger, progress: bool = True, scope=None) -> tuple[Iterator[Record], dict]:
+    """All records of the configured source, lazily (a synthetic corpus is rendered first if missing,
+    only its splits and parts in `scope` when one is given: data/scope.py); splits are assigned by
+    speaker where the source has none. `info["manifest"]` names the input."""
     info: dict[str, Any] = {"source": dcfg.source, "synthetic": bool(dcfg.synthetic)}
     if dcfg.source == "synthetic":
-        from asr_lora.data.synthetic.corpus import CorpusInputs, build_corpus
+        from asr_lora.data.synthetic.corpus import CorpusInputs, build_corpus, info_of
 
         inputs = CorpusInputs.of(dcfg.name, dcfg.sentences, dcfg.control, dcfg.general, dcfg.voices, dcfg.terms,
                                  dcfg.train_sentences, dcfg.dev_control)
         out = Path(dcfg.path) if dcfg.path else None
         manifest = build_corpus(out, seed=dcfg.corpus_seed, workers=dcfg.corpus_workers,
-                                max_sentences=dcfg.corpus_max_sentences, progress=progress, inputs=inputs)
-        corpus = json.loads((manifest.parent / "corpus_info.json").read_text())
+                                max_sentences=dcfg.corpus_max_sentences, progress=progress, inputs=inputs,
+                                scope=None if getattr(dcfg, "render_all", False) else scope)
+        corpus = json.loads(info_of(manifest).read_text())
         info["corpus"] = corpus
         # Input lines no voice could say: counted like any reader's skips, named by file:line.
         for sk in corpus.get("text_skips", []):
@@ -67,8 +69,8 @@ def iter_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[Iterator[
     return records(), info
 
 
-def read_records(dcfg, ledger: Ledger, progress: bool = True) -> tuple[list[Record], dict]:
-    records, info = iter_records(dcfg, ledger, progress)
+def read_records(dcfg, ledger: Ledger, progress: bool = True, scope=None) -> tuple[list[Record], dict]:
+    records, info = iter_records(dcfg, ledger, progress, scope)
     return list(records), info
 
 

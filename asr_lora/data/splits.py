@@ -151,10 +151,11 @@ def _records_signature(records: list[Record]) -> str:
     return h.hexdigest()
 
 
-def prepare_data(dcfg, tokenizer, cache_dir: str | Path | None = None, progress: bool = True):
-    """Splits as `datasets.Dataset`s plus the data report; cached on disk per inputs + settings."""
+def prepare_data(dcfg, tokenizer, cache_dir: str | Path | None = None, progress: bool = True, scope=None):
+    """Splits as `datasets.Dataset`s plus the data report; cached on disk per inputs + settings.
+    `scope`: the splits and parts of a synthetic corpus to render and read (data/scope.py)."""
     ledger = Ledger()
-    records, info = read_records(dcfg, ledger, progress)
+    records, info = read_records(dcfg, ledger, progress, scope)
     key = prep_key(dcfg, tokenizer, _records_signature(records))
     root = Path(cache_dir) if cache_dir else cache_root()
     target = root / "prepared" / f"{dcfg.name}-{key}"

@@ -116,15 +116,16 @@ def index_rows(records: Iterable[Record], ledger: Ledger, dcfg, tokenizer) -> It
             yield row_of(rec, *label, seconds or 0.0)
 
 
-def index_corpus(dcfg, tokenizer, cache_dir: Path | None = None, progress: bool = True) -> tuple[Path, dict]:
+def index_corpus(dcfg, tokenizer, cache_dir: Path | None = None, progress: bool = True,
+                 scope=None) -> tuple[Path, dict]:
     """Stage 1: sharded, filtered, tokenised manifests per split + the data report (cached under
-    `cache_dir`, default the cache root)."""
+    `cache_dir`, default the cache root); `scope` as `splits.prepare_data`'s."""
     from asr_lora.core.paths import cache_root
     from asr_lora.data.sources import iter_records, manifest_signature
     from asr_lora.data.splits import data_report, prep_key
 
     ledger = Ledger()
-    records, info = iter_records(dcfg, ledger, progress)
+    records, info = iter_records(dcfg, ledger, progress, scope)
     # The in-memory path's key (settings, versions, tokenizer), over the manifest files instead of
     # every audio file, plus the shard size that shapes the output.
     key = prep_key(dcfg, tokenizer, [manifest_signature(info["manifest"]), dcfg.shard_rows])

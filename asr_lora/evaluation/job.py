@@ -17,6 +17,7 @@ from asr_lora.core.logs import setup_logging
 from asr_lora.core.paths import use_cache_root
 from asr_lora.core.runtime import run_dir_of, seed_everything
 from asr_lora.data.loading import load_data
+from asr_lora.data.scope import run_scope
 from asr_lora.evaluation.summary import eval_info
 from asr_lora.model.encoder_cache import encoder_batch_size
 
@@ -45,7 +46,8 @@ def evaluate(cfg: DictConfig) -> dict:
             scale_adapter(model, cfg.lora.scale)
             log.info("adapter %s scored at lora.scale=%g", cfg.adapter, cfg.lora.scale)
     model.eval()
-    splits, report = load_data(cfg.data, processor.tokenizer, run_dir, scored=cfg.eval.split)
+    splits, report = load_data(cfg.data, processor.tokenizer, run_dir, scored=cfg.eval.split,
+                               scope=run_scope(cfg.eval.split, cfg.eval.part))
     from asr_lora.evaluation.scoring import eval_systems
     from asr_lora.evaluation.terms import terms_file, terms_for_split
 

@@ -103,6 +103,7 @@ def main(cfg: DictConfig) -> dict:
     from asr_lora.core.logs import setup_logging
     from asr_lora.core.paths import use_cache_root
     from asr_lora.data.loading import load_data
+    from asr_lora.data.scope import run_scope
 
     if not cfg.run_dir:
         raise SystemExit("usage: python -m asr_lora.export run_dir=outputs/<recipe>/<timestamp> [export.*=...]")
@@ -116,7 +117,8 @@ def main(cfg: DictConfig) -> dict:
     from asr_lora.model.whisper import load_whisper
 
     _, processor = load_whisper(run_cfg.model.name_or_path)
-    splits, _ = load_data(run_cfg.data, processor.tokenizer, None, scored=run_cfg.eval.split)
+    splits, _ = load_data(run_cfg.data, processor.tokenizer, None, scored=run_cfg.eval.split,
+                          scope=run_scope(run_cfg.eval.split, run_cfg.eval.part))  # what the WER check reads
     ev_path = run_dir / "eval" / "eval.json"
     ev = json.loads(ev_path.read_text()) if ev_path.is_file() else None
     if ev is None:

@@ -106,12 +106,15 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     subsample, augmented takes), dev (its part, subsample) and the scored rows of `eval.split`."""
     from asr_lora.data.augment import training_augmentation
     from asr_lora.data.loading import load_data
+    from asr_lora.data.scope import run_scope
     from asr_lora.data.selection import eval_rows, filter_engines, keep_part, set_replay_share, subsample
 
     d = cfg.data
     splits, report = load_data(d, tokenizer, run_dir if main else None, scored=cfg.eval.split,
                                batch_size=cfg.train.per_device_train_batch_size, seed=cfg.seed,
-                               skip_dir=run_dir / "load_skips")
+                               skip_dir=run_dir / "load_skips",
+                               scope=run_scope(cfg.eval.split, cfg.eval.part, cfg.train.dev_part,
+                                               dev_read=cfg.train.dev_eval_max_samples != 0))
     train_ds, dev_ds, test_ds = splits.get("train"), splits.get("dev"), splits.get(cfg.eval.split)
     streaming = "streaming" in report
     n_train = sum(report["kept_per_split"].get("train", {}).values()) if streaming else len(train_ds or [])

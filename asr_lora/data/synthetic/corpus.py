@@ -48,6 +48,7 @@ import soundfile as sf
 from asr_lora.core.io import write_json, write_text
 from asr_lora.core.paths import cache_root
 from asr_lora.data.records import Record
+from asr_lora.data.scope import Scope, describe, in_scope, left_out, scope_tag
 from asr_lora.data.synthetic.engines import SYNTH_VERSION, Voice
 from asr_lora.data.synthetic.real_control import add_real_control, real_control_sources
 from asr_lora.data.synthetic.render import render_missing
@@ -269,6 +270,17 @@ def _summary(records: list[Record]) -> dict:
     }
 
 
+def corpus_files(out_dir: Path, scope: Scope | None = None) -> tuple[Path, Path]:
+    """(manifest, corpus info) of the whole corpus, or of the clips of `scope` (data/scope.py)."""
+    tag = "" if scope is None else f".{scope_tag(scope)}"
+    return out_dir / f"manifest{tag}.jsonl", out_dir / f"corpus_info{tag}.json"
+
+
+def info_of(manifest: Path) -> Path:
+    """The corpus_info file written with `manifest`."""
+    return manifest.with_name("corpus_info" + manifest.name[len("manifest"):].removesuffix("l"))
+
+
 def load_manifest(path: Path) -> list[Record]:
     """manifest.jsonl -> Records (audio_filepath becomes audio_path)."""
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -290,7 +302,7 @@ def _read_inputs(inputs: CorpusInputs) -> tuple[dict[str, TextFile], TextFile | 
 
 def build_corpus(
     out_dir: Path | None = None, seed: int = 0, workers: int = 2, max_sentences: int | None = None,
-    progress: bool = True, inputs: CorpusInputs = CorpusInputs(),
+    progress: bool = True, inputs: CorpusInputs = CorpusInputs(), scope: Scope | None = None,
 ) -> Path:
     """Render (or reuse) the corpus under `out_dir`; returns the path of its manifest.jsonl.
 
@@ -299,11 +311,13 @@ def build_corpus(
     reason in "text_skips"; the usable terms of `inputs.terms` in terms.txt). Audio is named by
     (text, voice), so a changed sentence file renders only its new lines. Raises SynthError if a
     voice in the inventory is not installed, ValueError for unusable inputs (file and line named).
+    With `scope` only the clips of those splits and parts are rendered, listed in
+    manifest.<tag>.jsonl with their own corpus_info.<tag>.json, which counts the rest as not rendered.
     """
     t0 = time.time()
     name = inputs.name
     out_dir = Path(out_dir) if out_dir is not None else default_cache_dir(name)
-    manifest, info_path = out_dir / "manifest.jsonl", out_dir / "corpus_info.json"
+    manifest, info_path = corpus_files(out_dir, scope)
     paths = {"sentences": inputs.sentences, "control": inputs.control, "general": inputs.general,
              "voices": inputs.voices, "terms": inputs.terms, "train_sentences": inputs.train_sentences,
              "dev_control": inputs.dev_control}
@@ -344,10 +358,14 @@ def build_corpus(
                           general=texts["general"].texts, sources=sources, voices_path=inputs.voices,
                           train_only=train_only.texts if train_only else None,
                           dev_control=dev_control.texts if dev_control else None)
+    planned = records
+    records = [r for r in planned if in_scope(r.split, r.part, scope)]
     rendered = render_missing(records, out_dir, {v.id: v for v in voices}, seed, workers, progress, name)
     real, real_info = add_real_control(out_dir)
+    not_read = left_out(planned + real, scope)
     records = [replace(r, audio_path=str((out_dir / r.audio_path).resolve()),
-                       duration=round(sf.info(out_dir / r.audio_path).duration, 3)) for r in records + real]
+                       duration=round(sf.info(out_dir / r.audio_path).duration, 3))
+               for r in records + real if in_scope(r.split, r.part, scope)]
 
     write_text(manifest, "".join(json.dumps(r.to_manifest(), ensure_ascii=False) + "\n" for r in records))
     summary = _summary(records)
@@ -358,6 +376,8 @@ def build_corpus(
         "real_control": real_info, "build_seconds": round(time.time() - t0, 1),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if scope is not None:
+        info |= {"scope": list(scope), "not_rendered": not_read}
     if inputs != CorpusInputs(name=name):  # the shipped files' corpus_info stays as it was
         info["inputs"] = {role: inputs.shown(p) for role, p in paths.items() if p}
         read = (*texts.items(), *((("terms", terms),) if terms else ()))
@@ -373,5 +393,8 @@ def build_corpus(
     write_json(info_path, info)
     msg = (f"{name}: {len(records)} utterances ({rendered} rendered) in {info['build_seconds']:.0f}s; "
            f"counts {summary['counts']}; hours {summary['hours']}")
+    if not_read:
+        msg += (f"; not rendered, as this run does not read them: {describe(not_read)} "
+                "(data.render_all=true renders every part)")
     log.info(msg)  # once: the console handler shows it (it was also rich-printed, so it appeared twice)
     return manifest

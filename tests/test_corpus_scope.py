@@ -1,0 +1,55 @@
+"""A run renders only the splits and parts of the synthetic corpus it reads (asr_lora/data/scope.py)."""
+
+import json
+
+import pytest
+
+from asr_lora.data.scope import in_scope, run_scope
+from asr_lora.data.synthetic.corpus import build_corpus, corpus_files, info_of, load_manifest
+
+
+def test_run_scope_names_what_a_run_reads():
+    # make demo: train, and the test split's natural-voice part and real clips; no dev evaluation.
+    assert run_scope("test", ["neural", "real"]) == ("test:neural", "test:real", "train")
+    assert run_scope("test", "neural", dev_part="neural", dev_read=True) == ("dev:neural", "test:neural", "train")
+    assert run_scope("test", None, dev_part="neural", dev_read=True) == ("dev:neural", "test", "train")
+    assert run_scope("dev", ["neural"], dev_part=None, dev_read=True) == ("dev", "train")
+    assert run_scope("dev", ["neural"], dev_part="unseen_engine", dev_read=True) == (
+        "dev:neural", "dev:unseen_engine", "train")
+    assert in_scope("train", None, ("train",)) and in_scope("test", "real", ("test:real", "train"))
+    assert not in_scope("test", "neural", ("test:real", "train")) and in_scope("dev", "neural", None)
+
+
+@pytest.mark.slow
+def test_scoped_build_renders_only_its_parts_and_the_rest_later(tmp_path):
+    out = tmp_path / "sg"
+    scope = ("test:neural", "test:real", "train")
+    manifest = build_corpus(out, seed=0, max_sentences=12, progress=False, scope=scope)
+    assert (manifest, info_of(manifest)) == corpus_files(out, scope)
+    info = json.loads(info_of(manifest).read_text())
+    scoped = load_manifest(manifest)
+    assert {r.split for r in scoped} == {"train", "test"}
+    assert {r.voice for r in scoped if r.split == "test"} <= {"piper-joe", "piper-joe-deep", None}
+    assert info["scope"] == list(scope) and info["utterances"] == len(scoped)
+    assert set(info["not_rendered"]) == {"dev/neural", "dev/seen_engine", "dev/unseen_engine",
+                                         "test/seen_engine", "test/unseen_engine"}
+    assert {p.parent.name for p in (out / "audio").rglob("*.wav")} == {r.voice or "real" for r in scoped}
+
+    # data.render_all=true: the whole corpus, whatever the scope; it renders only the clips left out
+    # and lists the scoped ones as they were.
+    from omegaconf import OmegaConf
+
+    from asr_lora.data.records import Ledger
+    from asr_lora.data.sources import read_records
+
+    dcfg = OmegaConf.create({"source": "synthetic", "name": "sg_english", "path": str(out), "corpus_seed": 0,
+                             "corpus_workers": 2, "corpus_max_sentences": 12, "split_fractions": [0.8, 0.1, 0.1],
+                             "render_all": True, "synthetic": True,
+                             **dict.fromkeys(("sentences", "control", "general", "voices", "terms", "train_sentences",
+                                              "dev_control"))})
+    _, info_all = read_records(dcfg, Ledger(), progress=False, scope=scope)
+    assert info_all["manifest"] == str(corpus_files(out)[0])
+    assert info_all["corpus"]["rendered"] == sum(info["not_rendered"].values()) and "scope" not in info_all["corpus"]
+    whole = load_manifest(corpus_files(out)[0])
+    assert len(whole) == len(scoped) + sum(info["not_rendered"].values())
+    assert [r for r in whole if in_scope(r.split, r.part, scope)] == scoped
