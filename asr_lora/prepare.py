@@ -1,4 +1,5 @@
-"""`python -m asr_lora.prepare +recipe=sg_english`: build (or validate) the corpus and write the data report."""
+"""`python -m asr_lora.prepare +recipe=sg_english`: build (or validate) the corpus and write the data report:
+what `train` with the same overrides reads, so it then reuses it (`data.render_all=true`: the whole corpus)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def main(cfg: DictConfig) -> None:
     from asr_lora.model.whisper import load_whisper
 
     _, processor = load_whisper(cfg.model.name_or_path)  # the tokenizer decides label lengths
-    _, report = load_data(cfg.data, processor.tokenizer, run_dir, scored=cfg.eval.split)
+    from asr_lora.training.job import train_scope
+
+    _, report = load_data(cfg.data, processor.tokenizer, run_dir, scored=cfg.eval.split, scope=train_scope(cfg))
     c = report["counts"]
     log.info("%d rows: %d kept, %d skipped %s", c["seen"], c["kept"], c["skipped"], c["skipped_by_reason"])
     log.info("hours per split: %s", report["hours_per_split"])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from asr_lora.data.scope import in_scope, run_scope
+from asr_lora.data.scope import PROBE, check_read, in_scope, run_scope
 from asr_lora.data.synthetic.corpus import build_corpus, corpus_files, info_of, load_manifest
 
 
@@ -16,23 +16,48 @@ def test_run_scope_names_what_a_run_reads():
     assert run_scope("dev", ["neural"], dev_part=None, dev_read=True) == ("dev", "train")
     assert run_scope("dev", ["neural"], dev_part="unseen_engine", dev_read=True) == (
         "dev:neural", "dev:unseen_engine", "train")
+    # Exporting: the merge check's probe, the first dev clips.
+    assert run_scope("test", ["neural", "real"], probe=True) == (PROBE, "test:neural", "test:real", "train")
+    assert run_scope("test", None, "neural", dev_read=True, probe=True) == ("dev:neural", PROBE, "test", "train")
     assert in_scope("train", None, ("train",)) and in_scope("test", "real", ("test:real", "train"))
     assert not in_scope("test", "neural", ("test:real", "train")) and in_scope("dev", "neural", None)
+
+
+def test_scope_refuses_parts_the_run_could_not_read():
+    from asr_lora.data.records import Record
+
+    with pytest.raises(ValueError, match=r"eval.part='nueral': unknown parts \['nueral'\]"):
+        run_scope("test", "nueral")
+    with pytest.raises(ValueError, match=r"train.dev_part=\['neural', 'x'\]: unknown parts \['x'\]"):
+        run_scope("test", None, ["neural", "x"], dev_read=True)
+    plan = [Record(id=f"{s}-{p}", text="t", audio_path="a.wav", split=s, part=p)
+            for s, p in (("train", None), ("dev", "seen_engine"), ("test", "seen_engine"), ("test", "neural"))]
+    check_read(plan, run_scope("test", ["neural", "real"], probe=True))  # no real clips: the neural ones will do
+    with pytest.raises(ValueError, match=r"reads test:real, but the corpus has no such clips in split 'test' "
+                                         r"\(parts there: \['neural', 'seen_engine'\]"):
+        check_read(plan, run_scope("test", "real"))
+    with pytest.raises(ValueError, match="reads dev:neural"):  # train.dev_part on an inventory without it
+        check_read(plan, run_scope("test", None, "neural", dev_read=True))
+    check_read(plan[:1] + plan[2:], run_scope("test", None, probe=True))  # no probe clips: the export does without
 
 
 @pytest.mark.slow
 def test_scoped_build_renders_only_its_parts_and_the_rest_later(tmp_path):
     out = tmp_path / "sg"
-    scope = ("test:neural", "test:real", "train")
+    scope = (PROBE, "test:neural", "test:real", "train")
     manifest = build_corpus(out, seed=0, max_sentences=12, progress=False, scope=scope)
     assert (manifest, info_of(manifest)) == corpus_files(out, scope)
     info = json.loads(info_of(manifest).read_text())
     scoped = load_manifest(manifest)
-    assert {r.split for r in scoped} == {"train", "test"}
+    assert {r.split for r in scoped} == {"train", "dev", "test"}
+    assert {r.part for r in scoped if r.split == "dev"} == {"seen_engine"}
     assert {r.voice for r in scoped if r.split == "test"} <= {"piper-joe", "piper-joe-deep", None}
     assert info["scope"] == list(scope) and info["utterances"] == len(scoped)
-    assert set(info["not_rendered"]) == {"dev/neural", "dev/seen_engine", "dev/unseen_engine",
-                                         "test/seen_engine", "test/unseen_engine"}
+    assert set(info["left_out"]) == {"dev/neural", "dev/unseen_engine", "test/seen_engine", "test/unseen_engine"}
+    assert info["rendered"] == len(scoped) - sum(1 for r in scoped if r.part == "real") and info["reused"] == 0
+    # Again: reused as it is.
+    assert build_corpus(out, seed=0, max_sentences=12, progress=False, scope=scope) == manifest
+    assert json.loads(info_of(manifest).read_text())["built_at"] == info["built_at"]
     assert {p.parent.name for p in (out / "audio").rglob("*.wav")} == {r.voice or "real" for r in scoped}
 
     # data.render_all=true: the whole corpus, whatever the scope; it renders only the clips left out
@@ -49,7 +74,8 @@ def test_scoped_build_renders_only_its_parts_and_the_rest_later(tmp_path):
                                               "dev_control"))})
     _, info_all = read_records(dcfg, Ledger(), progress=False, scope=scope)
     assert info_all["manifest"] == str(corpus_files(out)[0])
-    assert info_all["corpus"]["rendered"] == sum(info["not_rendered"].values()) and "scope" not in info_all["corpus"]
+    assert info_all["corpus"]["rendered"] == sum(info["left_out"].values()) and "scope" not in info_all["corpus"]
+    assert info_all["corpus"]["reused"] == len(scoped) - sum(1 for r in scoped if r.part == "real")
     whole = load_manifest(corpus_files(out)[0])
-    assert len(whole) == len(scoped) + sum(info["not_rendered"].values())
+    assert len(whole) == len(scoped) + sum(info["left_out"].values())
     assert [r for r in whole if in_scope(r.split, r.part, scope)] == scoped

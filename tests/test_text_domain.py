@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from asr_lora.config import CONF_DIR
-from asr_lora.data.synthetic.corpus import CorpusInputs, build_corpus, check_split_sizes
+from asr_lora.data.synthetic.corpus import CorpusInputs, build_corpus, check_split_sizes, info_of
 from asr_lora.data.synthetic.sentences import check_terms, read_sentences, speakable
 from asr_lora.data.synthetic.voices import VOICES
 
@@ -177,8 +177,7 @@ def test_fixture_domain_prepare_train_evaluate(tmp_path, tiny_whisper_dir):
     kept_terms = Path(info["terms_file"]).read_text().split()
     assert kept_terms == PRODUCTS
     assert info["text_lines"]["train_sentences"] == {"kept": 4, "skipped": 0, "normalised": 0}
-    extra = [json.loads(line) for line in (Path(info["terms_file"]).parent / "manifest.jsonl").read_text().splitlines()
-             if "two boxes" in line]
+    extra = [json.loads(line) for line in Path(report["manifest"]).read_text().splitlines() if "two boxes" in line]
     assert len(extra) == 8 and {(r["split"], r["subset"]) for r in extra} == {("train", "main")}
 
     summary = train(cfg)
@@ -215,9 +214,9 @@ def test_fixture_domain_prepare_train_evaluate(tmp_path, tiny_whisper_dir):
     from asr_lora.data.synthetic.corpus import CorpusInputs as Inputs
 
     inputs = Inputs.of("synthetic", *(files[k] for k in ("sentences", "control", "general", "voices", "terms")))
-    build_corpus(corpus_dir, progress=False, inputs=inputs)
-    rebuilt = json.loads((corpus_dir / "corpus_info.json").read_text())
-    per_sentence = sum(1 for r in map(json.loads, (corpus_dir / "manifest.jsonl").read_text().splitlines())
+    manifest = build_corpus(corpus_dir, progress=False, inputs=inputs, scope=tuple(info["scope"]))  # as the run
+    rebuilt = json.loads(info_of(manifest).read_text())
+    per_sentence = sum(1 for r in map(json.loads, manifest.read_text().splitlines())
                        if r["text"].startswith("Please restock the Zorvex"))
     assert 0 < rebuilt["rendered"] == per_sentence
 

@@ -188,17 +188,17 @@ def test_main_job_real_model_shortened(tmp_path):
     run = tmp_path / "run"
     ev = json.loads((run / "eval" / "eval.json").read_text())
     assert ev["synthetic"] is True and ev["systems"]["base"]["wer"]["norm"]["wer"] < 1.0
-    # It reads train, all of test and dev's natural-voice part (the recipe evaluates there while
-    # training), so dev's engine parts are left unrendered.
+    # It reads train, all of test, dev's natural-voice part (the recipe evaluates there while
+    # training) and the first dev clips (the export's merge check), so dev's unseen engines are left out.
     corpus = json.loads((run / "data_report.json").read_text())["corpus"]
-    assert corpus["scope"] == ["dev:neural", "test", "train"]
-    assert set(corpus["not_rendered"]) == {"dev/seen_engine", "dev/unseen_engine"}
+    assert corpus["scope"] == ["dev:neural", "dev:seen_engine", "test", "train"]
+    assert set(corpus["left_out"]) == {"dev/unseen_engine"}
     html = (run / "eval" / "report.html").read_text()
     assert "Synthetic" in html or "SYNTHETIC" in html
     exp = summary["export"]
     assert "error" not in exp, exp
     v = exp["verification"]
-    assert v["passed"] and v["tokens_identical"]
+    assert v["passed"] and v["tokens_identical"] and v["probe"] == "dev"
     assert v["max_abs_logit_diff"] <= 1e-4 or v["max_abs_logit_diff_float64"] <= 1e-5
     # The evaluation decoded with the adapter merged in: the export holds exactly those weights, so
     # it takes the evaluation's hypotheses instead of decoding the test audio again.

@@ -103,3 +103,9 @@ def numbered_lines(path: str | os.PathLike, what: str) -> list[tuple[int, str]]:
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8") from None
     return out
+
+
+def dir_bytes(d: str | os.PathLike) -> int:
+    """Total size of the files under `d` (0 when it does not exist)."""
+    d = Path(d)
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.exists() else 0

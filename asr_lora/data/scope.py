@@ -1,11 +1,12 @@
 """Which splits and parts of a synthetic corpus a run reads, so that only those are rendered.
 
 A scope is a sorted tuple of "split" (every part of it) and "split:part" entries, e.g.
-("test:neural", "test:real", "train"): `make demo` trains on train and scores the test split's
-natural-voice part and the real clips, so the dev split and the test split's engine parts (about
-half the corpus's rendering time, most of it the neural dev speakers) are not rendered. Rendered
-files are named by (text, voice), so a later run that reads more renders only what is missing.
-None is the whole corpus (`python -m asr_lora.prepare`, `data.render_all=true`)."""
+("dev:seen_engine", "test:neural", "test:real", "train"): `make demo` trains on train, scores the
+test split's natural-voice part and the real clips, and its export checks the merge on the first
+dev clips, so the rest of dev and test's engine parts (about half the corpus's rendering time,
+most of it the neural dev speakers) are not rendered. Rendered files are named by (text, voice), so
+a later run that reads more renders only what is missing. None is the whole corpus
+(`data.render_all=true`)."""
 
 from __future__ import annotations
 
@@ -13,19 +14,31 @@ from collections.abc import Sequence
 
 Scope = tuple[str, ...]
 
+# The export checks the merged model against the unmerged one on the first clips of dev
+# (export/job.py), which the corpus plan lays out as the seen-engine voices' domain sentences.
+PROBE = "dev:seen_engine"
 
-def _parts(part) -> list[str] | None:
+
+def _parts(part, what: str) -> list[str] | None:
+    from asr_lora.data.synthetic.voices import PARTS, REAL_PART
+
     if part is None:
         return None
-    return [part] if isinstance(part, str) else list(part)
+    parts = [part] if isinstance(part, str) else list(part)
+    if bad := [p for p in parts if p not in (*PARTS, REAL_PART)]:
+        raise ValueError(f"{what}={part!r}: unknown parts {bad}; choose from {[*PARTS, REAL_PART]}")
+    return parts
 
 
-def run_scope(eval_split: str, eval_part=None, dev_part=None, dev_read: bool = False) -> Scope:
+def run_scope(eval_split: str, eval_part=None, dev_part=None, dev_read: bool = False, probe: bool = False) -> Scope:
     """The scope of a run that trains on train (always read: training, and the domain terms derived
-    from its text), scores `eval_split`'s `eval_part` (None: all of it) and, with `dev_read`, also
-    evaluates on dev's `dev_part` while training."""
+    from its text), scores `eval_split`'s `eval_part` (None: all of it), with `dev_read` evaluates
+    on dev's `dev_part` while training, and with `probe` exports (the merge check's dev clips)."""
     wanted: dict[str, set[str] | None] = {"train": None}
-    reads = [(eval_split, _parts(eval_part))] + ([("dev", _parts(dev_part))] if dev_read else [])
+    reads = [(eval_split, _parts(eval_part, "eval.part"))]
+    reads += [("dev", _parts(dev_part, "train.dev_part"))] if dev_read else []
+    probe_split, probe_part = PROBE.split(":")
+    reads += [(probe_split, [probe_part])] if probe else []
     for split, parts in reads:
         if parts is None or (split in wanted and wanted[split] is None):
             wanted[split] = None
@@ -55,3 +68,14 @@ def left_out(records: Sequence, scope: Scope | None) -> dict[str, int]:
             key = f"{r.split}/{r.part}" if r.part else r.split
             out[key] = out.get(key, 0) + 1
     return out
+
+
+def check_read(records: Sequence, scope: Scope | None) -> None:
+    """Refuse a scope that names a split none of whose named parts the plan has (the probe aside,
+    which the export does without): the run would otherwise go on without scoring or dev checks."""
+    for split in sorted({e.split(":")[0] for e in scope or ()} - {"train"}):
+        entries = [e for e in scope if e.split(":")[0] == split and e != PROBE]
+        if entries and not any(in_scope(r.split, r.part, tuple(entries)) for r in records):
+            have = sorted({r.part for r in records if r.split == split and r.part})
+            raise ValueError(f"the run reads {', '.join(entries)}, but the corpus has no such clips in split "
+                             f"{split!r} (parts there: {have}; see the voice inventory, data.voices)")

@@ -118,7 +118,7 @@ def main(cfg: DictConfig) -> dict:
 
     _, processor = load_whisper(run_cfg.model.name_or_path)
     splits, _ = load_data(run_cfg.data, processor.tokenizer, None, scored=run_cfg.eval.split,
-                          scope=run_scope(run_cfg.eval.split, run_cfg.eval.part))  # what the WER check reads
+                          scope=run_scope(run_cfg.eval.split, run_cfg.eval.part, probe=True))
     ev_path = run_dir / "eval" / "eval.json"
     ev = json.loads(ev_path.read_text()) if ev_path.is_file() else None
     if ev is None:

@@ -18,11 +18,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asr_lora.core import tracking
-from asr_lora.core.io import write_json
+from asr_lora.core.io import dir_bytes, write_json
 from asr_lora.core.logs import setup_logging
 from asr_lora.core.paths import use_cache_root
 from asr_lora.core.runtime import (init_distributed, is_main_process, run_dir_of, seed_everything, trains_on_cpu,
                                    use_bf16)
+from asr_lora.data.scope import run_scope
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import eval_summary, print_summary
 from asr_lora.training.averaging import check_ema_decay
@@ -106,15 +107,12 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     subsample, augmented takes), dev (its part, subsample) and the scored rows of `eval.split`."""
     from asr_lora.data.augment import training_augmentation
     from asr_lora.data.loading import load_data
-    from asr_lora.data.scope import run_scope
     from asr_lora.data.selection import eval_rows, filter_engines, keep_part, set_replay_share, subsample
 
     d = cfg.data
     splits, report = load_data(d, tokenizer, run_dir if main else None, scored=cfg.eval.split,
                                batch_size=cfg.train.per_device_train_batch_size, seed=cfg.seed,
-                               skip_dir=run_dir / "load_skips",
-                               scope=run_scope(cfg.eval.split, cfg.eval.part, cfg.train.dev_part,
-                                               dev_read=cfg.train.dev_eval_max_samples != 0))
+                               skip_dir=run_dir / "load_skips", scope=train_scope(cfg))
     train_ds, dev_ds, test_ds = splits.get("train"), splits.get("dev"), splits.get(cfg.eval.split)
     streaming = "streaming" in report
     n_train = sum(report["kept_per_split"].get("train", {}).values()) if streaming else len(train_ds or [])
@@ -138,6 +136,12 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     # With augment.copies the waveform effects run once here; per step only SpecAugment is left.
     train_ds, augmenter = training_augmentation(cfg.augment, train_ds, cfg.seed, streaming)
     return Rows(splits, report, train_ds, dev_ds, test_ds, n_train, streaming, augmenter)
+
+
+def train_scope(cfg: DictConfig):
+    """The corpus splits and parts this run reads (data/scope.py), what `prepare` prepares for it."""
+    return run_scope(cfg.eval.split, cfg.eval.part, cfg.train.dev_part,
+                     dev_read=cfg.train.dev_eval_max_samples != 0, probe=cfg.export.enabled)
 
 
 def prepare_for_training(cfg: DictConfig, model):
@@ -370,7 +374,7 @@ def summarise(cfg: DictConfig, run_dir: Path, params: dict, fitted: Fitted, rows
                   "streaming": rows.streaming, "best_checkpoint": trainer.state.best_model_checkpoint,
                   "best_dev_wer": trainer.state.best_metric}
                  | ({"seeds": fitted.members} if fitted.members else {}),
-        "adapter_bytes": _dir_bytes(fitted.adapter_dir), "synthetic_data": bool(cfg.data.synthetic),
+        "adapter_bytes": dir_bytes(fitted.adapter_dir), "synthetic_data": bool(cfg.data.synthetic),
         # What the Trainer actually ran (not only what was asked): process count and sharding engine.
         "distributed": {"world_size": args.world_size, "fsdp": bool(trainer.is_fsdp_enabled),
                         "deepspeed": bool(trainer.is_deepspeed_enabled)},
@@ -380,10 +384,6 @@ def summarise(cfg: DictConfig, run_dir: Path, params: dict, fitted: Fitted, rows
     summary["export"] = exported
     summary["wall_seconds"] = round(wall_seconds, 1)
     return summary
-
-
-def _dir_bytes(d: Path) -> int:
-    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.exists() else 0
 
 
 def reload_trained(cfg: DictConfig, saved_dir: Path, device=None):

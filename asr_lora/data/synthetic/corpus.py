@@ -48,7 +48,7 @@ import soundfile as sf
 from asr_lora.core.io import write_json, write_text
 from asr_lora.core.paths import cache_root
 from asr_lora.data.records import Record
-from asr_lora.data.scope import Scope, describe, in_scope, left_out, scope_tag
+from asr_lora.data.scope import Scope, check_read, describe, in_scope, left_out, scope_tag
 from asr_lora.data.synthetic.engines import SYNTH_VERSION, Voice
 from asr_lora.data.synthetic.real_control import add_real_control, real_control_sources
 from asr_lora.data.synthetic.render import render_missing
@@ -311,8 +311,7 @@ def build_corpus(
     reason in "text_skips"; the usable terms of `inputs.terms` in terms.txt). Audio is named by
     (text, voice), so a changed sentence file renders only its new lines. Raises SynthError if a
     voice in the inventory is not installed, ValueError for unusable inputs (file and line named).
-    With `scope` only the clips of those splits and parts are rendered, listed in
-    manifest.<tag>.jsonl with their own corpus_info.<tag>.json, which counts the rest as not rendered.
+    With `scope`, only its splits' and parts' clips: manifest.<tag>.jsonl, corpus_info.<tag>.json ("left_out").
     """
     t0 = time.time()
     name = inputs.name
@@ -360,8 +359,9 @@ def build_corpus(
                           dev_control=dev_control.texts if dev_control else None)
     planned = records
     records = [r for r in planned if in_scope(r.split, r.part, scope)]
-    rendered = render_missing(records, out_dir, {v.id: v for v in voices}, seed, workers, progress, name)
     real, real_info = add_real_control(out_dir)
+    check_read(planned + real, scope)  # before minutes of rendering
+    rendered = render_missing(records, out_dir, {v.id: v for v in voices}, seed, workers, progress, name)
     not_read = left_out(planned + real, scope)
     records = [replace(r, audio_path=str((out_dir / r.audio_path).resolve()),
                        duration=round(sf.info(out_dir / r.audio_path).duration, 3))
@@ -372,12 +372,12 @@ def build_corpus(
     info = {
         "name": name, "synthetic": True, "seed": seed, "max_sentences": max_sentences,
         "inputs_hash": inputs_hash, "input_files_sha256": files, "plan_version": PLAN_VERSION,
-        **summary, "rendered": rendered, "reused": len(records) - len(real) - rendered,
+        **summary, "rendered": rendered, "reused": sum(1 for r in records if r.engine) - rendered,
         "real_control": real_info, "build_seconds": round(time.time() - t0, 1),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if scope is not None:
-        info |= {"scope": list(scope), "not_rendered": not_read}
+        info |= {"scope": list(scope), "left_out": not_read}
     if inputs != CorpusInputs(name=name):  # the shipped files' corpus_info stays as it was
         info["inputs"] = {role: inputs.shown(p) for role, p in paths.items() if p}
         read = (*texts.items(), *((("terms", terms),) if terms else ()))
@@ -394,7 +394,7 @@ def build_corpus(
     msg = (f"{name}: {len(records)} utterances ({rendered} rendered) in {info['build_seconds']:.0f}s; "
            f"counts {summary['counts']}; hours {summary['hours']}")
     if not_read:
-        msg += (f"; not rendered, as this run does not read them: {describe(not_read)} "
+        msg += (f"; left out, as this run does not read them: {describe(not_read)} "
                 "(data.render_all=true renders every part)")
     log.info(msg)  # once: the console handler shows it (it was also rich-printed, so it appeared twice)
     return manifest
