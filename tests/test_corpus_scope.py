@@ -79,3 +79,30 @@ def test_scoped_build_renders_only_its_parts_and_the_rest_later(tmp_path):
     whole = load_manifest(corpus_files(out)[0])
     assert len(whole) == len(scoped) + sum(info["left_out"].values())
     assert [r for r in whole if in_scope(r.split, r.part, scope)] == scoped
+
+
+@pytest.mark.slow
+def test_the_demos_overrides_train_score_and_export_on_what_they_render(tmp_path, tiny_whisper_dir):
+    """make demo's overrides (test natural-voice part and real clips, no dev evaluation) on a small
+    corpus: the run renders train, those test parts and the probe's dev clips, and the export
+    checks its merge on dev clips."""
+    from hydra import compose, initialize_config_dir
+
+    from asr_lora.config import CONF_DIR
+    from asr_lora.training.job import train
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "+recipe=sg_english", "eval.part=[neural,real]", "train.dev_eval_max_samples=0",
+            "data.corpus_max_sentences=12", f"data.path={tmp_path / 'corpus'}",
+            f"model.name_or_path={tiny_whisper_dir}",
+            f"paths.cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}", "logger=none",
+            "lora.r=4", "lora.alpha=8", "train.max_steps=2", "train.eval_steps=2", "train.save_steps=2",
+            "train.warmup_steps=0", "eval.n_bootstrap=20", "eval.max_new_tokens=6", "eval.beam_size=1",
+            "export.force=true", "export.formats=[hf]", "export.ct2_eval=false", "export.probe_size=2"])
+    summary = train(cfg)
+    corpus = json.loads((tmp_path / "run" / "data_report.json").read_text())["corpus"]
+    assert corpus["scope"] == [PROBE, "test:neural", "test:real", "train"]
+    assert set(corpus["left_out"]) == {"dev/neural", "dev/unseen_engine", "test/seen_engine", "test/unseen_engine"}
+    assert summary["train"]["best_dev_wer"] is None  # no dev evaluation
+    assert "error" not in summary["export"] and summary["export"]["verification"]["probe"] == "dev"

@@ -122,7 +122,8 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     if d.replay_share is not None and streaming:
         raise ValueError("data.replay_share needs the in-memory train split; set data.streaming=false")
     train_ds = set_replay_share(train_ds, d.replay_share, cfg.seed)
-    dev_ds = keep_part(dev_ds, cfg.train.dev_part, "train.dev_part")
+    # train.dev_eval_max_samples=0: no dev evaluation (dev may hold only the export's probe clips)
+    dev_ds = keep_part(dev_ds, cfg.train.dev_part, "train.dev_part") if cfg.train.dev_eval_max_samples != 0 else None
     if not streaming and not (n_train := len(train_ds)):
         raise ValueError(f"data.exclude_train_engines={list(d.exclude_train_engines)} leaves no training data")
     if streaming:
@@ -130,8 +131,6 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     else:
         train_ds = subsample(train_ds, d.max_train_samples, cfg.seed)
     dev_ds = subsample(dev_ds, cfg.train.dev_eval_max_samples, cfg.seed)
-    if dev_ds is not None and not len(dev_ds):  # train.dev_eval_max_samples=0: no dev evaluation
-        dev_ds = None
     test_ds = subsample(eval_rows(test_ds, cfg.eval.part, cfg.eval.engines), d.max_eval_samples, cfg.seed)
     # With augment.copies the waveform effects run once here; per step only SpecAugment is left.
     train_ds, augmenter = training_augmentation(cfg.augment, train_ds, cfg.seed, streaming)
