@@ -101,7 +101,8 @@ class DataConfig:
     corpus_max_sentences: Optional[int] = None
     corpus_workers: int = 2
     # false: a run renders only the splits and parts of the synthetic corpus it reads (train, the
-    # scored split's eval.part, dev's train.dev_part when it evaluates on dev); true: all of them
+    # scored split's eval.part, dev's train.dev_part when it evaluates on dev, dev's seen-engine
+    # clips when it exports: data/scope.py); true: all of them
     render_all: bool = False
 
 

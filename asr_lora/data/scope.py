@@ -19,7 +19,9 @@ Scope = tuple[str, ...]
 PROBE = "dev:seen_engine"
 
 
-def _parts(part, what: str) -> list[str] | None:
+def parts_of(part, what: str) -> list[str] | None:
+    """`part` (a config value: one part, a list of them, or None for all) as a list, after checking
+    every name; `what` names the config key in the error."""
     from asr_lora.data.synthetic.voices import PARTS, REAL_PART
 
     if part is None:
@@ -35,8 +37,8 @@ def run_scope(eval_split: str, eval_part=None, dev_part=None, dev_read: bool = F
     from its text), scores `eval_split`'s `eval_part` (None: all of it), with `dev_read` evaluates
     on dev's `dev_part` while training, and with `probe` exports (the merge check's dev clips)."""
     wanted: dict[str, set[str] | None] = {"train": None}
-    reads = [(eval_split, _parts(eval_part, "eval.part"))]
-    reads += [("dev", _parts(dev_part, "train.dev_part"))] if dev_read else []
+    reads = [(eval_split, parts_of(eval_part, "eval.part"))]
+    reads += [("dev", parts_of(dev_part, "train.dev_part"))] if dev_read else []
     probe_split, probe_part = PROBE.split(":")
     reads += [(probe_split, [probe_part])] if probe else []
     for split, parts in reads:

@@ -24,11 +24,10 @@ def keep_part(ds, part, what: str):
     list of parts; "real" names the recorded clips (rows with no TTS engine). None: all rows."""
     if ds is None or part is None:
         return ds
-    from asr_lora.data.synthetic.voices import PARTS, REAL_PART, voice_parts
+    from asr_lora.data.scope import parts_of
+    from asr_lora.data.synthetic.voices import REAL_PART, voice_parts
 
-    wanted = [part] if isinstance(part, str) else list(part)
-    if bad := [p for p in wanted if p not in (*PARTS, REAL_PART)]:
-        raise ValueError(f"{what}={part!r}: unknown parts {bad}; choose from {[*PARTS, REAL_PART]}")
+    wanted = parts_of(part, what)
     table = voice_parts()
     voices = ds["voice"]
     have = sorted({table[v] for v in set(voices) if v in table})

@@ -357,15 +357,14 @@ def build_corpus(
                           general=texts["general"].texts, sources=sources, voices_path=inputs.voices,
                           train_only=train_only.texts if train_only else None,
                           dev_control=dev_control.texts if dev_control else None)
-    planned = records
-    records = [r for r in planned if in_scope(r.split, r.part, scope)]
     real, real_info = add_real_control(out_dir)
-    check_read(planned + real, scope)  # before minutes of rendering
+    planned = records + real
+    check_read(planned, scope)  # before minutes of rendering
+    not_read = left_out(planned, scope)
+    records = [r for r in planned if in_scope(r.split, r.part, scope)]
     rendered = render_missing(records, out_dir, {v.id: v for v in voices}, seed, workers, progress, name)
-    not_read = left_out(planned + real, scope)
     records = [replace(r, audio_path=str((out_dir / r.audio_path).resolve()),
-                       duration=round(sf.info(out_dir / r.audio_path).duration, 3))
-               for r in records + real if in_scope(r.split, r.part, scope)]
+                       duration=round(sf.info(out_dir / r.audio_path).duration, 3)) for r in records]
 
     write_text(manifest, "".join(json.dumps(r.to_manifest(), ensure_ascii=False) + "\n" for r in records))
     summary = _summary(records)
