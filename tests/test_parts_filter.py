@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from asr_lora.data.selection import filter_engines, keep_part, set_replay_share
+from asr_lora.data.selection import eval_rows, filter_engines, keep_part, set_replay_share
 from asr_lora.data.synthetic.voices import load_voices, part_of
 
 VOICES = load_voices()
@@ -45,6 +45,16 @@ def test_keep_part_leaves_a_corpus_without_parts_whole(caplog):
     ds = Dataset.from_dict({"id": ["a", "b"], "voice": ["", ""], "engine": ["", ""]})
     assert keep_part(ds, "unseen_engine", "train.dev_part")["id"] == ["a", "b"]
     assert "no voices.json parts" in caplog.text
+
+
+def test_eval_rows_refuse_a_choice_that_leaves_only_control_clips():
+    """The real clips are general-English control only: scoring them alone used to train first and
+    then stop on a KeyError when the report looked for accented WER."""
+    ds = Dataset.from_dict({"id": ["u0", "c0", "r0"], "voice": [UNSEEN.id, UNSEEN.id, ""],
+                            "engine": [UNSEEN.engine, UNSEEN.engine, ""], "subset": ["main", "control", "control"]})
+    assert eval_rows(ds, ["unseen_engine", "real"])["id"] == ["u0", "c0", "r0"]
+    with pytest.raises(ValueError, match=r"eval.part='real'.*1 rows left are all general-English control clips"):
+        eval_rows(ds, "real")
 
 
 def test_filter_engines_drops_or_keeps_that_engines_rows():

@@ -49,7 +49,14 @@ def eval_rows(ds, part=None, engines=()):
     """The rows of a split an evaluation scores: `eval.part`'s parts, then `eval.engines`' engines.
     The training job, `python -m asr_lora.evaluate` and the export's WER check all score these."""
     ds = keep_part(ds, part, "eval.part")
-    return filter_engines(ds, engines or [], "eval.engines", keep=True)
+    ds = filter_engines(ds, engines or [], "eval.engines", keep=True)
+    # Refused here, before any training: every figure of the report is about the accented rows
+    # (the control clips only gate them).
+    if ds is not None and len(ds) and "subset" in ds.column_names and set(ds["subset"]) == {"control"}:
+        raise ValueError(f"eval.part={part!r}, eval.engines={list(engines or [])}: the {len(ds)} rows left are all "
+                         "general-English control clips; an evaluation scores the domain's speech beside them "
+                         "(e.g. 'eval.part=[neural,real]')")
+    return ds
 
 
 def filter_engines(ds, engines, what: str, keep: bool = False):
