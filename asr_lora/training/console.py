@@ -1,9 +1,36 @@
-"""The main job's summary: the eval block of `metrics.json` and the table printed at the end of a run."""
+"""The main job's summary: `metrics.json` and the table printed at the end of a run."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
+from asr_lora.core.io import dir_bytes
 from asr_lora.data.synthetic.voices import PART_LABELS, PART_ORDER
+
+
+def run_summary(recipe: str, run_dir: Path, model: str, params: dict, lora: dict | None, fitted, n_train: int,
+                streaming: bool, synthetic: bool, ev: dict | None, split: str, exported: dict | None,
+                wall_seconds: float) -> dict:
+    """metrics.json: recipe, parameter counts, training (`fitted`: the job's trained run), evaluation
+    of `split`, export, wall time."""
+    trainer, args = fitted.trainer, fitted.trainer.args
+    summary: dict = {
+        "recipe": recipe, "run_dir": str(run_dir), "model": model, "params": params, "lora": lora,
+        "train": {"steps": fitted.result.global_step, "train_loss": fitted.result.training_loss,
+                  "seconds": round(fitted.seconds, 1), "train_utterances": n_train,
+                  "streaming": streaming, "best_checkpoint": trainer.state.best_model_checkpoint,
+                  "best_dev_wer": trainer.state.best_metric}
+                 | ({"seeds": fitted.members} if fitted.members else {}),
+        "adapter_bytes": dir_bytes(fitted.adapter_dir), "synthetic_data": synthetic,
+        # What the Trainer actually ran (not only what was asked): process count and sharding engine.
+        "distributed": {"world_size": args.world_size, "fsdp": bool(trainer.is_fsdp_enabled),
+                        "deepspeed": bool(trainer.is_deepspeed_enabled)},
+    }
+    if ev is not None:
+        summary["eval"] = eval_summary(ev, split)
+    summary["export"] = exported
+    summary["wall_seconds"] = round(wall_seconds, 1)
+    return summary
 
 
 def eval_summary(ev: dict, split: str) -> dict:

@@ -1,8 +1,9 @@
 """The main job: `python -m asr_lora.train +recipe=sg_english`.
 
 `train(cfg)` is a short sequence of named steps, each callable alone: select the rows, build the
-model, decode zero-shot (and with the term prompt), fit, score, export, summarise. This module is
-where the config is read; the steps hand explicit values to the library functions below them.
+model, decode zero-shot (and with the term prompt), fit, score, export, summarise
+(training/console.py). This module is where the config is read; the steps hand explicit values to
+the library functions below them.
 Everything lands in the Hydra run directory.
 """
 
@@ -18,14 +19,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asr_lora.core import tracking
-from asr_lora.core.io import dir_bytes, write_json
+from asr_lora.core.io import write_json
 from asr_lora.core.logs import setup_logging
 from asr_lora.core.paths import use_cache_root
 from asr_lora.core.runtime import (init_distributed, is_main_process, run_dir_of, seed_everything, trains_on_cpu,
                                    use_bf16)
 from asr_lora.data.scope import run_scope
 from asr_lora.training.collate import collator_columns, make_collators
-from asr_lora.training.console import eval_summary, print_summary
+from asr_lora.training.console import print_summary, run_summary
 from asr_lora.training.averaging import check_ema_decay
 from asr_lora.training.distill import check_context_kl, check_replay_kl
 from asr_lora.training.row_groups import check_split_setting
@@ -94,7 +95,10 @@ def train(cfg: DictConfig) -> dict:
         return {}
     ev = score(cfg, fitted.model, processor, rows, cache, terms, precomputed, run_dir, fitted.adapter_dir)
     exported = export(cfg, run_dir, fitted.adapter_dir, ev, rows.splits, processor, cache)
-    summary = summarise(cfg, run_dir, params, fitted, rows, ev, exported, time.perf_counter() - t0)
+    summary = run_summary(cfg.recipe_name, run_dir, cfg.model.name_or_path, params,
+                          OmegaConf.to_container(cfg.lora) if t.mode == "lora" else None, fitted, rows.n_train,
+                          rows.streaming, bool(cfg.data.synthetic), ev, cfg.eval.split, exported,
+                          time.perf_counter() - t0)
     tracking.write_metrics(run_dir, summary)
     tracking.log_final(fitted.run, summary, ev, run_dir, {"report": run_dir / "eval", "adapter": fitted.adapter_dir},
                        cfg.logger.wandb.log_artifacts)
@@ -122,8 +126,7 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     if d.replay_share is not None and streaming:
         raise ValueError("data.replay_share needs the in-memory train split; set data.streaming=false")
     train_ds = set_replay_share(train_ds, d.replay_share, cfg.seed)
-    # train.dev_eval_max_samples=0: no dev evaluation (dev may hold only the export's probe clips)
-    dev_ds = keep_part(dev_ds, cfg.train.dev_part, "train.dev_part") if cfg.train.dev_eval_max_samples != 0 else None
+    dev_ds = keep_part(dev_ds, cfg.train.dev_part, "train.dev_part") if evaluates_on_dev(cfg) else None
     if not streaming and not (n_train := len(train_ds)):
         raise ValueError(f"data.exclude_train_engines={list(d.exclude_train_engines)} leaves no training data")
     if streaming:
@@ -137,10 +140,14 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     return Rows(splits, report, train_ds, dev_ds, test_ds, n_train, streaming, augmenter)
 
 
+def evaluates_on_dev(cfg: DictConfig) -> bool:
+    """train.dev_eval_max_samples=0: no dev evaluation (dev may then hold only the export's probe clips)."""
+    return cfg.train.dev_eval_max_samples != 0
+
+
 def train_scope(cfg: DictConfig):
     """The corpus splits and parts this run reads (data/scope.py), what `prepare` prepares for it."""
-    return run_scope(cfg.eval.split, cfg.eval.part, cfg.train.dev_part,
-                     dev_read=cfg.train.dev_eval_max_samples != 0, probe=cfg.export.enabled)
+    return run_scope(cfg.eval.split, cfg.eval.part, cfg.train.dev_part, evaluates_on_dev(cfg), cfg.export.enabled)
 
 
 def prepare_for_training(cfg: DictConfig, model):
@@ -359,30 +366,6 @@ def export(cfg: DictConfig, run_dir: Path, adapter_dir: Path, ev: dict | None, s
     except Exception as e:  # the trained adapter and report stay; the refusal is reported, not hidden
         log.error("export refused or failed: %s", e)
         return {"error": f"{type(e).__name__}: {e}"}
-
-
-def summarise(cfg: DictConfig, run_dir: Path, params: dict, fitted: Fitted, rows: Rows, ev: dict | None,
-              exported: dict | None, wall_seconds: float) -> dict:
-    """metrics.json: recipe, parameter counts, training, evaluation, export, wall time."""
-    trainer, args = fitted.trainer, fitted.trainer.args
-    summary: dict = {
-        "recipe": cfg.recipe_name, "run_dir": str(run_dir), "model": cfg.model.name_or_path, "params": params,
-        "lora": OmegaConf.to_container(cfg.lora) if cfg.train.mode == "lora" else None,
-        "train": {"steps": fitted.result.global_step, "train_loss": fitted.result.training_loss,
-                  "seconds": round(fitted.seconds, 1), "train_utterances": rows.n_train,
-                  "streaming": rows.streaming, "best_checkpoint": trainer.state.best_model_checkpoint,
-                  "best_dev_wer": trainer.state.best_metric}
-                 | ({"seeds": fitted.members} if fitted.members else {}),
-        "adapter_bytes": dir_bytes(fitted.adapter_dir), "synthetic_data": bool(cfg.data.synthetic),
-        # What the Trainer actually ran (not only what was asked): process count and sharding engine.
-        "distributed": {"world_size": args.world_size, "fsdp": bool(trainer.is_fsdp_enabled),
-                        "deepspeed": bool(trainer.is_deepspeed_enabled)},
-    }
-    if ev is not None:
-        summary["eval"] = eval_summary(ev, cfg.eval.split)
-    summary["export"] = exported
-    summary["wall_seconds"] = round(wall_seconds, 1)
-    return summary
 
 
 def reload_trained(cfg: DictConfig, saved_dir: Path, device=None):
