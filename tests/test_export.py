@@ -299,9 +299,10 @@ def test_forgetting_gate_refuses_unless_forced(tiny_whisper_dir, adapter_dir, pr
     info = {"forgetting": {"control_wer_base": 0.1, "control_wer_adapted": 0.2, "relative_degradation": 1.0,
                            "max_relative_degradation": 0.1, "passed": False}}
     out = tmp_path / "out"
-    with pytest.raises(ExportError, match="forgetting gate failed"):
+    with pytest.raises(ExportError, match=r"forgetting gate failed.*\(force=True exports anyway\)") as refused:
         run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
                           probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS, info=info)
+    assert [f.split(":")[0] for f in refused.value.failures] == ["forgetting gate failed"]
     assert not (out / "adapter").exists()
 
     s = run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),

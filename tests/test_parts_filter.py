@@ -129,3 +129,13 @@ def test_export_checks_the_exported_model_on_the_rows_the_evaluation_scored(monk
                             "model": {"name_or_path": "unused"}, "lora": {"scope": ["encoder"]}})
     export_from_run(cfg, tmp_path, tmp_path / "adapter", None, {"test": test}, processor=object())
     assert seen["test_refs"] == ["a"]  # unseen-engine main only: seen-engine and control rows are not decoded
+
+    # A refusal names the setting a command-line user passes to override it.
+    from asr_lora.export.merge import ExportRefused
+
+    def refuse(*a, **kw):
+        raise ExportRefused(["forgetting gate failed: +21.7% > 5.0%"])
+
+    monkeypatch.setattr(export_run_module, "export_run", refuse)
+    with pytest.raises(ExportRefused, match=r"gate failed: \+21\.7% > 5\.0% \(export\.force=true exports anyway\)"):
+        export_from_run(cfg, tmp_path, tmp_path / "adapter", None, {"test": test}, processor=object())

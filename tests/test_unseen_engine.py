@@ -192,6 +192,20 @@ def test_run_summary_leads_with_unseen_engine(tmp_path, capsys, monkeypatch):
     assert out.index("base WER (unseen TTS engine, norm)") < out.index("base WER (training TTS engines")
     assert out.index("relative WER reduction (unseen TTS engine)") < out.index("base WER (training TTS engines")
     assert "50.0%" in out and "forgetting gate (unseen TTS engine+real recorded speech)" in out
+    assert "export" not in out  # export disabled: no row
+
+
+@pytest.mark.parametrize("exported, shown", [
+    ({"error": "ExportRefused: export refused: forgetting gate failed", "refused": ["forgetting gate failed"]},
+     "refused (export.force=true overrides)"),
+    ({"error": "OSError: disk full"}, "failed (OSError)"),
+    ({"paths": {}}, "export"),
+])
+def test_run_summary_says_what_became_of_the_export(tmp_path, capsys, monkeypatch, exported, shown):
+    monkeypatch.setenv("COLUMNS", "200")
+    print_summary({"recipe": "r", "run_dir": str(tmp_path), "params": {}, "train": {}, "export": exported})
+    row = next(line for line in capsys.readouterr().out.splitlines() if "│ export" in line)
+    assert (str(tmp_path / "export") if shown == "export" else shown) in row
 
 
 def test_no_unseen_part_scores_as_before(tmp_path):

@@ -60,12 +60,17 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
                                         cfg.eval.max_new_tokens, encoder_cache, description="decoding (merged)")
     info = dict(ev or {})
     info["lora"] = {"scope": list(cfg.lora.scope)}
-    summary = export_run(
-        cfg.model.name_or_path, adapter_dir, run_dir / "export", formats=list(cfg.export.formats),
-        ct2_quantizations=list(cfg.export.quantization), probe_features=probe, test_audios=audios,
-        test_refs=refs, info=info, force=cfg.export.force, merged_transcriber=transcriber, evaluated=reuse,
-        beam_size=cfg.eval.beam_size,
-    )
+    from asr_lora.export.merge import ExportRefused
+
+    try:
+        summary = export_run(
+            cfg.model.name_or_path, adapter_dir, run_dir / "export", formats=list(cfg.export.formats),
+            ct2_quantizations=list(cfg.export.quantization), probe_features=probe, test_audios=audios,
+            test_refs=refs, info=info, force=cfg.export.force, merged_transcriber=transcriber, evaluated=reuse,
+            beam_size=cfg.eval.beam_size,
+        )
+    except ExportRefused as e:  # a command-line user overrides with the config key, not the keyword
+        raise ExportRefused(e.failures, "export.force=true") from None
     log.info("export: %s", json.dumps({k: summary[k] for k in ("paths", "sizes_bytes", "wer")}, default=str))
     write_json(run_dir / "export" / "export_summary.json", summary, default=str)
     return summary

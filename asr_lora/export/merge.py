@@ -33,6 +33,15 @@ class ExportError(RuntimeError):
     """An export that would produce a broken or misleading checkpoint."""
 
 
+class ExportRefused(ExportError):
+    """A check the export runs failed (merge verification, forgetting gate); `override` names what
+    exports anyway, in the caller's terms (the keyword here, the config key on the command line)."""
+
+    def __init__(self, failures: list[str], override: str = "force=True"):
+        self.failures, self.override = list(failures), override
+        super().__init__(f"export refused: {'; '.join(self.failures)} ({override} exports anyway)")
+
+
 class QuantizedBaseError(ExportError):
     """The base model is 8-bit/4-bit; merging into it is refused."""
 

@@ -34,7 +34,8 @@ from asr_lora.core.io import publish_dir, stage_dir
 from asr_lora.evaluation.report import pct
 from asr_lora.evaluation.metrics import normalized_wer
 from asr_lora.export.formats import export_adapter, export_ct2, export_hf, transcribe_ct2, write_model_card
-from asr_lora.export.merge import ExportError, load_adapter_model, merge_loaded, synthetic_probe, verify_merge
+from asr_lora.export.merge import (ExportRefused, load_adapter_model, merge_loaded, synthetic_probe,
+                                   verify_merge)
 from asr_lora.inference.decode import transcribe_arrays
 from asr_lora.model.adapters import check_adapter_dir
 from asr_lora.model.lora import merged_weights_digest
@@ -93,7 +94,7 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
         change, allowed = pct(f.get("relative_degradation"), 1), pct(f.get("max_relative_degradation"), 1)
         failures.append(f"forgetting gate failed: control WER relative change {change} > allowed {allowed}")
     if failures and not force:
-        raise ExportError("export refused (pass force=True to override): " + "; ".join(failures))
+        raise ExportRefused(failures)
     info["forced"] = failures  # empty unless force overrode something
 
     targets = {}

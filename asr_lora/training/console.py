@@ -112,6 +112,11 @@ def print_summary(summary: dict) -> None:
             on = "+".join(PART_LABELS.get(x, x) for x in f.get("decided_on", []))
             t.add_row(f"forgetting gate{f' ({on})' if on and on != 'all' else ''}",
                       f"{verdict} ({100 * f['relative_degradation']:+.1f}%)")
+    exported = summary.get("export")
+    if exported:
+        t.add_row("export", "refused (export.force=true overrides)" if "refused" in exported
+                  else f"failed ({exported['error'].split(':')[0]})" if "error" in exported
+                  else str(Path(summary["run_dir"]) / "export"))
     if summary.get("synthetic_data"):
         t.add_row("data", "SYNTHETIC (TTS) corpus")
     t.add_row("wall time", f"{summary.get('wall_seconds')} s")

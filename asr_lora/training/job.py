@@ -361,11 +361,13 @@ def export(cfg: DictConfig, run_dir: Path, adapter_dir: Path, ev: dict | None, s
         return None
     from asr_lora.export.job import export_from_run
 
+    from asr_lora.export.merge import ExportRefused
+
     try:
         return export_from_run(cfg, run_dir, adapter_dir, ev, splits, processor, cache)
     except Exception as e:  # the trained adapter and report stay; the refusal is reported, not hidden
-        log.error("export refused or failed: %s", e)
-        return {"error": f"{type(e).__name__}: {e}"}
+        log.error("no export: %s", e)
+        return {"error": f"{type(e).__name__}: {e}"} | ({"refused": e.failures} if isinstance(e, ExportRefused) else {})
 
 
 def reload_trained(cfg: DictConfig, saved_dir: Path, device=None):
