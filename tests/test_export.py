@@ -20,6 +20,7 @@ from asr_lora.inference.decode import generate_features, transcribe_arrays
 from asr_lora.model.adapters import UnsafeAdapterError
 
 SOT_NOTIMESTAMPS = [50257, 50362]  # tiny.en decoder prompt
+TERM_PROMPT = "Bukit Timah, Serangoon, kopi, chope"
 VERIFY_TOKENS = 16  # greedy steps per probe: CPU decoding of even a tiny Whisper is ~0.1 s a step
 
 
@@ -69,7 +70,7 @@ def exported(tiny_whisper_dir, adapter_dir, probe, tmp_path_factory):
     summary = run.export_run(
         str(tiny_whisper_dir), adapter_dir, out, formats=("hf", "adapter", "ct2"),
         ct2_quantizations=("float32", "int8"), probe_features=probe, verify_max_new_tokens=VERIFY_TOKENS,
-        test_audios=[tone(1.0)], test_refs=["hello there"], info=info,
+        test_audios=[tone(1.0)], test_refs=["hello there"], info=info, prompt=TERM_PROMPT,
     )
     return out, summary
 
@@ -159,6 +160,10 @@ def test_evaluated_hypotheses_need_the_export_beam_size(tmp_path):
     assert evaluated_hypotheses(tmp_path, ev, beam_size=5) == ("f" * 64, {"a": "y"})
     assert evaluated_hypotheses(tmp_path, ev, beam_size=1) is None  # decoded otherwise: decode again
     assert evaluated_hypotheses(tmp_path, {**ev, "beam_size": 1}, beam_size=1) is not None
+    assert evaluated_hypotheses(tmp_path, ev, beam_size=5, system="adapted_prompt") is None  # not scored
+    h = json.loads((tmp_path / "eval" / "hypotheses.json").read_text())
+    (tmp_path / "eval" / "hypotheses.json").write_text(json.dumps({**h, "adapted_prompt": ["z"]}))
+    assert evaluated_hypotheses(tmp_path, ev, beam_size=5, system="adapted_prompt") == ("f" * 64, {"a": "z"})
 
 
 def test_model_card_gives_the_beam_size_the_figures_were_decoded_with():
@@ -175,9 +180,12 @@ def test_summary_layout_and_cards(exported):
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "ct2-float32", "ct2-int8", "hf"]  # no temp dirs
     assert s["sizes_bytes"]["adapter"] < s["sizes_bytes"]["ct2-int8"] < s["sizes_bytes"]["merged"]
     assert s["verification"]["passed"] and s["forced"] is False
-    assert set(s["wer"]) == {"merged_hf", "ct2-float32", "ct2-int8"}
+    assert set(s["wer"]) == {"merged_hf", "ct2-float32", "ct2-int8", "merged_hf + prompt", "ct2-float32 + prompt",
+                             "ct2-int8 + prompt"}
     for d in s["paths"].values():
+        assert (Path(d) / "prompt.txt").read_text(encoding="utf-8") == TERM_PROMPT + "\n"
         card = (Path(d) / "README.md").read_text()
+        assert "## Decoding with the term prompt" in card and f"\n{TERM_PROMPT}\n" in card and "initial_prompt" in card
         assert "Synthetic corpus" in card and "40.00% [35.0, 45.0]" in card and "20.00% [15.0, 25.0]" in card
         assert "r=4, alpha=8" in card and "PASS" in card and "force" not in card
         assert "faster_whisper" in card and "PeftModel" in card and "pipeline(" in card
@@ -210,7 +218,7 @@ def test_adapter_export_reloads_with_peft(exported, tiny_whisper_dir, adapter_di
     from transformers import WhisperForConditionalGeneration
 
     out_adapter = Path(exported[0]) / "adapter"
-    assert sorted(p.name for p in out_adapter.iterdir()) == ["README.md", *merge.ADAPTER_FILES]
+    assert sorted(p.name for p in out_adapter.iterdir()) == sorted(["README.md", "prompt.txt", *merge.ADAPTER_FILES])
     dec = torch.tensor([SOT_NOTIMESTAMPS])
     logits = []
     for d in (adapter_dir, out_adapter):
@@ -246,6 +254,16 @@ def test_faster_whisper_reads_int8_export_offline(exported):
         assert (d / "tokenizer.json").is_file() and (d / "preprocessor_config.json").is_file()
         texts = formats.transcribe_ct2(d, [tone(1.0)])
         assert len(texts) == 1 and isinstance(texts[0], str)
+    # The term prompt reaches faster-whisper (initial_prompt): the seeded random model then says otherwise.
+    d = Path(exported[0]) / "ct2-float32"
+    assert formats.transcribe_ct2(d, [tone(1.0)], prompt=TERM_PROMPT) != formats.transcribe_ct2(d, [tone(1.0)])
+
+
+def test_export_ships_no_prompt_when_none_was_scored(tiny_whisper_dir, adapter_dir, probe, tmp_path):
+    s = run.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / "out", formats=("adapter",),
+                       probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS)
+    d = Path(s["paths"]["adapter"])
+    assert not (d / "prompt.txt").exists() and "term prompt" not in (d / "README.md").read_text()
 
 
 def test_transcribe_ct2_refuses_incomplete_dir(tmp_path):

@@ -129,6 +129,15 @@ def test_export_checks_the_exported_model_on_the_rows_the_evaluation_scored(monk
                             "model": {"name_or_path": "unused"}, "lora": {"scope": ["encoder"]}})
     export_from_run(cfg, tmp_path, tmp_path / "adapter", None, {"test": test}, processor=object())
     assert seen["test_refs"] == ["a"]  # unseen-engine main only: seen-engine and control rows are not decoded
+    assert seen["prompt"] is None  # no evaluation, no prompt scored
+
+    # The term prompt goes with the export only when the evaluation scored the adapter with it.
+    ev = {"terms": {"prompt": "kopi, chope"}, "systems": {"base": {}, "adapted": {}}}
+    export_from_run(cfg, tmp_path, tmp_path / "adapter", ev, {"test": test}, processor=object())
+    assert seen["prompt"] is None
+    ev["systems"]["adapted_prompt"] = {}
+    export_from_run(cfg, tmp_path, tmp_path / "adapter", ev, {"test": test}, processor=object())
+    assert seen["prompt"] == "kopi, chope"
 
     # A refusal names the setting a command-line user passes to override it.
     from asr_lora.export.merge import ExportRefused

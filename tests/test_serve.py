@@ -256,6 +256,9 @@ def test_models_list_cards_and_exported_adapters_are_portable(setup, tmp_path):
     c = adapter_card(out)
     assert c["base"] == "bundled:tiny.en" and c["base_hub_id"] == "openai/whisper-tiny.en"
     assert c["export_wer"] == {"merged_hf": 0.179, "ct2-int8": 0.18} and c["beam_size"] == 5
+    assert c["prompt"] is None
+    (out / "prompt.txt").write_text("kopi, chope\n", encoding="utf-8")  # the term prompt an export ships
+    assert adapter_card(out)["prompt"] == "kopi, chope"
 
 
 def test_serve_cli_defaults_are_safe():

@@ -14,7 +14,7 @@ from transformers import GenerationConfig
 from asr_lora.core.logs import progress
 from asr_lora.evaluation.report import pct, pct_ci, render_markdown_table
 from asr_lora.export.merge import ADAPTER_FILES, ExportError
-from asr_lora.model.adapters import BUNDLED_HUB_IDS, check_adapter_dir, make_adapter_portable
+from asr_lora.model.adapters import BUNDLED_HUB_IDS, PROMPT_FILE, check_adapter_dir, make_adapter_portable
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,11 @@ def export_ct2(hf_dir: Path, out_dir: Path, quantization: str = "int8") -> Path:
 
 
 def transcribe_ct2(ct2_dir: Path, audios: Sequence[np.ndarray], beam_size: int = 1,
-                   compute_type: str = "default", description: str | None = None) -> list[str]:
-    """faster-whisper decoding set up like ours: `beam_size` beams, one temperature, no context, no VAD.
+                   compute_type: str = "default", description: str | None = None,
+                   prompt: str | None = None) -> list[str]:
+    """faster-whisper decoding set up like ours: `beam_size` beams, one temperature, no context, no VAD;
+    `prompt` is Whisper's previous-text prompt (faster-whisper's `initial_prompt`, the tokens
+    transformers' `prompt_ids` give).
 
     faster-whisper's defaults (beam 5, temperature fallback, conditioning on previous text and
     timestamp tokens) would make any comparison with transformers meaningless (FIELD_NOTES 12).
@@ -88,7 +91,8 @@ def transcribe_ct2(ct2_dir: Path, audios: Sequence[np.ndarray], beam_size: int =
         for audio in audios:
             segments, _ = fw.transcribe(
                 np.asarray(audio, dtype=np.float32), beam_size=beam_size, temperature=0.0,
-                condition_on_previous_text=False, without_timestamps=True, vad_filter=False, **lang,
+                condition_on_previous_text=False, without_timestamps=True, vad_filter=False, initial_prompt=prompt,
+                **lang,
             )
             out.append(" ".join(s.text.strip() for s in segments).strip())
             advance()
@@ -119,10 +123,30 @@ def _loading_snippets(base: str, exports: Sequence[str], beams: int = 1) -> list
     ]
 
 
+def _prompt_snippets(prompt: str, exports: Sequence[str], beams: int = 1) -> list[str]:
+    ct2 = next((e for e in exports if e.startswith("ct2-")), "ct2-int8")
+    return [
+        "## Decoding with the term prompt", "",
+        (f"The evaluation also scored this model with the domain terms as Whisper's prompt (`adapted_prompt` "
+         f"above; training decoded part of its rows after the same prompt). `{PROMPT_FILE}` in every export "
+         "directory holds it:"), "", "```text", prompt, "```", "",
+        "```python",
+        f'prompt = open("{ct2}/{PROMPT_FILE}", encoding="utf-8").read().strip()',
+        f'segments, _ = model.transcribe("clip.wav", beam_size={beams}, temperature=0.0,  # faster-whisper',
+        "                               condition_on_previous_text=False, initial_prompt=prompt)",
+        f"ids = model.generate(input_features=features, num_beams={beams},  # transformers",
+        '                     prompt_ids=processor.get_prompt_ids(prompt, return_tensors="pt"))',
+        "```", "",
+        f'`python -m asr_lora.transcribe clip.wav --adapter adapter --prompt "$(cat adapter/{PROMPT_FILE})"` and the '
+        "server's `prompt` field take it too.", "",
+    ]
+
+
 def write_model_card(out_dir: Path, info: dict) -> Path:
     """README.md for one export. ``info`` follows `asr_lora.evaluation.report`'s eval dict, plus ``lora``,
     ``verification``, ``export_wer``, ``forced`` (messages of gates that force overrode),
-    ``this`` (this directory's name) and ``exports`` (all directory names)."""
+    ``this`` (this directory's name), ``exports`` (all directory names) and ``prompt`` (the term
+    prompt the evaluation scored the model with, or none)."""
     base = info.get("model", {}).get("base", "?")
     lora, corpus = info.get("lora", {}), info.get("corpus", {})
     title = corpus.get("title") or corpus.get("name") or "adapted speech"
@@ -172,6 +196,8 @@ def write_model_card(out_dir: Path, info: dict) -> Path:
                           else "not the evaluated model's weights, so the export decoded the test audio itself.")),
                       ""]
     lines += _loading_snippets(base, info.get("exports", []), int(info.get("beam_size") or 1))
+    if prompt := info.get("prompt"):
+        lines += _prompt_snippets(prompt, info.get("exports", []), int(info.get("beam_size") or 1))
     path = Path(out_dir) / "README.md"
     path.write_text("\n".join(lines))
     return path

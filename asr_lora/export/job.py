@@ -42,13 +42,18 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
     from asr_lora.data.selection import eval_rows
 
     test = eval_rows(splits.get(cfg.eval.split), cfg.eval.part, cfg.eval.engines)
-    audios = refs = transcriber = reuse = None
+    audios = refs = transcriber = reuse = prompted = None
     evaluated = evaluated_hypotheses(run_dir, ev, cfg.eval.beam_size)
+    # The term prompt ships with the export when the evaluation scored the adapter with it.
+    scored_prompted = "adapted_prompt" in (ev or {}).get("systems", {})
+    prompt = ((ev or {}).get("terms") or {}).get("prompt") if scored_prompted else None
     if cfg.export.ct2_eval and test is not None:
         main = test.filter(lambda s: s != "control", input_columns="subset")
         if evaluated:  # exactly the accented rows the evaluation scored (its max_eval_samples draw too)
             main = main.filter(lambda i: i in evaluated[1], input_columns="id")
             reuse = (evaluated[0], [evaluated[1][i] for i in main["id"]])
+            with_prompt = evaluated_hypotheses(run_dir, ev, cfg.eval.beam_size, "adapted_prompt")
+            prompted = [with_prompt[1][i] for i in main["id"]] if prompt and with_prompt else None
         elif ev and ev.get("n_utterances") and cfg.data.max_eval_samples:
             main = main.select(range(min(len(main), cfg.data.max_eval_samples)))
         audios = [np.asarray(a, dtype=np.float32) for a in main["audio"]]
@@ -67,7 +72,7 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
             cfg.model.name_or_path, adapter_dir, run_dir / "export", formats=list(cfg.export.formats),
             ct2_quantizations=list(cfg.export.quantization), probe_features=probe, test_audios=audios,
             test_refs=refs, info=info, force=cfg.export.force, merged_transcriber=transcriber, evaluated=reuse,
-            beam_size=cfg.eval.beam_size,
+            beam_size=cfg.eval.beam_size, prompt=prompt, evaluated_prompted=prompted,
         )
     except ExportRefused as e:  # a command-line user overrides with the config key, not the keyword
         raise ExportRefused(e.failures, "export.force=true") from None
@@ -76,18 +81,20 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
     return summary
 
 
-def evaluated_hypotheses(run_dir: Path, ev: dict | None, beam_size: int = 1) -> tuple[str, dict[str, str]] | None:
-    """(sha256 of the merged weights the run's evaluation decoded, {row id: adapted hypothesis}), or
-    None when it recorded none (full fine-tuning, runs evaluated before the digest existed) or
-    decoded with another beam size than the export checks with."""
+def evaluated_hypotheses(run_dir: Path, ev: dict | None, beam_size: int = 1,
+                         system: str = "adapted") -> tuple[str, dict[str, str]] | None:
+    """(sha256 of the merged weights the run's evaluation decoded, {row id: that `system`'s
+    hypothesis}: "adapted", or "adapted_prompt" with the term prompt), or None when it recorded none
+    (full fine-tuning, runs evaluated before the digest existed) or decoded with another beam size
+    than the export checks with."""
     digest = ((ev or {}).get("adapted_weights") or {}).get("sha256")
     path = Path(run_dir) / "eval" / "hypotheses.json"
     if not digest or not path.is_file() or (ev or {}).get("beam_size", 1) != beam_size:
         return None
     h = json.loads(path.read_text(encoding="utf-8"))
-    if "ids" not in h or len(h.get("adapted") or []) != len(h["ids"]):
+    if "ids" not in h or len(h.get(system) or []) != len(h["ids"]):
         return None
-    return digest, dict(zip(h["ids"], h["adapted"]))
+    return digest, dict(zip(h["ids"], h[system]))
 
 
 def run_config(cfg: DictConfig) -> DictConfig:

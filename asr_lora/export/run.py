@@ -37,7 +37,7 @@ from asr_lora.export.formats import export_adapter, export_ct2, export_hf, trans
 from asr_lora.export.merge import (ExportRefused, load_adapter_model, merge_loaded, synthetic_probe,
                                    verify_merge)
 from asr_lora.inference.decode import transcribe_arrays
-from asr_lora.model.adapters import check_adapter_dir
+from asr_lora.model.adapters import PROMPT_FILE, check_adapter_dir
 from asr_lora.model.lora import merged_weights_digest
 from asr_lora.model.whisper import resolve_model_dir
 
@@ -51,7 +51,8 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                info: dict | None = None, force: bool = False, atol: float = 1e-4,
                verify_max_new_tokens: int = 128,
                merged_transcriber: Callable[[Any], list[str]] | None = None,
-               evaluated: tuple[str, Sequence[str]] | None = None, beam_size: int = 1) -> dict[str, Any]:
+               evaluated: tuple[str, Sequence[str]] | None = None, beam_size: int = 1,
+               prompt: str | None = None, evaluated_prompted: Sequence[str] | None = None) -> dict[str, Any]:
     """Merge, verify, gate, then write every requested format atomically; returns a summary.
 
     `merged_transcriber(merged_model) -> hypotheses for test_audios` lets the caller reuse work it
@@ -61,6 +62,11 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
     is bit for bit the model the evaluation scored, so its hypotheses are the merged model's and the
     export does not decode the test audio a second time; otherwise it decodes. Every check decodes
     with `beam_size` beams (the run's eval.beam_size), and the model card says so.
+
+    `prompt`: the term prompt the evaluation also scored the adapter with. Every directory then
+    ships it (`prompt.txt`, and in the model card), and the test audio is decoded with it too;
+    `evaluated_prompted` are the evaluation's hypotheses with it, which stand for the merged model's
+    when the weights are the evaluated ones, as `evaluated`'s do.
     """
     unknown = set(formats) - {"hf", "adapter", "ct2"}
     if unknown:
@@ -127,10 +133,22 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                 merged_hyps = (merged_transcriber(merged) if merged_transcriber
                                else transcribe_arrays(merged, processor, test_audios, beam_size))
             export_wer["merged_hf"] = normalized_wer(test_refs, merged_hyps)
+            if prompt:
+                reuse = same and evaluated_prompted is not None and len(evaluated_prompted) == len(test_audios)
+                export_wer["merged_hf + prompt"] = normalized_wer(test_refs, list(evaluated_prompted) if reuse else
+                                                                  transcribe_arrays(merged, processor, test_audios,
+                                                                                    beam_size, prompt=prompt))
             for q in ct2_quantizations if "ct2" in formats else ():
-                export_wer[f"ct2-{q}"] = normalized_wer(test_refs, transcribe_ct2(
-                    staged[f"ct2-{q}"], test_audios, beam_size=beam_size, description=f"decoding (ct2-{q} export)"))
+                for p in (None, prompt) if prompt else (None,):
+                    name = f"ct2-{q}" + (" + prompt" if p else "")
+                    export_wer[name] = normalized_wer(test_refs, transcribe_ct2(
+                        staged[f"ct2-{q}"], test_audios, beam_size=beam_size, description=f"decoding ({name} export)",
+                        prompt=p))
             info["export_wer"] = export_wer
+        if prompt:  # the prompted system the evaluation scored ships with every format
+            info["prompt"] = prompt
+            for tmp in staged.values():
+                (tmp / PROMPT_FILE).write_text(prompt + "\n", encoding="utf-8")
         for name, tmp in staged.items():
             write_model_card(tmp, {**info, "this": name, "exports": list(targets)})
         sizes = {"adapter": (adapter_dir / "adapter_model.safetensors").stat().st_size,

@@ -110,6 +110,15 @@ def scored_beam_size(adapter_dir: str | Path | None) -> int | None:
     return int(beam) if isinstance(beam, (int, float)) and beam >= 1 else None
 
 
+PROMPT_FILE = "prompt.txt"  # an export's term prompt, beside the weights it was scored with
+
+
+def adapter_prompt(adapter_dir: str | Path) -> str | None:
+    """The term prompt the adapter's evaluation also scored it with (its export's `prompt.txt`), or None."""
+    path = Path(adapter_dir) / PROMPT_FILE
+    return (path.read_text(encoding="utf-8").strip() or None) if path.is_file() else None
+
+
 def average_adapters(paths: list[str | Path], out_dir: str | Path, weights: list[float] | None = None) -> Path:
     """Write to `out_dir` the adapter whose update is the weighted mean of the updates of the
     adapters at `paths` (equal weights by default): adapters of one recipe trained under several
