@@ -128,8 +128,7 @@ def _prompt_snippets(prompt: str, exports: Sequence[str], beams: int = 1) -> lis
     return [
         "## Decoding with the term prompt", "",
         (f"The evaluation also scored this model with the domain terms as Whisper's prompt (`adapted_prompt` "
-         f"above; training decoded part of its rows after the same prompt). `{PROMPT_FILE}` in every export "
-         "directory holds it:"), "", "```text", prompt, "```", "",
+         f"above). `{PROMPT_FILE}` in every export directory holds it:"), "", "```text", prompt, "```", "",
         "```python",
         f'prompt = open("{ct2}/{PROMPT_FILE}", encoding="utf-8").read().strip()',
         f'segments, _ = model.transcribe("clip.wav", beam_size={beams}, temperature=0.0,  # faster-whisper',
