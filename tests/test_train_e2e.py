@@ -209,7 +209,11 @@ def test_main_job_real_model_shortened(tmp_path):
         gate_passed = summary["eval"]["forgetting"]["passed"]
         assert exp["forced"] is (not gate_passed)
         assert ("EXPORTED WITH force=True" in card) is (not gate_passed)
-    assert set(exp["wer"]) == {"merged_hf", "ct2-int8"}
+    # The recipe scores adapted + prompt, so the export ships that prompt and checks each format with it.
+    assert set(exp["wer"]) == {"merged_hf", "ct2-int8", "merged_hf + prompt", "ct2-int8 + prompt"}
+    assert exp["wer"]["merged_hf + prompt"] == pytest.approx(ev["systems"]["adapted_prompt"]["wer"]["norm"]["wer"])
+    for d in ("hf", "adapter", "ct2-int8"):
+        assert (run / "export" / d / "prompt.txt").read_text(encoding="utf-8") == ev["terms"]["prompt"] + "\n"
 
 
 def test_wandb_accepts_artifact_names_made_from_hydra_sweep_job_names():
