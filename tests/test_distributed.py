@@ -134,9 +134,23 @@ def _env(tmp_path: Path, **extra) -> dict:
     return env
 
 
-def _run(cmd: list[str], env: dict, what: str) -> None:
+def torchrun(log_dir: Path, *args: str) -> list[str]:
+    """torchrun with each rank's output teed to its own file under `log_dir`: when one rank fails,
+    the launcher's stderr holds mostly the *other* rank's secondary error (a closed gloo pair)."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--log-dir={log_dir}", "--tee=3", *args]
+
+
+def _rank_logs(log_dir: Path | None) -> str:
+    if log_dir is None:
+        return ""
+    return "".join(f"\n--- {f.relative_to(log_dir)} ---\n{f.read_text(errors='replace')[-4000:]}"
+                   for f in sorted(log_dir.rglob("*.log")))
+
+
+def _run(cmd: list[str], env: dict, what: str, log_dir: Path | None = None) -> None:
     out = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, f"{what} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
+    assert out.returncode == 0, (f"{what} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
+                                 f"{_rank_logs(log_dir)}")
 
 
 def curve(run_dir: Path) -> list[dict]:
@@ -160,9 +174,10 @@ def runs(tmp_path_factory, tiny_whisper_dir):
     audit = tmp / "audit.json"
     env = _env(tmp, PYTHONPATH=os.pathsep.join([str(hook_dir), os.environ.get("PYTHONPATH", "")]),
                ASR_LORA_AUDIT_ROOTS=os.pathsep.join([str(two), str(cache)]), ASR_LORA_AUDIT_OUT=str(audit))
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-          "asr_lora.train", *overrides(tiny_whisper_dir, manifest, cache, two, GLOBAL_BATCH // 2)],
-         env, "torchrun --nproc_per_node=2 run")
+    logs = tmp / "torchrun_logs"
+    _run(torchrun(logs, "--standalone", "--nproc_per_node=2", "-m", "asr_lora.train",
+                  *overrides(tiny_whisper_dir, manifest, cache, two, GLOBAL_BATCH // 2)),
+         env, "torchrun --nproc_per_node=2 run", logs)
     rank1 = audit.with_name(audit.name + ".1")
     assert rank1.is_file(), "the audit hook did not run in rank 1 (sitecustomize not imported?)"
     return {"one": one, "two": two, "cache": cache, "manifest": manifest, "model": tiny_whisper_dir,
@@ -242,9 +257,9 @@ def test_streaming_ddp_gives_each_rank_its_own_shards(tmp_path, tiny_whisper_dir
         (shards / f"part{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
     run = tmp_path / "run"
     args = overrides(tiny_whisper_dir, shards, tmp_path / "cache", run, 2)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-          "asr_lora.train", *args, "data.streaming=true", "data.shard_rows=11", "data.shuffle_buffer=4"],
-         _env(tmp_path), "torchrun streaming run")
+    logs = tmp_path / "torchrun_logs"
+    _run(torchrun(logs, "--standalone", "--nproc_per_node=2", "-m", "asr_lora.train", *args, "data.streaming=true",
+                  "data.shard_rows=11", "data.shuffle_buffer=4"), _env(tmp_path), "torchrun streaming run", logs)
     report = json.loads((run / "data_report.json").read_text())
     assert report["streaming"]["shards"]["train"] == 2 and report["counts"]["seen"] == 22
     skips = [json.loads(x) for f in (run / "load_skips").glob("skips-*.jsonl") for x in f.read_text().splitlines()]

@@ -41,7 +41,8 @@ def setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
 
     Anything installed earlier (Hydra's job logging, a library's basicConfig) is removed first, so a
     record reaches the console exactly once. `quiet=True` (`quiet=true` on the command line) leaves
-    the console warnings, errors and progress bars; the run's log file keeps INFO. Hydra's
+    the console warnings, errors and progress bars; the run's log file keeps INFO. Ranks other than 0
+print warnings and errors only. Hydra's
     `hydra.verbose=true` (root at DEBUG) and `hydra.verbose=[asr_lora.x]` (one logger) still apply."""
     from rich.logging import RichHandler
 
@@ -51,7 +52,10 @@ def setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
         root.removeHandler(h)
         h.close()
     console = RichHandler(show_path=False, markup=False)
-    console.setLevel(logging.WARNING if quiet else logging.NOTSET)
+    # Under torchrun every rank runs the same job: the console gets each INFO line once, from rank 0
+    # (transformers' `log_level_replica` convention); the other ranks still print warnings and errors.
+    replica = int(os.environ.get("RANK", "0")) != 0
+    console.setLevel(logging.WARNING if quiet or replica else logging.NOTSET)
     root.addHandler(console)
     if run_dir is not None:
         fh = logging.FileHandler(run_dir / "asr_lora.log")

@@ -42,13 +42,26 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
+@contextlib.contextmanager
 def main_process_first():
-    """Rank 0 runs the block first (it fills the caches), then the others (they read them)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return contextlib.nullcontext()
-    from accelerate import PartialState
+    """Rank 0 runs the block first (it fills the caches), then the others (they read them).
 
-    return PartialState().main_process_first()
+    A barrier on the process group `init_distributed` joined, rather than accelerate's
+    `PartialState().main_process_first()`: on a CPU-only host PartialState() without `cpu=True`
+    detects no distributed setup, every rank calls itself main, and the block runs on all ranks at
+    once (two ranks then race to publish the same cache directory)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        yield
+        return
+    main = dist.get_rank() == 0
+    if not main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if main:
+            dist.barrier()
 
 
 def trains_on_cpu(device: str | None) -> bool:

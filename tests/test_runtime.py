@@ -1,0 +1,49 @@
+"""Process plumbing under a real 2-process gloo group (CPU): rank 0 goes first through
+`main_process_first`, and the other rank enters only once rank 0 has left the block."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import torch.multiprocessing as mp
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from asr_lora.core.runtime import main_process_first
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        with main_process_first():
+            entered = time.monotonic()
+            if rank == 0:
+                time.sleep(1.0)  # long enough that a rank running concurrently would enter first
+            left = time.monotonic()
+        Path(out, f"{rank}.json").write_text(json.dumps({"entered": entered, "left": left}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_main_process_first_runs_rank_0_alone_first(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    # CLOCK_MONOTONIC is system-wide on Linux, so the two processes' readings compare
+    assert r1["entered"] >= r0["left"], (r0, r1)
+
+
+def test_main_process_first_is_a_plain_block_without_a_process_group():
+    from asr_lora.core.runtime import main_process_first
+
+    ran = []
+    with main_process_first():
+        ran.append(1)
+    assert ran == [1]
