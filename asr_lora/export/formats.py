@@ -99,8 +99,7 @@ def transcribe_ct2(ct2_dir: Path, audios: Sequence[np.ndarray], beam_size: int =
     return out
 
 
-def _loading_snippets(base: str, exports: Sequence[str], beams: int = 1) -> list[str]:
-    ct2 = next((e for e in exports if e.startswith("ct2-")), "ct2-int8")
+def _loading_snippets(base: str, ct2: str, beams: int = 1) -> list[str]:
     if base.startswith(("bundled:", "ct2:")):  # not a transformers name: asr_lora converts it
         load_base = ["from asr_lora.model import load_whisper", f'base, _ = load_whisper("{base}")']
     else:
@@ -123,8 +122,7 @@ def _loading_snippets(base: str, exports: Sequence[str], beams: int = 1) -> list
     ]
 
 
-def _prompt_snippets(prompt: str, exports: Sequence[str], beams: int = 1) -> list[str]:
-    ct2 = next((e for e in exports if e.startswith("ct2-")), "ct2-int8")
+def _prompt_snippets(prompt: str, ct2: str, beams: int = 1) -> list[str]:
     return [
         "## Decoding with the term prompt", "",
         (f"The evaluation also scored this model with the domain terms as Whisper's prompt (`adapted_prompt` "
@@ -168,8 +166,8 @@ def write_model_card(out_dir: Path, info: dict) -> Path:
         rows = [[name, pct_ci(s.get("wer", {}).get(variant, {}))] for name, s in systems.items()]
         lines += [f"## WER (test split, {variant} text, 95% speaker-bootstrap interval)", "",
                   render_markdown_table(rows, ["system", "WER [95% CI]"]), ""]
+    beams = int(info.get("beam_size") or 1)
     if ew := info.get("export_wer"):
-        beams = int(info.get("beam_size") or 1)
         search = f"beam {beams}" if beams > 1 else "greedy (beam 1)"
         lines += [(f"WER of the exported files on the test audio, decoded with {search}, the beam the figures "
                    "above were scored with (faster-whisper pads the log-mel differently from transformers, so "
@@ -194,9 +192,11 @@ def write_model_card(out_dir: Path, info: dict) -> Path:
                           "so its WER is this export's." if ew["identical"]
                           else "not the evaluated model's weights, so the export decoded the test audio itself.")),
                       ""]
-    lines += _loading_snippets(base, info.get("exports", []), int(info.get("beam_size") or 1))
+    # the faster-whisper snippets name the export's CTranslate2 directory (ct2-int8 when none was made)
+    ct2 = next((e for e in info.get("exports", []) if e.startswith("ct2-")), "ct2-int8")
+    lines += _loading_snippets(base, ct2, beams)
     if prompt := info.get("prompt"):
-        lines += _prompt_snippets(prompt, info.get("exports", []), int(info.get("beam_size") or 1))
+        lines += _prompt_snippets(prompt, ct2, beams)
     path = Path(out_dir) / "README.md"
     path.write_text("\n".join(lines))
     return path
