@@ -1,5 +1,5 @@
 """`python -m asr_lora.serve --adapter sg=DIR [--adapter NAME=DIR ...] [--model bundled:tiny.en]
-[--beam-size N]
+[--beam-size N] [--adapter-prompts]
 [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--batch-window-ms MS] [--max-upload-mb MB]`.
 
 An OpenAI-compatible transcription server: one base in memory, any loaded adapter per request
@@ -23,6 +23,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--beam-size", type=int, default=None,
                    help="beams for every request (default: the beam the adapters were scored with, from their "
                         "export summary or run; else 1)")
+    p.add_argument("--adapter-prompts", action="store_true",
+                   help="decode a request to an adapter that sends no 'prompt' with the adapter's prompt.txt, the "
+                        "term prompt its export was scored with (adapted + prompt); prompt=\"\" still sends none")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("ASR_LORA_API_KEY"),
@@ -55,7 +58,8 @@ def main(argv=None) -> int:
     engine = Engine(args.model, adapters, device=args.device, max_new_tokens=args.max_new_tokens,
                     beam_size=args.beam_size)
     batcher = Batcher(engine, max_batch=args.max_batch, window_ms=args.batch_window_ms)
-    app = create_app(batcher, Settings(api_key=args.api_key, max_upload_mb=args.max_upload_mb))
+    app = create_app(batcher, Settings(api_key=args.api_key, max_upload_mb=args.max_upload_mb,
+                                              adapter_prompts=args.adapter_prompts))
     print(f"serving {engine.models} on http://{args.host}:{args.port} (base {engine.base_name}, "
           f"beam {engine.beam_size})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

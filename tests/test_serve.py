@@ -261,6 +261,45 @@ def test_models_list_cards_and_exported_adapters_are_portable(setup, tmp_path):
     assert adapter_card(out)["prompt"] == "kopi, chope"
 
 
+def test_adapter_prompts_decode_requests_without_a_prompt_with_the_adapters_prompt_txt(setup, tmp_path,
+                                                                                      tiny_whisper_dir):
+    prompt = "kopi, chope, Tampines, Geylang"
+    # a weak adapter (b_std 0.02): strong ones decode the same repeated token whatever the prompt
+    ad = common.random_adapter(str(tiny_whisper_dir), tmp_path / "sg", seed=1, b_std=0.02)
+    (ad / "prompt.txt").write_text(prompt + "\n", encoding="utf-8")
+    engine = Engine(str(tiny_whisper_dir), {"sg": ad}, max_new_tokens=8)
+    audio = sf.read(setup["clips"][1], dtype="float32")[0]
+    plain, prompted = (engine.decode([Job(audio, "sg", Options(prompt=p))])[0]["text"] for p in (None, prompt))
+    assert plain != prompted  # the prompt changes this clip's decoding, so the test can tell them apart
+    batcher = Batcher(engine, max_batch=4, window_ms=10)
+    try:
+        with ServerThread(create_app(batcher, Settings(adapter_prompts=True))) as srv:
+            def ask(model: str, **fields) -> str:
+                files = {"file": ("clip.wav", setup["clips"][1].read_bytes(), "audio/wav")}
+                r = httpx.post(srv.url + "/v1/audio/transcriptions", files=files,
+                               data={"model": model, "response_format": "text", **fields}, timeout=60)
+                assert r.status_code == 200, r.text
+                return r.text.strip()
+
+            assert ask("sg") == prompted.strip()  # no prompt field: the adapter's prompt.txt
+            assert ask("sg", prompt="") == plain.strip()  # an explicit empty prompt: none
+            assert ask("sg", prompt=prompt) == prompted.strip()
+            assert ask("base") == engine.decode([Job(audio, "base", Options())])[0]["text"].strip()
+            cards = {m["id"]: m["card"] for m in httpx.get(srv.url + "/v1/models").json()["data"]}
+            assert cards["sg"]["prompt"] == prompt and cards["sg"]["prompt_by_default"] is True
+    finally:
+        batcher.close()
+    batcher = Batcher(engine, max_batch=4, window_ms=10)
+    try:
+        with ServerThread(create_app(batcher)) as srv:  # off by default
+            files = {"file": ("clip.wav", setup["clips"][1].read_bytes(), "audio/wav")}
+            r = httpx.post(srv.url + "/v1/audio/transcriptions", files=files,
+                           data={"model": "sg", "response_format": "text"}, timeout=60)
+            assert r.text.strip() == plain.strip()
+    finally:
+        batcher.close()
+
+
 def test_serve_cli_defaults_are_safe():
     from asr_lora.serve import parse_args
 

@@ -135,7 +135,8 @@ def _prompt_snippets(prompt: str, ct2: str, beams: int = 1) -> list[str]:
         '                     prompt_ids=processor.get_prompt_ids(prompt, return_tensors="pt"))',
         "```", "",
         f'`python -m asr_lora.transcribe clip.wav --adapter adapter --prompt "$(cat adapter/{PROMPT_FILE})"` and the '
-        "server's `prompt` field take it too.", "",
+        "server's `prompt` field take it too; `python -m asr_lora.serve --adapter-prompts` uses it for "
+        "requests that send no prompt.", "",
     ]
 
 

@@ -44,6 +44,10 @@ OPEN_ROUTES = {"/health", "/"}  # the page is static HTML; its API calls carry t
 class Settings:
     api_key: str | None = None
     max_upload_mb: float = 25.0
+    # A request to an adapter that sends no `prompt` field is decoded with the adapter's `prompt.txt`
+    # (the term prompt its evaluation scored as adapted + prompt), so the server decodes the system
+    # that was scored without every client copying the prompt; `prompt=""` still decodes without one.
+    adapter_prompts: bool = False
 
     @property
     def max_body(self) -> int:
@@ -106,6 +110,8 @@ def create_app(batcher: Batcher, settings: Settings | None = None) -> FastAPI:
     engine = batcher.engine
     app = FastAPI(title="asr-lora", docs_url=None, redoc_url=None, openapi_url=None)
     cards = {name: adapter_card(path) for name, path in engine.adapter_dirs.items()}
+    for card in cards.values():
+        card["prompt_by_default"] = settings.adapter_prompts and card["prompt"] is not None
 
     @app.middleware("http")
     async def auth(request: Request, call_next):
@@ -184,8 +190,11 @@ def create_app(batcher: Batcher, settings: Settings | None = None) -> FastAPI:
         language = _field(form, "language")
         if language and not engine.multilingual and language.lower() in ENGLISH:
             language = None  # English-only models take no language argument (FIELD_NOTES 5)
-        options = Options(timestamps=fmt in TIMESTAMP_FORMATS, temperature=temperature,
-                          prompt=_field(form, "prompt"), language=language)
+        prompt = _field(form, "prompt")
+        if "prompt" not in form and model in cards and cards[model]["prompt_by_default"]:
+            prompt = cards[model]["prompt"]
+        options = Options(timestamps=fmt in TIMESTAMP_FORMATS, temperature=temperature, prompt=prompt,
+                          language=language)
         data = await upload.read()
         audio = await run_in_threadpool(decode_upload, data, upload.filename or "file")
         try:
