@@ -257,6 +257,11 @@ class EvalConfig:
     terms: Optional[str] = None
     prompt_baseline: bool = True  # also decode zero-shot with the terms as Whisper's prompt
     adapted_prompt: bool = False  # also decode the adapted model with that prompt
+    # What decodes in `python -m asr_lora.evaluate`: "transformers" (the model in memory, the adapter
+    # merged in) or "ct2": faster-whisper on CTranslate2 files, `adapter=` an export's ct2-<q>/ and the
+    # base converted at ct2_quantization for the zero-shot systems (evaluation/deployed.py).
+    backend: str = "transformers"
+    ct2_quantization: str = "int8"
 
 
 @dataclass

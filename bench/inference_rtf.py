@@ -118,7 +118,7 @@ def main(argv=None) -> int:
 
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from asr_lora.export.formats import export_ct2
+    from asr_lora.inference.ct2 import convert_ct2
     from asr_lora.export.merge import load_adapter_model
     from asr_lora.model.whisper import load_whisper, resolve_model_dir
 
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
                 else:
                     ct2 = tmp / f"ct2-{'base' if label == 'base' else 'merged'}-{ct}"
                     t0 = time.perf_counter()
-                    export_ct2(hf, ct2, ct)
+                    convert_ct2(hf, ct2, ct)
                     conv[f"{label}/{ct}"] = round(time.perf_counter() - t0, 1)
                 rows += bench_fw(label, ct2, ct, clips, beams, device, a.max_new_tokens)
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from asr_lora.data.audio import SAMPLE_RATE
 from asr_lora.export import formats, merge, run
 from asr_lora.export.merge import ExportError, QuantizedBaseError
+from asr_lora.inference.ct2 import Ct2FilesMissing, transcribe_ct2
 from asr_lora.inference.decode import generate_features, transcribe_arrays
 from asr_lora.model.adapters import UnsafeAdapterError
 
@@ -252,11 +253,11 @@ def test_faster_whisper_reads_int8_export_offline(exported):
     for q in ("int8", "float32"):
         d = Path(exported[0]) / f"ct2-{q}"
         assert (d / "tokenizer.json").is_file() and (d / "preprocessor_config.json").is_file()
-        texts = formats.transcribe_ct2(d, [tone(1.0)])
+        texts = transcribe_ct2(d, [tone(1.0)])
         assert len(texts) == 1 and isinstance(texts[0], str)
     # The term prompt reaches faster-whisper (initial_prompt): the seeded random model then says otherwise.
     d = Path(exported[0]) / "ct2-float32"
-    assert formats.transcribe_ct2(d, [tone(1.0)], prompt=TERM_PROMPT) != formats.transcribe_ct2(d, [tone(1.0)])
+    assert transcribe_ct2(d, [tone(1.0)], prompt=TERM_PROMPT) != transcribe_ct2(d, [tone(1.0)])
 
 
 def test_export_ships_no_prompt_when_none_was_scored(tiny_whisper_dir, adapter_dir, probe, tmp_path):
@@ -268,8 +269,8 @@ def test_export_ships_no_prompt_when_none_was_scored(tiny_whisper_dir, adapter_d
 
 def test_transcribe_ct2_refuses_incomplete_dir(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"")
-    with pytest.raises(ExportError, match="tokenizer.json"):
-        formats.transcribe_ct2(tmp_path, [tone(0.5)])
+    with pytest.raises(Ct2FilesMissing, match="tokenizer.json"):
+        transcribe_ct2(tmp_path, [tone(0.5)])
 
 
 def test_nan_adapter_refused_naming_parameter(tiny_whisper_dir, adapter_dir, tmp_path):

@@ -214,6 +214,20 @@ def test_main_job_real_model_shortened(tmp_path):
     assert exp["wer"]["merged_hf + prompt"] == pytest.approx(ev["systems"]["adapted_prompt"]["wer"]["norm"]["wer"])
     for d in ("hf", "adapter", "ct2-int8"):
         assert (run / "export" / d / "prompt.txt").read_text(encoding="utf-8") == ev["terms"]["prompt"] + "\n"
+    # README's "Scoring the deployed files": the export's ct2-int8 scored by faster-whisper with the full
+    # report. At the run's beam, on the same rows, its adapted WER is the export check's to the digit.
+    from asr_lora.evaluation.job import evaluate
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        ev_cfg = compose("config", overrides=[
+            "+recipe=sg_english", "data.corpus_max_sentences=12", f"data.path={tmp_path / 'corpus'}",
+            f"paths.cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'ct2_eval'}", "logger=none",
+            "eval.n_bootstrap=100", "eval.backend=ct2", f"adapter={run / 'export' / 'ct2-int8'}",
+        ])
+    deployed = evaluate(ev_cfg)
+    assert set(deployed["systems"]) == set(ev["systems"]) and deployed["lead_part"] == ev["lead_part"] == "neural"
+    for system, key in (("adapted", "ct2-int8"), ("adapted_prompt", "ct2-int8 + prompt")):
+        assert deployed["systems"][system]["wer"]["norm"]["wer"] == pytest.approx(exp["wer"][key], abs=1e-12)
 
 
 def test_wandb_accepts_artifact_names_made_from_hydra_sweep_job_names():

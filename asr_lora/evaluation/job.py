@@ -33,19 +33,29 @@ def evaluate(cfg: DictConfig) -> dict:
     from asr_lora.evaluation.scoring import evaluate_systems
     from asr_lora.evaluation.summary import headline
     from asr_lora.model.encoder_cache import EncoderCache
+    from asr_lora.evaluation.deployed import check_backend, resolve_ct2_adapter
     from asr_lora.model.whisper import load_whisper
 
-    model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
-    if cfg.adapter:
-        from asr_lora.model.adapters import load_adapter
+    ct2 = check_backend(cfg.eval.backend) == "ct2"
+    if ct2:  # faster-whisper decodes every system from CTranslate2 files (evaluation/deployed.py)
+        from asr_lora.model.whisper import load_processor
 
-        model = load_adapter(model, cfg.adapter)
         if cfg.lora.scale != 1:
-            from asr_lora.model.lora import scale_adapter
+            raise ValueError("lora.scale scales a peft adapter; eval.backend=ct2 scores exported (merged) files")
+        model, processor = None, load_processor(cfg.model.name_or_path)
+        adapted_ct2 = resolve_ct2_adapter(cfg.adapter) if cfg.adapter else None
+    else:
+        model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
+        if cfg.adapter:
+            from asr_lora.model.adapters import load_adapter
 
-            scale_adapter(model, cfg.lora.scale)
-            log.info("adapter %s scored at lora.scale=%g", cfg.adapter, cfg.lora.scale)
-    model.eval()
+            model = load_adapter(model, cfg.adapter)
+            if cfg.lora.scale != 1:
+                from asr_lora.model.lora import scale_adapter
+
+                scale_adapter(model, cfg.lora.scale)
+                log.info("adapter %s scored at lora.scale=%g", cfg.adapter, cfg.lora.scale)
+        model.eval()
     splits, report = load_data(cfg.data, processor.tokenizer, run_dir, scored=cfg.eval.split,
                                scope=run_scope(cfg.eval.split, cfg.eval.part))
     from asr_lora.evaluation.scoring import eval_systems
@@ -59,23 +69,31 @@ def evaluate(cfg: DictConfig) -> dict:
     ds = eval_rows(splits[split], cfg.eval.part, cfg.eval.engines)
     ds = subsample(ds, cfg.data.max_eval_samples, cfg.seed)
 
-    cache = None
-    if not any(".encoder." in n and "lora_A" in n for n, _ in model.named_parameters()):
-        # The encoder is the same for every system here: run it once per clip.
-        cache = EncoderCache(model, processor, encoder_batch_size(model, cfg.eval.batch_size))
-        cache.fill(ds["id"], [np.asarray(a, dtype=np.float32) for a in ds["audio"]], True, f"encoding {split}")
     from asr_lora.model.lora import adapter_strength
-
-    info = eval_info(cfg.data, cfg.model.name_or_path, report, cfg.adapter, split,
-                     cfg.lora.scale if cfg.adapter else 1.0, adapter_strength(model))
-    from asr_lora.core.paths import cache_root
-    from asr_lora.evaluation.zero_shot import zero_shot_passes
     from asr_lora.model.whisper import resolve_model_dir
 
-    # Base and prompt: the zero-shot passes a training run (or evaluation) of these rows has made.
-    precomputed = zero_shot_passes(model, processor, ds, cfg.eval, systems, terms, cache,
-                                   resolve_model_dir(cfg.model.name_or_path),
-                                   cache_root() if cfg.eval.reuse_zero_shot else None)
+    info = eval_info(cfg.data, cfg.model.name_or_path, report, cfg.adapter, split,
+                     cfg.lora.scale if cfg.adapter else 1.0, adapter_strength(model) if model is not None else None)
+    cache = None
+    if ct2:
+        from asr_lora.evaluation.deployed import ct2_hypotheses
+
+        info["model"]["backend"] = (f"faster-whisper (CTranslate2 {adapted_ct2.name})" if adapted_ct2 else
+                                    f"faster-whisper (CTranslate2 ct2-{cfg.eval.ct2_quantization})")
+        precomputed = ct2_hypotheses(resolve_model_dir(cfg.model.name_or_path), adapted_ct2, ds, systems,
+                                     cfg.eval.beam_size, cfg.eval.ct2_quantization, terms, run_dir)
+    else:
+        if not any(".encoder." in n and "lora_A" in n for n, _ in model.named_parameters()):
+            # The encoder is the same for every system here: run it once per clip.
+            cache = EncoderCache(model, processor, encoder_batch_size(model, cfg.eval.batch_size))
+            cache.fill(ds["id"], [np.asarray(a, dtype=np.float32) for a in ds["audio"]], True, f"encoding {split}")
+        from asr_lora.core.paths import cache_root
+        from asr_lora.evaluation.zero_shot import zero_shot_passes
+
+        # Base and prompt: the zero-shot passes a training run (or evaluation) of these rows has made.
+        precomputed = zero_shot_passes(model, processor, ds, cfg.eval, systems, terms, cache,
+                                       resolve_model_dir(cfg.model.name_or_path),
+                                       cache_root() if cfg.eval.reuse_zero_shot else None)
     ev = evaluate_systems(model, processor, ds, cfg.eval, run_dir / "eval", info, systems, cache, terms=terms,
                           precomputed=precomputed)
     for s in (s for s in systems if s in ("base", "adapted")):

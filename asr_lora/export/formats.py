@@ -1,26 +1,20 @@
-"""Write the deployable formats: merged transformers, the adapter alone, CTranslate2 for
-faster-whisper; and the model card every one of them carries."""
+"""Write the deployable formats: merged transformers and the adapter alone (CTranslate2 for
+faster-whisper: `inference/ct2.py`); and the model card every one of them carries."""
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from transformers import GenerationConfig
 
-from asr_lora.core.logs import progress
 from asr_lora.evaluation.report import pct, pct_ci, render_markdown_table
-from asr_lora.export.merge import ADAPTER_FILES, ExportError
+from asr_lora.export.merge import ADAPTER_FILES
 from asr_lora.model.adapters import BUNDLED_HUB_IDS, PROMPT_FILE, check_adapter_dir, make_adapter_portable
 
 log = logging.getLogger(__name__)
 
-
-
-CT2_COPY_FILES = ["tokenizer.json", "preprocessor_config.json"]  # else faster-whisper goes to the hub
 
 
 def export_hf(merged, processor, base_dir: str | Path, out_dir: Path) -> Path:
@@ -49,54 +43,6 @@ def export_adapter(adapter_dir: Path, out_dir: Path, base: str | None = None) ->
         shutil.copy2(adapter_dir / name, out_dir / name)
     make_adapter_portable(out_dir, base)
     return out_dir
-
-
-def export_ct2(hf_dir: Path, out_dir: Path, quantization: str = "int8") -> Path:
-    """CTranslate2 conversion of a merged transformers directory (overwrites out_dir)."""
-    from ctranslate2.converters import TransformersConverter
-
-    missing = [f for f in CT2_COPY_FILES if not (Path(hf_dir) / f).is_file()]
-    if missing:
-        raise ExportError(f"{hf_dir}: missing {missing}; export with export_hf first")
-    # dtype comes from config.json (fp32 here); the quantisation happens in convert().
-    TransformersConverter(str(hf_dir), copy_files=CT2_COPY_FILES).convert(
-        str(out_dir), quantization=quantization, force=True
-    )
-    return Path(out_dir)
-
-
-def transcribe_ct2(ct2_dir: Path, audios: Sequence[np.ndarray], beam_size: int = 1,
-                   compute_type: str = "default", description: str | None = None,
-                   prompt: str | None = None) -> list[str]:
-    """faster-whisper decoding set up like ours: `beam_size` beams, one temperature, no context, no VAD;
-    `prompt` is Whisper's previous-text prompt (faster-whisper's `initial_prompt`, the tokens
-    transformers' `prompt_ids` give).
-
-    faster-whisper's defaults (beam 5, temperature fallback, conditioning on previous text and
-    timestamp tokens) would make any comparison with transformers meaningless (FIELD_NOTES 12).
-    """
-    from faster_whisper import WhisperModel
-
-    missing = [f for f in CT2_COPY_FILES if not (Path(ct2_dir) / f).is_file()]
-    if missing:  # without tokenizer.json faster-whisper silently downloads one from the hub
-        raise ExportError(f"{ct2_dir}: missing {missing}; not a complete CTranslate2 export")
-    fw = WhisperModel(str(ct2_dir), device="cpu", compute_type=compute_type, local_files_only=True)
-    # faster-whisper logs one INFO line per clip ("Processing audio with duration ..."), which
-    # buries the job's own log under hundreds of lines; the progress display below replaces it.
-    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
-    lang = {"language": "en"} if fw.model.is_multilingual else {}
-    out = []
-    # `description`: this decode is a stage of its own (the export check), with its progress display.
-    with progress(f"{description or 'ct2'} ({len(audios)} clips)", len(audios), description is not None) as advance:
-        for audio in audios:
-            segments, _ = fw.transcribe(
-                np.asarray(audio, dtype=np.float32), beam_size=beam_size, temperature=0.0,
-                condition_on_previous_text=False, without_timestamps=True, vad_filter=False, initial_prompt=prompt,
-                **lang,
-            )
-            out.append(" ".join(s.text.strip() for s in segments).strip())
-            advance()
-    return out
 
 
 def _loading_snippets(base: str, ct2: str, beams: int = 1) -> list[str]:

@@ -33,7 +33,8 @@ import torch
 from asr_lora.core.io import publish_dir, stage_dir
 from asr_lora.evaluation.report import pct
 from asr_lora.evaluation.metrics import normalized_wer
-from asr_lora.export.formats import export_adapter, export_ct2, export_hf, transcribe_ct2, write_model_card
+from asr_lora.export.formats import export_adapter, export_hf, write_model_card
+from asr_lora.inference.ct2 import convert_ct2, transcribe_ct2
 from asr_lora.export.merge import (ExportRefused, load_adapter_model, merge_loaded, synthetic_probe,
                                    verify_merge)
 from asr_lora.inference.decode import transcribe_arrays
@@ -118,7 +119,7 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
         if "adapter" in staged:
             export_adapter(adapter_dir, staged["adapter"])
         for q in ct2_quantizations if "ct2" in formats else ():
-            export_ct2(hf_dir, staged[f"ct2-{q}"], q)
+            convert_ct2(hf_dir, staged[f"ct2-{q}"], q)
 
         export_wer = {}
         if test_audios is not None and test_refs is not None:

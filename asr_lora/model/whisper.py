@@ -194,8 +194,13 @@ def load_whisper(
     """Load model + processor. Weights come from safetensors only; remote code stays off."""
     src = resolve_model_dir(name_or_path)
     model = WhisperForConditionalGeneration.from_pretrained(src, dtype=dtype, use_safetensors=True)
-    processor = WhisperProcessor.from_pretrained(src)
+    processor = load_processor(src)
     model.config.name_or_path = name_or_path
     if device:
         model.to(device)
     return model, processor
+
+
+def load_processor(name_or_path: str) -> WhisperProcessor:
+    """The tokenizer and feature extractor alone, for jobs that decode with another runtime."""
+    return WhisperProcessor.from_pretrained(resolve_model_dir(name_or_path))

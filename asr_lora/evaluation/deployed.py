@@ -1,0 +1,64 @@
+"""Scoring the files a deployment runs: `python -m asr_lora.evaluate eval.backend=ct2
+adapter=EXPORT/ct2-int8`. Every system is decoded by faster-whisper from CTranslate2 files (the
+adapted systems from the export's directory, zero-shot and the prompt baseline from the base
+converted the same way) and handed to `scoring.evaluate_systems` as its hypotheses, so the report,
+the parts, term recall and the forgetting gate are those of the transformers evaluation. With
+`eval.beam_size=1` this is how a faster-whisper user decoding greedily will see the model."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from asr_lora.evaluation.scoring import SYSTEMS
+from asr_lora.evaluation.terms import Terms
+from asr_lora.inference.ct2 import convert_ct2, is_ct2_dir, transcribe_ct2
+
+log = logging.getLogger("asr_lora.evaluate")
+BACKENDS = ("transformers", "ct2")
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"eval.backend={backend!r}: choose one of {list(BACKENDS)}")
+    return backend
+
+
+def resolve_ct2_adapter(path: str | Path) -> Path:
+    """The CTranslate2 directory `adapter=` names for eval.backend=ct2: a ct2-<q>/ directory itself,
+    or an export directory holding exactly one."""
+    path = Path(path)
+    if is_ct2_dir(path):
+        return path
+    found = sorted(d for d in path.glob("ct2-*") if is_ct2_dir(d)) if path.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ValueError(f"adapter={path}: holds {[d.name for d in found]}; name one of them for eval.backend=ct2")
+    raise ValueError(f"adapter={path}: no CTranslate2 model (model.bin) there or in a ct2-*/ directory under it; "
+                     "eval.backend=ct2 scores an export's ct2-<q>/ (export.formats includes ct2)")
+
+
+def ct2_hypotheses(base_hf_dir: str | Path, adapted_ct2: Path | None, ds, systems, beam_size: int,
+                   quantization: str, terms: Terms | None, work_dir: Path) -> dict[str, list[str]]:
+    """{system: faster-whisper hypotheses for every row of `ds`}. The base is converted into a
+    temporary directory at `quantization` (the export's: ct2-int8 by default), so zero-shot and
+    adapted differ by the adapter alone."""
+    audios = [np.asarray(a, dtype=np.float32) for a in ds["audio"]]
+    out: dict[str, list[str]] = {}
+    with tempfile.TemporaryDirectory(prefix=".ct2-base-", dir=work_dir) as tmp:
+        base_ct2 = None
+        if any(not SYSTEMS[s][0] for s in systems):
+            base_ct2 = convert_ct2(base_hf_dir, Path(tmp) / f"ct2-{quantization}", quantization)
+            log.info("base converted to CTranslate2 (%s) for the zero-shot systems", quantization)
+        for system in systems:
+            adapter_on, prompted = SYSTEMS[system]
+            if prompted and (terms is None or not terms.prompt):
+                raise ValueError(f"system {system!r} needs domain terms for its prompt (eval.terms or training text)")
+            out[system] = transcribe_ct2(adapted_ct2 if adapter_on else base_ct2, audios, beam_size,
+                                         description=f"faster-whisper ({system.replace('_', ' + ')})",
+                                         prompt=terms.prompt if prompted else None)
+    return out

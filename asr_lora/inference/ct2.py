@@ -1,0 +1,76 @@
+"""CTranslate2, the format faster-whisper runs: convert a transformers Whisper directory with
+ctranslate2's own converter, and decode clips with faster-whisper set up like our transformers
+decoding. The export writes its `ct2-<q>/` directories with `convert_ct2` and checks them with
+`transcribe_ct2`; `evaluate eval.backend=ct2` scores such a directory with the full report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from asr_lora.core.logs import progress
+
+CT2_COPY_FILES = ["tokenizer.json", "preprocessor_config.json"]  # else faster-whisper goes to the hub
+
+
+class Ct2FilesMissing(ValueError):
+    """A directory lacks what a CTranslate2 conversion or a faster-whisper load needs offline."""
+
+
+def _require(directory: Path, files: Sequence[str], what: str) -> None:
+    missing = [f for f in files if not (Path(directory) / f).is_file()]
+    if missing:
+        raise Ct2FilesMissing(f"{directory}: missing {missing}; {what}")
+
+
+def convert_ct2(hf_dir: str | Path, out_dir: str | Path, quantization: str = "int8") -> Path:
+    """CTranslate2 conversion of a transformers Whisper directory (overwrites out_dir)."""
+    from ctranslate2.converters import TransformersConverter
+
+    _require(Path(hf_dir), CT2_COPY_FILES, "a transformers Whisper directory with its tokenizer and "
+                                           "feature extractor (the export's hf/ has both)")
+    # dtype comes from config.json (fp32 here); the quantisation happens in convert().
+    TransformersConverter(str(hf_dir), copy_files=CT2_COPY_FILES).convert(
+        str(out_dir), quantization=quantization, force=True
+    )
+    return Path(out_dir)
+
+
+def is_ct2_dir(path: str | Path) -> bool:
+    return (Path(path) / "model.bin").is_file()
+
+
+def transcribe_ct2(ct2_dir: str | Path, audios: Sequence[np.ndarray], beam_size: int = 1,
+                   compute_type: str = "default", description: str | None = None,
+                   prompt: str | None = None) -> list[str]:
+    """faster-whisper decoding set up like ours: `beam_size` beams, one temperature, no context, no VAD;
+    `prompt` is Whisper's previous-text prompt (faster-whisper's `initial_prompt`, the tokens
+    transformers' `prompt_ids` give).
+
+    faster-whisper's defaults (beam 5, temperature fallback, conditioning on previous text and
+    timestamp tokens) would make any comparison with transformers meaningless (FIELD_NOTES 12).
+    """
+    from faster_whisper import WhisperModel
+
+    # without tokenizer.json faster-whisper silently downloads one from the hub
+    _require(Path(ct2_dir), ["model.bin", *CT2_COPY_FILES], "not a complete CTranslate2 export")
+    fw = WhisperModel(str(ct2_dir), device="cpu", compute_type=compute_type, local_files_only=True)
+    # faster-whisper logs one INFO line per clip ("Processing audio with duration ..."), which
+    # buries the job's own log under hundreds of lines; the progress display below replaces it.
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    lang = {"language": "en"} if fw.model.is_multilingual else {}
+    out = []
+    # `description`: this decode is a stage of its own, with its progress display.
+    with progress(f"{description or 'ct2'} ({len(audios)} clips)", len(audios), description is not None) as advance:
+        for audio in audios:
+            segments, _ = fw.transcribe(
+                np.asarray(audio, dtype=np.float32), beam_size=beam_size, temperature=0.0,
+                condition_on_previous_text=False, without_timestamps=True, vad_filter=False, initial_prompt=prompt,
+                **lang,
+            )
+            out.append(" ".join(s.text.strip() for s in segments).strip())
+            advance()
+    return out

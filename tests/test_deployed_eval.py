@@ -1,0 +1,76 @@
+"""`python -m asr_lora.evaluate eval.backend=ct2 adapter=EXPORT`: every system is decoded by
+faster-whisper from CTranslate2 files (the export's for the adapted systems, the base converted the
+same way for zero-shot) and scored by the same report as the transformers evaluation."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr_lora.evaluation.job import evaluate
+from asr_lora.export import run
+from asr_lora.inference.ct2 import convert_ct2, transcribe_ct2
+from test_train_e2e import tiny_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import common  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def export_dir(tiny_whisper_dir, tmp_path_factory) -> Path:
+    from transformers import WhisperFeatureExtractor
+
+    tmp = tmp_path_factory.mktemp("deployed")
+    # b_std 0.5: an adapter that visibly changes what the tiny model says
+    adapter = common.random_adapter(str(tiny_whisper_dir), tmp / "adapter", seed=3, b_std=0.5)
+    fe = WhisperFeatureExtractor.from_pretrained(tiny_whisper_dir)
+    probe = fe([np.zeros(16000, np.float32)], sampling_rate=16000, return_tensors="pt").input_features
+    run.export_run(str(tiny_whisper_dir), adapter, tmp / "export", formats=("hf", "ct2"),
+                   ct2_quantizations=("float32",), probe_features=probe, verify_max_new_tokens=8)
+    return tmp / "export"
+
+
+def _audio_by_id(tmp_path: Path) -> dict[str, np.ndarray]:
+    rows = [json.loads(x) for x in (tmp_path / "corpus" / "manifest.jsonl").read_text().splitlines()]
+    return {r["id"]: sf.read(tmp_path / "corpus" / r["audio_filepath"], dtype="float32")[0] for r in rows}
+
+
+def test_ct2_backend_scores_the_exported_files_with_the_full_report(tmp_path, tiny_whisper_dir, export_dir):
+    ev = evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2",
+                           f"adapter={export_dir}", "eval.ct2_quantization=float32", "eval.adapted_prompt=true"))
+    assert set(ev["systems"]) == {"base", "prompt", "adapted", "adapted_prompt"}
+    assert ev["model"]["backend"] == "faster-whisper (CTranslate2 ct2-float32)"
+    assert ev["terms"] and "forgetting" in ev and "paired" in ev
+    hyps = json.loads((tmp_path / "run" / "eval" / "hypotheses.json").read_text())
+    audio = _audio_by_id(tmp_path)
+    clips = [audio[i] for i in hyps["ids"]]
+    prompt = ev["terms"]["prompt"]
+    # each system decoded from the right files, with the prompt where the system has one
+    base_ct2 = convert_ct2(tiny_whisper_dir, tmp_path / "base-ct2", "float32")
+    assert hyps["base"] == transcribe_ct2(base_ct2, clips)
+    assert hyps["prompt"] == transcribe_ct2(base_ct2, clips, prompt=prompt) != hyps["base"]
+    assert hyps["adapted"] == transcribe_ct2(export_dir / "ct2-float32", clips) != hyps["base"]
+    assert hyps["adapted_prompt"] == transcribe_ct2(export_dir / "ct2-float32", clips, prompt=prompt)
+    assert "faster-whisper (CTranslate2 ct2-float32)" in (tmp_path / "run" / "eval" / "report.md").read_text()
+    assert not list((tmp_path / "run").glob(".ct2-base-*"))  # the converted base is temporary
+
+
+def test_ct2_backend_refuses_what_it_cannot_score(tmp_path, tiny_whisper_dir, export_dir):
+    from asr_lora.training.job import train
+
+    with pytest.raises(ValueError, match=r"no CTranslate2 model \(model.bin\)"):
+        evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2",
+                          f"adapter={export_dir / 'hf'}"))
+    with pytest.raises(ValueError, match=r"eval.backend='onnx': choose one of \['transformers', 'ct2'\]"):
+        evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=onnx"))
+    with pytest.raises(ValueError, match="lora.scale scales a peft adapter"):
+        evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2", f"adapter={export_dir}",
+                          "lora.scale=0.5"))
+    with pytest.raises(ValueError, match="python -m asr_lora.evaluate eval.backend=ct2"):
+        train(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2"))
