@@ -99,16 +99,17 @@ if _roots and _out and os.environ.get("RANK", "0") != "0":
 '''
 
 
-def make_equal_length_corpus(root: Path, n: int = N_TRAIN) -> Path:
+def make_equal_length_corpus(root: Path, n: int = N_TRAIN, n_dev: int = 0) -> Path:
+    """`n` train clips of 1 s, then `n_dev` dev clips (the runs encode those up front)."""
     rows, rng = [], np.random.default_rng(0)
-    for i in range(n):
+    for i in range(n + n_dev):
         wav = root / "audio" / f"u{i}.wav"
         wav.parent.mkdir(parents=True, exist_ok=True)
         t = np.arange(16000) / 16000
         x = 0.2 * np.sin(2 * np.pi * (200 + 37 * i) * t) + 0.01 * rng.standard_normal(16000)
         sf.write(wav, x.astype("float32"), 16000)
         rows.append({"audio_filepath": f"audio/u{i}.wav", "text": SENTENCES[i % len(SENTENCES)], "id": f"u{i}",
-                     "speaker": f"spk{i % 4}", "split": "train"})
+                     "speaker": f"spk{i % 4}" if i < n else "spk_dev", "split": "train" if i < n else "dev"})
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
@@ -161,7 +162,7 @@ def curve(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_whisper_dir):
     tmp = tmp_path_factory.mktemp("ddp")
-    manifest = make_equal_length_corpus(tmp / "corpus")
+    manifest = make_equal_length_corpus(tmp / "corpus", n_dev=4)
     cache = tmp / "cache"
     hook_dir = tmp / "hook"
     hook_dir.mkdir()
@@ -171,12 +172,15 @@ def runs(tmp_path_factory, tiny_whisper_dir):
     _run([sys.executable, "-m", "asr_lora.train", *overrides(tiny_whisper_dir, manifest, cache, one,
                                                              GLOBAL_BATCH)], _env(tmp), "1-process run")
     two = tmp / "two_processes"
+    # A cache of its own, cold: rank 0 prepares the data and encodes the clips while rank 1 waits,
+    # then reads them; rank 1 preparing too would race rank 0 and show up in the audit.
+    cache2 = tmp / "cache_two"
     audit = tmp / "audit.json"
     env = _env(tmp, PYTHONPATH=os.pathsep.join([str(hook_dir), os.environ.get("PYTHONPATH", "")]),
-               ASR_LORA_AUDIT_ROOTS=os.pathsep.join([str(two), str(cache)]), ASR_LORA_AUDIT_OUT=str(audit))
+               ASR_LORA_AUDIT_ROOTS=os.pathsep.join([str(two), str(cache2)]), ASR_LORA_AUDIT_OUT=str(audit))
     logs = tmp / "torchrun_logs"
     _run(torchrun(logs, "--standalone", "--nproc_per_node=2", "-m", "asr_lora.train",
-                  *overrides(tiny_whisper_dir, manifest, cache, two, GLOBAL_BATCH // 2)),
+                  *overrides(tiny_whisper_dir, manifest, cache2, two, GLOBAL_BATCH // 2)),
          env, "torchrun --nproc_per_node=2 run", logs)
     rank1 = audit.with_name(audit.name + ".1")
     assert rank1.is_file(), "the audit hook did not run in rank 1 (sitecustomize not imported?)"

@@ -22,8 +22,8 @@ from asr_lora.core import tracking
 from asr_lora.core.io import write_json
 from asr_lora.core.logs import setup_logging
 from asr_lora.core.paths import use_cache_root
-from asr_lora.core.runtime import (init_distributed, is_main_process, run_dir_of, seed_everything, trains_on_cpu,
-                                   use_bf16)
+from asr_lora.core.runtime import (init_distributed, is_main_process, main_process_first, run_dir_of,
+                                   seed_everything, trains_on_cpu, use_bf16)
 from asr_lora.data.scope import run_scope
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import print_summary, run_summary
@@ -196,12 +196,14 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     if caches_encoder(cfg):
         # Streaming: the train split is never held, so only dev/test outputs can be cached.
         held = {"dev": rows.dev, "test": rows.test} | ({} if rows.streaming else {"train": rows.train})
-        cache = build_encoder_cache(model, processor, held, auto=str(t.cache_encoder_outputs).lower() == "auto",
-                                    budget_gb=t.encoder_cache_budget_gb, on_disk=t.encoder_cache_on_disk,
-                                    base=cfg.model.name_or_path, dtype=cfg.model.dtype,
-                                    batch_size=cfg.eval.batch_size,
-                                    lazy=train_encoded_lazily(cfg, rows) if lazy_train else (),
-                                    train_bf16=trains_bf16(cfg))
+        # Rank 0 encodes and saves the dev/test clips; the other ranks then load its files.
+        with main_process_first():
+            cache = build_encoder_cache(model, processor, held, auto=str(t.cache_encoder_outputs).lower() == "auto",
+                                        budget_gb=t.encoder_cache_budget_gb, on_disk=t.encoder_cache_on_disk,
+                                        base=cfg.model.name_or_path, dtype=cfg.model.dtype,
+                                        batch_size=cfg.eval.batch_size,
+                                        lazy=train_encoded_lazily(cfg, rows) if lazy_train else (),
+                                        train_bf16=trains_bf16(cfg))
     encoder_mask_settings(t, cache is not None and not rows.streaming)  # an auto cache may be over its budget
     return model, params, cache
 
