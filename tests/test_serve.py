@@ -305,9 +305,40 @@ def test_serve_cli_defaults_are_safe():
 
     a = parse_args(["--adapter", "sg=/x"])
     assert a.host == "127.0.0.1" and a.port == 8000 and a.model is None and a.max_upload_mb == 25.0
+    assert a.adapter_prompts is False and parse_args(["--adapter-prompts"]).adapter_prompts is True
     r = subprocess.run([sys.executable, "-m", "asr_lora.serve", "--adapter", "sg=/does/not/exist"],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode != 0 and "adapter_config.json" in r.stderr  # adapters checked at start, not per request
+
+
+def test_serve_command_starts_and_passes_adapter_prompts_to_the_app(setup, tmp_path, tiny_whisper_dir):
+    """README's serve command line, as a process: it listens, and --adapter-prompts reaches the cards."""
+    import socket
+
+    ad = tmp_path / "sg"
+    shutil.copytree(setup["ads"]["sg"], ad)
+    (ad / "prompt.txt").write_text("kopi, chope\n", encoding="utf-8")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "asr_lora.serve", "--adapter", f"sg={ad}", "--model",
+                             str(tiny_whisper_dir), "--adapter-prompts", "--port", str(port)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+            time.sleep(0.5)
+        card = {m["id"]: m["card"] for m in httpx.get(url + "/v1/models").json()["data"]}["sg"]
+        assert card["prompt"] == "kopi, chope" and card["prompt_by_default"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_bench_serve_load_smoke(tmp_path, monkeypatch):
