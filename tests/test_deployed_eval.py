@@ -5,6 +5,7 @@ same way for zero-shot) and scored by the same report as the transformers evalua
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -72,5 +73,11 @@ def test_ct2_backend_refuses_what_it_cannot_score(tmp_path, tiny_whisper_dir, ex
     with pytest.raises(ValueError, match="lora.scale scales a peft adapter"):
         evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2", f"adapter={export_dir}",
                           "lora.scale=0.5"))
+    other = tmp_path / "other_base"  # an export whose adapter/ names another base
+    shutil.copytree(export_dir, other)
+    (other / "adapter").mkdir()
+    (other / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "bundled:base"}))
+    with pytest.raises(ValueError, match="exported from base 'bundled:base'.*pass model.name_or_path=bundled:base"):
+        evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2", f"adapter={other}"))
     with pytest.raises(ValueError, match="python -m asr_lora.evaluate eval.backend=ct2"):
         train(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2"))

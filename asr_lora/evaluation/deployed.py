@@ -42,6 +42,20 @@ def resolve_ct2_adapter(path: str | Path) -> Path:
                      "eval.backend=ct2 scores an export's ct2-<q>/ (export.formats includes ct2)")
 
 
+def check_export_base(ct2_dir: Path, base: str) -> None:
+    """Refuse an export made from another base than `model.name_or_path`: its zero-shot rows would
+    score a different model, and the tokenizer could differ. The export's `adapter/` names its base."""
+    from asr_lora.model.adapters import adapter_base, portable_base
+
+    sibling = ct2_dir.parent / "adapter"
+    if not (sibling / "adapter_config.json").is_file():
+        return
+    named = adapter_base(sibling)
+    if named and named != portable_base(base):
+        raise ValueError(f"adapter={ct2_dir}: exported from base {named!r} ({sibling}), but model.name_or_path is "
+                         f"{base!r}; pass model.name_or_path={named}")
+
+
 def ct2_hypotheses(base_hf_dir: str | Path, adapted_ct2: Path | None, ds, systems, beam_size: int,
                    quantization: str, terms: Terms | None, work_dir: Path) -> dict[str, list[str]]:
     """{system: faster-whisper hypotheses for every row of `ds`}. The base is converted into a

@@ -33,7 +33,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from asr_lora.evaluation.scoring import evaluate_systems
     from asr_lora.evaluation.summary import headline
     from asr_lora.model.encoder_cache import EncoderCache
-    from asr_lora.evaluation.deployed import check_backend, resolve_ct2_adapter
+    from asr_lora.evaluation.deployed import check_backend, check_export_base, resolve_ct2_adapter
     from asr_lora.model.whisper import load_whisper
 
     ct2 = check_backend(cfg.eval.backend) == "ct2"
@@ -44,6 +44,8 @@ def evaluate(cfg: DictConfig) -> dict:
             raise ValueError("lora.scale scales a peft adapter; eval.backend=ct2 scores exported (merged) files")
         model, processor = None, load_processor(cfg.model.name_or_path)
         adapted_ct2 = resolve_ct2_adapter(cfg.adapter) if cfg.adapter else None
+        if adapted_ct2 is not None:
+            check_export_base(adapted_ct2, cfg.model.name_or_path)
     else:
         model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
         if cfg.adapter:
