@@ -259,9 +259,10 @@ class EvalConfig:
     adapted_prompt: bool = False  # also decode the adapted model with that prompt
     # What decodes in `python -m asr_lora.evaluate`: "transformers" (the model in memory, the adapter
     # merged in) or "ct2": faster-whisper on CTranslate2 files, `adapter=` an export's ct2-<q>/ and the
-    # base converted at ct2_quantization for the zero-shot systems (evaluation/deployed.py).
+    # base converted for the zero-shot systems at ct2_quantization (null: the export's <q>, else int8;
+    # evaluation/deployed.py).
     backend: str = "transformers"
-    ct2_quantization: str = "int8"
+    ct2_quantization: Optional[str] = None
 
 
 @dataclass

@@ -15,7 +15,8 @@ import soundfile as sf
 
 from asr_lora.evaluation.job import evaluate
 from asr_lora.export import run
-from asr_lora.inference.ct2 import convert_ct2, transcribe_ct2
+from asr_lora.evaluation.deployed import export_quantization
+from asr_lora.inference.ct2 import Ct2FilesMissing, convert_ct2, transcribe_ct2
 from test_train_e2e import tiny_cfg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,27 +45,39 @@ def _audio_by_id(tmp_path: Path) -> dict[str, np.ndarray]:
 
 def test_ct2_backend_scores_the_exported_files_with_the_full_report(tmp_path, tiny_whisper_dir, export_dir):
     ev = evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2",
-                           f"adapter={export_dir}", "eval.ct2_quantization=float32", "eval.adapted_prompt=true"))
+                           f"adapter={export_dir}", "eval.adapted_prompt=true"))
     assert set(ev["systems"]) == {"base", "prompt", "adapted", "adapted_prompt"}
-    assert ev["model"]["backend"] == "faster-whisper (CTranslate2 ct2-float32)"
+    # the base converted at the export's quantization (its directory's name), unless eval.ct2_quantization says
+    assert ev["model"]["backend"] == "faster-whisper (CTranslate2: ct2-float32, base converted at float32)"
     assert ev["terms"] and "forgetting" in ev and "paired" in ev
     hyps = json.loads((tmp_path / "run" / "eval" / "hypotheses.json").read_text())
     audio = _audio_by_id(tmp_path)
     clips = [audio[i] for i in hyps["ids"]]
     prompt = ev["terms"]["prompt"]
-    # each system decoded from the right files, with the prompt where the system has one
+    # each system decoded from the right files, with the prompt where the system has one, capped at
+    # eval.max_new_tokens (8 here) as the transformers decode is
     base_ct2 = convert_ct2(tiny_whisper_dir, tmp_path / "base-ct2", "float32")
-    assert hyps["base"] == transcribe_ct2(base_ct2, clips)
-    assert hyps["prompt"] == transcribe_ct2(base_ct2, clips, prompt=prompt) != hyps["base"]
-    assert hyps["adapted"] == transcribe_ct2(export_dir / "ct2-float32", clips) != hyps["base"]
-    assert hyps["adapted_prompt"] == transcribe_ct2(export_dir / "ct2-float32", clips, prompt=prompt)
-    assert "faster-whisper (CTranslate2 ct2-float32)" in (tmp_path / "run" / "eval" / "report.md").read_text()
+    decode = lambda d, p=None: transcribe_ct2(d, clips, prompt=p, max_new_tokens=8)  # noqa: E731
+    assert hyps["base"] == decode(base_ct2) != transcribe_ct2(base_ct2, clips)
+    assert hyps["prompt"] == decode(base_ct2, prompt) != hyps["base"]
+    assert hyps["adapted"] == decode(export_dir / "ct2-float32") != hyps["base"]
+    assert hyps["adapted_prompt"] == decode(export_dir / "ct2-float32", prompt)
+    assert ev["model"]["backend"] in (tmp_path / "run" / "eval" / "report.md").read_text()
     assert not list((tmp_path / "run").glob(".ct2-base-*"))  # the converted base is temporary
+
+
+def test_base_quantization_follows_the_export_unless_set():
+    assert export_quantization(Path("e/ct2-int8"), None) == "int8"
+    assert export_quantization(Path("e/ct2-float16"), None) == "float16"
+    assert export_quantization(Path("e/ct2-float16"), "int8") == "int8"
+    assert export_quantization(Path("e/my_model"), None) == export_quantization(None, None) == "int8"
 
 
 def test_ct2_backend_refuses_what_it_cannot_score(tmp_path, tiny_whisper_dir, export_dir):
     from asr_lora.training.job import train
 
+    with pytest.raises(Ct2FilesMissing, match="not a local directory.*download it first"):
+        convert_ct2("openai/whisper-tiny", tmp_path / "x")
     with pytest.raises(ValueError, match=r"no CTranslate2 model \(model.bin\)"):
         evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2",
                           f"adapter={export_dir / 'hf'}"))

@@ -8,6 +8,7 @@ the parts, term recall and the forgetting gate are those of the transformers eva
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from asr_lora.evaluation.scoring import SYSTEMS
 from asr_lora.evaluation.terms import Terms
 from asr_lora.inference.ct2 import convert_ct2, is_ct2_dir, transcribe_ct2
+from asr_lora.model.adapters import PROMPT_FILE
 
 log = logging.getLogger("asr_lora.evaluate")
 BACKENDS = ("transformers", "ct2")
@@ -51,17 +53,33 @@ def check_export_base(ct2_dir: Path, base: str) -> None:
     if not (sibling / "adapter_config.json").is_file():
         return
     named = adapter_base(sibling)
-    if named and named != portable_base(base):
+    same = named == portable_base(base) or (Path(named or "").expanduser().is_dir() and Path(base).expanduser().is_dir()
+                                            and Path(named).expanduser().resolve() == Path(base).expanduser().resolve())
+    if named and not same:
         raise ValueError(f"adapter={ct2_dir}: exported from base {named!r} ({sibling}), but model.name_or_path is "
                          f"{base!r}; pass model.name_or_path={named}")
 
 
-def ct2_hypotheses(base_hf_dir: str | Path, adapted_ct2: Path | None, ds, systems, beam_size: int,
-                   quantization: str, terms: Terms | None, work_dir: Path) -> dict[str, list[str]]:
-    """{system: faster-whisper hypotheses for every row of `ds`}. The base is converted into a
-    temporary directory at `quantization` (the export's: ct2-int8 by default), so zero-shot and
-    adapted differ by the adapter alone."""
+def export_quantization(ct2_dir: Path | None, setting: str | None) -> str:
+    """The quantization the base is converted at: eval.ct2_quantization when set, else the export's
+    (its `ct2-<q>` directory name), else int8; zero-shot and adapted then differ by the adapter alone."""
+    if setting:
+        return str(setting)
+    m = re.fullmatch(r"ct2-(\w+)", ct2_dir.name) if ct2_dir is not None else None
+    return m.group(1) if m else "int8"
+
+
+def ct2_hypotheses(base_hf_dir: str | Path, adapted_ct2: Path | None, ds, systems, ecfg, quantization: str,
+                   terms: Terms | None, work_dir: Path) -> dict[str, list[str]]:
+    """{system: faster-whisper hypotheses for every row of `ds`}, at eval.beam_size and capped at
+    eval.max_new_tokens as the transformers decode is. The base is converted into a temporary
+    directory at `quantization`."""
     audios = [np.asarray(a, dtype=np.float32) for a in ds["audio"]]
+    prompt = terms.prompt if terms is not None else None
+    shipped = adapted_ct2 / PROMPT_FILE if adapted_ct2 is not None else None
+    if prompt and shipped is not None and shipped.is_file() and shipped.read_text(encoding="utf-8").strip() != prompt:
+        log.warning("%s differs from the term prompt this evaluation derived (eval.terms or the training text); "
+                    "the prompted systems decode with the derived one", shipped)
     out: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix=".ct2-base-", dir=work_dir) as tmp:
         base_ct2 = None
@@ -70,9 +88,9 @@ def ct2_hypotheses(base_hf_dir: str | Path, adapted_ct2: Path | None, ds, system
             log.info("base converted to CTranslate2 (%s) for the zero-shot systems", quantization)
         for system in systems:
             adapter_on, prompted = SYSTEMS[system]
-            if prompted and (terms is None or not terms.prompt):
+            if prompted and not prompt:
                 raise ValueError(f"system {system!r} needs domain terms for its prompt (eval.terms or training text)")
-            out[system] = transcribe_ct2(adapted_ct2 if adapter_on else base_ct2, audios, beam_size,
+            out[system] = transcribe_ct2(adapted_ct2 if adapter_on else base_ct2, audios, ecfg.beam_size,
                                          description=f"faster-whisper ({system.replace('_', ' + ')})",
-                                         prompt=terms.prompt if prompted else None)
+                                         prompt=prompt if prompted else None, max_new_tokens=ecfg.max_new_tokens)
     return out

@@ -2,7 +2,9 @@
 `python -m asr_lora.evaluate`.
 
 With an adapter, base and adapted are scored from one loaded peft model (`disable_adapter()` gives
-the base), with a paired comparison and the forgetting gate; without one, the model alone.
+the base), with a paired comparison and the forgetting gate; without one, the model alone. With
+eval.backend=ct2, faster-whisper decodes every system from CTranslate2 files instead (`adapter=` an
+export's ct2-<q>/, evaluation/deployed.py) and the same scoring follows.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ def evaluate(cfg: DictConfig) -> dict:
     use_cache_root(cfg.paths.cache_dir)
     seed_everything(cfg.seed)
     from asr_lora.data.selection import eval_rows, subsample
+    from asr_lora.evaluation.deployed import check_backend, check_export_base, resolve_ct2_adapter
     from asr_lora.evaluation.scoring import evaluate_systems
     from asr_lora.evaluation.summary import headline
     from asr_lora.model.encoder_cache import EncoderCache
-    from asr_lora.evaluation.deployed import check_backend, check_export_base, resolve_ct2_adapter
     from asr_lora.model.whisper import load_whisper
 
     ct2 = check_backend(cfg.eval.backend) == "ct2"
@@ -78,12 +80,13 @@ def evaluate(cfg: DictConfig) -> dict:
                      cfg.lora.scale if cfg.adapter else 1.0, adapter_strength(model) if model is not None else None)
     cache = None
     if ct2:
-        from asr_lora.evaluation.deployed import ct2_hypotheses
+        from asr_lora.evaluation.deployed import ct2_hypotheses, export_quantization
 
-        info["model"]["backend"] = (f"faster-whisper (CTranslate2 {adapted_ct2.name})" if adapted_ct2 else
-                                    f"faster-whisper (CTranslate2 ct2-{cfg.eval.ct2_quantization})")
-        precomputed = ct2_hypotheses(resolve_model_dir(cfg.model.name_or_path), adapted_ct2, ds, systems,
-                                     cfg.eval.beam_size, cfg.eval.ct2_quantization, terms, run_dir)
+        q = export_quantization(adapted_ct2, cfg.eval.ct2_quantization)
+        info["model"]["backend"] = (f"faster-whisper (CTranslate2: {adapted_ct2.name}, base converted at {q})"
+                                    if adapted_ct2 else f"faster-whisper (CTranslate2: base converted at {q})")
+        precomputed = ct2_hypotheses(resolve_model_dir(cfg.model.name_or_path), adapted_ct2, ds, systems, cfg.eval,
+                                     q, terms, run_dir)
     else:
         if not any(".encoder." in n and "lora_A" in n for n, _ in model.named_parameters()):
             # The encoder is the same for every system here: run it once per clip.

@@ -31,12 +31,11 @@ import numpy as np
 import torch
 
 from asr_lora.core.io import publish_dir, stage_dir
-from asr_lora.evaluation.report import pct
 from asr_lora.evaluation.metrics import normalized_wer
+from asr_lora.evaluation.report import pct
 from asr_lora.export.formats import export_adapter, export_hf, write_model_card
+from asr_lora.export.merge import ExportRefused, load_adapter_model, merge_loaded, synthetic_probe, verify_merge
 from asr_lora.inference.ct2 import convert_ct2, transcribe_ct2
-from asr_lora.export.merge import (ExportRefused, load_adapter_model, merge_loaded, synthetic_probe,
-                                   verify_merge)
 from asr_lora.inference.decode import transcribe_arrays
 from asr_lora.model.adapters import PROMPT_FILE, check_adapter_dir
 from asr_lora.model.lora import merged_weights_digest

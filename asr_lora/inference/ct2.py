@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from asr_lora.core.logs import progress
+from asr_lora.inference.decode import DecodeOptions
 
 CT2_COPY_FILES = ["tokenizer.json", "preprocessor_config.json"]  # else faster-whisper goes to the hub
 
@@ -30,6 +31,9 @@ def convert_ct2(hf_dir: str | Path, out_dir: str | Path, quantization: str = "in
     """CTranslate2 conversion of a transformers Whisper directory (overwrites out_dir)."""
     from ctranslate2.converters import TransformersConverter
 
+    if not Path(hf_dir).is_dir():
+        raise Ct2FilesMissing(f"{hf_dir}: not a local directory; the CTranslate2 converter reads a transformers "
+                              "Whisper directory (a hub id: download it first and pass its path)")
     _require(Path(hf_dir), CT2_COPY_FILES, "a transformers Whisper directory with its tokenizer and "
                                            "feature extractor (the export's hf/ has both)")
     # dtype comes from config.json (fp32 here); the quantisation happens in convert().
@@ -45,10 +49,11 @@ def is_ct2_dir(path: str | Path) -> bool:
 
 def transcribe_ct2(ct2_dir: str | Path, audios: Sequence[np.ndarray], beam_size: int = 1,
                    compute_type: str = "default", description: str | None = None,
-                   prompt: str | None = None) -> list[str]:
+                   prompt: str | None = None, max_new_tokens: int = DecodeOptions.max_new_tokens) -> list[str]:
     """faster-whisper decoding set up like ours: `beam_size` beams, one temperature, no context, no VAD;
     `prompt` is Whisper's previous-text prompt (faster-whisper's `initial_prompt`, the tokens
-    transformers' `prompt_ids` give).
+    transformers' `prompt_ids` give); `max_new_tokens` caps a clip's tokens as eval.max_new_tokens
+    caps transformers' (a decode caught in a repetition loop stops at the same length).
 
     faster-whisper's defaults (beam 5, temperature fallback, conditioning on previous text and
     timestamp tokens) would make any comparison with transformers meaningless (FIELD_NOTES 12).
@@ -69,7 +74,7 @@ def transcribe_ct2(ct2_dir: str | Path, audios: Sequence[np.ndarray], beam_size:
             segments, _ = fw.transcribe(
                 np.asarray(audio, dtype=np.float32), beam_size=beam_size, temperature=0.0,
                 condition_on_previous_text=False, without_timestamps=True, vad_filter=False, initial_prompt=prompt,
-                **lang,
+                max_new_tokens=max_new_tokens, **lang,
             )
             out.append(" ".join(s.text.strip() for s in segments).strip())
             advance()
