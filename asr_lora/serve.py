@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     engine = Engine(args.model, adapters, device=args.device, max_new_tokens=args.max_new_tokens,
                     beam_size=args.beam_size)
     batcher = Batcher(engine, max_batch=args.max_batch, window_ms=args.batch_window_ms)
-    app = create_app(batcher, Settings(api_key=args.api_key, max_upload_mb=args.max_upload_mb,
-                                              adapter_prompts=args.adapter_prompts))
+    settings = Settings(api_key=args.api_key, max_upload_mb=args.max_upload_mb, adapter_prompts=args.adapter_prompts)
+    app = create_app(batcher, settings)
     print(f"serving {engine.models} on http://{args.host}:{args.port} (base {engine.base_name}, "
           f"beam {engine.beam_size})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -118,8 +118,8 @@ def main(argv=None) -> int:
 
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from asr_lora.inference.ct2 import convert_ct2
     from asr_lora.export.merge import load_adapter_model
+    from asr_lora.inference.ct2 import convert_ct2
     from asr_lora.model.whisper import load_whisper, resolve_model_dir
 
     with tempfile.TemporaryDirectory(prefix="bench_rtf_") as tmp:

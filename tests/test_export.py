@@ -170,8 +170,9 @@ def test_evaluated_hypotheses_need_the_export_beam_size(tmp_path):
 def test_model_card_gives_the_beam_size_the_figures_were_decoded_with():
     from asr_lora.export.formats import _loading_snippets
 
-    text = "\n".join(_loading_snippets("bundled:tiny.en", ["hf", "ct2-int8"], beams=5))
+    text = "\n".join(_loading_snippets("bundled:tiny.en", "ct2-int8", beams=5))
     assert "Decode with beam 5" in text and '{"num_beams": 5}' in text and "beam_size=5" in text
+    assert 'WhisperModel("ct2-int8"' in text
 
 
 @pytest.mark.slow

@@ -47,3 +47,20 @@ def test_main_process_first_is_a_plain_block_without_a_process_group():
     with main_process_first():
         ran.append(1)
     assert ran == [1]
+
+
+def test_replica_ranks_print_warnings_only(monkeypatch):
+    import logging
+
+    from rich.logging import RichHandler
+
+    from asr_lora.core.logs import setup_logging
+
+    levels = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        setup_logging(None)
+        levels[rank] = next(h.level for h in logging.getLogger().handlers if isinstance(h, RichHandler))
+    monkeypatch.delenv("RANK")
+    setup_logging(None)
+    assert levels == {"0": logging.NOTSET, "1": logging.WARNING}

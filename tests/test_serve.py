@@ -332,7 +332,8 @@ def test_serve_command_starts_and_passes_adapter_prompts_to_the_app(setup, tmp_p
                     break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+            exited = proc.poll() is not None
+            assert not exited and time.monotonic() < deadline, proc.stdout.read() if exited else "timeout"
             time.sleep(0.5)
         card = {m["id"]: m["card"] for m in httpx.get(url + "/v1/models").json()["data"]}["sg"]
         assert card["prompt"] == "kopi, chope" and card["prompt_by_default"] is True

@@ -41,9 +41,9 @@ def setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
 
     Anything installed earlier (Hydra's job logging, a library's basicConfig) is removed first, so a
     record reaches the console exactly once. `quiet=True` (`quiet=true` on the command line) leaves
-    the console warnings, errors and progress bars; the run's log file keeps INFO. Ranks other than 0
-print warnings and errors only. Hydra's
-    `hydra.verbose=true` (root at DEBUG) and `hydra.verbose=[asr_lora.x]` (one logger) still apply."""
+    the console warnings, errors and progress bars; the run's log file keeps INFO. Hydra's
+    `hydra.verbose=true` (root at DEBUG) and `hydra.verbose=[asr_lora.x]` (one logger) still apply on
+    rank 0; under torchrun the other ranks' consoles print warnings and errors only."""
     from rich.logging import RichHandler
 
     root = logging.getLogger()

@@ -16,7 +16,6 @@ from asr_lora.model.adapters import BUNDLED_HUB_IDS, PROMPT_FILE, check_adapter_
 log = logging.getLogger(__name__)
 
 
-
 def export_hf(merged, processor, base_dir: str | Path, out_dir: Path) -> Path:
     """Plain transformers directory: safetensors, tokenizer, preprocessor_config.json, base generation config."""
     out_dir = Path(out_dir)
@@ -81,8 +80,8 @@ def _prompt_snippets(prompt: str, ct2: str, beams: int = 1) -> list[str]:
         '                     prompt_ids=processor.get_prompt_ids(prompt, return_tensors="pt"))',
         "```", "",
         f'`python -m asr_lora.transcribe clip.wav --adapter adapter --prompt "$(cat adapter/{PROMPT_FILE})"` and the '
-        "server's `prompt` field take it too; `python -m asr_lora.serve --adapter-prompts` uses it for "
-        "requests that send no prompt.", "",
+        "server's `prompt` field take it too; `python -m asr_lora.serve --adapter NAME=adapter --adapter-prompts` "
+        "uses it for requests that send no prompt.", "",
     ]
 
 

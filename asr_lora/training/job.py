@@ -9,6 +9,7 @@ Everything lands in the Hydra run directory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -196,8 +197,10 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     if caches_encoder(cfg):
         # Streaming: the train split is never held, so only dev/test outputs can be cached.
         held = {"dev": rows.dev, "test": rows.test} | ({} if rows.streaming else {"train": rows.train})
-        # Rank 0 encodes and saves the dev/test clips; the other ranks then load its files.
-        with main_process_first():
+        # Under torchrun, rank 0 encodes and saves the clips encoded up front (dev/test; train too
+        # unless it is encoded lazily); the other ranks then load its files instead of encoding them
+        # again and writing the same files. Without a file to share, every rank encodes at once.
+        with main_process_first() if t.encoder_cache_on_disk else contextlib.nullcontext():
             cache = build_encoder_cache(model, processor, held, auto=str(t.cache_encoder_outputs).lower() == "auto",
                                         budget_gb=t.encoder_cache_budget_gb, on_disk=t.encoder_cache_on_disk,
                                         base=cfg.model.name_or_path, dtype=cfg.model.dtype,
