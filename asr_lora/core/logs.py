@@ -54,8 +54,9 @@ def setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
     console = RichHandler(show_path=False, markup=False)
     # Under torchrun every rank runs the same job: the console gets each INFO line once, from rank 0
     # (transformers' `log_level_replica` convention); the other ranks still print warnings and errors.
-    replica = int(os.environ.get("RANK", "0")) != 0
-    console.setLevel(logging.WARNING if quiet or replica else logging.NOTSET)
+    from asr_lora.core.runtime import is_main_process
+
+    console.setLevel(logging.WARNING if quiet or not is_main_process() else logging.NOTSET)
     root.addHandler(console)
     if run_dir is not None:
         fh = logging.FileHandler(run_dir / "asr_lora.log")

@@ -17,7 +17,7 @@ import numpy as np
 from asr_lora.evaluation.scoring import SYSTEMS
 from asr_lora.evaluation.terms import Terms
 from asr_lora.inference.ct2 import convert_ct2, is_ct2_dir, transcribe_ct2
-from asr_lora.model.adapters import PROMPT_FILE
+from asr_lora.model.adapters import PROMPT_FILE, adapter_prompt
 
 log = logging.getLogger("asr_lora.evaluate")
 BACKENDS = ("transformers", "ct2")
@@ -53,11 +53,15 @@ def check_export_base(ct2_dir: Path, base: str) -> None:
     if not (sibling / "adapter_config.json").is_file():
         return
     named = adapter_base(sibling)
-    same = named == portable_base(base) or (Path(named or "").expanduser().is_dir() and Path(base).expanduser().is_dir()
-                                            and Path(named).expanduser().resolve() == Path(base).expanduser().resolve())
-    if named and not same:
+    if named and not _same_base(named, portable_base(base)):
         raise ValueError(f"adapter={ct2_dir}: exported from base {named!r} ({sibling}), but model.name_or_path is "
                          f"{base!r}; pass model.name_or_path={named}")
+
+
+def _same_base(a: str, b: str) -> bool:
+    """The same name, or two spellings of one local directory."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return a == b or (pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve())
 
 
 def export_quantization(ct2_dir: Path | None, setting: str | None) -> str:
@@ -76,10 +80,10 @@ def ct2_hypotheses(base_hf_dir: str | Path, adapted_ct2: Path | None, ds, system
     directory at `quantization`."""
     audios = [np.asarray(a, dtype=np.float32) for a in ds["audio"]]
     prompt = terms.prompt if terms is not None else None
-    shipped = adapted_ct2 / PROMPT_FILE if adapted_ct2 is not None else None
-    if prompt and shipped is not None and shipped.is_file() and shipped.read_text(encoding="utf-8").strip() != prompt:
+    shipped = adapter_prompt(adapted_ct2) if adapted_ct2 is not None else None
+    if prompt and shipped is not None and shipped != prompt:
         log.warning("%s differs from the term prompt this evaluation derived (eval.terms or the training text); "
-                    "the prompted systems decode with the derived one", shipped)
+                    "the prompted systems decode with the derived one", adapted_ct2 / PROMPT_FILE)
     out: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix=".ct2-base-", dir=work_dir) as tmp:
         base_ct2 = None
