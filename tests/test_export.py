@@ -369,3 +369,18 @@ def test_model_card_formats_percentages_and_force(tmp_path):
     assert "12.34% [10.0, 15.0]" in card and "WARNING" in card and "force=True" in card
     assert "Synthetic corpus" in card and "3.00e-06" in card
     assert 'load_whisper("bundled:tiny.en")' in card  # a bundled name is not a transformers id
+
+
+def test_export_check_decodes_at_the_token_cap_it_is_given(tiny_whisper_dir, adapter_dir, probe, tmp_path):
+    # Two reference words: a hypothesis of at most two tokens can be at most 100% WER, where the
+    # random-init model left to run on fills its default cap with words.
+    def export(cap):
+        s = run.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / str(cap), formats=("ct2",),
+                           ct2_quantizations=("float32",), probe_features=probe[:1],
+                           verify_max_new_tokens=VERIFY_TOKENS, test_audios=[tone(1.0)], test_refs=["hello there"],
+                           max_new_tokens=cap)
+        return s["wer"]
+
+    capped, free = export(2), export(128)
+    assert capped["merged_hf"] <= 1.0 and capped["ct2-float32"] <= 1.0
+    assert free["merged_hf"] > 1.0 and free["ct2-float32"] > 1.0

@@ -73,6 +73,7 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
             ct2_quantizations=list(cfg.export.quantization), probe_features=probe, test_audios=audios,
             test_refs=refs, info=info, force=cfg.export.force, merged_transcriber=transcriber, evaluated=reuse,
             beam_size=cfg.eval.beam_size, prompt=prompt, evaluated_prompted=prompted,
+            max_new_tokens=cfg.eval.max_new_tokens,
         )
     except ExportRefused as e:  # a command-line user overrides with the config key, not the keyword
         raise ExportRefused(e.failures, "export.force=true") from None

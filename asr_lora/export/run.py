@@ -52,7 +52,8 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                verify_max_new_tokens: int = 128,
                merged_transcriber: Callable[[Any], list[str]] | None = None,
                evaluated: tuple[str, Sequence[str]] | None = None, beam_size: int = 1,
-               prompt: str | None = None, evaluated_prompted: Sequence[str] | None = None) -> dict[str, Any]:
+               prompt: str | None = None, evaluated_prompted: Sequence[str] | None = None,
+               max_new_tokens: int = 128) -> dict[str, Any]:
     """Merge, verify, gate, then write every requested format atomically; returns a summary.
 
     `merged_transcriber(merged_model) -> hypotheses for test_audios` lets the caller reuse work it
@@ -61,7 +62,8 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
     adapter merged in (`model.lora.merged_in_place`). When the merged model here has that digest, it
     is bit for bit the model the evaluation scored, so its hypotheses are the merged model's and the
     export does not decode the test audio a second time; otherwise it decodes. Every check decodes
-    with `beam_size` beams (the run's eval.beam_size), and the model card says so.
+    with `beam_size` beams (the run's eval.beam_size), and the model card says so; every decode of
+    the test audio, transformers and faster-whisper, stops at `max_new_tokens` (eval.max_new_tokens).
 
     `prompt`: the term prompt the evaluation also scored the adapter with. Every directory then
     ships it (`prompt.txt`, and in the model card), and the test audio is decoded with it too;
@@ -131,19 +133,21 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                 merged_hyps = list(evaluated[1])
             else:
                 merged_hyps = (merged_transcriber(merged) if merged_transcriber
-                               else transcribe_arrays(merged, processor, test_audios, beam_size))
+                               else transcribe_arrays(merged, processor, test_audios, beam_size,
+                                                      max_new_tokens=max_new_tokens))
             export_wer["merged_hf"] = normalized_wer(test_refs, merged_hyps)
             if prompt:
                 reuse = same and evaluated_prompted is not None and len(evaluated_prompted) == len(test_audios)
                 export_wer["merged_hf + prompt"] = normalized_wer(test_refs, list(evaluated_prompted) if reuse else
                                                                   transcribe_arrays(merged, processor, test_audios,
-                                                                                    beam_size, prompt=prompt))
+                                                                                    beam_size, prompt=prompt,
+                                                                                    max_new_tokens=max_new_tokens))
             for q in ct2_quantizations if "ct2" in formats else ():
                 for p in (None, prompt) if prompt else (None,):
                     name = f"ct2-{q}" + (" + prompt" if p else "")
                     export_wer[name] = normalized_wer(test_refs, transcribe_ct2(
                         staged[f"ct2-{q}"], test_audios, beam_size=beam_size, description=f"decoding ({name} export)",
-                        prompt=p))
+                        prompt=p, max_new_tokens=max_new_tokens))
             info["export_wer"] = export_wer
         if prompt:  # the prompted system the evaluation scored ships with every format
             info["prompt"] = prompt

@@ -163,7 +163,7 @@ def decode_audio(model, processor, audios: Sequence[np.ndarray], options: Decode
 
 
 def transcribe_arrays(model, processor, audios: Sequence[np.ndarray], beam_size: int = 1, batch_size: int = 8,
-                      prompt: str | None = None) -> list[str]:
+                      prompt: str | None = None, max_new_tokens: int = DecodeOptions.max_new_tokens) -> list[str]:
     """Transcripts of 16 kHz mono arrays; clips over 30 s go through Whisper's long-form decoding."""
-    opts = DecodeOptions(beam_size=beam_size, prompt=prompt)
+    opts = DecodeOptions(beam_size=beam_size, prompt=prompt, max_new_tokens=max_new_tokens)
     return [r["text"] for r in decode_audio(model, processor, audios, opts, batch_size=batch_size)]
