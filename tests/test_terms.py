@@ -12,8 +12,8 @@ from test_unseen_engine import ROWS, _evaluate
 
 from asr_lora.evaluation.scoring import eval_systems
 from asr_lora.evaluation.summary import systems_table
-from asr_lora.evaluation.terms import (Terms, TermsError, build_terms, derive_terms, read_terms_file, term_recall,
-                                       terms_for_split)
+from asr_lora.evaluation.terms import (Terms, TermsError, build_terms, derive_terms, paired_recall, read_terms_file,
+                                       sign_test_p, term_recall, terms_for_split)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,25 @@ def test_recall_counts_occurrences_per_utterance():
     assert r["seen"] == {"recall": pytest.approx(2 / 4), "hits": 2, "n": 4}
     assert r["unseen"] == {"recall": 1.0, "hits": 1, "n": 1}
     assert [m["term"] for m in r["most_missed"]] == ["bukit timah", "kopi"]
+
+
+def test_paired_recall_counts_occurrences_won_and_lost():
+    t = _terms("kopi", "bukit timah", "lah")
+    refs = ["one kopi two kopi at bukit timah", "kopi lah", "nothing here"]
+    a = ["one kopi two kopi at bukit timah", "copy la", "kopi"]
+    b = ["one copy two kopi at bukit tima", "kopi lah", "nothing"]
+    r = paired_recall(refs, a, b, t)
+    # utt 1: A 2 kopi + bukit timah, B 1 kopi; utt 2: A nothing, B kopi and lah. The third has no term.
+    assert (r["n"], r["hits_a"], r["hits_b"], r["gained"], r["lost"]) == (5, 3, 3, 2, 2)
+    assert r["delta"] == 0.0 and r["p_value"] == 1.0
+    assert paired_recall(refs, refs, b, t)["gained"] == 2 and paired_recall(refs, refs, b, t)["lost"] == 0
+
+
+def test_sign_test_p_is_the_exact_binomial():
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(3, 3) == 1.0
+    assert sign_test_p(10, 0) == pytest.approx(2 / 1024)
+    assert sign_test_p(1, 9) == pytest.approx(2 * 11 / 1024)
+    assert sign_test_p(17, 2) < 0.001 < sign_test_p(6, 2)
 
 
 def test_terms_derived_from_training_text_only(tokenizer):
@@ -109,6 +128,11 @@ def test_evaluation_reports_prompt_baseline_and_term_recall(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "Zero-shot, term-prompt baseline and adapted" in report and "zero-shot + term prompt" in report
     assert report.index("term-prompt baseline") < report.index("Headline: speech from TTS engines")
+    # Occurrence by occurrence on the lead part: the adapter gains shiok and loses kopi.
+    assert saved["terms_paired"]["part"] == "unseen_engine"
+    assert {k: saved["terms_paired"]["systems"]["adapted"][k] for k in ("gained", "lost", "n")} == \
+        {"gained": 1, "lost": 1, "n": 3}
+    assert "adapted against the prompt baseline (unseen TTS engine): 1 against 1 of 3" in report
     assert np.isfinite(un["prompt"]["wer"])
 
 

@@ -40,7 +40,7 @@ from asr_lora.data.synthetic.voices import PART_ORDER, REAL_PART, gate_parts, le
 from asr_lora.evaluation.metrics import bootstrap_ci, corpus_cer, corpus_wer, error_analysis, group_breakdown
 from asr_lora.evaluation.metrics import paired_bootstrap, particle_stats, per_utterance_errors, worst_utterances
 from asr_lora.evaluation.report import write_report
-from asr_lora.evaluation.terms import Terms, term_recall
+from asr_lora.evaluation.terms import Terms, paired_recall, term_recall
 from asr_lora.inference.decode import DecodeOptions, decode_ids, generate_ids
 from asr_lora.model.encoder_cache import EncoderCache
 from asr_lora.model.lora import merged_in_place, merged_weights_digest
@@ -195,6 +195,20 @@ def paired(rows_a: list[dict], rows_b: list[dict], n_boot: int, part: str | None
     return {"metric": f"wer (norm, accented set{where})", **({"part": part} if part else {}), **res}
 
 
+def paired_terms(rows_by_system: dict[str, dict[str, list[dict]]], terms: Terms, part: str | None) -> dict:
+    """Each adapted system's term recall against the prompt baseline's, occurrence by occurrence,
+    on the accented rows of `part` (all rows when None)."""
+    def main(system: str) -> list[dict]:
+        return [r for r in rows_by_system[system]["norm"]
+                if r["subset"] != "control" and (part is None or r.get("part") == part)]
+
+    base = main("prompt")
+    refs = [r["ref"] for r in base]
+    return {"part": part, "against": "prompt",
+            "systems": {s: paired_recall(refs, [r["hyp"] for r in main(s)], [r["hyp"] for r in base], terms)
+                        for s in ("adapted", "adapted_prompt") if s in rows_by_system}}
+
+
 def _rel_change(b: float, a: float) -> float:
     return (a - b) / b if b > 0 else (0.0 if a == 0 else float("inf"))
 
@@ -340,6 +354,8 @@ def evaluate_systems(model, processor, ds, ecfg, out_dir: Path, info: dict, syst
         gate = forgetting_gate(scored["base"], scored["adapted"], ecfg.max_control_degradation)
         if gate:
             ev["forgetting"] = gate
+    if terms is not None and "prompt" in scored:
+        ev["terms_paired"] = paired_terms(rows_by_system, terms, lead)
     write_text(out_dir / "eval.json", json.dumps(ev, indent=2, default=float))
     write_per_utterance(out_dir / "per_utterance.csv", rows_by_system)
     # {"ids": row ids, system: hypotheses in that order}: the export reuses the adapted ones by id.

@@ -77,12 +77,29 @@ def terms_blocks(ev: dict) -> list[tuple]:
                     f"{terms['n_unseen_in_training']} do not) that the hypothesis of the same utterance contains. "
                     f"The prompt baseline is zero-shot Whisper given {terms['n_prompt_terms']} of the terms as its "
                     "prompt: no training at all, the alternative an adapter has to beat.")))
+    b += [("p", line) for line in paired_terms_lines(ev)]
     for system in ("base", "prompt", "adapted"):
         missed = ((ev["systems"].get(system) or {}).get("terms") or {}).get("most_missed")
         if missed:
             b.append(("p", f"Most-missed terms ({system}): " + ", ".join(
                 f"{m['term']} ({m['missed']}/{m['n']})" for m in missed)))
     return b
+
+
+def paired_terms_lines(ev: dict) -> list[str]:
+    """One sentence per adapted system: its term recall against the prompt baseline's, occurrence by
+    occurrence (eval.json "terms_paired")."""
+    tp = ev.get("terms_paired") or {}
+    where = f" ({PART_LABELS.get(tp['part'], tp['part'])})" if tp.get("part") else ""
+    out = []
+    for system, r in (tp.get("systems") or {}).items():
+        if not r.get("n"):
+            continue
+        out.append(f"{SYSTEM_LABELS.get(system, system)} against the prompt baseline{where}: "
+                   f"{r['hits_a']} against {r['hits_b']} of {r['n']} term occurrences "
+                   f"({100 * r['delta']:+.1f} points); it recalls {r['gained']} that the baseline misses and "
+                   f"misses {r['lost']} that the baseline recalls (exact sign test p = {r['p_value']:.2g}).")
+    return out
 
 
 def _figures(block: dict, wer_no_particles: float | None, wer_raw: float | None) -> dict:

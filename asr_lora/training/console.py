@@ -45,7 +45,8 @@ def eval_summary(ev: dict, split: str) -> dict:
     return {"split": split, "part": ev.get("lead_part"), "base": b, "adapted": a,
             "relative_wer_reduction": relative_reduction(b["wer"], a["wer"]), "parts": ev.get("parts"),
             "paired": ev.get("paired"), "forgetting": ev.get("forgetting"),
-            "systems": systems_table(ev["systems"]), "terms": ev.get("terms")}
+            "systems": systems_table(ev["systems"]), "terms": ev.get("terms"),
+            "terms_paired": ev.get("terms_paired")}
 
 
 def _ci(h: dict) -> str:
@@ -94,7 +95,7 @@ def print_summary(summary: dict) -> None:
     t.add_row("train steps / time", f"{tr.get('steps')} / {tr.get('seconds')} s")
     ev = summary.get("eval")
     if ev and ev.get("terms"):
-        from asr_lora.evaluation.summary import systems_rows
+        from asr_lora.evaluation.summary import paired_terms_lines, systems_rows
 
         cols, rows = systems_rows(ev["systems"])
         st = Table(title="zero-shot, term-prompt baseline and adapted (norm WER, term recall)")
@@ -103,6 +104,8 @@ def print_summary(summary: dict) -> None:
         for r in rows:
             st.add_row(*r)
         Console().print(st)
+        for line in paired_terms_lines(ev):
+            Console().print(line)
     if ev:
         for label, value in _summary_rows(ev):
             t.add_row(label, value)
