@@ -263,6 +263,11 @@ class EvalConfig:
     # evaluation/deployed.py).
     backend: str = "transformers"
     ct2_quantization: Optional[str] = None
+    # eval.backend=ct2 only: "matched" decodes as the transformers scoring does (one temperature, no
+    # timestamp tokens, max_new_tokens); "library": faster-whisper's own transcribe() defaults
+    # (temperature fallback, timestamp tokens, no token cap) at eval.beam_size, as a deployment that
+    # keeps them decodes.
+    ct2_decoding: str = "matched"
 
 
 @dataclass

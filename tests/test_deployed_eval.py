@@ -94,3 +94,25 @@ def test_ct2_backend_refuses_what_it_cannot_score(tmp_path, tiny_whisper_dir, ex
         evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2", f"adapter={other}"))
     with pytest.raises(ValueError, match="python -m asr_lora.evaluate eval.backend=ct2"):
         train(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2"))
+    with pytest.raises(ValueError, match="python -m asr_lora.evaluate eval.backend=ct2"):
+        train(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.ct2_decoding=library"))
+    with pytest.raises(ValueError, match="eval.ct2_decoding=library sets faster-whisper's decoding; it needs"):
+        evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.ct2_decoding=library"))
+    with pytest.raises(ValueError, match=r"eval.ct2_decoding='greedy': choose one of \['matched', 'library'\]"):
+        evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2", f"adapter={export_dir}",
+                          "eval.ct2_decoding=greedy"))
+
+
+def test_library_decoding_is_faster_whispers_own_and_repeatable(tmp_path, tiny_whisper_dir, export_dir):
+    # faster-whisper's transcribe() defaults: timestamp tokens and the temperature fallback, no
+    # token cap. The random-init model's rambling output trips the fallback, whose sampling is seeded.
+    ev = evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2", f"adapter={export_dir}",
+                           "eval.ct2_decoding=library", "eval.prompt_baseline=false"))
+    hyps = json.loads((tmp_path / "run" / "eval" / "hypotheses.json").read_text())
+    audio = _audio_by_id(tmp_path)
+    clips = [audio[i] for i in hyps["ids"]][:4]
+    d = export_dir / "ct2-float32"
+    library = transcribe_ct2(d, clips, library_defaults=True)
+    assert hyps["adapted"][:4] == library == transcribe_ct2(d, clips, library_defaults=True)
+    assert library != transcribe_ct2(d, clips)
+    assert "forgetting" in ev

@@ -21,11 +21,16 @@ from asr_lora.model.adapters import PROMPT_FILE, adapter_prompt
 
 log = logging.getLogger("asr_lora.evaluate")
 BACKENDS = ("transformers", "ct2")
+CT2_DECODING = ("matched", "library")
 
 
-def check_backend(backend: str) -> str:
+def check_backend(backend: str, ct2_decoding: str = "matched") -> str:
     if backend not in BACKENDS:
         raise ValueError(f"eval.backend={backend!r}: choose one of {list(BACKENDS)}")
+    if ct2_decoding not in CT2_DECODING:
+        raise ValueError(f"eval.ct2_decoding={ct2_decoding!r}: choose one of {list(CT2_DECODING)}")
+    if ct2_decoding != "matched" and backend != "ct2":
+        raise ValueError(f"eval.ct2_decoding={ct2_decoding} sets faster-whisper's decoding; it needs eval.backend=ct2")
     return backend
 
 
@@ -96,5 +101,6 @@ def ct2_hypotheses(base_hf_dir: str | Path, adapted_ct2: Path | None, ds, system
                 raise ValueError(f"system {system!r} needs domain terms for its prompt (eval.terms or training text)")
             out[system] = transcribe_ct2(adapted_ct2 if adapter_on else base_ct2, audios, ecfg.beam_size,
                                          description=f"faster-whisper ({system.replace('_', ' + ')})",
-                                         prompt=prompt if prompted else None, max_new_tokens=ecfg.max_new_tokens)
+                                         prompt=prompt if prompted else None, max_new_tokens=ecfg.max_new_tokens,
+                                         library_defaults=ecfg.ct2_decoding == "library")
     return out

@@ -38,7 +38,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from asr_lora.model.encoder_cache import EncoderCache
     from asr_lora.model.whisper import load_whisper
 
-    ct2 = check_backend(cfg.eval.backend) == "ct2"
+    ct2 = check_backend(cfg.eval.backend, cfg.eval.ct2_decoding) == "ct2"
     if ct2:  # faster-whisper decodes every system from CTranslate2 files (evaluation/deployed.py)
         from asr_lora.model.whisper import load_processor
 

@@ -49,7 +49,8 @@ def is_ct2_dir(path: str | Path) -> bool:
 
 def transcribe_ct2(ct2_dir: str | Path, audios: Sequence[np.ndarray], beam_size: int = 1,
                    compute_type: str = "default", description: str | None = None,
-                   prompt: str | None = None, max_new_tokens: int = DecodeOptions.max_new_tokens) -> list[str]:
+                   prompt: str | None = None, max_new_tokens: int = DecodeOptions.max_new_tokens,
+                   library_defaults: bool = False) -> list[str]:
     """faster-whisper decoding set up like ours: `beam_size` beams, one temperature, no context, no VAD;
     `prompt` is Whisper's previous-text prompt (faster-whisper's `initial_prompt`, the tokens
     transformers' `prompt_ids` give); `max_new_tokens` caps a clip's tokens as eval.max_new_tokens
@@ -57,6 +58,9 @@ def transcribe_ct2(ct2_dir: str | Path, audios: Sequence[np.ndarray], beam_size:
 
     faster-whisper's defaults (beam 5, temperature fallback, conditioning on previous text and
     timestamp tokens) would make any comparison with transformers meaningless (FIELD_NOTES 12).
+    `library_defaults=True` decodes with them all the same (only the beam size, the prompt and the
+    language set, no token cap): what a user who calls `transcribe(audio, beam_size=...)` gets. The
+    fallback's sampling is seeded, so two runs give the same words.
     """
     from faster_whisper import WhisperModel
 
@@ -67,15 +71,20 @@ def transcribe_ct2(ct2_dir: str | Path, audios: Sequence[np.ndarray], beam_size:
     # buries the job's own log under hundreds of lines; the progress display below replaces it.
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     lang = {"language": "en"} if fw.model.is_multilingual else {}
+    if library_defaults:
+        import ctranslate2
+
+        ctranslate2.set_random_seed(0)
+        options: dict = {}
+    else:
+        options = {"temperature": 0.0, "condition_on_previous_text": False, "without_timestamps": True,
+                   "vad_filter": False, "max_new_tokens": max_new_tokens}
     out = []
     # `description`: this decode is a stage of its own, with its progress display.
     with progress(f"{description or 'ct2'} ({len(audios)} clips)", len(audios), description is not None) as advance:
         for audio in audios:
-            segments, _ = fw.transcribe(
-                np.asarray(audio, dtype=np.float32), beam_size=beam_size, temperature=0.0,
-                condition_on_previous_text=False, without_timestamps=True, vad_filter=False, initial_prompt=prompt,
-                max_new_tokens=max_new_tokens, **lang,
-            )
+            segments, _ = fw.transcribe(np.asarray(audio, dtype=np.float32), beam_size=beam_size,
+                                        initial_prompt=prompt, **options, **lang)
             out.append(" ".join(s.text.strip() for s in segments).strip())
             advance()
     return out

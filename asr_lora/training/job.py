@@ -65,8 +65,9 @@ class Fitted:
 
 def train(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
-    if cfg.eval.backend != "transformers":  # a run scores the model it trained, before any export exists
-        raise ValueError(f"eval.backend={cfg.eval.backend!r} scores exported files: train, then run "
+    # A run scores the model it trained, before any export exists.
+    if cfg.eval.backend != "transformers" or cfg.eval.ct2_decoding != "matched":
+        raise ValueError("eval.backend and eval.ct2_decoding score exported files: train, then run "
                          "`python -m asr_lora.evaluate eval.backend=ct2 adapter=RUN/export/ct2-int8`")
     init_distributed()
     run_dir, main = run_dir_of(cfg.run_dir), is_main_process()
