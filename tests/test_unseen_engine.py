@@ -204,8 +204,16 @@ def test_run_summary_leads_with_unseen_engine(tmp_path, capsys, monkeypatch):
 def test_run_summary_says_what_became_of_the_export(tmp_path, capsys, monkeypatch, exported, shown):
     monkeypatch.setenv("COLUMNS", "200")
     print_summary({"recipe": "r", "run_dir": str(tmp_path), "params": {}, "train": {}, "export": exported})
-    row = next(line for line in capsys.readouterr().out.splitlines() if "│ export" in line)
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "│ export" in line)
     assert (str(tmp_path / "export") if shown == "export" else shown) in row
+    # a refusal by the forgetting gate says what to try; other failures do not
+    assert ("Averaging the adapters of a few seeds (train.seeds=[42,1,2])" in out) == ("refused" in exported)
+    if "refused" in exported:  # a run that averaged seeds already is not told to
+        print_summary({"recipe": "r", "run_dir": str(tmp_path), "params": {}, "train": {"seeds": [{}, {}]},
+                       "export": exported})
+        out = capsys.readouterr().out
+        assert "The forgetting gate refused the export" in out and "train.seeds" not in out
 
 
 def test_no_unseen_part_scores_as_before(tmp_path):
