@@ -184,10 +184,14 @@ def compare_parts(base: dict, adapted: dict) -> dict:
     return out
 
 
+def _accented(rows: list[dict], part: str | None) -> list[dict]:
+    """The accented (non-control) rows, of one part only when `part` is given."""
+    return [r for r in rows if r["subset"] != "control" and (part is None or r.get("part") == part)]
+
+
 def paired(rows_a: list[dict], rows_b: list[dict], n_boot: int, part: str | None = None) -> dict:
     """Paired bootstrap of accented-set WER, adapted vs base; on one part only when `part` is given."""
-    main_a = [r for r in rows_a if r["subset"] != "control" and (part is None or r.get("part") == part)]
-    main_b = [r for r in rows_b if r["subset"] != "control" and (part is None or r.get("part") == part)]
+    main_a, main_b = _accented(rows_a, part), _accented(rows_b, part)
     e = lambda rows: [r["sub"] + r["dele"] + r["ins"] for r in rows]  # noqa: E731
     res = paired_bootstrap(e(main_a), e(main_b), [r["n_ref"] for r in main_a], [r["speaker"] for r in main_a],
                            n_boot=n_boot)
@@ -198,14 +202,11 @@ def paired(rows_a: list[dict], rows_b: list[dict], n_boot: int, part: str | None
 def paired_terms(rows_by_system: dict[str, dict[str, list[dict]]], terms: Terms, part: str | None) -> dict:
     """Each adapted system's term recall against the prompt baseline's, occurrence by occurrence,
     on the accented rows of `part` (all rows when None)."""
-    def main(system: str) -> list[dict]:
-        return [r for r in rows_by_system[system]["norm"]
-                if r["subset"] != "control" and (part is None or r.get("part") == part)]
-
-    base = main("prompt")
+    base = _accented(rows_by_system["prompt"]["norm"], part)
     refs = [r["ref"] for r in base]
     return {"part": part, "against": "prompt",
-            "systems": {s: paired_recall(refs, [r["hyp"] for r in main(s)], [r["hyp"] for r in base], terms)
+            "systems": {s: paired_recall(refs, [r["hyp"] for r in _accented(rows_by_system[s]["norm"], part)],
+                                         [r["hyp"] for r in base], terms)
                         for s in ("adapted", "adapted_prompt") if s in rows_by_system}}
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,19 +134,25 @@ def build_terms(train_domain_texts: Sequence[str], train_general_texts: Sequence
     return out
 
 
-def term_recall(refs: Sequence[str], hyps: Sequence[str], terms: Terms, most_missed: int = 12) -> dict:
-    """Recall of term occurrences over normalised (`refs`, `hyps`) pairs: overall, for terms seen and
-    unseen in training, per term, and the most-missed terms."""
-    per: dict[str, list[int]] = {}
+def _occurrences(refs: Sequence[str], hyps: Sequence[str], terms: Terms) -> Iterator[tuple[str, int, int]]:
+    """(term, hits, occurrences) for each (utterance, term) the reference holds, utterance by
+    utterance in term order: a hit is an occurrence the same utterance's hypothesis also holds."""
     named = list(zip(terms.terms, terms.names))
     for r, h in zip(refs, hyps):
         rw, hw = r.split(), h.split()
         for t, name in named:
             if n := _count(rw, t):
-                hit = min(n, _count(hw, t))
-                acc = per.setdefault(name, [0, 0])
-                acc[0] += hit
-                acc[1] += n
+                yield name, min(n, _count(hw, t)), n
+
+
+def term_recall(refs: Sequence[str], hyps: Sequence[str], terms: Terms, most_missed: int = 12) -> dict:
+    """Recall of term occurrences over normalised (`refs`, `hyps`) pairs: overall, for terms seen and
+    unseen in training, per term, and the most-missed terms."""
+    per: dict[str, list[int]] = {}
+    for name, hit, n in _occurrences(refs, hyps, terms):
+        acc = per.setdefault(name, [0, 0])
+        acc[0] += hit
+        acc[1] += n
 
     def block(names: Iterable[str]) -> dict:
         hits = sum(per[n][0] for n in names)
@@ -159,17 +165,6 @@ def term_recall(refs: Sequence[str], hyps: Sequence[str], terms: Terms, most_mis
     return {**block(per), "seen": block(seen), "unseen": block(unseen),
             "by_term": {n: {"hits": c[0], "n": c[1]} for n, c in sorted(per.items())},
             "most_missed": [{"term": n, "missed": m, "n": t} for n, m, t in missed[:most_missed]]}
-
-
-def _hits(refs: Sequence[str], hyps: Sequence[str], terms: Terms) -> list[tuple[int, int]]:
-    """(hits, occurrences) per (utterance, term) with at least one occurrence, in a fixed order."""
-    out = []
-    for r, h in zip(refs, hyps):
-        rw, hw = r.split(), h.split()
-        for t in terms.terms:
-            if n := _count(rw, t):
-                out.append((min(n, _count(hw, t)), n))
-    return out
 
 
 def sign_test_p(gained: int, lost: int) -> float:
@@ -186,11 +181,12 @@ def paired_recall(refs: Sequence[str], hyps_a: Sequence[str], hyps_b: Sequence[s
     how many occurrences A recalls that B misses ("gained"), the reverse ("lost"), and the exact
     sign-test p-value of that split. With a few dozen occurrences a recall gap of several points
     can be a couple of words; this says whether it is more than that."""
-    a, b = _hits(refs, hyps_a, terms), _hits(refs, hyps_b, terms)
-    gained = sum(max(0, x[0] - y[0]) for x, y in zip(a, b))
-    lost = sum(max(0, y[0] - x[0]) for x, y in zip(a, b))
-    n = sum(x[1] for x in a)
-    return {"n": n, "hits_a": sum(x[0] for x in a), "hits_b": sum(y[0] for y in b), "gained": gained,
+    # Both walks see the same references, so they yield the same (utterance, term) pairs in order.
+    pairs = [(a[1], b[1], a[2]) for a, b in zip(_occurrences(refs, hyps_a, terms), _occurrences(refs, hyps_b, terms))]
+    gained = sum(max(0, x - y) for x, y, _ in pairs)
+    lost = sum(max(0, y - x) for x, y, _ in pairs)
+    n = sum(k for _, _, k in pairs)
+    return {"n": n, "hits_a": sum(x for x, _, _ in pairs), "hits_b": sum(y for _, y, _ in pairs), "gained": gained,
             "lost": lost, "delta": (gained - lost) / n if n else None, "p_value": sign_test_p(gained, lost)}
 
 
