@@ -8,6 +8,7 @@ from datasets import Dataset
 
 from asr_lora.data.selection import eval_rows, filter_engines, keep_part, set_replay_share
 from asr_lora.data.synthetic.voices import load_voices, part_of
+from asr_lora.evaluation.scoring import row_parts
 
 VOICES = load_voices()
 UNSEEN = next(v for v in VOICES if v.split == "dev" and part_of(v) == "unseen_engine")
@@ -45,6 +46,18 @@ def test_keep_part_leaves_a_corpus_without_parts_whole(caplog):
     ds = Dataset.from_dict({"id": ["a", "b"], "voice": ["", ""], "engine": ["", ""]})
     assert keep_part(ds, "unseen_engine", "train.dev_part")["id"] == ["a", "b"]
     assert "no voices.json parts" in caplog.text
+
+
+def test_rows_of_another_inventory_are_chosen_and_scored_by_the_part_they_carry():
+    """A corpus built with data.voices names voices the shipped voices.json does not have: their rows
+    carry their part, and eval.part used to fall back to every row of the split with a warning."""
+    ds = Dataset.from_dict({"id": ["n0", "u0", "n1", "r0"], "voice": ["my-neural", "my-mbrola", "my-neural", ""],
+                            "engine": ["silero", "mbrola", "silero", ""],
+                            "part": ["neural", "unseen_engine", "neural", None]})
+    assert keep_part(ds, "neural", "eval.part")["id"] == ["n0", "n1"]
+    assert keep_part(ds, ["unseen_engine", "real"], "eval.part")["id"] == ["u0", "r0"]
+    meta = [{"voice": v, "engine": e, "part": p} for v, e, p in zip(ds["voice"], ds["engine"], ds["part"])]
+    assert row_parts(meta) == ["neural", "unseen_engine", "neural", "real"]
 
 
 def test_eval_rows_refuse_a_choice_that_leaves_only_control_clips():

@@ -25,18 +25,17 @@ def keep_part(ds, part, what: str):
     if ds is None or part is None:
         return ds
     from asr_lora.data.scope import parts_of
-    from asr_lora.data.synthetic.voices import REAL_PART, voice_parts
+    from asr_lora.data.synthetic.voices import parts_of_rows
 
     wanted = parts_of(part, what)
-    table = voice_parts()
-    voices = ds["voice"]
-    have = sorted({table[v] for v in set(voices) if v in table})
+    n = len(ds)
+    column = lambda name: ds[name] if name in ds.column_names else [None] * n  # noqa: E731
+    parts = parts_of_rows(column("part"), column("voice"), column("engine"))
+    have = sorted({p for p in parts if p})
     if not have:  # a corpus without parts (real speech, a user's manifest): nothing to choose from
-        log.warning("%s=%s: this split has no voices.json parts; using all %d rows", what, part, len(ds))
+        log.warning("%s=%s: this split has no voices.json parts; using all %d rows", what, part, n)
         return ds
-    engines = ds["engine"] if "engine" in ds.column_names else [None] * len(ds)
-    keep = [i for i, (v, e) in enumerate(zip(voices, engines))
-            if table.get(v or "", REAL_PART if not e else None) in wanted]
+    keep = [i for i, p in enumerate(parts) if p in wanted]
     if not keep:
         raise ValueError(f"{what}={part!r}: no rows of that part (parts present: {have}; "
                          "see data/sg_english/voices.json)")

@@ -33,7 +33,8 @@ from asr_lora.data.text import NORMALIZER_VERSION, _resolve_markers, normalize
 log = logging.getLogger(__name__)
 
 
-PIPELINE_VERSION = "1"
+# Part of every prepared-data cache key: bump it when a row gains or loses a column, so old entries are rebuilt.
+PIPELINE_VERSION = "2"
 
 
 def training_text(text: str) -> str:
@@ -97,8 +98,8 @@ def row_of(rec: Record, label_text: str, labels: list[int], seconds: float) -> d
     """A kept record as a dataset/manifest row (without samples), the same on both data paths."""
     return {"id": rec.id, "text": rec.text, "label_text": label_text, "labels": labels,
             "speaker": rec.speaker, "accent": rec.accent, "split": rec.split, "subset": rec.subset,
-            "engine": rec.engine or "", "voice": rec.voice or "", "audio_path": rec.audio_path or "",
-            "duration": round(seconds, 3)}
+            "engine": rec.engine or "", "voice": rec.voice or "", "part": rec.part or "",
+            "audio_path": rec.audio_path or "", "duration": round(seconds, 3)}
 
 
 def data_report(ledger: Ledger, rows: Iterable[dict], info: dict) -> dict:

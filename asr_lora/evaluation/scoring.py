@@ -36,7 +36,7 @@ from asr_lora.core.io import write_text
 from asr_lora.core.logs import progress as progress_bar
 from asr_lora.data.features import log_mel
 from asr_lora.data.text import NORMALIZER_VERSION, normalize
-from asr_lora.data.synthetic.voices import PART_ORDER, REAL_PART, gate_parts, lead_part, voice_parts
+from asr_lora.data.synthetic.voices import PART_ORDER, gate_parts, lead_part, parts_of_rows
 from asr_lora.evaluation.metrics import bootstrap_ci, corpus_cer, corpus_wer, error_analysis, group_breakdown
 from asr_lora.evaluation.metrics import paired_bootstrap, particle_stats, per_utterance_errors, worst_utterances
 from asr_lora.evaluation.report import write_report
@@ -62,13 +62,11 @@ META = ("id", "speaker", "accent", "subset", "voice", "engine", "part", "text")
 
 
 def row_parts(meta: list[dict]) -> list[str | None]:
-    """Each row's part: its own "part" column, else its voice's part in voices.json; rows with no
-    engine are "real". All None unless some row is unseen-engine (no engine held out, no parts)."""
-    table = voice_parts()
-    parts = [m.get("part") or table.get(m.get("voice") or "") for m in meta]
-    if lead_part(parts) is None:
-        return [None] * len(meta)
-    return [p or (REAL_PART if not m.get("engine") else None) for p, m in zip(parts, meta)]
+    """Each row's part (`voices.parts_of_rows`); all None unless some row is in a held-out part (no
+    engine held out, no parts)."""
+    parts = parts_of_rows([m.get("part") for m in meta], [m.get("voice") for m in meta],
+                          [m.get("engine") for m in meta])
+    return parts if lead_part(parts) else [None] * len(meta)
 
 
 @torch.no_grad()

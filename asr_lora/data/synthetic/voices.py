@@ -110,3 +110,15 @@ def voice_parts(path: Path = VOICES) -> dict[str, str]:
     except (OSError, ValueError, KeyError):
         return {}
     return {v.id: p for v in voices if (p := part_of(v))}
+
+
+def parts_of_rows(parts, voices, engines) -> list[str | None]:
+    """Each row's part: the one its record carries (the inventory it was built from, `data.voices`
+    included), else its voice's part in the shipped voices.json; a row with no TTS engine is "real".
+    All None when no row is in a part (real speech, a user's manifest)."""
+    table = voice_parts()
+    out = [p or table.get(v or "") for p, v in zip(parts, voices)]
+    if not any(out):
+        return [None] * len(out)
+    return [p or (REAL_PART if not e else None) for p, e in zip(out, engines)]
+
