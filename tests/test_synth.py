@@ -133,3 +133,25 @@ def test_the_silero_study_inventory_is_a_valid_voice_plan(tmp_path):
     silero = [v for v in voices if v.engine == "silero"]
     assert len(silero) == 12 and {v.split for v in silero} == {"train"}
     assert len(voices) == len(load_voices()) + 12
+
+
+def test_the_silero_held_out_inventory_puts_silero_where_piper_joe_was(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "voices.json"
+    done = subprocess.run([sys.executable, str(root / "scripts" / "voices_with_silero.py"), "--held-out", str(out)],
+                          capture_output=True, text=True, check=True)
+    assert "5 of them Silero" in done.stdout
+    voices = load_voices(out)  # no Silero or piper voice trains, and each split keeps a neural part
+    shipped = load_voices()
+    neural = {(v.split, v.engine, v.reads_all) for v in voices if v.part == "neural"}
+    assert neural == {("dev", "silero", False), ("dev", "silero", True), ("test", "silero", False)}
+    assert not [v for v in voices if v.engine in ("silero", "piper") and v.split == "train"]
+    assert [v.id for v in voices if v.engine != "silero"] == [v.id for v in shipped if v.engine != "piper"]
+    # The same speaker structure as joe's part: one dealt dev voice and two readers, two dealt test voices.
+    for split in ("dev", "test"):
+        assert (sorted(v.reads_all for v in voices if v.split == split and v.part == "neural")
+                == sorted(v.reads_all for v in shipped if v.split == split and v.part == "neural"))
