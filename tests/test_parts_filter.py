@@ -60,6 +60,31 @@ def test_rows_of_another_inventory_are_chosen_and_scored_by_the_part_they_carry(
     assert row_parts(meta) == ["neural", "unseen_engine", "neural", "real"]
 
 
+def test_the_part_a_manifest_row_carries_reaches_the_prepared_rows(tmp_path, tiny_whisper_dir):
+    """What build_corpus writes for a data.voices inventory: the part goes from the manifest through
+    the reader and the prepared dataset to eval.part (the reader used to file it under `extra`)."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+    from omegaconf import OmegaConf
+    from transformers import WhisperTokenizer
+
+    from asr_lora.config import DataConfig
+    from asr_lora.data.splits import prepare_data
+
+    t = np.arange(24000) / 16000
+    sf.write(tmp_path / "a.wav", (0.3 * np.sin(2 * np.pi * 330 * t)).astype("float32"), 16000)
+    rows = [("n0", "my-neural", "neural"), ("u0", "my-mbrola", "unseen_engine"), ("n1", "my-neural", "neural")]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(
+        {"id": i, "audio_filepath": "a.wav", "text": "the kopi is hot", "split": "test", "engine": "tts",
+         "voice": v, "part": p}) + "\n" for i, v, p in rows))
+    dcfg = OmegaConf.structured(DataConfig(name="parts", source="jsonl", path=str(tmp_path / "m.jsonl")))
+    splits, _ = prepare_data(dcfg, WhisperTokenizer.from_pretrained(tiny_whisper_dir), tmp_path / "cache",
+                             progress=False)
+    assert eval_rows(splits["test"], ["neural"])["id"] == ["n0", "n1"]
+
+
 def test_eval_rows_refuse_a_choice_that_leaves_only_control_clips():
     """The real clips are general-English control only: scoring them alone used to train first and
     then stop on a KeyError when the report looked for accented WER."""

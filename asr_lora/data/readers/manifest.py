@@ -13,7 +13,7 @@ from typing import Any
 from asr_lora.data.readers.base import Reject, Rows, ok, read_table, require_columns, resolve, snip
 from asr_lora.data.records import Ledger, Record
 
-_STR_FIELDS = ("id", "speaker", "accent", "split", "subset", "engine", "voice")
+_STR_FIELDS = ("id", "speaker", "accent", "split", "subset", "engine", "voice", "part")
 
 
 def read_jsonl(
@@ -27,7 +27,7 @@ def read_jsonl(
 ) -> Iterator[Record]:
     """NeMo manifest (one file, a folder of shards, or a glob): one JSON object per line with
     `audio_filepath`, `text`, optional `duration`, `id`, `speaker`, `accent`, `split`, `subset`,
-    `engine`, `voice` (other keys go to `extra`). Relative paths resolve against the manifest's
+    `engine`, `voice`, `part` (other keys go to `extra`). Relative paths resolve against the manifest's
     folder. `split`/`subset`/`accent` are defaults for rows that do not say.
     Blank lines are not rows and are not counted."""
     defaults = {"split": split, "subset": subset, "accent": accent}
@@ -112,6 +112,7 @@ def _jsonl_record(raw: bytes, lineno: int, where: str, base: Path, defaults: dic
         subset=fields["subset"] or defaults["subset"],
         engine=fields["engine"],
         voice=fields["voice"],
+        part=fields["part"],
         source=where,
         extra={k: v for k, v in row.items() if k not in ("audio_filepath", "text", "duration", *_STR_FIELDS)},
     )
