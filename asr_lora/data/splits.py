@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 # Part of every prepared-data cache key: bump it when a row gains or loses a column, so old entries are rebuilt.
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 
 
 def training_text(text: str) -> str:
