@@ -45,7 +45,7 @@ def test_keep_part_refuses_a_part_the_split_lacks():
 def test_keep_part_leaves_a_corpus_without_parts_whole(caplog):
     ds = Dataset.from_dict({"id": ["a", "b"], "voice": ["", ""], "engine": ["", ""]})
     assert keep_part(ds, "unseen_engine", "train.dev_part")["id"] == ["a", "b"]
-    assert "no voices.json parts" in caplog.text
+    assert "no voice parts" in caplog.text
 
 
 def test_rows_of_another_inventory_are_chosen_and_scored_by_the_part_they_carry():

@@ -33,12 +33,12 @@ def keep_part(ds, part, what: str):
     parts = parts_of_rows(column("part"), column("voice"), column("engine"))
     have = sorted({p for p in parts if p})
     if not have:  # a corpus without parts (real speech, a user's manifest): nothing to choose from
-        log.warning("%s=%s: this split has no voices.json parts; using all %d rows", what, part, n)
+        log.warning("%s=%s: this split has no voice parts; using all %d rows", what, part, n)
         return ds
     keep = [i for i, p in enumerate(parts) if p in wanted]
     if not keep:
         raise ValueError(f"{what}={part!r}: no rows of that part (parts present: {have}; "
-                         "see data/sg_english/voices.json)")
+                         "see the voice inventory, data/sg_english/voices.json or data.voices)")
     kept = ds.select(keep)
     log.info("%s=%s: %d of %d rows", what, part if isinstance(part, str) else list(wanted), len(kept), len(ds))
     return kept

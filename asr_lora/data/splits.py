@@ -33,7 +33,7 @@ from asr_lora.data.text import NORMALIZER_VERSION, _resolve_markers, normalize
 log = logging.getLogger(__name__)
 
 
-# Part of every prepared-data cache key: bump it when a row gains or loses a column, so old entries are rebuilt.
+# Part of every prepared-data cache key: bump it when what a prepared row holds changes, so old entries are rebuilt.
 PIPELINE_VERSION = "3"
 
 

@@ -121,4 +121,3 @@ def parts_of_rows(parts, voices, engines) -> list[str | None]:
     if not any(out):
         return [None] * len(out)
     return [p or (REAL_PART if not e else None) for p, e in zip(out, engines)]
-
