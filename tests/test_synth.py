@@ -119,33 +119,30 @@ def test_silero_names_the_text_it_cannot_speak_and_where_to_get_its_model(tmp_pa
         synth.available_engines.cache_clear()
 
 
-def test_the_silero_study_inventory_is_a_valid_voice_plan(tmp_path):
+def silero_inventory(tmp_path, *args: str):
+    """Run scripts/voices_with_silero.py with `args` and an output path: (its stdout, the inventory read back
+    through load_voices, so the split and engine-leakage rules are checked)."""
     import subprocess
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "voices_with_silero.py"
     out = tmp_path / "voices.json"
-    done = subprocess.run([sys.executable, str(root / "scripts" / "voices_with_silero.py"), "10", str(out)],
-                          capture_output=True, text=True, check=True)
-    assert "12 of them Silero" in done.stdout
-    voices = load_voices(out)  # the split and engine-leakage rules hold with the extra train voices
+    done = subprocess.run([sys.executable, str(script), *args, str(out)], capture_output=True, text=True, check=True)
+    return done.stdout, load_voices(out)
+
+
+def test_the_silero_study_inventory_is_a_valid_voice_plan(tmp_path):
+    stdout, voices = silero_inventory(tmp_path, "10")  # the rules hold with the extra train voices
+    assert "12 of them Silero" in stdout
     silero = [v for v in voices if v.engine == "silero"]
     assert len(silero) == 12 and {v.split for v in silero} == {"train"}
     assert len(voices) == len(load_voices()) + 12
 
 
 def test_the_silero_held_out_inventory_puts_silero_where_piper_joe_was(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path / "voices.json"
-    done = subprocess.run([sys.executable, str(root / "scripts" / "voices_with_silero.py"), "--held-out", str(out)],
-                          capture_output=True, text=True, check=True)
-    assert "5 of them Silero" in done.stdout
-    voices = load_voices(out)  # no Silero or piper voice trains, and each split keeps a neural part
+    stdout, voices = silero_inventory(tmp_path, "--held-out")  # no Silero or piper voice trains
+    assert "5 of them Silero" in stdout
     shipped = load_voices()
     neural = {(v.split, v.engine, v.reads_all) for v in voices if v.part == "neural"}
     assert neural == {("dev", "silero", False), ("dev", "silero", True), ("test", "silero", False)}
