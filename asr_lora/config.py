@@ -97,6 +97,10 @@ class DataConfig:
     # More general English for the dev split only (more control words to choose recipes on), opt-in:
     # data/sg_english/dev_control_sentences.txt for the shipped corpus
     dev_control: Optional[str] = None
+    # More train clips of each train domain sentence holding a term, spoken by an espeak-ng train voice
+    # that reads the terms by another language's rules (data/synthetic/respell.py); needs data.terms
+    respell_takes: int = 0
+    respell_languages: list[str] = field(default_factory=lambda: ["ms", "id", "it"])
     corpus_seed: int = 0
     corpus_max_sentences: Optional[int] = None
     corpus_workers: int = 2

@@ -39,7 +39,9 @@ def iter_records(dcfg, ledger: Ledger, progress: bool = True, scope=None) -> tup
         out = Path(dcfg.path) if dcfg.path else None
         manifest = build_corpus(out, seed=dcfg.corpus_seed, workers=dcfg.corpus_workers,
                                 max_sentences=dcfg.corpus_max_sentences, progress=progress, inputs=inputs,
-                                scope=None if getattr(dcfg, "render_all", False) else scope)
+                                scope=None if getattr(dcfg, "render_all", False) else scope,
+                                respell=(getattr(dcfg, "respell_takes", 0),
+                                         tuple(getattr(dcfg, "respell_languages", ()))))
         corpus = json.loads(info_of(manifest).read_text())
         info["corpus"] = corpus
         # Input lines no voice could say: counted like any reader's skips, named by file:line.

@@ -52,6 +52,7 @@ from asr_lora.data.scope import Scope, check_read, describe, in_scope, left_out,
 from asr_lora.data.synthetic.engines import SYNTH_VERSION, Voice
 from asr_lora.data.synthetic.real_control import add_real_control, real_control_sources
 from asr_lora.data.synthetic.render import render_missing
+from asr_lora.data.synthetic.respell import respelled_takes
 from asr_lora.data.synthetic.sentences import (
     CONTROL, DATA_DIR, DEV_CONTROL, GENERAL, SENTENCES, TRAIN_SENTENCES, CorpusInputs, TextFile, check_terms,
     load_sentences, read_sentences, sentence_key,
@@ -64,10 +65,7 @@ __all__ = ["CONTROL", "DATA_DIR", "DEV_CONTROL", "GENERAL", "SENTENCES", "TRAIN_
 log = logging.getLogger(__name__)
 
 
-
 PLAN_VERSION = 3  # bump when the split/assignment logic changes, to invalidate caches
-
-
 SPLIT_FRACTIONS = {"train": 0.75, "dev": 0.10, "test": 0.15}
 
 
@@ -81,10 +79,7 @@ VOICES_PER_SENTENCE = {"main": 2, "control": 1, "general": 1}
 # once, so the headline part has as many sentences as the seen-engine part.
 UNSEEN_VOICES_PER_SENTENCE = 1
 
-
 ID_PREFIX = {"main": "sg", "control": "ctl", "general": "gen", "train_only": "sgt", "dev_control": "dctl"}
-
-
 CONTROL_DEV_FRACTION = 1 / 3
 
 
@@ -303,6 +298,7 @@ def _read_inputs(inputs: CorpusInputs) -> tuple[dict[str, TextFile], TextFile | 
 def build_corpus(
     out_dir: Path | None = None, seed: int = 0, workers: int = 2, max_sentences: int | None = None,
     progress: bool = True, inputs: CorpusInputs = CorpusInputs(), scope: Scope | None = None,
+    respell: tuple[int, tuple[str, ...]] = (0, ()),
 ) -> Path:
     """Render (or reuse) the corpus under `out_dir`; returns the path of its manifest.jsonl.
 
@@ -312,6 +308,7 @@ def build_corpus(
     (text, voice), so a changed sentence file renders only its new lines. Raises SynthError if a
     voice in the inventory is not installed, ValueError for unusable inputs (file and line named).
     With `scope`, only its splits' and parts' clips: manifest.<tag>.jsonl, corpus_info.<tag>.json ("left_out").
+    `respell`: (takes, languages) of respelled takes (respell.py) added to train.
     """
     t0 = time.time()
     name = inputs.name
@@ -328,8 +325,8 @@ def build_corpus(
     files = {(f"{role}:{p.name}" if role in ("terms", "train_sentences", "dev_control") else p.name): _sha256(p)
              for role, p in paths.items() if p}
     real_sources = [str(s[2]) for s in real_control_sources()]
-    inputs_hash = hashlib.sha256(json.dumps(
-        [PLAN_VERSION, SYNTH_VERSION, seed, max_sentences, files, real_sources], sort_keys=True).encode()).hexdigest()
+    key = [PLAN_VERSION, SYNTH_VERSION, seed, max_sentences, files, real_sources, *([list(respell)] * bool(respell[0]))]
+    inputs_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     if manifest.is_file() and info_path.is_file():
         info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -357,6 +354,9 @@ def build_corpus(
                           general=texts["general"].texts, sources=sources, voices_path=inputs.voices,
                           train_only=train_only.texts if train_only else None,
                           dev_control=dev_control.texts if dev_control else None)
+    if respell[0] and terms is None:
+        raise ValueError("data.respell_takes needs data.terms: the words whose pronunciation the takes vary")
+    records += respelled_takes(records, terms.texts if terms else [], voices, respell[0], seed, respell[1])
     real, real_info = add_real_control(out_dir)
     planned = records + real
     check_read(planned, scope)  # before minutes of rendering

@@ -45,8 +45,9 @@ def render_missing(records: list[Record], out_dir: Path, voices: dict[str, Voice
         max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker
     ) as pool:
         def run(batch: list[Record]) -> dict[str, float]:
-            futures = {pool.submit(_render, r.text, voices[r.voice], str(out_dir / r.audio_path), seed): r
-                       for r in batch}
+            # A respelled take (respell.py) says `extra["spoken"]` under the label `text`.
+            futures = {pool.submit(_render, r.extra.get("spoken", r.text), voices[r.voice],
+                                   str(out_dir / r.audio_path), seed): r for r in batch}
             seconds = {}
             for fut in as_completed(futures):
                 try:
