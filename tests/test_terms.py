@@ -134,6 +134,8 @@ def test_evaluation_reports_prompt_baseline_and_term_recall(tmp_path):
         {"gained": 1, "lost": 1, "n": 3}
     assert "adapted against the prompt baseline (unseen TTS engine): 1 against 1 of 3" in report
     assert np.isfinite(un["prompt"]["wer"])
+    # The scored terms are written out as a terms file the next run can take (data.terms, eval.terms).
+    assert read_terms_file(tmp_path / "terms.txt") == terms.terms
 
 
 SG_SENTENCE = "We ate kaya toast at Tiong Bahru before going to Bukit Timah lah."

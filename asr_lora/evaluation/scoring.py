@@ -356,6 +356,8 @@ def evaluate_systems(model, processor, ds, ecfg, out_dir: Path, info: dict, syst
     if terms is not None and "prompt" in scored:
         ev["terms_paired"] = paired_terms(rows_by_system, terms, lead)
     write_text(out_dir / "eval.json", json.dumps(ev, indent=2, default=float))
+    if terms is not None:  # the scored terms, one a line: a data.terms / eval.terms file for the next run
+        write_text(out_dir / "terms.txt", "".join(name + "\n" for name in terms.names))
     write_per_utterance(out_dir / "per_utterance.csv", rows_by_system)
     # {"ids": row ids, system: hypotheses in that order}: the export reuses the adapted ones by id.
     write_text(out_dir / "hypotheses.json", json.dumps({"ids": [m["id"] for m in meta]} | hyps_by_system, indent=1,
