@@ -8,10 +8,13 @@ import shutil
 import subprocess
 
 import pytest
+import soundfile as sf
+from hydra import compose, initialize_config_dir
 
-from asr_lora.data.synthetic.corpus import (
-    CONTROL, GENERAL, SENTENCES, CorpusInputs, build_corpus, load_manifest, load_sentences, load_voices, plan_corpus,
-)
+from asr_lora.config import CONF_DIR
+from asr_lora.data.records import Ledger
+from asr_lora.data.sources import read_records
+from asr_lora.data.synthetic.corpus import CONTROL, GENERAL, SENTENCES, load_sentences, load_voices, plan_corpus
 from asr_lora.data.synthetic.respell import RESPELL_LANGUAGES, _pattern, foreign_phonemes, respell, respelled_takes
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -63,27 +66,31 @@ def test_a_respelled_term_is_said_by_the_other_language_and_the_rest_as_english(
 
 
 @needs_espeak
-def test_a_corpus_with_respelled_takes_renders_them_and_needs_terms(tmp_path):
+def test_the_documented_options_render_respelled_takes_and_need_terms(tmp_path):
     voices = [{"id": f"espeak-{n}", "engine": "espeak", "voice": "en-us", "options": {"variant": n},
                "speaker": n, "split": split, **({"part": "seen_engine"} if split != "train" else {})}
               for n, split in (("m1", "train"), ("f2", "train"), ("m3", "train"), ("m4", "dev"), ("f4", "test"))]
-    inventory = tmp_path / "voices.json"
-    inventory.write_text(json.dumps({"voices": voices}))
-    terms = tmp_path / "terms.txt"
-    terms.write_text("".join(t + "\n" for t in TERMS))
-    sg, files = load_sentences(SENTENCES), {}
+    files = {"voices": tmp_path / "voices.json", "terms": tmp_path / "terms.txt"}
+    files["voices"].write_text(json.dumps({"voices": voices}))
+    files["terms"].write_text("".join(t + "\n" for t in TERMS))
+    sg = load_sentences(SENTENCES)
     with_terms = [s for s in sg if _pattern(TERMS).search(s)][:20]
     for role, lines in (("sentences", with_terms + [s for s in sg if s not in with_terms][:12]),
                         ("control", load_sentences(CONTROL)[:6]), ("general", load_sentences(GENERAL)[:4])):
         files[role] = tmp_path / f"{role}.txt"
         files[role].write_text("".join(s + "\n" for s in lines))
-    inputs = CorpusInputs.of("respell", files["sentences"], files["control"], files["general"], inventory, terms)
-    manifest = build_corpus(tmp_path / "c", progress=False, inputs=inputs, respell=(1, ("ms",)))
-    records = load_manifest(manifest)
-    takes = [r for r in records if "-rs0-" in r.id]
-    assert takes and all(r.extra["spoken"] != r.text and r.split == "train" for r in takes)
-    plain = build_corpus(tmp_path / "c", progress=False, inputs=inputs)  # the cache keys on the takes
-    assert not [r for r in load_manifest(plain) if "-rs0-" in r.id]
-    no_terms = CorpusInputs.of("respell", files["sentences"], files["control"], files["general"], inventory)
+
+    def records(*extra: str):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=["+recipe=sg_english", "data=synthetic", f"data.path={tmp_path / 'c'}",
+                                               *(f"data.{role}={p}" for role, p in files.items()), *extra])
+        return read_records(cfg.data, Ledger(), progress=False)[0]
+
+    takes = [r for r in records("data.respell_takes=1", "data.respell_languages=[ms]") if "-rs0-" in r.id]
+    assert takes and all(r.split == "train" and r.engine == "espeak" for r in takes)
+    assert all(r.extra["spoken"] != r.text and r.extra["respelled_as"] == "ms" for r in takes)
+    assert all(sf.info(r.audio_path).duration > 0.5 for r in takes)
+    assert not [r for r in records() if "-rs0-" in r.id]  # the corpus cache keys on the option
+    del files["terms"]
     with pytest.raises(ValueError, match="data.terms"):
-        build_corpus(tmp_path / "d", progress=False, inputs=no_terms, respell=(1, ("ms",)))
+        records("data.respell_takes=1")

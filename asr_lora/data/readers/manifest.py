@@ -101,6 +101,9 @@ def _jsonl_record(raw: bytes, lineno: int, where: str, base: Path, defaults: dic
         "".join([row["text"], row["audio_filepath"], *filter(None, fields.values())]).encode("utf-8")
     except UnicodeEncodeError:
         raise Reject("bad_field", f"lone surrogate escape in a text field: {snip(line)}") from None
+    extra = {k: v for k, v in row.items() if k not in ("audio_filepath", "text", "duration", *_STR_FIELDS)}
+    if isinstance(extra.get("extra"), dict):  # what `Record.to_manifest` wrote reads back as it was
+        extra |= extra.pop("extra")
     return Record(
         id=fields["id"] or row["audio_filepath"],
         text=row["text"],
@@ -114,7 +117,7 @@ def _jsonl_record(raw: bytes, lineno: int, where: str, base: Path, defaults: dic
         voice=fields["voice"],
         part=fields["part"],
         source=where,
-        extra={k: v for k, v in row.items() if k not in ("audio_filepath", "text", "duration", *_STR_FIELDS)},
+        extra=extra,
     )
 
 
