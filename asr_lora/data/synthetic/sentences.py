@@ -14,6 +14,7 @@ from pathlib import Path
 from num2words import num2words
 
 from asr_lora.core.io import numbered_lines
+from asr_lora.data.text import normalize
 from asr_lora.data.synthetic.voices import VOICES
 
 # The shipped Singapore English text: the synthetic source's default inputs.
@@ -159,7 +160,9 @@ def check_terms(path: str | Path, sentences: list[str], shown: str | None = None
     `read_sentences` for an unreadable file, and when no term occurs."""
     path = Path(path)
     out = TextFile(path)
-    haystack = [f" {sentence_key(s)} " for s in sentences]
+    # A term may be written as the sentences have it or as the scoring normaliser spells it ("kopio"
+    # for "kopi-o"): that is how the terms a run derives, and writes to eval/terms.txt, are spelt.
+    haystack = [f" {sentence_key(s)} " for s in sentences] + [f" {normalize(s)} " for s in sentences]
     seen: dict[str, int] = {}
     for n, raw in numbered_lines(path, "data.terms"):
         if not raw or raw.startswith("#"):
@@ -169,7 +172,7 @@ def check_terms(path: str | Path, sentences: list[str], shown: str | None = None
             out.skips.append(TextSkip(where, "unspeakable", f"{where}: no letters in {raw!r}"))
         elif key in seen:
             out.skips.append(TextSkip(where, "duplicate", f"{where}: repeats line {seen[key]}: {raw!r}"))
-        elif not any(f" {key} " in h for h in haystack):
+        elif not any(f" {key} " in h or f" {normalize(raw)} " in h for h in haystack):
             out.skips.append(TextSkip(where, "term_not_in_sentences",
                                       f"{where}: {raw!r} occurs in no sentence of data.sentences"))
         else:
