@@ -325,7 +325,9 @@ def build_corpus(
     files = {(f"{role}:{p.name}" if role in ("terms", "train_sentences", "dev_control") else p.name): _sha256(p)
              for role, p in paths.items() if p}
     real_sources = [str(s[2]) for s in real_control_sources()]
-    key = [PLAN_VERSION, SYNTH_VERSION, seed, max_sentences, files, real_sources, *([list(respell)] * bool(respell[0]))]
+    key = [PLAN_VERSION, SYNTH_VERSION, seed, max_sentences, files, real_sources]
+    if respell[0]:  # only then, so corpora without respelled takes keep their cache
+        key.append(list(respell))
     inputs_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     if manifest.is_file() and info_path.is_file():
@@ -354,8 +356,6 @@ def build_corpus(
                           general=texts["general"].texts, sources=sources, voices_path=inputs.voices,
                           train_only=train_only.texts if train_only else None,
                           dev_control=dev_control.texts if dev_control else None)
-    if respell[0] and terms is None:
-        raise ValueError("data.respell_takes needs data.terms: the words whose pronunciation the takes vary")
     records += respelled_takes(records, terms.texts if terms else [], voices, respell[0], seed, respell[1])
     real, real_info = add_real_control(out_dir)
     planned = records + real

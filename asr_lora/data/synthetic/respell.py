@@ -69,7 +69,8 @@ def respelled_takes(records: Sequence[Record], terms: Sequence[str], voices: Seq
         return []
     pattern = _pattern(terms)
     if pattern is None:
-        raise ValueError("respelled takes need domain terms (data.terms)")
+        raise ValueError("data.respell_takes needs domain terms (data.terms): the words whose pronunciation the "
+                         "takes vary")
     pool = [v for v in voices if v.split == "train" and v.engine == "espeak" and not v.part]
     if not pool:
         raise ValueError("respelled takes need espeak-ng train voices; the inventory has none")
