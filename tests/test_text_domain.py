@@ -90,6 +90,8 @@ def test_terms_that_never_occur_are_skipped_and_a_file_of_none_is_an_error(tmp_p
     # Terms as the scoring normaliser spells them (a run's eval/terms.txt) occur too.
     f.write_text("kopio\nomelet\n")
     assert check_terms(f, ["One kopi-o and an omelette lah."]).texts == ["kopio", "omelet"]
+    f.write_text("omelette\n")  # and a term spelt otherwise than the sentence, the same once normalised
+    assert check_terms(f, ["One omelet lah."]).texts == ["omelette"]
     f.write_text("Nebulor\n")
     with pytest.raises(ValueError, match="no usable term.*Nebulor.*occurs in no sentence"):
         check_terms(f, ["Restock the Zorvex today please."])

@@ -172,7 +172,7 @@ def check_terms(path: str | Path, sentences: list[str], shown: str | None = None
             out.skips.append(TextSkip(where, "unspeakable", f"{where}: no letters in {raw!r}"))
         elif key in seen:
             out.skips.append(TextSkip(where, "duplicate", f"{where}: repeats line {seen[key]}: {raw!r}"))
-        elif not any(f" {key} " in h or f" {normalize(raw)} " in h for h in haystack):
+        elif not any(needle in h for needle in (f" {key} ", f" {normalize(raw)} ") for h in haystack):
             out.skips.append(TextSkip(where, "term_not_in_sentences",
                                       f"{where}: {raw!r} occurs in no sentence of data.sentences"))
         else:
