@@ -1,4 +1,4 @@
-# Two commands set up a fresh machine and do the job: `make demo` and `make test`.
+# Each of `make demo`, `make soup` and `make test` sets up a fresh machine, then does its job.
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTHON  ?= python3.11

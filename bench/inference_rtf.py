@@ -13,7 +13,7 @@ asr_lora.export, so merged != base weights but transcripts stay close.
 
 Clips are decoded one at a time (batch 1) in every system, after one warm-up clip, with the same
 greedy/beam settings on both back ends (faster-whisper: temperature 0, no previous-text
-conditioning, no timestamps, no VAD -- FIELD_NOTES 12). Model load time is reported separately.
+conditioning, no timestamps, no VAD). Model load time is reported separately.
 The unmerged peft adapter model is included for transformers, to show what merging saves.
 """
 

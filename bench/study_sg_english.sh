@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The rank/target/scope comparison study of recipes/RESULTS_sg_english.md, as run on 2 CPU cores.
+# A rank/target/scope comparison study of LoRA on sg_english at equal steps, sized for 2 CPU cores.
 # Every run logs to one wandb group (offline unless logged in); `python -m asr_lora.compare DIR...`
 # turns the sweep directories into one table + plots.
 #   bash bench/study_sg_english.sh [scopes|full|targets|ranks|all]

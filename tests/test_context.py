@@ -110,7 +110,7 @@ def test_specaugment_keeps_the_short_context(processor):
 
 
 def test_gradient_checkpointing_trains_encoder_adapters_through_the_short_context(tiny_whisper_dir, processor):
-    # FIELD_NOTES 1: reentrant checkpoints starve encoder adapters; the short path must not either.
+    # Reentrant checkpoints starve encoder adapters; the short path must not either.
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
     model, _ = prepare_for_training(_cfg(r=4, alpha=8, scope=["encoder", "decoder_self"]), model)
     model.get_base_model().activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -1,4 +1,4 @@
-"""Engine-disjoint evaluation (FIELD_NOTES 13): dev/test voices of TTS engines no train voice uses,
+"""Engine-disjoint evaluation: dev/test voices of TTS engines no train voice uses,
 the headline and the forgetting gate taken from them, and the engines themselves."""
 
 from __future__ import annotations

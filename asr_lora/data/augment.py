@@ -7,7 +7,7 @@ augmentation settings.
 The waveform effects come from libraries rather than hand-written DSP: audiomentations
 (TimeStretch, PitchShift, SevenBandParametricEQ, AddColorNoise, High/LowPassFilter for the
 telephone band, Mp3Compression through fast-mp3-augment, Gain) and pyroomacoustics (simulated
-shoebox rooms). A synthetic TTS corpus has few voices and one clean channel (FIELD_NOTES 13):
+shoebox rooms). A synthetic TTS corpus has few voices and one clean channel:
 these effects move the pitch, tempo, timbre, room, channel and noise of each clip.
 
 Seeding: every random choice draws from the `numpy.random.Generator` the caller passes (the

@@ -9,13 +9,13 @@ records (`adapted_weights`) so the export can show it ships exactly what was sco
 set (subset "main") carries the headline; the general-English control set (subset "control") feeds
 the forgetting gate.
 
-Engine leakage (FIELD_NOTES 13): a synthetic test set whose voices include engines the adapter was
-trained on rewards learning those engines' sound. When the test set has an *unseen-engine* part
-(voices of TTS engines no train voice uses, `data/synthetic/voices.py`), every utterance is tagged with its
-part ("unseen_engine", "seen_engine", "real" for recorded speech) and the headline (`headline`,
-`ev["lead_part"]`, `ev["paired"]`) is the unseen-engine part; the forgetting gate is decided on
-unseen-engine control speech pooled with the real control clips, each part on its own row.
-Without such a part (real corpora, older synthetic corpora) everything is scored as before.
+Engine leakage: a synthetic test set whose voices include engines the adapter was trained on
+rewards learning those engines' sound. When the test set has held-out parts (voices no train voice
+shares an engine with, `data/synthetic/voices.py`), every utterance is tagged with its part
+("neural", "unseen_engine", "seen_engine", "real" for recorded speech) and the headline
+(`headline`, `ev["lead_part"]`, `ev["paired"]`) is the first held-out part present, neural before
+unseen-engine; the forgetting gate is decided on that part's control speech pooled with the real
+control clips, each part on its own row. Without parts (real corpora) everything is scored as one set.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Domain terms: which words carry a domain's meaning, how many of them a system gets right, and the
-prompt that lists them (the free alternative an adapter has to beat, FIELD_NOTES 19-20).
+prompt that lists them (the free alternative an adapter has to beat).
 
 Terms come from a file (one per line, `eval.terms=PATH`) or are derived from the training text:
 words of the domain sentences that Whisper's tokenizer splits into two or more pieces and that the

@@ -21,7 +21,7 @@ def export_hf(merged, processor, base_dir: str | Path, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The base's generation config carries alignment_heads and suppress lists; a reload without
-    # them decodes differently (FIELD_NOTES 6) and loses word timestamps.
+    # them decodes differently and loses word timestamps.
     merged.generation_config = GenerationConfig.from_pretrained(str(base_dir))
     merged.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)

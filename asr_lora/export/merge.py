@@ -1,7 +1,7 @@
 """Merge a LoRA adapter into its base and prove the merged model is the one evaluated.
 
 Refusals (all `ExportError`): a quantised base (merging into rounded weights shifts outputs well
-beyond peft's ~1e-4 guarantee, FIELD_NOTES 6), non-finite adapter or merged weights, and a merged
+beyond peft's ~1e-4 guarantee), non-finite adapter or merged weights, and a merged
 model whose logits or greedy tokens differ from the unmerged adapter model."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _check_finite(model, what: str) -> None:
 
 
 def load_adapter_model(base: str, adapter_dir: Path):
-    """(peft model in eval mode, processor): fp32 base + adapter, unmerged. No task_type (FIELD_NOTES 2)."""
+    """(peft model in eval mode, processor): fp32 base + adapter, unmerged. No task_type."""
     adapter_dir = check_adapter_dir(adapter_dir)
     _check_adapter_finite(adapter_dir)
     _refuse_quantized(base)

@@ -7,7 +7,7 @@ Outputs under ``out_root`` (each directory carries a README.md model card):
 - ``ct2-<quant>/``   CTranslate2 conversion of ``hf/`` for faster-whisper (``int8``, ``float16``, ...)
 
 Refusals (all `ExportError`): a quantised base (merging into rounded weights shifts outputs well
-beyond peft's ~1e-4 guarantee, FIELD_NOTES 6), non-finite adapter or merged weights, a merged
+beyond peft's ~1e-4 guarantee), non-finite adapter or merged weights, a merged
 model whose logits or greedy tokens differ from the unmerged adapter model, and a failed
 forgetting gate. ``force=True`` overrides the last two gates only, and every model card then says so.
 

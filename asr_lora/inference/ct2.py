@@ -57,7 +57,7 @@ def transcribe_ct2(ct2_dir: str | Path, audios: Sequence[np.ndarray], beam_size:
     caps transformers' (a decode caught in a repetition loop stops at the same length).
 
     faster-whisper's defaults (beam 5, temperature fallback, conditioning on previous text and
-    timestamp tokens) would make any comparison with transformers meaningless (FIELD_NOTES 12).
+    timestamp tokens) would make any comparison with transformers meaningless.
     `library_defaults=True` decodes with them all the same (only the beam size, the prompt and the
     language set, no token cap): what a user who calls `transcribe(audio, beam_size=...)` gets. The
     fallback's sampling is seeded, so two runs give the same words.

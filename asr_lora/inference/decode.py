@@ -54,8 +54,8 @@ def is_multilingual(model) -> bool:
 
 
 def _generate_kwargs(model, processor, options: DecodeOptions) -> dict:
-    """`generate` kwargs for `options`. English-only checkpoints take no language argument
-    (FIELD_NOTES 5); multilingual ones transcribe English unless asked otherwise. Beam search first
+    """`generate` kwargs for `options`. English-only checkpoints take no language argument;
+    multilingual ones transcribe English unless asked otherwise. Beam search first
     gives the model `model/beam_cache.py`'s fold (one copy of the encoder states per clip, not per
     beam; the same tokens)."""
     if options.beam_size > 1:

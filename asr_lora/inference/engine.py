@@ -2,8 +2,8 @@
 with any mix of them. `transcribe` and the server both decode through it.
 
 `mode="mixed"` (the server's default) decodes a greedy batch in ONE `generate` call with peft's
-mixed-adapter inference: `adapter_names=[...]`, one name per row, `"__base__"` for the base
-(FIELD_NOTES 15). Beam search groups the rows by adapter instead: the folded cross-attention of
+mixed-adapter inference: `adapter_names=[...]`, one name per row, `"__base__"` for the base.
+Beam search groups the rows by adapter instead: the folded cross-attention of
 `model/beam_cache.py` keeps one copy of the encoder states per clip, while peft expands the names to
 one per beam. `mode="switch"` is the per-request alternative the benchmark compares with: one
 request at a time, `set_adapter` (or `disable_adapter`) before each.

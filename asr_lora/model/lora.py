@@ -2,7 +2,7 @@
 
 `q_proj`/`v_proj` name three kinds of attention in Whisper (encoder self, decoder self, decoder
 cross), so the config's `scope` picks among them and the adapted modules are passed to peft as
-full names. No `task_type`: peft's SEQ_2_SEQ_LM wrapper feeds `input_ids` to Whisper (FIELD_NOTES 2).
+full names. No `task_type`: peft's SEQ_2_SEQ_LM wrapper feeds `input_ids` to Whisper.
 """
 
 from __future__ import annotations

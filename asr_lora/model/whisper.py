@@ -153,7 +153,7 @@ def convert_ct2_to_hf(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        # faster-whisper and older transformers read preprocessor_config.json only (FIELD_NOTES 7).
+        # faster-whisper and older transformers read preprocessor_config.json only.
         feature_extractor.save_pretrained(tmp)
         (tmp / "asr_lora_source.json").write_text(
             json.dumps({"ct2_dir": str(ct2_dir), "converter_version": CONVERTER_VERSION}, indent=2)

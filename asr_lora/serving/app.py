@@ -189,7 +189,7 @@ def create_app(batcher: Batcher, settings: Settings | None = None) -> FastAPI:
             raise APIError(400, "temperature must be a number", "temperature", "invalid_value") from None
         language = _field(form, "language")
         if language and not engine.multilingual and language.lower() in ENGLISH:
-            language = None  # English-only models take no language argument (FIELD_NOTES 5)
+            language = None  # English-only models take no language argument
         prompt = _field(form, "prompt")
         if "prompt" not in form and model in cards and cards[model]["prompt_by_default"]:
             prompt = cards[model]["prompt"]

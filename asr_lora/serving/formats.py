@@ -1,4 +1,4 @@
-"""OpenAI transcription response formats and the OpenAI error body (FIELD_NOTES 16)."""
+"""OpenAI transcription response formats and the OpenAI error body."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The training loop is transformers' Seq2SeqTrainer; this module only configures it for Whisper +
-peft (FIELD_NOTES 1-3) and adds what it lacks: a stop on non-finite loss, and dev WER through our
+peft and adds what it lacks: a stop on non-finite loss, and dev WER through our
 normaliser.
 """
 
@@ -156,7 +156,7 @@ def prepare_model(model, mode: str, lora, encoder_context: str = "full", context
 def _checkpointing_args(enabled: bool) -> dict:
     # transformers 5.x renamed gradient_checkpointing* to activation_checkpointing* (the old names
     # warn); use whichever this transformers knows. Reentrant checkpoints leave encoder adapters
-    # untrained (FIELD_NOTES 1).
+    # untrained.
     kwargs = {"use_reentrant": False} if enabled else None
     if "activation_checkpointing" in Seq2SeqTrainingArguments.__dataclass_fields__:
         return {"activation_checkpointing": enabled, "activation_checkpointing_kwargs": kwargs}
@@ -204,7 +204,7 @@ def training_args(t, output_dir: Path, report_to: list[str], has_dev: bool, stre
         generation_num_beams=1,
         bf16=use_bf16(t.bf16, on_cpu=on_cpu),
         **_checkpointing_args(t.gradient_checkpointing),
-        # PeftModel.forward takes **kwargs, so the Trainer must not prune columns (FIELD_NOTES 3).
+        # PeftModel.forward takes **kwargs, so the Trainer must not prune columns.
         remove_unused_columns=False,
         label_names=["labels"],
         report_to=report_to,

@@ -7,7 +7,7 @@ Silero in neural.py); `synthesize` dispatches on `voice.engine` and always write
 Pico (`pico2wave`, its own front end and unit-selection/HMM back end) and MBROLA (diphone
 concatenation; espeak-ng supplies phonemes and prosody through its `mb-*` voices) are the
 *unseen engines*: no training voice uses them, so dev/test speech rendered by them measures
-adaptation to the accent rather than to the training engines' sound (FIELD_NOTES 13).
+adaptation to the accent rather than to the training engines' sound.
 
 Every backend is deterministic: the CLI synthesisers have no randomness, piper runs with both
 noise scales at 0 on one CPU thread, and Silero's named speakers have no sampling. `seed` is

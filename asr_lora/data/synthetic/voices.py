@@ -1,7 +1,7 @@
 """The sg_english voice inventory (`data/sg_english/voices.json`) and its split rules.
 
 Every voice belongs to one split, and every human (or formant variant) behind a voice to one
-split. Dev and test voices also belong to one *part* (FIELD_NOTES 13, engine leakage):
+split. Dev and test voices also belong to one *part* (engine leakage):
 
 * ``seen_engine``: a new voice of an engine that train also uses (espeak, flite, festival,
   piper). Gains measured here partly reward learning the engine's sound, not the accent;
