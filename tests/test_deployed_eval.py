@@ -110,9 +110,10 @@ def test_library_decoding_is_faster_whispers_own_and_repeatable(tmp_path, tiny_w
                            "eval.ct2_decoding=library", "eval.prompt_baseline=false"))
     hyps = json.loads((tmp_path / "run" / "eval" / "hypotheses.json").read_text())
     audio = _audio_by_id(tmp_path)
-    clips = [audio[i] for i in hyps["ids"]][:4]
+    clips = [audio[i] for i in hyps["ids"]]
     d = export_dir / "ct2-float32"
+    # a second, separate decode (the evaluation's was the first) gives the same words
     library = transcribe_ct2(d, clips, library_defaults=True)
-    assert hyps["adapted"][:4] == library == transcribe_ct2(d, clips, library_defaults=True)
+    assert hyps["adapted"] == library
     assert library != transcribe_ct2(d, clips)
     assert "forgetting" in ev
