@@ -36,7 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging(None, quiet=True)  # a CLI whose output is the transcript: warnings and errors only
+    # a CLI whose output is the transcript: warnings and errors only, and on stderr, so that stdout
+    # stays the transcript or JSON lines even when a warning is logged
+    setup_logging(None, quiet=True, stderr=True)
     adapters = {}
     for i, spec in enumerate(args.adapter):
         name, _, path = spec.rpartition("=")

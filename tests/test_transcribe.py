@@ -68,6 +68,23 @@ def test_cli_reports_bad_files_and_transcribes_the_rest(tmp_path, tiny_whisper_d
     assert '"audio": "' + str(good) in out
 
 
+def test_cli_output_stays_json_lines_when_a_warning_is_logged(tmp_path, tiny_whisper_dir, capsys):
+    # Two exports scored at different beams: the engine warns and decodes with the larger one.
+    import json
+
+    specs = []
+    for name, beam in (("a", 1), ("b", 2)):
+        adapter = _adapter(tiny_whisper_dir, tmp_path / name / "adapter", seed=beam)
+        (tmp_path / name / "export_summary.json").write_text(json.dumps({"beam_size": beam, "wer": {}}))
+        specs += ["--adapter", f"{name}={adapter}"]
+    clips = [str(write_tone(tmp_path / f"{i}.wav", 1.0, freq=300.0 + 200 * i)) for i in range(2)]
+    assert main([*clips, "--model", str(tiny_whisper_dir), *specs, "--output", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert "scored with different beam sizes [1, 2]" in " ".join(err.split())  # the console wraps lines
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [x["audio"] for x in lines] == clips and {x["beam_size"] for x in lines} == {2}
+
+
 @pytest.mark.slow
 def test_cli_bundled_model_transcribes_a_clear_sentence(tmp_path):
     wav = tmp_path / "sample.wav"

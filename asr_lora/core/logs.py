@@ -36,14 +36,17 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
-def setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
+def setup_logging(run_dir: Path | None = None, quiet: bool = False, stderr: bool = False) -> None:
     """One console handler (rich) and, with a run dir, one plain file handler, on the root logger.
 
     Anything installed earlier (Hydra's job logging, a library's basicConfig) is removed first, so a
     record reaches the console exactly once. `quiet=True` (`quiet=true` on the command line) leaves
     the console warnings, errors and progress bars; the run's log file keeps INFO. Hydra's
     `hydra.verbose=true` (root at DEBUG) and `hydra.verbose=[asr_lora.x]` (one logger) still apply on
-    rank 0; under torchrun the other ranks' consoles print warnings and errors only."""
+    rank 0; under torchrun the other ranks' consoles print warnings and errors only. `stderr=True`:
+    the console handler writes to stderr, for a command whose stdout is its output (a transcript,
+    JSON lines) and must stay parseable."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
     root = logging.getLogger()
@@ -51,7 +54,7 @@ def setup_logging(run_dir: Path | None = None, quiet: bool = False) -> None:
     for h in list(root.handlers):
         root.removeHandler(h)
         h.close()
-    console = RichHandler(show_path=False, markup=False)
+    console = RichHandler(show_path=False, markup=False, console=Console(stderr=True) if stderr else None)
     # Under torchrun every rank runs the same job: the console gets each INFO line once, from rank 0
     # (transformers' `log_level_replica` convention); the other ranks still print warnings and errors.
     from asr_lora.core.runtime import is_main_process
