@@ -51,9 +51,9 @@ def test_context_distillation_is_the_kl_at_the_domain_rows_unmarked_tokens(tiny_
     terms = distillation(model, inputs, out.logits, inputs["labels"], rows, marked, 1.0, 1.0)
     kl = per_token_kl(model, inputs, out.logits.detach())
     unmarked = [kl[r][~marked[r][inputs["labels"][r] != -100]] for r in (0, 2)]
-    assert float(terms["replay_kl"]) == pytest.approx(float(kl[1].mean()), rel=1e-4)
+    assert terms["replay_kl"].item() == pytest.approx(kl[1].mean().item(), rel=1e-4)
     expect = torch.cat(unmarked).mean()
-    assert float(terms["context_kl"]) == pytest.approx(float(expect), rel=1e-4)
+    assert terms["context_kl"].item() == pytest.approx(expect.item(), rel=1e-4)
     # The term tokens are left out: counted in, the mean would differ.
     assert abs(float(torch.cat([kl[0], kl[2]]).mean()) - float(expect)) > 1e-3 * float(expect)
     # Each weight asks for its own term only; one base pass serves both.

@@ -56,7 +56,7 @@ def test_label_logits_give_the_full_logits_loss_and_gradients(tmp_path, tiny_whi
     trainer = trainer_for(model, tmp_path, term_loss_weight=weight)
     loss, out = trainer.compute_loss(model, {**inputs, "term_tokens": marked}, return_outputs=True)
     assert out.logits.shape == (int((labels != -100).sum()), full.logits.shape[-1])  # one row per label token
-    assert float(loss) == pytest.approx(float(expect), rel=1e-5)
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
     loss.backward()
     got = grads(model)
     assert got.keys() == want.keys() and want
@@ -84,4 +84,4 @@ def test_the_replay_term_reads_the_same_tokens_from_label_logits(tmp_path, tiny_
     trainer = trainer_for(model, tmp_path, replay_kl=2.0)
     loss = trainer.compute_loss(model, {**inputs, "distill_rows": rows})
     plain = trainer_for(model, tmp_path).compute_loss(model, dict(inputs))
-    assert float(loss) == pytest.approx(float(plain) + 2.0 * float(expect), rel=1e-5)
+    assert loss.item() == pytest.approx(plain.item() + 2.0 * expect.item(), rel=1e-5)
