@@ -75,7 +75,7 @@ def test_distillation_is_the_kl_to_the_base_on_the_flagged_rows_only(tiny_whispe
         keep = labels[r] != -100
         p, q = base[r][keep].log_softmax(-1), out.logits[r][keep].log_softmax(-1)
         per_token += (p.exp() * (p - q)).sum(-1).tolist()
-    assert float(kl) == pytest.approx(np.mean(per_token), rel=1e-4) and float(kl) > 1e-3
+    assert kl.item() == pytest.approx(np.mean(per_token), rel=1e-4) and kl.item() > 1e-3
     kl.backward()  # the gradient reaches the adapter, never the frozen base
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
