@@ -53,8 +53,9 @@ SOUP_DIR   := outputs/sg_english_soup
 soup: setup
 	$(PY) -m asr_lora.train +recipe=sg_english $(DEMO_ARGS) 'train.seeds=$(SOUP_SEEDS)' hydra.run.dir=$(SOUP_DIR)
 
-# One pytest-xdist worker per core, each computing on one thread (tests/conftest.py): on 2 cores the
-# suite takes about two thirds of its one-process time. TEST_WORKERS=0 runs it in one process.
+# Two pytest-xdist workers (one per core on the 2-core CI host), each computing on one thread
+# (tests/conftest.py): there the suite takes about two thirds of its one-process time.
+# TEST_WORKERS=N sets how many; TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 
 test: setup
