@@ -57,7 +57,7 @@ def test_split_rows_give_the_padded_batch_loss_and_gradients(tmp_path, tiny_whis
     # the base pass of the distillation term(s).
     width = inputs["labels"].shape[1]
     assert widths[:2] == [(2, width), (2, 5)] and width > 10
-    assert float(got_loss) == pytest.approx(float(expect), rel=1e-5)
+    assert got_loss.item() == pytest.approx(expect.item(), rel=1e-5)
     assert got.keys() == want.keys() and want
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6)
