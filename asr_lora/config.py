@@ -178,7 +178,9 @@ class TrainConfig:
     # and exported models always use 30 s.
     encoder_context: str = "full"  # full | batch
     context_pad_s: float = 1.0
-    resume: bool = False
+    # false | true: continue the run's last complete checkpoint (an error when there is none) | auto:
+    # continue it when there is one, else train from step 0 (a job requeued into its own run_dir).
+    resume: str = "false"
     dataloader_num_workers: int = 0
     # Cache the frozen encoder's outputs when no adapter touches the encoder (hand-written: no
     # library does this; it removes the 30 s encoder pass from every training step on CPU).
@@ -234,6 +236,9 @@ class TrainConfig:
     # sentence once; training/sampling.py).
     sampling: str = "random"
     ddp_backend: Optional[str] = None
+    # Seconds a rank may wait for the others (init_process_group's timeout, the Trainer's ddp_timeout):
+    # under torchrun the other ranks wait while rank 0 alone prepares data, encodes and decodes.
+    ddp_timeout: int = 7200
     # Sharding through the Trainer/Accelerate integration (conf/train/fsdp.yaml, deepspeed_zero2.yaml).
     fsdp: bool = False
     fsdp_config: dict[str, Any] = field(default_factory=dict)

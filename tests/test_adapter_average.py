@@ -32,6 +32,18 @@ def test_average_is_the_mean_update_and_loads_as_an_adapter(tiny_whisper_dir, tm
         torch.testing.assert_close(soup[k], 0.5 * sa[k] + 0.25 * sb[k] + 0.25 * sc[k], atol=1e-6, rtol=0)
 
 
+def test_rslora_adapters_average_to_their_mean_update_and_dora_is_refused(tiny_whisper_dir, tmp_path):
+    a = make_random_adapter(tiny_whisper_dir, tmp_path / "a", seed=1, use_rslora=True)
+    b = make_random_adapter(tiny_whisper_dir, tmp_path / "b", seed=2, use_rslora=True)
+    out = average_adapters([a, b], tmp_path / "soup")
+    sa, sb, soup = (merged_state(tiny_whisper_dir, p) for p in (a, b, out))
+    for k in soup:
+        torch.testing.assert_close(soup[k], 0.5 * sa[k] + 0.5 * sb[k], atol=1e-6, rtol=0)
+    d = make_random_adapter(tiny_whisper_dir, tmp_path / "d", seed=3, use_dora=True)
+    with pytest.raises(ValueError, match="DoRA"):
+        average_adapters([a, d], tmp_path / "soup2")
+
+
 def test_the_script_writes_the_average(tiny_whisper_dir, tmp_path):
     import subprocess
     import sys

@@ -30,13 +30,13 @@ def tone(seconds: float = 1.0, freq: float = 440.0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def make_random_adapter(base_dir: Path, out_dir: Path, seed: int = 1, scale: float = 0.2) -> Path:
-    """LoRA with non-zero B, so the merge really changes q_proj/v_proj."""
+def make_random_adapter(base_dir: Path, out_dir: Path, seed: int = 1, scale: float = 0.2, **config) -> Path:
+    """LoRA with non-zero B, so the merge really changes q_proj/v_proj (`config`: more LoraConfig fields)."""
     from peft import LoraConfig, get_peft_model
     from transformers import WhisperForConditionalGeneration
 
     model = WhisperForConditionalGeneration.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], **config))
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():

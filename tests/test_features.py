@@ -234,3 +234,20 @@ def test_a_bf16_training_split_is_encoded_as_a_bf16_step_would_encode_it(tiny_wh
     plain = EncoderCache(model, processor, batch_size=1)
     plain.fill(["a", "b"], audios, progress=False)
     assert not torch.equal(plain.get(["a", "b"]), want)
+
+
+def test_each_torchrun_rank_draws_its_own_rows_and_rank_zero_draws_as_one_process(tiny_whisper_dir, monkeypatch):
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    collator = SpeechCollator(processor, 50257, seed=3)
+
+    def draws(rank: str | None) -> list:
+        if rank is None:
+            monkeypatch.delenv("RANK", raising=False)
+        else:
+            monkeypatch.setenv("RANK", rank)
+        collator.calls.clear()
+        return [collator._rng(s).random(4).tolist() for s in ("augment", "prompt", "augment")]
+
+    alone, rank0, rank1, rank2 = draws(None), draws("0"), draws("1"), draws("2")
+    assert rank0 == alone
+    assert rank1 != alone and rank2 != alone and rank1 != rank2

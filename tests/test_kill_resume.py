@@ -79,9 +79,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_whisper_di
     args = overrides(tmp_path, tiny_whisper_dir, manifest, run)
     killed_at = []
     for i, point in enumerate(kill_points):
-        # after a kill with no complete checkpoint yet, a user simply starts again without resume
-        resume = last_complete_checkpoint(ckpts) is not None
-        proc = start(tmp_path, args + (["train.resume=true"] if resume else []))
+        # a requeued job: the same command every time, from step 0 while no checkpoint is complete
+        proc = start(tmp_path, args + ["train.resume=auto"])
         wait_for(point, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

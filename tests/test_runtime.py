@@ -64,3 +64,43 @@ def test_replica_ranks_print_warnings_only(monkeypatch):
     monkeypatch.delenv("RANK")
     setup_logging(None)
     assert levels == {"0": logging.NOTSET, "1": logging.WARNING}
+
+
+def _waiting_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from asr_lora.core.runtime import init_distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    init_distributed(timeout_s=2)
+    try:
+        if rank == 0:
+            time.sleep(6)  # rank 0 alone at work, past the group's timeout
+        try:
+            dist.barrier()
+            outcome = "waited"
+        except RuntimeError:
+            outcome = "timed out"
+        Path(out, f"{rank}.txt").write_text(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_process_group_waits_as_long_as_train_ddp_timeout(tmp_path):
+    """The group's timeout is init_distributed's (train.ddp_timeout), not the backend default: here a
+    2 s timeout ends the other rank's wait for a rank 0 that is still at work."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_waiting_worker, args=(port, str(tmp_path)), nprocs=2)
+    assert (tmp_path / "1.txt").read_text() == "timed out"
+
+
+def test_importing_the_trainer_prints_nothing_under_offline_wandb():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import asr_lora.training.job, asr_lora.training.trainer"],
+                         capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ""

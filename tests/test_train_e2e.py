@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from asr_lora.config import CONF_DIR
 from asr_lora.core.tracking import read_offline_run
 from asr_lora.training.job import train
+from asr_lora.training.trainer import resume_point
 
 SENTENCES = ["the kopi here very nice lah", "take the MRT to Tampines", "the hawker centre is crowded",
              "can or not", "the void deck is quiet today", "chope the table first"]
@@ -161,6 +162,12 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_whisper_dir):
     cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "train.resume=true")
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         train(cfg)
+
+
+def test_resume_setting(tmp_path):
+    assert [resume_point(v, tmp_path) for v in (False, "false", "auto", "AUTO")] == [None] * 4
+    with pytest.raises(ValueError, match="false, true or auto"):
+        resume_point("yes", tmp_path)
 
 
 def test_full_finetuning_baseline_same_loop(tmp_path, tiny_whisper_dir):

@@ -55,5 +55,9 @@ def test_seeds_setting_is_checked():
             check_seeds(seeds, "lora", False)
     with pytest.raises(ValueError, match="train.mode=full"):
         check_seeds([1, 2], "full", False)
-    with pytest.raises(ValueError, match="cannot be resumed"):
-        check_seeds([1, 2], "lora", True)
+    for resume in (True, "auto"):
+        with pytest.raises(ValueError, match="cannot be resumed"):
+            check_seeds([1, 2], "lora", resume)
+    assert check_seeds([1, 2], "lora", "false", OmegaConf.create({"use_dora": False})) == [1, 2]
+    with pytest.raises(ValueError, match="use_dora"):
+        check_seeds([1, 2], "lora", False, OmegaConf.create({"use_dora": True}))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -17,11 +18,28 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def init_distributed() -> None:
+def init_distributed(timeout_s: float = 7200) -> None:
     """Under torchrun, join the process group before data preparation so ranks can wait for rank 0;
-    the Trainer (Accelerate) reuses the group it finds."""
+    the Trainer (Accelerate) reuses the group it finds, and with it this group's timeout.
+
+    The other ranks wait at a barrier while rank 0 alone renders or reads the corpus, encodes the
+    cached clips and decodes the zero-shot passes; NCCL's default 10 minutes would abort the job
+    there, so the wait is `timeout_s` (train.ddp_timeout). Each rank takes its own GPU first: until
+    then a bare "cuda" is cuda:0 on every rank."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank())
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                             timeout=timedelta(seconds=timeout_s))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def accelerator() -> str:
+    """This process's GPU ("cuda:<LOCAL_RANK>"; one per torchrun rank)."""
+    return f"cuda:{local_rank()}"
 
 
 def run_dir_of(run_dir: str | None) -> Path:
@@ -84,3 +102,11 @@ def use_bf16(setting: str, on_cpu: bool) -> bool:
     if setting != "auto":
         return setting in ("true", "1", "yes")
     return cpu_has_bf16() if on_cpu else torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def resume_mode(resume) -> str:
+    """train.resume as "false", "true" or "auto" (the command line's true/false arrive as strings)."""
+    mode = str(resume).lower()
+    if mode not in ("false", "true", "auto"):
+        raise ValueError(f"train.resume={resume!r}: false, true or auto")
+    return mode

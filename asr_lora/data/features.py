@@ -6,6 +6,7 @@ log-mel), identical for training and evaluation; augmentation touches only train
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -157,13 +158,17 @@ class SpeechCollator:
 
     def _rng(self, stream: str) -> np.random.Generator:
         """The next batch's RNG of one stream: seeded by (run seed, stream, DataLoader worker, batch
-        counter). Each worker holds its own copy of the collator and counters, so the worker id keeps
-        two workers from drawing the same values for their n-th batches; separate streams keep one
-        option's draws from moving another's."""
+        counter, and under torchrun the rank). Each worker holds its own copy of the collator and
+        counters, so the worker id keeps two workers from drawing the same values for their n-th
+        batches, and the rank keeps every rank's j-th row from getting rank 0's draws; separate
+        streams keep one option's draws from moving another's. Rank 0 adds nothing, so it draws as a
+        single process does."""
         info = torch.utils.data.get_worker_info()
         n = self.calls.get(stream, 0)
         self.calls[stream] = n + 1
-        return np.random.default_rng([self.seed, *self.STREAMS[stream], 0 if info is None else info.id + 1, n])
+        rank = int(os.environ.get("RANK", "0"))
+        return np.random.default_rng([self.seed, *self.STREAMS[stream], 0 if info is None else info.id + 1, n,
+                                      *([rank] if rank else [])])
 
     def _labels(self, rows: list[dict], seconds: Sequence[float] | None = None) -> dict:
         """{"labels"} (the model shifts them into its decoder inputs), or {"decoder_input_ids",

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from asr_lora.core.logs import setup_logging
 from asr_lora.core.paths import use_cache_root
-from asr_lora.core.runtime import run_dir_of, seed_everything
+from asr_lora.core.runtime import accelerator, run_dir_of, seed_everything
 from asr_lora.data.loading import load_data
 from asr_lora.data.scope import run_scope
 from asr_lora.evaluation.summary import eval_info
@@ -60,6 +60,8 @@ def evaluate(cfg: DictConfig) -> dict:
                 scale_adapter(model, cfg.lora.scale)
                 log.info("adapter %s scored at lora.scale=%g", cfg.adapter, cfg.lora.scale)
         model.eval()
+        if torch.cuda.is_available() and cfg.device != "cpu":
+            model.to(accelerator())  # scored where training scores it; device="cpu" keeps the CPU
     splits, report = load_data(cfg.data, processor.tokenizer, run_dir, scored=cfg.eval.split,
                                scope=run_scope(cfg.eval.split, cfg.eval.part))
     from asr_lora.evaluation.scoring import eval_systems

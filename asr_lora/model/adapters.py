@@ -139,7 +139,11 @@ def average_adapters(paths: list[str | Path], out_dir: str | Path, weights: list
         raise ValueError(f"{len(weights)} weights for {len(paths)} adapters")
 
     def layout(p: Path) -> tuple:
-        targets = json.loads((p / "adapter_config.json").read_text()).get("target_modules")
+        conf = json.loads((p / "adapter_config.json").read_text())
+        if conf.get("use_dora"):
+            raise ValueError(f"{p}: a DoRA adapter (use_dora) also holds a magnitude vector, which the mean "
+                             "of the LoRA updates would not average; only plain LoRA adapters can be averaged")
+        targets = conf.get("target_modules")
         return adapter_base(p), sorted(targets) if isinstance(targets, list) else targets
 
     first = layout(paths[0])
@@ -153,6 +157,9 @@ def average_adapters(paths: list[str | Path], out_dir: str | Path, weights: list
     for name, p in zip(names, paths):
         model = load_adapter(model, p, name)  # the first wraps the base, the others join it
     model.add_weighted_adapter(names, weights, adapter_name="default", combination_type="cat")
+    # "cat" folds each source's own scaling into the stacked factors and sets lora_alpha = r, scaling 1
+    # only as alpha / r: the rsLoRA flag it copies from the first source would make it alpha / sqrt(r).
+    model.peft_config["default"].use_rslora = False
     model.set_adapter("default")
     for name in names:
         model.delete_adapter(name)

@@ -23,7 +23,7 @@ from asr_lora.core import tracking
 from asr_lora.core.io import write_json
 from asr_lora.core.logs import setup_logging
 from asr_lora.core.paths import use_cache_root
-from asr_lora.core.runtime import (init_distributed, is_main_process, main_process_first, run_dir_of,
+from asr_lora.core.runtime import (accelerator, init_distributed, is_main_process, main_process_first, run_dir_of,
                                    seed_everything, trains_on_cpu, use_bf16)
 from asr_lora.data.scope import run_scope
 from asr_lora.training.collate import collator_columns, make_collators
@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.eval.backend != "transformers" or cfg.eval.ct2_decoding != "matched":
         raise ValueError("eval.backend and eval.ct2_decoding score exported files: train, then run "
                          "`python -m asr_lora.evaluate eval.backend=ct2 adapter=RUN/export/ct2-int8`")
-    init_distributed()
+    init_distributed(cfg.train.ddp_timeout)
     run_dir, main = run_dir_of(cfg.run_dir), is_main_process()
     setup_logging(run_dir if main else None, quiet=cfg.quiet)  # only rank 0 writes into the run directory
     use_cache_root(cfg.paths.cache_dir)
@@ -88,7 +88,7 @@ def train(cfg: DictConfig) -> dict:
     check_context_kl(t, terms, processor.tokenizer, rows.train, rows.streaming)
     model, params, cache = build_model(cfg, model, processor, rows)
     precomputed = zero_shot(cfg, model, processor, rows.test, cache, terms) if main else {}
-    if seeds := check_seeds(t.seeds, t.mode, t.resume):  # one adapter per seed, averaged (training/seeds.py)
+    if seeds := check_seeds(t.seeds, t.mode, t.resume, cfg.lora):  # one adapter per seed, averaged (training/seeds.py)
         fitted = fit_seeds(
             seeds, model, lambda seed, m: fit_member(cfg, seed, m, processor, rows, cache, run_dir, report_to, params,
                                                      terms),
@@ -189,10 +189,10 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     check_sampling(cfg.train.sampling, rows.streaming, cfg.data.length_buckets)
     check_ema_decay(cfg.train.ema_decay)
     check_split_setting(cfg.train.split_prompted_rows)
-    check_seeds(cfg.train.seeds, cfg.train.mode, cfg.train.resume)
+    check_seeds(cfg.train.seeds, cfg.train.mode, cfg.train.resume, cfg.lora)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
-        model.to("cuda")  # so the encoder cache below is filled on the GPU, not the CPU
+        model.to(accelerator())  # so the encoder cache below is filled on the GPU, not the CPU
     t = cfg.train
     cache = None
     if caches_encoder(cfg):

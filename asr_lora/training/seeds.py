@@ -15,14 +15,15 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from asr_lora.core.runtime import is_main_process
+from asr_lora.core.runtime import is_main_process, resume_mode
 
 log = logging.getLogger(__name__)
 
 
-def check_seeds(seeds, mode: str, resume: bool) -> list[int]:
+def check_seeds(seeds, mode: str, resume, lora=None) -> list[int]:
     """train.seeds as a list of distinct ints, [] when the run has one seed; refuses what cannot be
-    averaged (full fine-tuning, train.mode) or resumed (a run of several members)."""
+    averaged (full fine-tuning, train.mode; DoRA, `lora` the lora config section) or resumed (a run
+    of several members)."""
     seeds = [] if seeds is None else list(seeds)
     if not seeds:
         return []
@@ -30,8 +31,11 @@ def check_seeds(seeds, mode: str, resume: bool) -> list[int]:
         raise ValueError(f"train.seeds={seeds}: two or more distinct integer seeds to average, or [] for one run")
     if mode != "lora":
         raise ValueError(f"train.seeds averages LoRA adapters; train.mode={mode} has none")
-    if resume:
-        raise ValueError("train.resume=true continues one run's checkpoints; a train.seeds run cannot be resumed")
+    if lora is not None and lora.get("use_dora"):
+        raise ValueError("train.seeds averages LoRA updates; with lora.use_dora=true each seed also trains a "
+                         "magnitude vector, which the average would not hold")
+    if resume_mode(resume) != "false":
+        raise ValueError(f"train.resume={resume} continues one run's checkpoints; a train.seeds run cannot be resumed")
     return seeds
 
 

@@ -5,6 +5,8 @@ normaliser.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
@@ -12,11 +14,15 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+
+# transformers' integrations module, which the Trainer imports, print()s "[INFO] Running in WANDB
+# offline mode" on import under WANDB_MODE=offline (this project's default): not on the console.
+with contextlib.redirect_stdout(io.StringIO()):
+    from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
 from asr_lora.core.io import write_json
-from asr_lora.core.runtime import trains_on_cpu, use_bf16
+from asr_lora.core.runtime import resume_mode, trains_on_cpu, use_bf16
 from asr_lora.evaluation.metrics import normalized_wer
 from asr_lora.model.lora import adapted_module_names, add_lora, count_parameters, expected_lora_parameters
 from asr_lora.training.averaging import WeightAverage
@@ -100,13 +106,18 @@ def last_complete_checkpoint(d: Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-def resume_point(resume: bool, ckpt_dir: Path) -> str | None:
-    if not resume:
+def resume_point(resume, ckpt_dir: Path) -> str | None:
+    """The checkpoint to continue from (train.resume), or None to train from step 0."""
+    mode = resume_mode(resume)
+    if mode == "false":
         return None
     last = last_complete_checkpoint(ckpt_dir)
     if last is None:
+        if mode == "auto":
+            log.info("train.resume=auto: no complete checkpoint under %s yet; training from step 0", ckpt_dir)
+            return None
         raise FileNotFoundError(f"train.resume=true but no complete checkpoint under {ckpt_dir}; "
-                                "pass run_dir=<old run>")
+                                "pass run_dir=<old run>, or train.resume=auto to start when there is none")
     log.info("resuming from %s", last)
     return last
 
@@ -212,6 +223,7 @@ def training_args(t, output_dir: Path, report_to: list[str], has_dev: bool, stre
         data_seed=seed,
         dataloader_num_workers=t.dataloader_num_workers,
         ddp_backend=t.ddp_backend,
+        ddp_timeout=t.ddp_timeout,
         # Accelerate treats torchrun's processes as one distributed job on CPU (gloo) only with
         # use_cpu; without it every rank silently trains alone on the whole data set.
         use_cpu=on_cpu,
