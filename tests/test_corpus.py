@@ -59,8 +59,29 @@ def test_general_sentences_are_plain_and_disjoint_from_control():
 
 def test_plan_refuses_general_that_repeats_control():
     ctl = load_sentences(CONTROL)
-    with pytest.raises(ValueError, match="repeat control"):
+    with pytest.raises(ValueError, match=r"general_sentences.txt:1: general sentence repeats the control sentence at "
+                                         r"data/sg_english/control_sentences.txt:1 "):
         plan_corpus(load_sentences(SENTENCES), ctl, load_voices(), general=[ctl[0].upper()])
+
+
+@pytest.mark.parametrize("subset, other", [("control", "main"), ("general", "main"), ("general", "control"),
+                                           ("train_only", "main"), ("train_only", "control"), ("dev_control", "main"),
+                                           ("dev_control", "general"), ("dev_control", "train_only")])
+def test_a_sentence_that_could_be_trained_on_and_scored_stops_the_plan_naming_both_lines(subset, other):
+    texts = {"main": load_sentences(SENTENCES)[:40], "control": load_sentences(CONTROL)[:10],
+             "general": ["My neighbour grows tomatoes in her garden."],
+             "train_only": ["The kopi uncle at Bedok always remembers my order lah."],
+             "dev_control": ["He fixed the leaking tap before dinner."]}
+    texts[subset] = [*texts[subset], texts[other][0].upper()]
+    sources = {s: [f"{s}.txt:{i + 1}" for i in range(len(t))] for s, t in texts.items()}
+    named = {s: s.replace("_", "-") for s in texts}
+    with pytest.raises(ValueError, match=rf"^{subset}.txt:{len(texts[subset])}: {named[subset]} sentence repeats the "
+                                         rf"{named[other]} sentence at {other}.txt:1 \(1 such lines\)"):
+        plan_corpus(texts["main"], texts["control"], load_voices(), general=texts["general"], sources=sources,
+                    train_only=texts["train_only"], dev_control=texts["dev_control"])
+    texts[subset].pop()  # and without the repeat, the same inputs plan
+    assert plan_corpus(texts["main"], texts["control"], load_voices(), general=texts["general"], sources=sources,
+                       train_only=texts["train_only"], dev_control=texts["dev_control"])
 
 
 def test_load_sentences_rejects_duplicates_and_digits(tmp_path):
@@ -163,7 +184,7 @@ def test_train_only_sentences_go_to_train_and_leave_the_rest_of_the_plan():
     assert {r.voice for r in added} <= {v.id for v in voices if v.split == "train"}
     without = plan_corpus(sg, ctl, voices, seed=0)
     assert [(r.id, r.audio_path) for r in without] == [(r.id, r.audio_path) for r in records if r not in added]
-    with pytest.raises(ValueError, match=r"extra.txt:2: train-only sentence repeats a domain or control"):
+    with pytest.raises(ValueError, match=r"extra.txt:2: train-only sentence repeats the main sentence at "):
         plan_corpus(sg, ctl, voices, train_only=[extra[0], sg[5].upper()],
                     sources={"main": [""] * len(sg), "control": [""] * len(ctl), "general": [],
                              "train_only": ["extra.txt:1", "extra.txt:2"]})
@@ -200,7 +221,7 @@ def test_dev_control_sentences_join_dev_control_only_and_leave_the_rest_of_the_p
             assert reads_all <= set(heard) and len(heard) == len(set(heard)) == len(reads_all) + dealt
     without = plan_corpus(sg, ctl, voices, seed=0)
     assert [(r.id, r.audio_path) for r in without] == [(r.id, r.audio_path) for r in records if r not in added]
-    with pytest.raises(ValueError, match=r"more.txt:2: dev control sentence repeats"):
+    with pytest.raises(ValueError, match=r"more.txt:2: dev-control sentence repeats the general sentence at g.txt:1 "):
         plan_corpus(sg, ctl, voices, general=["A plain sentence about the weather today."],
                     dev_control=[extra[0], "a plain sentence about the WEATHER today"],
                     sources={"main": [""] * len(sg), "control": [""] * len(ctl), "general": ["g.txt:1"],

@@ -7,7 +7,7 @@ from asr_lora.data.text import FILLERS, NORMALIZER_VERSION, PARTICLES, SgNormali
 
 
 def test_version_is_recorded_string():
-    assert NORMALIZER_VERSION.split()[0] == "sg-2"
+    assert NORMALIZER_VERSION.split()[0] == "sg-3"
     assert SgNormalizer().version == NORMALIZER_VERSION
 
 
@@ -96,6 +96,13 @@ def test_combined_nsc_line():
                                "5.50 Singapore dollars"])
 def test_money_forms_agree(s):
     assert normalize(f"it costs {s}") == "it costs $5.50"
+
+
+@pytest.mark.parametrize("written, plain", [("It\u2019s", "It's"), ("It\u2018s", "It's"), ("It\u02bcs", "It's"),
+                                            ("don\u2019t go", "don't go"),
+                                            ("the kopi\u2019s hot lah", "the kopi's hot lah")])
+def test_curly_apostrophes_read_as_straight(written, plain):
+    assert normalize(written) == normalize(plain)
 
 
 def test_whole_dollars():

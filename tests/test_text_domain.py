@@ -11,8 +11,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from asr_lora.config import CONF_DIR
+from asr_lora.data.splits import training_text
 from asr_lora.data.synthetic.corpus import CorpusInputs, build_corpus, check_split_sizes, info_of
-from asr_lora.data.synthetic.sentences import check_terms, read_sentences, speakable
+from asr_lora.data.synthetic.sentences import check_terms, read_sentences, sentence_key, speakable
 from asr_lora.data.synthetic.voices import VOICES
 
 PRODUCTS = ["Zorvex", "Quillamine", "Bravoset", "Plinthor", "Duskala", "Merovane", "Tyrabex", "Kelvora",
@@ -120,13 +121,64 @@ def test_train_only_sentences_that_repeat_a_scored_sentence_stop_before_renderin
     more.write_text("Customers ask for the Zorvex by name now.\n" + TEMPLATES[1].format(PRODUCTS[2]).upper() + "\n")
     inputs = CorpusInputs.of("tiny", *(files[k] for k in ("sentences", "control", "general", "voices")),
                              train_sentences=more)
-    with pytest.raises(ValueError, match=rf"{more}:2: train-only sentence repeats a domain or control sentence"):
+    with pytest.raises(ValueError, match=rf"{more}:2: train-only sentence repeats the main sentence at "
+                                         rf"{files['sentences']}:11 "):
         build_corpus(tmp_path / "out", progress=False, inputs=inputs)
     assert not (tmp_path / "out" / "audio").exists()
 
 
 def test_speakable_leaves_plain_text_alone():
     assert speakable("Restock the Zorvex, please!") == ("Restock the Zorvex, please!", "")
+
+
+@pytest.mark.parametrize("written, spoken", [
+    # Brackets read as pauses: the label keeps the aside the voices say (the normaliser drops "(...)").
+    ("Take Velorin (a beta blocker) twice a day.", "Take Velorin, a beta blocker, twice a day."),
+    ("Take the Zorvex daily (with food).", "Take the Zorvex daily, with food."),
+    ("(New) Zorvex refills [in blue] ship today.", "New, Zorvex refills, in blue, ship today."),
+    # Money, thousands, ordinals and decimals as said.
+    ("The new plant cost $2.5 million to build.", "The new plant cost two point five million dollars to build."),
+    ("The new plant cost $3bn to build.", "The new plant cost three billion dollars to build."),
+    ("The refill costs $1.01 today.", "The refill costs one dollar one cent today."),
+    ("The refill costs $0.50 today.", "The refill costs fifty cents today."),
+    ("The refill costs $2.00 today.", "The refill costs two dollars today."),
+    ("The 1,000th customer wins a Zorvex.", "The one thousandth customer wins a Zorvex."),
+    ("Take 2.50 mg of Velorin.", "Take two point five zero mg of Velorin."),
+    ("The ratio is 1.10 today.", "The ratio is one point one zero today."),
+    ("Sales rose 2.5% this week.", "Sales rose two point five percent this week."),
+    # Typographic punctuation, as word processors write it.
+    ("It\u2019s the \u201cnew\u201d Zorvex \u2013 really\u2026", 'It\'s the "new" Zorvex, really...'),
+    ("The Zorvex\u2014our best seller\u2014is back.", "The Zorvex, our best seller, is back."),
+    ("Pages 10\u201320 cover the Zorvex.", "Pages ten to twenty cover the Zorvex."),
+    # A number glued to its unit.
+    ("Take 10mg of Velorin at 3pm.", "Take ten mg of Velorin at three pm."),
+    ("We ran 5km before the 2nd sale.", "We ran five km before the second sale."),
+])
+def test_speakable_writes_what_the_voices_say_and_the_label_keeps_it(written, spoken):
+    assert speakable(written) == (spoken, "")
+    assert training_text(spoken) == spoken  # the label the model learns is what the voice said
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("Dr M\u00fcller arrived today.", "Dr M\u00f6ller arrived today.", False),
+    ("Dr M\u00fcller arrived today.", "dr M\u00dcLLER arrived today", True),
+    ("The Stra\u00dfe is closed now.", "the STRASSE is closed now", True),
+    ("Kopi \u00e0 la carte lah.", "Kopi a la carte lah.", False),
+    ("It\u2019s the new Zorvex.", "its the new zorvex", False),
+])
+def test_sentence_key_tells_letters_of_any_script_apart(a, b, same):
+    assert (sentence_key(a) == sentence_key(b)) is same
+
+
+def test_names_that_differ_in_one_accented_letter_are_two_sentences_and_two_terms(tmp_path):
+    f = tmp_path / "s.txt"
+    f.write_text("Dr M\u00fcller arrived this morning.\nDr M\u00f6ller arrived this morning.\n")
+    out = read_sentences(f)
+    assert len(out.lines) == 2 and not out.skips
+    terms = tmp_path / "terms.txt"
+    terms.write_text("M\u00fcller\nM\u00f6ller\n")
+    found = check_terms(terms, ["Dr M\u00fcller arrived this morning."])
+    assert found.texts == ["M\u00fcller"] and [s.reason for s in found.skips] == ["term_not_in_sentences"]
 
 
 # ---- the fixture domain end to end ----

@@ -5,7 +5,8 @@ WER is only comparable between runs that used the same normaliser, so every eval
 
 Pipeline (`normalize`), in this order:
 
-1. NSC transcription markers (IMDA National Speech Corpus) are resolved *before* Whisper's
+1. Curly and modifier apostrophes (‘ ’ ʼ) become ``'``, so "it’s" reads "it is" as "it's" does.
+   NSC transcription markers (IMDA National Speech Corpus) are resolved *before* Whisper's
    normaliser, because Whisper deletes anything in brackets: NSC's ``[lah]`` would vanish from the
    reference while a model that says "lah" gets charged an insertion.
 
@@ -62,7 +63,7 @@ from pathlib import Path
 
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-NORMALIZER_VERSION = "sg-2"  # sg-2: NSC Part 4 Mother Tongue spans
+NORMALIZER_VERSION = "sg-3"  # sg-2: NSC Part 4 Mother Tongue spans; sg-3: curly apostrophes as "'"
 
 
 PARTICLES: frozenset[str] = frozenset({"lah", "leh", "lor", "meh", "hor", "mah", "sia", "ah"})
@@ -93,6 +94,9 @@ def _spoken_word(m: re.Match) -> str:
         word, gloss = span.split(":", 1)
         span = gloss if lang == "tamil" else word
     return f" {span} "
+
+
+_APOSTROPHES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'"})
 
 
 _PAREN = re.compile(r"\([^()]*\)")
@@ -145,6 +149,8 @@ def _whisper() -> EnglishTextNormalizer:
 def _resolve_markers(s: str, particles: bool) -> str:
     # Control/format/unassigned code points are never words; Whisper would keep them as tokens.
     s = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in s)
+    # Whisper expands "it's" but splits "it’s" into "it s": one apostrophe, so both read "it is".
+    s = s.translate(_APOSTROPHES)
     s = _MOTHER_TONGUE.sub(_spoken_word, s)
     s = _TAG.sub(" ", s)
     s = _PAREN.sub(" ", s)

@@ -18,7 +18,7 @@ voice inventory. The corpus is split so that test scores say something about uns
   repeat a domain or control sentence;
 * general sentences (subset="general") go to train only, one train voice each: plain English
   replayed during training (rehearsal) so the adapter does not forget general English. They never
-  reach dev or test and share no sentence with the control set;
+  reach dev or test and share no sentence with the domain or control set;
 * held-out parts: dev and test also have voices of engines that no train voice uses: a
   natural-sounding neural voice (part="neural") and concatenative engines (part="unseen_engine"),
   see `voices.py`. Each dev/test main and control sentence is rendered once more per held-out
@@ -143,6 +143,12 @@ def check_split_sizes(n_sentences: int, n_control: int) -> None:
             f"{MIN_TEST_SENTENCES} test sentences no voice trains on) and {ctl_need} control sentences")
 
 
+# Each input and those it may share no sentence with: a sentence in both could be trained on and scored
+# (main is cut into train, dev and test; general and train-only sentences are only trained on).
+_DISJOINT = {"control": ("main",), "general": ("main", "control"), "train_only": ("main", "control"),
+             "dev_control": ("main", "control", "general", "train_only")}
+
+
 def plan_corpus(
     sentences: list[str], control: list[str], voices: list[Voice], seed: int = 0, max_sentences: int | None = None,
     general: list[str] | None = None, sources: dict[str, list[str]] | None = None, voices_path: Path = VOICES,
@@ -156,31 +162,25 @@ def plan_corpus(
     per subset (keys main, control, general, train_only, dev_control; default: the shipped files,
     line = position)."""
     general, train_only, dev_control = general or [], train_only or [], dev_control or []
+    texts = dict(main=sentences, control=control, general=general, train_only=train_only, dev_control=dev_control)
     check_split_sizes(len(sentences), len(control))
     if sources is None:
         shown = {subset: CorpusInputs().shown(path) for subset, path in
                  (("main", SENTENCES), ("control", CONTROL), ("general", GENERAL), ("train_only", TRAIN_SENTENCES),
                   ("dev_control", DEV_CONTROL))}
-        sources = {subset: [f"{shown[subset]}:{i + 1}" for i in range(len(texts))] for subset, texts in
-                   (("main", sentences), ("control", control), ("general", general), ("train_only", train_only),
-                    ("dev_control", dev_control))}
+        sources = {subset: [f"{shown[subset]}:{i + 1}" for i in range(len(t))] for subset, t in texts.items()}
     rng = random.Random(seed)
     order = rng.sample(range(len(sentences)), len(sentences))
     ctl_order = rng.sample(range(len(control)), len(control))
     if max_sentences is not None:
         order = order[:max_sentences]
         ctl_order = ctl_order[: max(2, max_sentences // 4)]
-    if overlap := {sentence_key(t) for t in general} & {sentence_key(t) for t in control}:
-        raise ValueError(f"general sentences repeat control sentences: {sorted(overlap)[:3]}")
-    # A train-only sentence that is also a domain sentence could be one dev or test scores.
-    evaluated = {sentence_key(t) for t in (*sentences, *control)}
-    if clash := [i for i, t in enumerate(train_only) if sentence_key(t) in evaluated]:
-        raise ValueError(f"{sources['train_only'][clash[0]]}: train-only sentence repeats a domain or control sentence "
-                         f"({len(clash)} such lines): {train_only[clash[0]]!r}")
-    seen = evaluated | {sentence_key(t) for t in (*general, *train_only)}
-    if clash := [i for i, t in enumerate(dev_control) if sentence_key(t) in seen]:
-        raise ValueError(f"{sources['dev_control'][clash[0]]}: dev control sentence repeats a domain, control, general "
-                         f"or train-only sentence ({len(clash)} such lines): {dev_control[clash[0]]!r}")
+    for subset, others in _DISJOINT.items():
+        seen = {sentence_key(t): (o.replace("_", "-"), w) for o in others for t, w in zip(texts[o], sources[o])}
+        if clash := [(i, *seen[k]) for i, t in enumerate(texts[subset]) if (k := sentence_key(t)) in seen]:
+            i, other, where = clash[0]
+            raise ValueError(f"{sources[subset][i]}: {subset.replace('_', '-')} sentence repeats the {other} sentence "
+                             f"at {where} ({len(clash)} such lines): {texts[subset][i]!r}")
     # A separate seeded rng, so adding general data changes neither the main/control split nor
     # their voice hands (their cached audio stays valid).
     gen_rng = random.Random(f"general-{seed}")

@@ -39,7 +39,15 @@ MIN_WORDS, MAX_WORDS = 3, 40
 _URL = re.compile(r"\b(?:https?://|www\.)\S+|\b\S+\.(?:com|org|net|edu|gov|io|sg|co|uk)\b(?:/\S*)?", re.I)
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
 # What the voices read the way the transcript writes it: letters, apostrophes, hyphens, punctuation.
-_SPEAKABLE = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ' \-.,?!;:\"()]*")
+_SPEAKABLE = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ' \-.,?!;:\"]*")
+# Typographic punctuation, as editors and word processors write it, in the plain form the rules and
+# the scoring normaliser know.
+_TYPOGRAPHY = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"',
+                             "\u2026": "..."})
+_RANGE = re.compile(r"(?<=\d)\s?[\u2013\u2014]\s?(?=\d)")
+# Brackets and dashes are pauses: the voices read a bracketed aside, and the label must hold it too,
+# where the normaliser (text.py) deletes anything in round brackets as a transcriber's noise tag.
+_PAUSE = re.compile(r"[()\[\]\u2013\u2014]")
 
 
 @dataclass
@@ -76,19 +84,34 @@ class TextFile:
         return [x for x in self.lines if x.original]
 
 
+def _decimal(whole: str, frac: str) -> str:
+    # Digit by digit from the string: num2words(2.50) drops the zero that the text shows.
+    return f"{num2words(int(whole))} point " + " ".join(num2words(int(d)) for d in frac)
+
+
+_SCALE = {"k": "thousand", "m": "million", "bn": "billion"}
+
+
 def _money(m: re.Match) -> str:
-    dollars, cents = m.group(1).replace(",", ""), m.group(2)
-    out = f"{num2words(int(dollars))} dollar{'s' if int(dollars) != 1 else ''}"
-    return out + (f" {num2words(int(cents))} cents" if cents and int(cents) else "")
+    whole, frac, scale = m.group(1).replace(",", ""), m.group(2), (m.group(3) or "").lower()
+    if scale or (frac is not None and len(frac) != 2):  # "$2.5 million", "$1.999": an amount, not cents
+        amount = _decimal(whole, frac) if frac else num2words(int(whole))
+        return " ".join(filter(None, (amount, _SCALE.get(scale, scale), "dollars")))
+    dollars, cents = int(whole), int(frac or 0)
+    out = [f"{num2words(dollars)} dollar{'s' * (dollars != 1)}"] if dollars or not cents else []
+    return " ".join(out + ([f"{num2words(cents)} cent{'s' * (cents != 1)}"] if cents else []))
 
 
-# (pattern, replacement) in order: money and percentages before bare numbers.
+# (pattern, replacement) in order: a unit split from its number, money and percentages before bare
+# numbers, thousands commas before ordinals ("1,000th").
 _RULES: list[tuple[re.Pattern, object]] = [
-    (re.compile(r"(?<![A-Za-z])(?:S|US)?\$\s?(\d[\d,]*)(?:\.(\d\d))?\b"), _money),
+    (re.compile(r"\b(\d+(?:[.,]\d+)*)(?!(?:st|nd|rd|th)\b)([A-Za-z]+)\b", re.I), r"\1 \2"),
+    (re.compile(r"(?<![A-Za-z])(?:S|US)?\$\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?\b"
+                r"(?:\s?(thousand|million|billion|trillion|k|m|bn)\b)?", re.I), _money),
     (re.compile(r"(\d+(?:\.\d+)?)\s?%"), lambda m: f"{m.group(1)} percent"),
+    (re.compile(r"\b\d{1,3}(?:,\d{3})+(?!\d)"), lambda m: m.group(0).replace(",", "")),
     (re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.I), lambda m: num2words(int(m.group(1)), to="ordinal")),
-    (re.compile(r"\b\d{1,3}(?:,\d{3})+\b"), lambda m: m.group(0).replace(",", "")),
-    (re.compile(r"\b\d+\.\d+\b"), lambda m: num2words(float(m.group(0)))),
+    (re.compile(r"\b(\d+)\.(\d+)\b"), lambda m: _decimal(m.group(1), m.group(2))),
     (re.compile(r"\b\d+\b"), lambda m: num2words(int(m.group(0)))),
     (re.compile(r"\s*&\s*"), " and "),
     (re.compile(r"\s*\+\s*"), " plus "),
@@ -97,14 +120,23 @@ _RULES: list[tuple[re.Pattern, object]] = [
 ]
 
 
+def _plain_punctuation(text: str) -> str:
+    text = _RANGE.sub(" to ", text.translate(_TYPOGRAPHY))  # "10\u201320" is read "10 to 20"
+    if not _PAUSE.search(text):
+        return text
+    text = re.sub(r"\s*,[\s,]*", ", ", _PAUSE.sub(",", text))
+    return re.sub(r",\s*(?=[.?!;:]|$)", "", text).lstrip(", ")
+
+
 def speakable(text: str) -> tuple[str | None, str]:
     """(text as the voices read it, "") or (None, reason): digits, money, percentages and a few
-    symbols are written out in words; URLs, e-mail addresses and other symbols have no rule."""
+    symbols are written out in words, brackets and dashes read as commas, typographic quotes as plain
+    ones; URLs, e-mail addresses and other symbols have no rule."""
     if _EMAIL.search(text):
         return None, "email"
     if _URL.search(text):
         return None, "url"
-    out = text
+    out = _plain_punctuation(text)
     for pattern, repl in _RULES:
         out = pattern.sub(repl, out)
     out = " ".join(out.replace("-", " - ").split()).replace(" - ", "-")  # num2words writes "twenty-three"
@@ -114,8 +146,8 @@ def speakable(text: str) -> tuple[str | None, str]:
 
 
 def sentence_key(s: str) -> str:
-    """What makes two sentences the same: their letters, lower-cased, word by word."""
-    return " ".join(re.findall(r"[a-z]+", s.lower()))
+    """What makes two sentences the same: their letters (any script), case-folded, word by word."""
+    return " ".join(re.findall(r"[^\W\d_]+", s.casefold()))
 
 
 def read_sentences(path: str | Path, role: str = "sentences", shown: str | None = None) -> TextFile:
