@@ -16,6 +16,20 @@ import numpy as np
 
 
 SPLITS = ("train", "dev", "test")  # every source's rows land in one of these
+# Other names corpora give the three splits, matched in any case. "eval" is not among them: it
+# names the test set in some corpora and the validation set in others.
+SPLIT_NAMES = {"train": "train", "training": "train", "dev": "dev", "development": "dev", "validation": "dev",
+               "valid": "dev", "val": "dev", "test": "test", "testing": "test"}
+
+
+def canonical_split(name: str) -> str | None:
+    """train, dev or test for a name in `SPLIT_NAMES` (any case, outer spaces ignored), else None."""
+    return SPLIT_NAMES.get(name.strip().lower())
+
+
+def split_names() -> str:
+    """The accepted split names, for error messages."""
+    return ", ".join(SPLIT_NAMES)
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """Where records come from: the configured source (a reader, or the synthetic corpus built first),
 with splits assigned by speaker where the source has none, so a speaker never straddles train
-and test."""
+and test; a row that names no speaker is split on its own."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,22 @@ import numpy as np
 from asr_lora.data.readers import read
 from asr_lora.data.records import SPLITS, Ledger, Record
 
+log = logging.getLogger(__name__)
+
+
 def speaker_split(speaker: str, fractions: list[float]) -> str:
     """Deterministic speaker -> split, so a speaker never straddles train and test."""
     u = int(hashlib.sha1(speaker.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     edges = np.cumsum(fractions) / sum(fractions)
     return SPLITS[min(int(np.searchsorted(edges, u, side="right")), 2)]
+
+
+def assign_split(rec: Record, fractions: list[float]) -> bool:
+    """Set the split of a record its source left without one; True when it names no speaker and
+    was therefore split as its own speaker (one shared "unknown" would put every such row in one split)."""
+    by_row = rec.speaker in ("", "unknown")
+    rec.split = speaker_split(f"row:{rec.id}" if by_row else rec.speaker, fractions)
+    return by_row
 
 
 # The synthetic source's text inputs (config.DataConfig); meaningless to a reader of recorded clips.
@@ -63,10 +75,18 @@ def iter_records(dcfg, ledger: Ledger, progress: bool = True, scope=None) -> tup
     fractions = list(dcfg.split_fractions)
 
     def records() -> Iterator[Record]:
+        by_row = 0
         for r in read(source, path, ledger, **options):
             if r.split is None:
-                r.split = speaker_split(r.speaker, fractions)
+                by_row += assign_split(r, fractions)
+            if r.split not in SPLITS:  # the readers map split names; a row outside would be lost unsaid
+                raise ValueError(f"{r.source or r.id}: split {r.split!r} is not one of {SPLITS}")
             yield r
+        if by_row:
+            info["rows_split_by_row"] = by_row
+            log.warning("%d rows name no speaker and no split: each was split as its own speaker, so one "
+                        "speaker's clips may be in both train and test (give rows a speaker to keep them apart)",
+                        by_row)
 
     return records(), info
 

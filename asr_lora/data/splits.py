@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 # Part of every prepared-data cache key: bump it when what a prepared row holds changes, so old entries are rebuilt.
-PIPELINE_VERSION = "3"
+PIPELINE_VERSION = "4"
 
 
 def training_text(text: str) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 from asr_lora.core.io import publish_dir, stage_dir
 from asr_lora.core.logs import progress as progress_bar
 from asr_lora.data.audio import SAMPLE_RATE, AudioError, check_audio, duration_reason, load_audio
-from asr_lora.data.records import Ledger, Record
+from asr_lora.data.records import SPLITS, Ledger, Record
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class ShardWriter:
 
     def write(self, row: dict) -> None:
         split = row["split"]
+        if split not in SPLITS:  # it names a folder: nothing else may reach the file system
+            raise ValueError(f"row {row.get('id')!r}: split {split!r} is not one of {SPLITS}")
         f, n, k = self.files.get(split, (None, 0, -1))
         if f is None or n >= self.rows_per_shard:
             if f is not None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from asr_lora.data.records import Ledger, Record
+from asr_lora.data.records import Ledger, Record, canonical_split, split_names
 
 
 class Reject(Exception):
@@ -34,7 +35,8 @@ class Rows:
     good row may reuse the id of an earlier row that was skipped."""
 
     def __init__(self, ledger: Ledger, split: str | None, check_files: bool = True) -> None:
-        self.ledger, self.split, self.check_files, self.ids = ledger, split, check_files, set()
+        self.ledger, self.check_files, self.ids = ledger, check_files, set()
+        self.split = None if split is None else default_split(split)
 
     def take(self, where: str, make: Callable[..., Record], *args: Any, line: str = "") -> Record | None:
         """Count one input row; `make(*args)` builds its Record or raises `Reject`."""
@@ -51,6 +53,11 @@ class Rows:
         return rec
 
     def _check(self, rec: Record) -> None:
+        if rec.split is not None:
+            # Later stages keep only train/dev/test: any other name would lose the row unsaid.
+            if (split := canonical_split(rec.split)) is None:
+                raise Reject("bad_field", f"split {snip(rec.split, 40)!r} is not one of {split_names()}", rec.id)
+            rec.split = split
         if not rec.text.strip():
             raise Reject("empty_text", "transcript is empty", rec.id)
         if rec.id in self.ids:
@@ -58,6 +65,24 @@ class Rows:
         # os.path.isfile, unlike Path.exists, returns False for NUL bytes and over-long names.
         if self.check_files and rec.audio is None and not os.path.isfile(rec.audio_path or ""):
             raise Reject("missing_file", f"audio not found: {rec.audio_path}", rec.id)
+
+
+def default_split(split: str) -> str:
+    """A reader's `split` option as train/dev/test; any other name is a configuration mistake."""
+    if (name := canonical_split(split)) is None:
+        raise ValueError(f"split option {split!r} is not one of {split_names()}")
+    return name
+
+
+def duration(value: Any, *, text: bool = False) -> float:
+    """A stated clip length in seconds: a finite, non-negative number (given as `text` in tables)."""
+    try:  # float() also rejects JSON integers too big for a float
+        seconds = math.nan if isinstance(value, bool) or (isinstance(value, str) and not text) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise Reject("bad_field", f"'duration' must be a non-negative number, got {snip(value)}")
+    return seconds
 
 
 def read_table(path: Path, delimiter: str, quoting: int) -> Iterator[Any]:

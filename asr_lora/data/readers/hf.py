@@ -10,7 +10,7 @@ from typing import Any
 
 from asr_lora.data.audio import AudioError, decode_bytes, to_mono
 from asr_lora.data.readers.base import Reject, Rows
-from asr_lora.data.records import Ledger, Record
+from asr_lora.data.records import Ledger, Record, canonical_split, split_names
 
 
 @contextlib.contextmanager
@@ -58,10 +58,13 @@ def read_hf(
     metadata.csv/jsonl), or an already loaded (Iterable)Dataset. `streaming=True` for corpora
     that do not fit on disk. `columns` maps Record fields (text, id, speaker, accent) to column
     names; unmapped ones are guessed from common names (text/transcription/sentence, ...).
+    `split` names the Hub split to load; its rows land in train, dev or test by that name
+    (validation -> dev), so a Hub split of another name is refused.
     Audio is never decoded by datasets (no torchcodec): bytes are decoded here with soundfile
     into `Record.audio` at their native rate; a row with only a local path gets `audio_path`."""
     import datasets
 
+    lands_in = _lands_in(split)
     with _audio_paths_without_torchcodec():
         if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
             ds, label = source, f"<{type(source).__name__}>"
@@ -72,7 +75,16 @@ def read_hf(
                 ds = datasets.load_dataset("audiofolder", data_dir=str(folder), **kw)
             else:
                 ds = datasets.load_dataset(str(source), name, **kw)
-        yield from _hf_rows(ds, label, ledger, split, columns, audio_column, subset, accent)
+        yield from _hf_rows(ds, label, ledger, (split, lands_in), columns, audio_column, subset, accent)
+
+
+def _lands_in(split: str) -> str:
+    """The train/dev/test split a Hub split's rows land in: validation -> dev; a slice such as
+    `train[:10%]` lands where its split does."""
+    if (name := canonical_split(split.split("[", 1)[0])) is None:
+        raise ValueError(f"HF split {split!r}: its rows must land in train, dev or test, and it is not one of "
+                         f"{split_names()} (a slice such as 'train[:10%]' is fine)")
+    return name
 
 
 _HF_GUESSES = {
@@ -87,7 +99,7 @@ def _hf_rows(
     ds: Any,
     label: str,
     ledger: Ledger,
-    split: str,
+    splits: tuple[str, str],
     columns: Mapping[str, str] | None,
     audio_column: str,
     subset: str,
@@ -95,6 +107,7 @@ def _hf_rows(
 ) -> Iterator[Record]:
     from datasets import Audio
 
+    split, lands_in = splits  # the Hub's name, for messages; train/dev/test, for the rows
     names = list(ds.features or {})
     if audio_column not in names:
         raise ValueError(f"{label}: no audio column {audio_column!r}; columns are {names}")
@@ -116,7 +129,7 @@ def _hf_rows(
             text=get["text"].strip(),
             speaker=get["speaker"] or "unknown",
             accent=get["accent"] or accent,
-            split=split,
+            split=lands_in,
             subset=subset,
             source=where,
         )
@@ -135,7 +148,7 @@ def _hf_rows(
             raise Reject(e.reason, str(e), rec.id) from None
         return rec
 
-    rows = Rows(ledger, split, check_files=True)
+    rows = Rows(ledger, lands_in, check_files=True)
     for index, row in enumerate(ds):
         where = f"{label}[{split}]:{index}"
         if (rec := rows.take(where, make, row, where)) is not None:

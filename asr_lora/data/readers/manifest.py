@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from asr_lora.data.readers.base import Reject, Rows, ok, read_table, require_columns, resolve, snip
+from asr_lora.data.readers.base import Reject, Rows, duration, ok, read_table, require_columns, resolve, snip
 from asr_lora.data.records import Ledger, Record
 
 _STR_FIELDS = ("id", "speaker", "accent", "split", "subset", "engine", "voice", "part")
@@ -84,14 +83,7 @@ def _jsonl_record(raw: bytes, lineno: int, where: str, base: Path, defaults: dic
             raise Reject("missing_field", f"missing {key!r}: {snip(line)}")
         if not isinstance(row[key], str):
             raise Reject("bad_field", f"{key!r} must be a string, got {snip(row[key])}")
-    duration = row.get("duration")
-    if duration is not None:
-        try:  # float() also rejects JSON integers too big for a float
-            ok = not isinstance(duration, (bool, str)) and math.isfinite(float(duration)) and duration >= 0
-        except (TypeError, ValueError, OverflowError):
-            ok = False
-        if not ok:
-            raise Reject("bad_field", f"'duration' must be a non-negative number, got {snip(duration)}")
+    seconds = None if row.get("duration") is None else duration(row["duration"])
     fields = {k: row.get(k) for k in _STR_FIELDS}
     for key, value in fields.items():
         if isinstance(value, (dict, list)):
@@ -108,7 +100,7 @@ def _jsonl_record(raw: bytes, lineno: int, where: str, base: Path, defaults: dic
         id=fields["id"] or row["audio_filepath"],
         text=row["text"],
         audio_path=resolve(base, row["audio_filepath"]),
-        duration=float(duration) if duration is not None else None,
+        duration=seconds,
         speaker=fields["speaker"] or "unknown",
         accent=fields["accent"] or defaults["accent"],
         split=fields["split"] or defaults["split"],
@@ -157,17 +149,14 @@ def read_csv(
         val = {field: ok(row)[column].strip() for field, column in cols.items()}
         if not val["audio"]:
             raise Reject("missing_field", f"empty {cols['audio']!r}")
-        try:
-            duration = float(val["duration"]) if val.get("duration") else None
-        except ValueError:
-            raise Reject("bad_field", f"duration {val['duration']!r} is not a number") from None
+        seconds = duration(val["duration"], text=True) if val.get("duration") else None
         return Record(
             id=val.get("id") or val["audio"],
             text=val["text"],
             audio_path=resolve(base, val["audio"]),
             speaker=val.get("speaker") or "unknown",
             accent=val.get("accent") or accent,
-            duration=duration,
+            duration=seconds,
             split=val.get("split") or split,
             subset=val.get("subset") or subset,
             engine=val.get("engine") or None,
