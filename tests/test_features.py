@@ -42,6 +42,7 @@ def test_feature_cache_matches_on_the_fly_and_is_reused(tmp_path, tiny_whisper_d
 def test_feature_cache_choice_follows_the_budget():
     d = OmegaConf.structured(DataConfig(feature_cache="auto", feature_cache_budget_gb=1.0))
     assert use_feature_cache(d, 1000) and not use_feature_cache(d, 2000)
+    assert not use_feature_cache(d, 1000, waveform_augmented=True)  # the collator would never read them
     d.feature_cache = "false"
     assert not use_feature_cache(d, 1)
 

@@ -231,16 +231,22 @@ class SpeechCollator:
 FEATURE_BYTES = 80 * 3000 * 4  # one 30 s log-mel window, float32
 
 
-def use_feature_cache(dcfg, n_clips: int, reads_per_clip: float | None = None) -> bool:
+def use_feature_cache(dcfg, n_clips: int, reads_per_clip: float | None = None,
+                      waveform_augmented: bool = False) -> bool:
     """Whether to compute every clip's log-mel once, up front, and keep it (`add_features`).
 
     auto: only when a training run reads each clip at least twice on average (`reads_per_clip`):
     otherwise the up-front pass computes more log-mels than the run would per batch (the recipe's
     128 steps of 8 read 1,024 of 1,594 train clips), and the features are the same bits either way.
-    And only while the cache fits `feature_cache_budget_gb`."""
+    Never when waveform effects run per step (`waveform_augmented`): the collator then computes each
+    train log-mel from the changed audio and would not read the clean ones. And only while the
+    cache fits `feature_cache_budget_gb`."""
     setting = str(dcfg.feature_cache).lower()
     if setting in ("true", "false"):
         return setting == "true"
+    if waveform_augmented:
+        log.info("log-mel features computed per batch: waveform effects change every train clip per step")
+        return False
     if reads_per_clip is not None and reads_per_clip < 2:
         log.info("log-mel features computed per batch: the run reads each train clip %.1f times on average",
                  reads_per_clip)

@@ -268,8 +268,9 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     start = model.config.decoder_start_token_id
     # Streaming: the collator (run in the DataLoader workers) computes every log-mel on the fly.
     collator, eval_collator = make_collators(t, cfg.seed, processor, start, rows.augmenter, held_cache, terms)
+    augmented = rows.augmenter is not None and rows.augmenter.touches_waveform()
     if not streaming and cache is None and use_feature_cache(cfg.data, len(train_ds) + len(dev_ds or []),
-                                                             reads_per_clip(t, len(train_ds))):
+                                                             reads_per_clip(t, len(train_ds)), augmented):
         train_ds = add_features(train_ds, processor)
         dev_ds = add_features(dev_ds, processor) if dev_ds is not None else None
     keep = collator_columns(held_cache, train_ds.column_names, t.timestamp_probability, t.encoder_time_mask,
@@ -337,7 +338,7 @@ def wandb_run(cfg: DictConfig, run_dir: Path, report_to: list[str], extra: dict)
 def fit_member(cfg: DictConfig, seed: int, model, processor, rows: Rows, cache, run_dir: Path,
                report_to: list[str], params: dict, terms) -> Fitted:
     """One member of a train.seeds run: the run under `seed=seed` on a fresh LoRA (the previous
-    member's unloaded from the base), exactly as a run with that seed, into `run_dir/seed<N>`."""
+    member's unloaded from the base), as a run with that seed on the run's rows, into `run_dir/seed<N>`."""
     from omegaconf import open_dict
 
     member = cfg.copy()

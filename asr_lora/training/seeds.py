@@ -1,11 +1,14 @@
 """One run, several seeds, one averaged adapter (train.seeds).
 
-The recipe trained under each seed in turn (its LoRA initialised, its rows drawn and its collator's
-prompts and masks drawn under that seed, as a run with `seed=` that seed would: the job's
-`fit_member`), each adapter kept under `seed<N>/`, then averaged into the run's `adapter/` with
-`model.adapters.average_adapters` (the exact mean of their LoRA updates). The run scores, saves and
-exports the average. The members share the loaded model, the prepared rows, the encoder outputs and
-the zero-shot passes, which separate runs would each make again. Hand-written: the Trainer trains one
+The recipe is trained under each seed in turn (its LoRA initialised, its batches drawn and its
+collator's prompts and masks drawn under that seed, as a run with `seed=` that seed would: the
+job's `fit_member`), each adapter kept under `seed<N>/`, then the adapters are averaged into the
+run's `adapter/` with `model.adapters.average_adapters` (the exact mean of their LoRA updates). The
+run scores, saves and exports the average. The members share the loaded model, the prepared rows,
+the encoder outputs and the zero-shot passes, which separate runs would each make again. The rows
+are chosen once, under the run's `seed`: where the run draws a subset of them (data.replay_share,
+data.max_train_samples, the dev subsample, augmented takes), that subset is every member's, and
+only there does a member differ from a run with its seed. Hand-written: the Trainer trains one
 model per `train()`.
 """
 
