@@ -218,3 +218,27 @@ def test_worst_utterances_order():
 
 def test_worst_utterances_skips_perfect_rows():
     assert [w["id"] for w in worst_utterances(_rows(), n=10)] == ["u4", "u2", "u1"]
+
+
+def test_a_control_rise_of_exactly_the_limit_passes_the_gate():
+    from asr_lora.evaluation.scoring import forgetting_gate
+
+    for errors_base, errors_adapted, n in ((40, 42, 1000), (60, 63, 100), (120, 126, 2000)):
+        gate = forgetting_gate({"control": {"wer": errors_base / n}}, {"control": {"wer": errors_adapted / n}}, 0.05)
+        assert gate["passed"], (errors_base, errors_adapted, n, gate["relative_degradation"])
+    gate = forgetting_gate({"control": {"wer": 40 / 1000}}, {"control": {"wer": 43 / 1000}}, 0.05)
+    assert not gate["passed"]
+
+
+def test_results_files_are_json_any_parser_reads(tmp_path):
+    import json
+
+    import numpy as np
+
+    from asr_lora.core.io import write_json
+
+    path = write_json(tmp_path / "m.json", {"ci": [float("nan"), np.float32(0.25)], "rel": float("inf"),
+                                            "n": np.int64(3), "ok": True}, default=float)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"ci": [None, 0.25], "rel": None, "n": 3.0, "ok": True}

@@ -66,3 +66,19 @@ def test_evaluate_takes_the_zero_shot_passes_a_training_run_made(tmp_path, tiny_
     assert hyps["base"] == trained["base"] and hyps["prompt"] == trained["prompt"] and hyps["ids"] == trained["ids"]
     score("eval.reuse_zero_shot=false")
     assert decoded == ["adapted", "base", "prompt", "adapted"]
+
+
+def test_a_pass_in_another_dtype_is_not_reused(tmp_path, tiny_whisper_dir, monkeypatch):
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from asr_lora.evaluation import scoring
+    from asr_lora.evaluation.zero_shot import zero_shot_passes
+
+    decoded = []
+    monkeypatch.setattr(scoring, "decode_system", lambda model, *a, **k: (decoded.append(model.dtype) or ["x", "y"],))
+    ecfg = SimpleNamespace(beam_size=1, batch_size=2, max_new_tokens=8)
+    for dtype in (torch.float32, torch.float32, torch.bfloat16):
+        model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir, dtype=dtype)
+        zero_shot_passes(model, None, make(), ecfg, ["base"], None, None, str(tiny_whisper_dir), tmp_path / "c")
+    assert decoded == [torch.float32, torch.bfloat16]  # the fp32 pass reused once, never for bf16

@@ -10,6 +10,8 @@ is the one reader of the line files users hand in (sentences, terms).
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -52,8 +54,21 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> Path:
+    """`obj` as JSON that every parser reads: NaN and infinities (an interval of one speaker, a
+    change from zero) are written as null, which Python's json would write as bare NaN/Infinity."""
     dump_kwargs.setdefault("indent", 2)
-    return write_text(path, json.dumps(obj, **dump_kwargs))
+    return write_text(path, json.dumps(finite(obj), allow_nan=False, **dump_kwargs))
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with every non-finite float (numpy's included) replaced by None."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, numbers.Real) and not isinstance(obj, numbers.Integral):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
 
 
 def stage_dir(target: str | os.PathLike) -> Path:

@@ -22,7 +22,7 @@ from asr_lora.core.paths import cache_key
 
 log = logging.getLogger(__name__)
 
-VERSION = "2"  # 2: beam search with folded cross-attention (model/beam_cache.py)
+VERSION = "3"  # 2: beam search with folded cross-attention (model/beam_cache.py); 3: the weights' dtype in the key
 
 
 def _weights_signature(model_dir: str) -> list:
@@ -76,7 +76,8 @@ def zero_shot_passes(model, processor, ds, ecfg, systems, terms, encoder_cache, 
     a run has already decoded zero-shot does not decode them again."""
     from asr_lora.evaluation.scoring import decode_system
 
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device = f"{param.device}/{param.dtype}"  # a pass in bf16 is not the fp32 pass
     out = {}
     for system in (s for s in systems if s in ("base", "prompt")):
         def decode(system=system):
