@@ -27,7 +27,7 @@ def fake_run(root: Path, name: str, *, r: int | None, wer: float, trainable: int
         "lora": lora,
         "train": {"steps": 10, "seconds": seconds, "best_dev_wer": dev},
         "adapter_bytes": 8 * trainable if mode == "lora" else 151_000_000,
-        "eval": {"split": "test",
+        "eval": {"split": "test", "part": "neural",
                  "base": {"wer": base, "ci_low": base - 0.05, "ci_high": base + 0.05, "control_wer": 0.08},
                  "adapted": {"wer": wer, "ci_low": wer - 0.04, "ci_high": wer + 0.06, "control_wer": 0.09},
                  "relative_wer_reduction": (base - wer) / base},
@@ -82,6 +82,7 @@ def test_rows_carry_every_column_and_sort_by_test_wer(multirun):
     assert md[0].startswith("| run | overrides | r | alpha | targets | scope | mode | trainable params")
     assert len(md) == 2 + 3
     assert "| 196,608 |" in md[2] and "20.00% [16.0, 26.0]" in md[2] and "+33.3%" in md[2]
+    assert "| test, neural | 20.00%" in md[2] and best["scored_on"] == "test, neural"  # what the WER columns score
 
 
 def test_cli_writes_md_csv_json_and_valid_pngs(multirun, tmp_path, capsys):

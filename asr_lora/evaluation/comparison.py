@@ -7,9 +7,10 @@ was changed on the command line) and `.hydra/config.yaml` (fills settings metric
 A run whose metrics.json has no dev WER but which logged to wandb offline gets it from the run
 file through `tracking.read_offline_run`.
 
-Writes `compare.md`, `compare.csv`, `compare.json`, `compare_wer.png` (test WER with 95% CI per
-run, zero-shot base marked) and `compare_params.png` (test WER against trainable parameters,
-log x) into `--out`, and prints the markdown table.
+Writes `compare.md`, `compare.csv`, `compare.json`, `compare_wer.png` (WER with 95% CI per run,
+zero-shot base marked) and `compare_params.png` (WER against trainable parameters, log x) into
+`--out`, and prints the markdown table. The WER is each run's scored split (its lead part when it
+has parts), which the "scored on" column names.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ log = logging.getLogger(__name__)
 
 
 COLUMNS = ["run", "overrides", "r", "alpha", "targets", "scope", "mode", "trainable params", "adapter size",
-           "steps x batch", "train time", "dev WER", "test WER [95% CI]", "base WER", "control WER", "rel. reduction"]
+           "steps x batch", "train time", "dev WER", "scored on", "WER [95% CI]", "base WER", "control WER",
+           "rel. reduction"]
 
 
 CSV_FIELDS = ["run", "run_dir", "recipe", "overrides", "r", "alpha", "targets", "scope", "mode", "trainable_params",
-              "total_params", "adapter_bytes", "train_seconds", "train_steps", "dev_wer", "test_wer", "test_ci_low",
+              "total_params", "adapter_bytes", "train_seconds", "train_steps", "dev_wer", "scored_on", "test_wer",
+              "test_ci_low",
               "test_ci_high", "base_wer", "base_ci_low", "base_ci_high", "control_wer", "base_control_wer",
               "relative_reduction"]
 
@@ -157,6 +160,9 @@ def run_row(run: dict[str, Any], label: str) -> dict[str, Any]:
         "train_steps": _get(m, "train", "steps"),
         "batch": _get(saved, "train", "per_device_train_batch_size"),
         "dev_wer": dev,
+        # The WER columns are the scored split's lead part when it has parts (metrics.json "eval"):
+        # runs scored on different splits or parts are not comparable, and this column shows it.
+        "scored_on": ", ".join(str(x).replace("_", " ") for x in (ev.get("split"), ev.get("part")) if x) or None,
         "test_wer": test_wer,
         "test_ci_low": number(adapted.get("ci_low")),
         "test_ci_high": number(adapted.get("ci_high")),
@@ -235,7 +241,8 @@ def display_row(r: dict) -> dict[str, Any]:
         "scope": r["scope"], "mode": r["mode"], "trainable params": _count(r["trainable_params"]),
         "adapter size": _size(r["adapter_bytes"]), "train time": _secs(r["train_seconds"]),
         "steps x batch": f"{r['train_steps']} x {r.get('batch')}" if r.get("train_steps") is not None else "",
-        "dev WER": pct(r["dev_wer"]) if r["dev_wer"] is not None else "", "test WER [95% CI]": _wer_ci(r),
+        "dev WER": pct(r["dev_wer"]) if r["dev_wer"] is not None else "", "scored on": r.get("scored_on") or "",
+        "WER [95% CI]": _wer_ci(r),
         "base WER": pct(r["base_wer"]) if r["base_wer"] is not None else "",
         "control WER": pct(r["control_wer"]) if r["control_wer"] is not None else "",
         "rel. reduction": "" if red is None else f"{100 * red:+.1f}%",
@@ -310,7 +317,7 @@ def plot_wer(rows: Sequence[dict]) -> bytes:
     _base_line(ax, rows, xs)
     ax.set_xticks(xs, [describe(r) for r in rows], rotation=30 if len(rows) > 3 else 0, ha="right" if len(rows) > 3
                   else "center", fontsize=8)
-    ax.set_ylabel("test WER (%)")
+    ax.set_ylabel("WER (%), scored split")
     ax.set_title("Test WER per run (95% speaker-bootstrap CI)")
     ax.grid(axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -333,7 +340,7 @@ def plot_params(rows: Sequence[dict]) -> bytes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("test WER (%)")
+    ax.set_ylabel("WER (%), scored split")
     ax.set_title("WER vs trainable parameters")
     ax.grid(alpha=0.3, which="both")
     return png_bytes(fig)
@@ -365,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", help="run directories or folders above them (e.g. a Hydra multirun dir)")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default: the single dir given, else ./compare)")
-    ap.add_argument("--sort", default="wer", choices=sorted(SORT_KEYS), help="sort column (default: test WER)")
+    ap.add_argument("--sort", default="wer", choices=sorted(SORT_KEYS), help="sort column (default: WER)")
     args = ap.parse_args(argv)
     setup_logging(None)
     try:
