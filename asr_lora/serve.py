@@ -46,20 +46,18 @@ def main(argv=None) -> int:
     from asr_lora.core.logs import setup_logging
     from asr_lora.serving.app import Settings, create_app
     from asr_lora.serving.batcher import Batcher
-    from asr_lora.inference.engine import Engine
+    from asr_lora.inference.engine import AdapterSpecError, Engine, adapter_specs
 
     setup_logging(None, quiet=True)
-    adapters = {}
-    for spec in args.adapter:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--adapter {spec!r}: expected NAME=DIR")
-        adapters[name] = path
-    engine = Engine(args.model, adapters, device=args.device, max_new_tokens=args.max_new_tokens,
-                    beam_size=args.beam_size)
-    batcher = Batcher(engine, max_batch=args.max_batch, window_ms=args.batch_window_ms)
     settings = Settings(api_key=args.api_key, max_upload_mb=args.max_upload_mb, adapter_prompts=args.adapter_prompts)
-    app = create_app(batcher, settings)
+    try:
+        engine = Engine(args.model, adapter_specs(args.adapter, need_names=True), device=args.device,
+                        max_new_tokens=args.max_new_tokens, beam_size=args.beam_size)
+        batcher = Batcher(engine, max_batch=args.max_batch, window_ms=args.batch_window_ms)
+        app = create_app(batcher, settings)
+    except AdapterSpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"serving {engine.models} on http://{args.host}:{args.port} (base {engine.base_name}, "
           f"beam {engine.beam_size})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

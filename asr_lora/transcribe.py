@@ -5,7 +5,8 @@ Decodes through the server's engine (`inference/engine.py`), so a clip gets the 
 gives it. The beam size defaults to the one the adapter's figures were scored with.
 
 Bad files get a one-line error naming the file and exit code 2; the other files are still
-transcribed.
+transcribed. A bad `--adapter` or a `--prompt` that spells a special token is a one-line error and
+exit code 2; a long prompt keeps its last tokens, as the server's does.
 """
 
 from __future__ import annotations
@@ -39,10 +40,13 @@ def main(argv=None) -> int:
     # a CLI whose output is the transcript: warnings and errors only, and on stderr, so that stdout
     # stays the transcript or JSON lines even when a warning is logged
     setup_logging(None, quiet=True, stderr=True)
-    adapters = {}
-    for i, spec in enumerate(args.adapter):
-        name, _, path = spec.rpartition("=")
-        adapters[name or f"adapter{i}"] = path
+    from asr_lora.inference.engine import AdapterSpecError, adapter_specs
+
+    try:
+        adapters = adapter_specs(args.adapter)
+    except AdapterSpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     use = args.use or (next(iter(adapters)) if adapters else "base")
     if use != "base" and use not in adapters:
         print(f"error: --use {use!r}: no such adapter; loaded: {['base', *adapters]}", file=sys.stderr)
@@ -64,11 +68,16 @@ def main(argv=None) -> int:
 
     if audios:
         from asr_lora.inference.decode import DecodeOptions
-        from asr_lora.inference.engine import Engine
+        from asr_lora.inference.engine import Engine, OptionError
 
         model = None if args.model == "auto" else args.model
         engine = Engine(model, adapters, device=args.device, mode="switch", beam_size=args.beam_size)
-        results = engine.transcribe(audios, use, DecodeOptions(prompt=args.prompt))
+        try:  # the server's rules: a long prompt keeps its last tokens, special tokens are refused
+            options = engine.prepare(DecodeOptions(prompt=args.prompt))
+        except OptionError as e:
+            print(f"error: --{e.param}: {e}", file=sys.stderr)
+            return 2
+        results = engine.transcribe(audios, use, options)
         texts = [r["text"] for r in results]
         for name, text in zip(names, texts):
             if args.output == "json":

@@ -308,7 +308,8 @@ def test_serve_cli_defaults_are_safe():
     assert a.adapter_prompts is False and parse_args(["--adapter-prompts"]).adapter_prompts is True
     r = subprocess.run([sys.executable, "-m", "asr_lora.serve", "--adapter", "sg=/does/not/exist"],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert r.returncode != 0 and "adapter_config.json" in r.stderr  # adapters checked at start, not per request
+    assert r.returncode == 2 and "adapter_config.json" in r.stderr  # adapters checked at start, not per request
+    assert r.stderr.startswith("error: --adapter") and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_serve_command_starts_and_passes_adapter_prompts_to_the_app(setup, tmp_path, tiny_whisper_dir):

@@ -111,3 +111,28 @@ def test_long_audio_is_transcribed_whole(tmp_path):
     model, processor = load_whisper("bundled:tiny.en")
     hyp = transcribe_arrays(model, processor, [x])[0].lower()
     assert "sentence number one" in hyp and "number 12 about" in hyp  # both windows decoded
+
+
+def test_cli_adapter_directory_with_an_equals_sign(tmp_path, tiny_whisper_dir, capsys):
+    sweep = _adapter(tiny_whisper_dir, tmp_path / "multirun" / "0_lora.r=4", 1)  # a Hydra sweep folder
+    clip = str(write_tone(tmp_path / "a.wav", 1.0))
+    for spec in (f"sg={sweep}", str(sweep)):
+        assert main([clip, "--model", str(tiny_whisper_dir), "--adapter", spec, "--output", "json"]) == 0, spec
+        out, err = capsys.readouterr()
+        assert "error" not in err and '"adapter": "' + ("sg" if spec.startswith("sg=") else "adapter0") in out
+
+
+def test_cli_bad_adapter_or_prompt_is_one_error_line(tmp_path, tiny_whisper_dir, capsys):
+    clip = str(write_tone(tmp_path / "a.wav", 1.0))
+    base = ["--model", str(tiny_whisper_dir)]
+    for args in (["--adapter", f"sg={tmp_path / 'missing'}"], ["--prompt", "call <|endoftext|> now"]):
+        assert main([clip, *base, *args]) == 2, args
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: --") and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_long_prompt_keeps_its_last_tokens(tmp_path, tiny_whisper_dir, capsys):
+    clip = str(write_tone(tmp_path / "a.wav", 1.0))
+    prompt = " ".join(f"kopi{i}" for i in range(400))  # ~1,200 tokens, past the decoder's 448
+    assert main([clip, "--model", str(tiny_whisper_dir), "--prompt", prompt]) == 0
+    assert capsys.readouterr().out.strip()

@@ -11,6 +11,7 @@ differ slightly on the same audio; training and evaluation here always use this 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -22,7 +23,13 @@ from asr_lora.data.audio import SAMPLE_RATE
 from asr_lora.model.beam_cache import fold_beam_search
 from asr_lora.model.encoder_cache import encoder_states
 
+log = logging.getLogger(__name__)
+
 CHUNK_SECONDS = 30
+# A long prompt keeps its last 223 text tokens after <|startofprev|>, as Whisper and OpenAI's API do:
+# half the decoder's 448 positions stay for the transcript.
+PROMPT_MAX_TOKENS = 223
+START_TOKENS = 4  # <|startoftranscript|>, language, task, <|notimestamps|>: between prompt and transcript
 # Clips per encoder call on CPU. The 30 s encoder's activations for 16 clips (~150 MB) spill the
 # cache: on 2 AVX2 cores it took 0.51 s per clip at 16 clips per call and 0.42 s at 2, with the same
 # hypotheses (bench/encoder_chunk.py). GPUs keep the whole batch in one call.
@@ -35,8 +42,13 @@ class DecodeOptions:
 
     beam_size: int = 1
     prompt: str | None = None  # previous-text prompt (Whisper's `prompt_ids`), e.g. the domain terms
+    # `prompt` tokenised and cut to fit (`prompt_ids`) by whoever built the options, once per request;
+    # None: tokenised at each decode call
+    prompt_ids: tuple[int, ...] | None = None
     language: str | None = None  # multilingual checkpoints only; English when None
     timestamps: bool = False
+    # with timestamps: each segment gets the `avg_logprob` of its window (generate keeps its scores)
+    logprobs: bool = False
     temperature: float = 0.0
     max_new_tokens: int = 128
 
@@ -53,6 +65,18 @@ def is_multilingual(model) -> bool:
     return bool(getattr(model.generation_config, "is_multilingual", False))
 
 
+def prompt_ids(model, processor, prompt: str, max_new_tokens: int) -> tuple[int, ...]:
+    """Whisper's `prompt_ids` for `prompt`: <|startofprev|> and the prompt's last tokens, as many as
+    leave room for the start tokens and `max_new_tokens` (transformers refuses a longer total);
+    () when none fit. Raises ValueError for text that spells a special token, e.g. "<|endoftext|>"."""
+    ids = [int(i) for i in processor.get_prompt_ids(prompt)]
+    room = model.config.max_target_positions - max_new_tokens - START_TOKENS - 1
+    keep = max(0, min(PROMPT_MAX_TOKENS, room))
+    if len(ids) - 1 > keep:
+        log.debug("prompt of %d tokens cut to its last %d (max_new_tokens %d)", len(ids) - 1, keep, max_new_tokens)
+    return (ids[0], *ids[1:][-keep:]) if keep else ()
+
+
 def _generate_kwargs(model, processor, options: DecodeOptions) -> dict:
     """`generate` kwargs for `options`. English-only checkpoints take no language argument;
     multilingual ones transcribe English unless asked otherwise. Beam search first
@@ -67,10 +91,15 @@ def _generate_kwargs(model, processor, options: DecodeOptions) -> dict:
         kwargs["do_sample"] = False
     if is_multilingual(model):
         kwargs.update(language=(options.language or "en").lower(), task="transcribe")
-    if options.prompt:
-        kwargs["prompt_ids"] = torch.as_tensor(processor.get_prompt_ids(options.prompt)).to(model_device(model))
+    ids = options.prompt_ids
+    if ids is None and options.prompt:
+        ids = prompt_ids(model, processor, options.prompt, options.max_new_tokens)
+    if ids:
+        kwargs["prompt_ids"] = torch.tensor(ids, dtype=torch.long, device=model_device(model))
     if options.timestamps:
         kwargs.update(return_timestamps=True, return_segments=True)
+        if options.logprobs:
+            kwargs.update(return_dict_in_generate=True, output_scores=True)
     return kwargs
 
 
@@ -105,19 +134,37 @@ def decode_ids(processor, ids) -> list[str]:
     return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
 
 
-def _results(processor, out, durations: Sequence[float], timestamps: bool) -> list[dict]:
-    tok = processor.tokenizer
+def _avg_logprob(result: dict, eos: int, temperature: float) -> float:
+    """Whisper's `avg_logprob` of one window: the mean log-probability of its tokens up to and
+    including <|endoftext|>, from the processed scores generate picked them by (a beam search's
+    are those of the returned beam). The scores end the sequence, prompt and start tokens before."""
+    scores = torch.stack(result["scores"]).float() * (temperature if temperature > 0 else 1.0)  # undo the warper
+    tokens = result["sequences"][-len(result["scores"]):].to(scores.device)
+    ends = (tokens == eos).nonzero()
+    n = int(ends[0]) + 1 if len(ends) else len(tokens)
+    logprobs = torch.log_softmax(scores[:n], dim=-1).gather(-1, tokens[:n, None])
+    return round(float(logprobs.mean()), 4)
+
+
+def _segment(tok, seg: dict, duration: float, options: DecodeOptions) -> dict:
+    start, end = (min(float(seg[k]), duration) for k in ("start", "end"))
+    out = {"start": round(start, 2), "end": round(max(start, end), 2),
+           "text": tok.decode(seg["tokens"], skip_special_tokens=True).strip()}
+    if options.logprobs:
+        out["avg_logprob"] = _avg_logprob(seg["result"], tok.eos_token_id, options.temperature)
+    return out
+
+
+def _results(processor, out, durations: Sequence[float], options: DecodeOptions) -> list[dict]:
+    tok, timestamps = processor.tokenizer, options.timestamps
     seqs = out["sequences"] if isinstance(out, dict) else out
     results = []
     for row, duration in enumerate(durations):
         text = tok.decode(seqs[row], skip_special_tokens=True).strip()
         segments = []
         if timestamps and isinstance(out, dict):
-            for seg in out["segments"][row]:
-                seg_text = tok.decode(seg["tokens"], skip_special_tokens=True).strip()
-                start, end = (min(float(seg[k]), duration) for k in ("start", "end"))
-                if seg_text:
-                    segments.append({"start": round(start, 2), "end": round(max(start, end), 2), "text": seg_text})
+            segs = (_segment(tok, seg, duration, options) for seg in out["segments"][row])
+            segments = [s for s in segs if s["text"]]
         if timestamps and not segments and text:
             segments = [{"start": 0.0, "end": round(duration, 2), "text": text}]
         results.append({"text": text, "segments": segments, "duration": round(duration, 3)})
@@ -137,7 +184,7 @@ def _decode_long(model, processor, audio: np.ndarray, options: DecodeOptions,
         kwargs["adapter_names"] = adapter_names
     out = model.generate(input_features=inputs.input_features.to(param.device, param.dtype),
                          attention_mask=inputs.attention_mask.to(param.device), **kwargs)
-    return _results(processor, out, [len(audio) / SAMPLE_RATE], True)[0]
+    return _results(processor, out, [len(audio) / SAMPLE_RATE], opts)[0]
 
 
 def decode_audio(model, processor, audios: Sequence[np.ndarray], options: DecodeOptions = DecodeOptions(),
@@ -154,7 +201,7 @@ def decode_audio(model, processor, audios: Sequence[np.ndarray], options: Decode
         names = [adapter_names[i] for i in idx] if adapter_names is not None else None
         ids = generate_ids(model, processor, feats, options, adapter_names=names)
         durations = [len(audios[i]) / SAMPLE_RATE for i in idx]
-        for i, r in zip(idx, _results(processor, ids, durations, options.timestamps)):
+        for i, r in zip(idx, _results(processor, ids, durations, options)):
             out[i] = r
     for i in (i for i, r in enumerate(out) if r is None):
         names = [adapter_names[i]] if adapter_names is not None else None

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
 from asr_lora.data.audio import SAMPLE_RATE
-from asr_lora.inference.decode import DecodeOptions, decode_audio, is_multilingual
+from asr_lora.inference.decode import DecodeOptions, decode_audio, is_multilingual, prompt_ids
 from asr_lora.model.adapters import adapter_base, check_adapter_dir, load_adapter, scored_beam_size
 from asr_lora.model.whisper import load_whisper
 
@@ -32,11 +33,47 @@ Options = DecodeOptions  # a request's options; the engine fills in its beam siz
 
 
 class OptionError(ValueError):
-    """A request option the model cannot honour; `param` names the form field."""
+    """A request option the model cannot honour; `param` names the form field, `code` the OpenAI
+    error code."""
 
-    def __init__(self, param: str, message: str) -> None:
-        self.param = param
+    def __init__(self, param: str, message: str, code: str = "unsupported_value") -> None:
+        self.param, self.code = param, code
         super().__init__(message)
+
+
+class AdapterSpecError(ValueError):
+    """An `--adapter` argument that names no loadable adapter directory."""
+
+
+def language_name(language: str | None) -> str:
+    """Whisper's lowercase name of a language code or name ("en", "English" -> "english"), which
+    OpenAI echoes; the input lowercased when Whisper does not know it."""
+    lang = (language or "en").lower()
+    return LANGUAGES.get(TO_LANGUAGE_CODE.get(lang, lang), lang)
+
+
+def parse_adapter_spec(spec: str) -> tuple[str | None, str]:
+    """`[NAME=]DIR` as (NAME or None, DIR). A spec that is itself a directory is a DIR, since sweep
+    folders hold '=' (`0_lora.r=4`); otherwise NAME ends at the first '='."""
+    if Path(spec).is_dir():
+        return None, spec
+    name, sep, path = spec.partition("=")
+    return (name or None, path) if sep else (None, spec)
+
+
+def adapter_specs(specs: Sequence[str], need_names: bool = False) -> dict[str, Path]:
+    """{name: checked adapter dir} for `--adapter` arguments (unnamed ones are adapter0, adapter1, ...);
+    AdapterSpecError, naming the argument, for a missing name (`need_names`) or a bad directory."""
+    out = {}
+    for i, spec in enumerate(specs):
+        name, path = parse_adapter_spec(spec)
+        if (need_names and not name) or not path:
+            raise AdapterSpecError(f"--adapter {spec!r}: expected NAME=DIR")
+        try:
+            out[name or f"adapter{i}"] = check_adapter_dir(path)
+        except (OSError, ValueError) as e:
+            raise AdapterSpecError(f"--adapter {spec!r}: {e}") from None
+    return out
 
 
 @dataclass
@@ -94,11 +131,34 @@ class Engine:
         return [BASE, *self.adapter_dirs]
 
     def check_options(self, options: DecodeOptions) -> None:
-        if options.language and not self.multilingual and options.language.lower() not in ENGLISH:
-            raise OptionError("language", f"this base model is English-only; language {options.language!r} "
-                                          "is not supported (omit it or pass 'en')")
+        if options.language:
+            self._check_language(options.language)
         if not 0.0 <= options.temperature <= 1.0:
             raise OptionError("temperature", f"temperature must be between 0 and 1, got {options.temperature}")
+
+    def _check_language(self, language: str) -> None:
+        if not self.multilingual:
+            if language.lower() not in ENGLISH:
+                raise OptionError("language", f"this base model is English-only; language {language!r} "
+                                              "is not supported (omit it or pass 'en')")
+            return
+        code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
+        known = getattr(self.model.generation_config, "lang_to_id", None) or {}
+        if code not in LANGUAGES or f"<|{code}|>" not in known:
+            raise OptionError("language", f"language {language!r} is not one this model transcribes; "
+                                          "pass a Whisper language code or name such as 'en' or 'english'")
+
+    def prepare(self, options: DecodeOptions) -> DecodeOptions:
+        """`options` checked, with the prompt tokenised and cut to fit once here rather than at
+        every decode call; OptionError for what the model cannot take."""
+        self.check_options(options)
+        if not options.prompt or options.prompt_ids is not None:
+            return options
+        try:
+            ids = prompt_ids(self.model, self.processor, options.prompt, self.max_new_tokens)
+        except ValueError as e:  # the text spells a special token, e.g. "<|endoftext|>"
+            raise OptionError("prompt", f"prompt is not allowed: {e}", "invalid_value") from None
+        return replace(options, prompt_ids=ids)
 
     def _options(self, options: DecodeOptions) -> DecodeOptions:
         # Sampling has no beams; everything else decodes at the engine's beam size.

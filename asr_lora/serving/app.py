@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from asr_lora.data.audio import SAMPLE_RATE, AudioError, check_audio, load_audio
-from asr_lora.inference.engine import BASE, ENGLISH, OptionError, Options
+from asr_lora.inference.engine import BASE, ENGLISH, AdapterSpecError, OptionError, Options, language_name
 from asr_lora.serving.batcher import Batcher
 from asr_lora.serving.cards import adapter_card
 from asr_lora.serving.formats import FORMATS, TIMESTAMP_FORMATS, APIError, render
@@ -110,8 +110,10 @@ def create_app(batcher: Batcher, settings: Settings | None = None) -> FastAPI:
     engine = batcher.engine
     app = FastAPI(title="asr-lora", docs_url=None, redoc_url=None, openapi_url=None)
     cards = {name: adapter_card(path) for name, path in engine.adapter_dirs.items()}
-    for card in cards.values():
+    for name, card in cards.items():
         card["prompt_by_default"] = settings.adapter_prompts and card["prompt"] is not None
+        if card["prompt_by_default"]:
+            _check_default_prompt(engine, name, card["prompt"])
 
     @app.middleware("http")
     async def auth(request: Request, call_next):
@@ -193,22 +195,29 @@ def create_app(batcher: Batcher, settings: Settings | None = None) -> FastAPI:
         prompt = _field(form, "prompt")
         if "prompt" not in form and model in cards and cards[model]["prompt_by_default"]:
             prompt = cards[model]["prompt"]
-        options = Options(timestamps=fmt in TIMESTAMP_FORMATS, temperature=temperature, prompt=prompt,
-                          language=language)
+        options = Options(timestamps=fmt in TIMESTAMP_FORMATS, logprobs=fmt == "verbose_json",
+                          temperature=temperature, prompt=prompt, language=language)
         data = await upload.read()
         audio = await run_in_threadpool(decode_upload, data, upload.filename or "file")
-        try:
-            fut = batcher.submit(audio, model, options)
+        try:  # in a thread: submit tokenises the prompt, however long the client made it
+            fut = await run_in_threadpool(batcher.submit, audio, model, options)
         except OptionError as e:
-            raise APIError(400, str(e), e.param, "unsupported_value") from None
+            raise APIError(400, str(e), e.param, e.code) from None
         result = await asyncio.wrap_future(fut)
-        lang = "english" if not language else language
-        content, media = render(result, fmt, lang, temperature, engine.processor.tokenizer)
+        content, media = render(result, fmt, language_name(language), temperature, engine.processor.tokenizer)
         if isinstance(content, dict):
             return JSONResponse(content)
         return PlainTextResponse(content, media_type=media)
 
     return app
+
+
+def _check_default_prompt(engine, adapter: str, prompt: str) -> None:
+    # A prompt.txt the tokenizer refuses would fail every request to the adapter: refuse it at start.
+    try:
+        engine.prepare(Options(prompt=prompt))
+    except OptionError as e:
+        raise AdapterSpecError(f"adapter {adapter!r}: its prompt.txt is refused: {e}") from None
 
 
 class ServerThread:

@@ -4,7 +4,8 @@ A single worker thread owns the model. It waits for a first job, then keeps coll
 `window_ms` or until `max_batch` jobs are waiting, groups them by decoding options (adapters are
 NOT part of the key: mixed-adapter batches are the point), and hands each group to
 `Engine.decode`. Callers get a `concurrent.futures.Future`; an exception in a batch fails that
-batch's futures only, and the worker keeps serving.
+batch's futures only, and the worker keeps serving. A future cancelled before its batch starts
+(the client went away) is not decoded.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Batcher:
     def submit(self, audio: np.ndarray, model: str, options: Options = Options()) -> Future:
         if model not in self.engine.models:
             raise KeyError(model)
-        self.engine.check_options(options)
+        options = self.engine.prepare(options)  # refused options never reach the queue
         fut: Future = Future()
         self._queue.put((Job(audio, model, options), fut))
         return fut
@@ -65,15 +66,36 @@ class Batcher:
             batch, stop = self._collect(first)
             groups: dict[Options, list] = {}
             for job, fut in batch:
-                groups.setdefault(job.options, []).append((job, fut))
+                if _claim(fut):
+                    groups.setdefault(job.options, []).append((job, fut))
             for items in groups.values():
-                futs = [f for _, f in items]
-                try:
-                    results = self.engine.decode([j for j, _ in items])
-                except Exception as e:  # fail these requests, keep the worker alive
-                    log.exception("decode failed for a batch of %d", len(items))
-                    for f in futs:
-                        f.set_exception(e)
-                    continue
-                for f, r in zip(futs, results):
-                    f.set_result(r)
+                self._decode(items)
+
+    def _decode(self, items: list[tuple[Job, Future]]) -> None:
+        try:
+            results: list = self.engine.decode([j for j, _ in items])
+        except Exception as e:  # fail these requests, keep the worker alive
+            log.exception("decode failed for a batch of %d", len(items))
+            results = [e] * len(items)
+        for (_, fut), r in zip(items, results):
+            _deliver(fut, r)
+
+
+def _claim(fut: Future) -> bool:
+    """Mark `fut` running; False when its caller cancelled it (nobody waits: skip the decode) or
+    it was settled elsewhere."""
+    try:
+        return fut.set_running_or_notify_cancel()
+    except RuntimeError:
+        return False
+
+
+def _deliver(fut: Future, result) -> None:
+    # A future settled behind the worker's back must cost that request only, never the worker.
+    try:
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+    except Exception:  # InvalidStateError, or whatever a future subclass raises
+        log.warning("a request's result was dropped: its future refused it", exc_info=True)

@@ -48,9 +48,11 @@ def verbose_json(result: dict, language: str, temperature: float, tokenizer=None
     segments = []
     for i, s in enumerate(result["segments"]):
         tokens = tokenizer.encode(" " + s["text"], add_special_tokens=False) if tokenizer is not None else []
-        segments.append({"id": i, "seek": 0, "start": s["start"], "end": s["end"], "text": s["text"],
-                         "tokens": tokens, "temperature": temperature,
-                         "compression_ratio": _compression_ratio(s["text"])})
+        seg = {"id": i, "seek": 0, "start": s["start"], "end": s["end"], "text": s["text"], "tokens": tokens,
+               "temperature": temperature, "compression_ratio": _compression_ratio(s["text"])}
+        if "avg_logprob" in s:  # from the decode's scores; no_speech_prob has no real value to give
+            seg["avg_logprob"] = s["avg_logprob"]
+        segments.append(seg)
     return {"task": "transcribe", "language": language, "duration": result["duration"], "text": result["text"],
             "segments": segments}
 

@@ -1,0 +1,159 @@
+"""Requests that must not end in a 500 or stall the server: over-long or special-token prompts,
+unknown languages on a multilingual base, cancelled requests in a batch; and what `verbose_json`
+gives the `openai` client (the language's name, `avg_logprob`). A tiny random-init Whisper decodes
+them, through FastAPI's TestClient."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import sys
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+import torch
+from fastapi.testclient import TestClient
+
+from asr_lora.inference.decode import _avg_logprob, prompt_ids
+from asr_lora.inference.engine import Engine
+from asr_lora.serving.app import ServerThread, Settings, create_app
+from asr_lora.serving.batcher import Batcher
+
+sys.path.insert(0, str(__import__("conftest").REPO / "bench"))
+import common  # noqa: E402
+
+LONG_PROMPT = " ".join(f"kopi{i}" for i in range(400))  # ~1,200 tokens, far past the decoder's 448
+
+
+def _clip(seconds: float = 1.0) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.2 * np.sin(2 * np.pi * 440 * t) + 0.02 * np.random.default_rng(0).standard_normal(len(t))).astype(
+        np.float32)
+
+
+def _wav() -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, _clip(), 16000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_whisper_dir, tmp_path_factory):
+    ad = common.random_adapter(str(tiny_whisper_dir), tmp_path_factory.mktemp("faults") / "sg", seed=1, b_std=0.5)
+    (ad / "prompt.txt").write_text(LONG_PROMPT + "\n", encoding="utf-8")  # an export's default prompt
+    return ad
+
+
+@pytest.fixture
+def serve(tiny_whisper_dir, adapter):
+    """A TestClient on a fresh engine: `serve(max_new_tokens=..., multilingual=...)`."""
+    batchers = []
+
+    def make(max_new_tokens: int = 8, multilingual: bool = False, **settings):
+        engine = Engine(str(tiny_whisper_dir), {"sg": adapter}, max_new_tokens=max_new_tokens)
+        if multilingual:  # the same code path as a multilingual checkpoint, on the tiny model
+            engine.model.generation_config.is_multilingual = True
+            engine.model.generation_config.lang_to_id = {"<|en|>": 50259}
+            engine.model.generation_config.task_to_id = {"translate": 50358, "transcribe": 50359}
+            engine.multilingual = True
+        batchers.append(Batcher(engine, max_batch=4, window_ms=5))
+        return TestClient(create_app(batchers[-1], Settings(**settings)), raise_server_exceptions=False), engine
+
+    yield make
+    for b in batchers:
+        b.close()
+
+
+def _post(client, **data):
+    return client.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav())}, data=data)
+
+
+def test_long_prompt_keeps_its_last_tokens_and_logs_the_cut_once(serve, caplog):
+    client, engine = serve(max_new_tokens=300)
+    full = [int(i) for i in engine.processor.get_prompt_ids(LONG_PROMPT)]
+    # Whisper's window: the last 223 text tokens after <|startofprev|>, less where max_new_tokens needs the room
+    assert prompt_ids(engine.model, engine.processor, LONG_PROMPT, 128) == (full[0], *full[-223:])
+    assert prompt_ids(engine.model, engine.processor, LONG_PROMPT, 300) == (full[0], *full[-143:])
+    short = tuple(int(i) for i in engine.processor.get_prompt_ids("kopi, chope"))
+    assert prompt_ids(engine.model, engine.processor, "kopi, chope", 128) == short
+    with caplog.at_level(logging.DEBUG, logger="asr_lora"):
+        r = _post(client, model="sg", prompt=LONG_PROMPT)
+    assert r.status_code == 200, r.text
+    assert sum("prompt" in m and "cut" in m for m in caplog.messages) == 1, caplog.messages
+
+
+def test_adapters_default_prompt_goes_through_the_same_cut(serve):
+    client, _ = serve(max_new_tokens=128, adapter_prompts=True)
+    r = _post(client, model="sg")  # no prompt field: prompt.txt, ~1,200 tokens
+    assert r.status_code == 200, r.text
+
+
+def test_prompt_with_a_special_token_is_a_400_that_never_reaches_the_batcher(serve):
+    client, engine = serve()
+    r = _post(client, model="sg", prompt="call <|endoftext|> now")
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"], err["type"]) == ("prompt", "invalid_value", "invalid_request_error")
+    assert "<|endoftext|>" in err["message"] and engine.batches == []
+    assert _post(client, model="sg").status_code == 200
+
+
+def test_language_on_a_multilingual_base_must_be_one_it_knows(serve):
+    client, _ = serve(multilingual=True)
+    for lang in ("xx", "klingon", "fr"):  # unknown code, unknown name, known but not in this model
+        r = _post(client, model="sg", language=lang)
+        assert r.status_code == 400, (lang, r.text)
+        assert (r.json()["error"]["param"], r.json()["error"]["code"]) == ("language", "unsupported_value")
+    for lang in ("en", "English"):
+        assert _post(client, model="sg", language=lang).status_code == 200, lang
+
+
+@pytest.mark.parametrize("multilingual", [False, True])
+def test_verbose_json_echoes_the_language_as_openai_does(serve, multilingual):
+    client, _ = serve(multilingual=multilingual)
+    for data in ({}, {"language": "en"}, {"language": "English"}):
+        r = _post(client, model="sg", response_format="verbose_json", **data)
+        assert r.status_code == 200 and r.json()["language"] == "english", (data, r.text)
+
+
+def test_cancelled_or_settled_futures_never_stop_the_batcher(tiny_whisper_dir, adapter):
+    engine = Engine(str(tiny_whisper_dir), {"sg": adapter}, max_new_tokens=4)
+    batcher = Batcher(engine, max_batch=4, window_ms=300)
+    try:
+        cancelled, settled, live = (batcher.submit(_clip(), m) for m in ("sg", "base", "sg"))
+        assert cancelled.cancel()  # what asyncio.wrap_future does when the client goes away
+        settled.set_result("someone else's")  # a future finished elsewhere: delivery must not raise
+        assert live.result(timeout=60)["text"]
+        assert settled.result() == "someone else's"
+        time.sleep(0.1)
+        assert batcher.submit(_clip(), "base").result(timeout=60)["duration"] == pytest.approx(1.0)
+        assert [len(b) for b in engine.batches] == [1, 1]  # the cancelled job was never decoded
+    except FutureTimeout:
+        pytest.fail("the batcher stopped serving")
+    finally:
+        batcher.close()
+
+
+def test_avg_logprob_is_the_mean_token_logprob_up_to_endoftext():
+
+    # three steps over a 3-token vocabulary; token 2 is <|endoftext|>, the third step is padding
+    scores = (torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.0, math.log(3.0), 0.0]), torch.tensor([9.0, 0.0, 0.0]))
+    result = {"sequences": torch.tensor([7, 1, 2, 2]), "scores": scores}  # 7: a start token
+    want = (math.log(1 / 3) + math.log(1 / 5)) / 2
+    assert _avg_logprob(result, eos=2, temperature=0.0) == pytest.approx(want, abs=1e-4)
+    halved = {**result, "scores": tuple(s / 0.5 for s in scores)}  # what a temperature-0.5 warper leaves
+    assert _avg_logprob(halved, eos=2, temperature=0.5) == pytest.approx(want, abs=1e-4)
+
+
+def test_verbose_json_segments_carry_avg_logprob_for_the_openai_client(serve):
+    client, _ = serve()
+    with ServerThread(client.app) as srv:
+        oa = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        r = oa.audio.transcriptions.create(file=("a.wav", _wav()), model="sg", response_format="verbose_json")
+    assert r.segments and all(isinstance(s.avg_logprob, float) and s.avg_logprob <= 0 for s in r.segments)
+    assert r.language == "english"
