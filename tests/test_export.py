@@ -384,3 +384,118 @@ def test_export_check_decodes_at_the_token_cap_it_is_given(tiny_whisper_dir, ada
     capped, free = export(2), export(128)
     assert capped["merged_hf"] <= 1.0 and capped["ct2-float32"] <= 1.0
     assert free["merged_hf"] > 1.0 and free["ct2-float32"] > 1.0
+
+
+def _multilingual_copy(base_dir: Path, out: Path) -> Path:
+    """The tiny model's files with the generation config of a multilingual Whisper."""
+    shutil.copytree(base_dir, out)
+    gen = json.loads((out / "generation_config.json").read_text())
+    gen.update(is_multilingual=True, lang_to_id={"<|en|>": 50259}, task_to_id={"transcribe": 50359})
+    (out / "generation_config.json").write_text(json.dumps(gen))
+    return out
+
+
+def test_a_multilingual_hf_export_decodes_english_as_scored_and_an_english_one_is_unchanged(tiny_whisper_dir,
+                                                                                            tmp_path):
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    multi = _multilingual_copy(tiny_whisper_dir, tmp_path / "multi")
+    gen = json.loads((formats.export_hf(model, processor, multi, tmp_path / "hf") / "generation_config.json")
+                     .read_text())
+    assert (gen["language"], gen["task"]) == ("en", "transcribe")
+    gen = json.loads((formats.export_hf(model, processor, tiny_whisper_dir, tmp_path / "hf.en")
+                      / "generation_config.json").read_text())
+    assert gen.get("language") is None and gen.get("task") is None  # an English-only Whisper refuses a language
+
+
+def test_the_card_of_a_multilingual_export_pins_english_in_every_snippet(tmp_path):
+    info = {"model": {"base": "bundled:base"}, "exports": ["ct2-int8"], "prompt": TERM_PROMPT}
+    card = formats.write_model_card(tmp_path, {**info, "language": "en"}).read_text()
+    assert 'generate_kwargs={"num_beams": 1, "language": "en"}' in card
+    assert card.count('condition_on_previous_text=False, language="en")') == 1
+    assert 'initial_prompt=prompt, language="en")' in card and 'num_beams=1, language="en",' in card
+    assert "language" not in formats.write_model_card(tmp_path, info).read_text()
+
+
+def test_an_adapter_is_never_merged_into_another_base(tiny_whisper_dir, adapter_dir, tmp_path):
+    other = shutil.copytree(tiny_whisper_dir, tmp_path / "other-base")
+    with pytest.raises(ExportError, match=rf"trained on base '{tiny_whisper_dir}'.*merges it into '{other}'"):
+        run.export_run(str(other), adapter_dir, tmp_path / "out", formats=("hf", "adapter"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_reexport_removes_the_formats_it_did_not_write(tiny_whisper_dir, adapter_dir, probe, tmp_path):
+    out = tmp_path / "out"
+    for old in ("hf", "ct2-float16"):  # an earlier export's, of another model
+        (out / old).mkdir(parents=True)
+        (out / old / "model.bin").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    s = run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",), probe_features=probe[:1],
+                       verify_max_new_tokens=2)
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "notes.txt"] and list(s["paths"]) == ["adapter"]
+
+
+def test_an_unknown_quantization_is_refused_before_the_merge(tiny_whisper_dir, adapter_dir, tmp_path, monkeypatch):
+    def no_merge(*a, **k):
+        raise AssertionError("merged before the quantization was checked")
+
+    monkeypatch.setattr(run, "load_adapter_model", no_merge)
+    with pytest.raises(ValueError, match=r"unknown CTranslate2 quantization \['int4'\]; choose from \[.*'int8'"):
+        run.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / "out", ct2_quantizations=("int8", "int4"))
+
+
+def test_a_ct2_wer_is_labelled_with_the_type_this_cpu_decoded(tiny_whisper_dir, adapter_dir, probe, tmp_path, caplog):
+    import ctranslate2
+
+    if "float16" in ctranslate2.get_supported_compute_types("cpu"):
+        pytest.skip("this CPU runs float16")
+    s = run.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / "out", formats=("ct2",),
+                       ct2_quantizations=("float16",), probe_features=probe[:1], verify_max_new_tokens=2,
+                       test_audios=[tone(1.0)], test_refs=["hello there"], max_new_tokens=2)
+    label = "ct2-float16 (scored as float32 on this CPU)"
+    assert set(s["wer"]) == {"merged_hf", label}
+    assert f"| {label} |" in (tmp_path / "out" / "ct2-float16" / "README.md").read_text()
+    assert "float16 files are scored as float32 on this CPU" in caplog.text
+
+
+def test_an_export_job_with_no_evaluation_is_refused_unless_forced(tiny_whisper_dir, adapter_dir, tmp_path):
+    from omegaconf import OmegaConf
+
+    from asr_lora.export.job import main as export_main
+    from asr_lora.export.merge import ExportRefused
+    from test_train_e2e import tiny_cfg
+
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "export.formats=[adapter]")
+    shutil.copytree(adapter_dir, tmp_path / "run" / "adapter")
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")  # a run, but never evaluated
+    with pytest.raises(ExportRefused, match=r"no evaluation: .*eval\.json missing.*\(export\.force=true exports"):
+        export_main(cfg)
+
+
+def test_a_forced_export_without_an_evaluation_says_so_on_every_card(tiny_whisper_dir, adapter_dir, probe, tmp_path,
+                                                                     monkeypatch):
+    missing = ["no evaluation: run/eval/eval.json missing"]
+    real = run.load_adapter_model
+    monkeypatch.setattr(run, "load_adapter_model", lambda *a: pytest.fail("merged an unevaluated adapter"))
+    with pytest.raises(ExportError, match="no evaluation"):
+        run.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / "out", formats=("adapter",),
+                       gate_failures=missing)
+    monkeypatch.setattr(run, "load_adapter_model", real)
+    s = run.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / "out", formats=("adapter",),
+                       probe_features=probe[:1], verify_max_new_tokens=2, gate_failures=missing, force=True)
+    card = (tmp_path / "out" / "adapter" / "README.md").read_text()
+    assert s["gate_failures"] == missing and "WARNING" in card and missing[0] in card
+
+
+def test_an_evaluation_without_control_clips_exports_saying_forgetting_was_not_checked(tiny_whisper_dir, adapter_dir,
+                                                                                       probe, tmp_path, caplog):
+    info = {"systems": {"base": {}, "adapted": {}}}  # scored, but with no control set: no gate
+    s = run.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / "out", formats=("adapter",),
+                       probe_features=probe[:1], verify_max_new_tokens=2, info=info)
+    card = (tmp_path / "out" / "adapter" / "README.md").read_text()
+    assert not s["forced"] and s["forgetting_unchecked"].startswith("the evaluation scored no control clips")
+    assert "**NOT CHECKED**, the evaluation scored no control clips" in card
+    assert "forgetting gate not checked: the evaluation scored no control clips" in caplog.text

@@ -164,6 +164,14 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path, tiny_whisper_dir):
         train(cfg)
 
 
+def test_an_unknown_export_quantization_is_refused_before_training(tmp_path, tiny_whisper_dir):
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "export.enabled=true", "export.formats=[ct2]",
+                   "export.quantization=[int4]")
+    with pytest.raises(ValueError, match="unknown CTranslate2 quantization"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_resume_setting(tmp_path):
     assert [resume_point(v, tmp_path) for v in (False, "false", "auto", "AUTO")] == [None] * 4
     with pytest.raises(ValueError, match="false, true or auto"):

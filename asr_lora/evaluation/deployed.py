@@ -16,7 +16,7 @@ import numpy as np
 
 from asr_lora.evaluation.scoring import SYSTEMS
 from asr_lora.evaluation.terms import Terms
-from asr_lora.inference.ct2 import convert_ct2, is_ct2_dir, transcribe_ct2
+from asr_lora.inference.ct2 import convert_ct2, is_ct2_dir, transcribe_ct2, warn_cpu_compute_type
 from asr_lora.model.adapters import PROMPT_FILE, adapter_prompt
 
 log = logging.getLogger("asr_lora.evaluate")
@@ -58,13 +58,15 @@ def check_export_base(ct2_dir: Path, base: str) -> None:
     if not (sibling / "adapter_config.json").is_file():
         return
     named = adapter_base(sibling)
-    if named and not _same_base(named, portable_base(base)):
+    if named and not same_base(named, portable_base(base)):
         raise ValueError(f"adapter={ct2_dir}: exported from base {named!r} ({sibling}), but model.name_or_path is "
                          f"{base!r}; pass model.name_or_path={named}")
 
 
-def _same_base(a: str, b: str) -> bool:
-    """The same name, or two spellings of one local directory."""
+def same_base(a: str, b: str) -> bool:
+    """The same name, or two spellings of one local directory (`ct2:` ones included)."""
+    if a.startswith("ct2:") and b.startswith("ct2:"):
+        a, b = a[4:], b[4:]
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     return a == b or (pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve())
 
@@ -95,6 +97,9 @@ def ct2_hypotheses(base_hf_dir: str | Path, adapted_ct2: Path | None, ds, system
         if any(not SYSTEMS[s][0] for s in systems):
             base_ct2 = convert_ct2(base_hf_dir, Path(tmp) / f"ct2-{quantization}", quantization)
             log.info("base converted to CTranslate2 (%s) for the zero-shot systems", quantization)
+            warn_cpu_compute_type(base_ct2, quantization)
+        if adapted_ct2 is not None and (named := re.fullmatch(r"ct2-(\w+)", adapted_ct2.name)):
+            warn_cpu_compute_type(adapted_ct2, named.group(1))
         for system in systems:
             adapter_on, prompted = SYSTEMS[system]
             if prompted and not prompt:

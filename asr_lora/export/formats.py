@@ -17,17 +17,27 @@ log = logging.getLogger(__name__)
 
 
 def export_hf(merged, processor, base_dir: str | Path, out_dir: Path) -> Path:
-    """Plain transformers directory: safetensors, tokenizer, preprocessor_config.json, base generation config."""
+    """Plain transformers directory: safetensors, tokenizer, preprocessor_config.json, base generation config
+    (a multilingual base's set to English transcription, `english_only_decoding`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The base's generation config carries alignment_heads and suppress lists; a reload without
     # them decodes differently and loses word timestamps.
-    merged.generation_config = GenerationConfig.from_pretrained(str(base_dir))
+    merged.generation_config = english_only_decoding(GenerationConfig.from_pretrained(str(base_dir)))
     merged.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     # transformers 5 writes processor_config.json; faster-whisper and older readers want this file.
     processor.feature_extractor.save_pretrained(out_dir)
     return out_dir
+
+
+def english_only_decoding(gen: GenerationConfig) -> GenerationConfig:
+    """The evaluation decodes a multilingual Whisper as English transcription (`<|en|><|transcribe|>`);
+    left unset, generate() detects the language per clip and decodes a model nobody scored. An
+    English-only Whisper stays as it is: it refuses a language."""
+    if getattr(gen, "is_multilingual", False):
+        gen.language, gen.task = "en", "transcribe"
+    return gen
 
 
 def export_adapter(adapter_dir: Path, out_dir: Path, base: str | None = None) -> Path:
@@ -44,7 +54,7 @@ def export_adapter(adapter_dir: Path, out_dir: Path, base: str | None = None) ->
     return out_dir
 
 
-def _loading_snippets(base: str, ct2: str, beams: int = 1) -> list[str]:
+def _loading_snippets(base: str, ct2: str, beams: int = 1, language: str | None = None) -> list[str]:
     if base.startswith(("bundled:", "ct2:")):  # not a transformers name: asr_lora converts it
         load_base = ["from asr_lora.model import load_whisper", f'base, _ = load_whisper("{base}")']
     else:
@@ -56,18 +66,28 @@ def _loading_snippets(base: str, ct2: str, beams: int = 1) -> list[str]:
         "transformers, merged model in `hf/` (no peft needed):", "", "```python",
         "from transformers import pipeline",
         'asr = pipeline("automatic-speech-recognition", model="hf")',
-        f'asr("clip.wav", generate_kwargs={{"num_beams": {beams}}})  # the transformers 5 pipeline defaults to 5 beams',
+        f'asr("clip.wav", generate_kwargs={{"num_beams": {beams}{_lang_kwarg(language)}}})'
+        "  # the transformers 5 pipeline defaults to 5 beams",
         "```", "", "peft, adapter in `adapter/` on top of the base:", "", "```python",
         "from peft import PeftModel", *load_base, 'model = PeftModel.from_pretrained(base, "adapter")', "```", "",
         f"faster-whisper, CTranslate2 model in `{ct2}/`:", "", "```python",
         "from faster_whisper import WhisperModel",
         f'model = WhisperModel("{ct2}", device="cpu")',
         f'segments, _ = model.transcribe("clip.wav", beam_size={beams}, temperature=0.0,  # its default is beam 5',
-        "                               condition_on_previous_text=False)", "```", "",
+        f"                               condition_on_previous_text=False{_lang_arg(language)})", "```", "",
     ]
 
 
-def _prompt_snippets(prompt: str, ct2: str, beams: int = 1) -> list[str]:
+# A multilingual model was scored in English: the snippets pin it, or the libraries detect a language.
+def _lang_kwarg(language: str | None) -> str:
+    return f', "language": "{language}"' if language else ""
+
+
+def _lang_arg(language: str | None) -> str:
+    return f', language="{language}"' if language else ""
+
+
+def _prompt_snippets(prompt: str, ct2: str, beams: int = 1, language: str | None = None) -> list[str]:
     return [
         "## Decoding with the term prompt", "",
         (f"The evaluation also scored this model with the domain terms as Whisper's prompt (`adapted_prompt` "
@@ -75,8 +95,8 @@ def _prompt_snippets(prompt: str, ct2: str, beams: int = 1) -> list[str]:
         "```python",
         f'prompt = open("{ct2}/{PROMPT_FILE}", encoding="utf-8").read().strip()',
         f'segments, _ = model.transcribe("clip.wav", beam_size={beams}, temperature=0.0,  # faster-whisper',
-        "                               condition_on_previous_text=False, initial_prompt=prompt)",
-        f"ids = model.generate(input_features=features, num_beams={beams},  # transformers",
+        f"                               condition_on_previous_text=False, initial_prompt=prompt{_lang_arg(language)})",
+        f"ids = model.generate(input_features=features, num_beams={beams}{_lang_arg(language)},  # transformers",
         '                     prompt_ids=processor.get_prompt_ids(prompt, return_tensors="pt"))',
         "```", "",
         f'`python -m asr_lora.transcribe clip.wav --adapter adapter --prompt "$(cat adapter/{PROMPT_FILE})"` and the '
@@ -88,8 +108,9 @@ def _prompt_snippets(prompt: str, ct2: str, beams: int = 1) -> list[str]:
 def write_model_card(out_dir: Path, info: dict) -> Path:
     """README.md for one export. ``info`` follows `asr_lora.evaluation.report`'s eval dict, plus ``lora``,
     ``verification``, ``export_wer``, ``forced`` (messages of gates that force overrode),
-    ``this`` (this directory's name), ``exports`` (all directory names) and ``prompt`` (the term
-    prompt the evaluation scored the model with, or none)."""
+    ``this`` (this directory's name), ``exports`` (all directory names), ``prompt`` (the term
+    prompt the evaluation scored the model with, or none), ``language`` (what a multilingual model
+    was scored in) and ``forgetting_unchecked`` (why no forgetting gate was decided)."""
     base = info.get("model", {}).get("base", "?")
     lora, corpus = info.get("lora", {}), info.get("corpus", {})
     title = corpus.get("title") or corpus.get("name") or "adapted speech"
@@ -119,7 +140,9 @@ def write_model_card(out_dir: Path, info: dict) -> Path:
                    "above were scored with (faster-whisper pads the log-mel differently from transformers, so "
                    "small gaps are expected):"), "",
                   render_markdown_table([[k, pct(x)] for k, x in ew.items()], ["export", "WER"]), ""]
-    if f := info.get("forgetting"):
+    if unchecked := info.get("forgetting_unchecked"):
+        lines += [f"Forgetting gate (general-English control set): **NOT CHECKED**, {unchecked}.", ""]
+    elif f := info.get("forgetting"):
         lines += [(f"Forgetting gate (general-English control set): **{'PASS' if f.get('passed') else 'FAIL'}**, "
                    f"control WER {pct(f.get('control_wer_base'))} -> {pct(f.get('control_wer_adapted'))} "
                    f"(relative change {pct(f.get('relative_degradation'), 1)}, "
@@ -140,9 +163,9 @@ def write_model_card(out_dir: Path, info: dict) -> Path:
                       ""]
     # the faster-whisper snippets name the export's CTranslate2 directory (ct2-int8 when none was made)
     ct2 = next((e for e in info.get("exports", []) if e.startswith("ct2-")), "ct2-int8")
-    lines += _loading_snippets(base, ct2, beams)
+    lines += _loading_snippets(base, ct2, beams, info.get("language"))
     if prompt := info.get("prompt"):
-        lines += _prompt_snippets(prompt, ct2, beams)
+        lines += _prompt_snippets(prompt, ct2, beams, info.get("language"))
     path = Path(out_dir) / "README.md"
     path.write_text("\n".join(lines))
     return path

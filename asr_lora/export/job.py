@@ -73,13 +73,20 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
             ct2_quantizations=list(cfg.export.quantization), probe_features=probe, test_audios=audios,
             test_refs=refs, info=info, force=cfg.export.force, merged_transcriber=transcriber, evaluated=reuse,
             beam_size=cfg.eval.beam_size, prompt=prompt, evaluated_prompted=prompted,
-            max_new_tokens=cfg.eval.max_new_tokens,
+            max_new_tokens=cfg.eval.max_new_tokens, gate_failures=unevaluated(run_dir, ev),
         )
     except ExportRefused as e:  # a command-line user overrides with the config key, not the keyword
         raise ExportRefused(e.failures, "export.force=true") from None
     log.info("export: %s", json.dumps({k: summary[k] for k in ("paths", "sizes_bytes", "wer")}, default=str))
     write_json(run_dir / "export" / "export_summary.json", summary, default=str)
     return summary
+
+
+def unevaluated(run_dir: Path, ev: dict | None) -> list[str]:
+    """The gate a run with no evaluation fails: nothing shows the export is a scored model, or that
+    it passed the forgetting gate."""
+    return [] if ev else [f"no evaluation: {Path(run_dir) / 'eval' / 'eval.json'} missing, so no WER or "
+                          "forgetting gate vouches for the exported model"]
 
 
 def evaluated_hypotheses(run_dir: Path, ev: dict | None, beam_size: int = 1,
@@ -126,18 +133,27 @@ def main(cfg: DictConfig) -> dict:
     run_cfg = run_config(cfg)
     run_dir = Path(run_cfg.run_dir)
     setup_logging(run_dir, quiet=cfg.quiet)
+    ev_path = run_dir / "eval" / "eval.json"
+    ev = json.loads(ev_path.read_text()) if ev_path.is_file() else None
+    refuse_early(cfg.export, run_dir, ev)
     use_cache_root(cfg.paths.cache_dir)
     from asr_lora.model.whisper import load_whisper
 
     _, processor = load_whisper(run_cfg.model.name_or_path)
     splits, _ = load_data(run_cfg.data, processor.tokenizer, None, scored=run_cfg.eval.split,
                           scope=run_scope(run_cfg.eval.split, run_cfg.eval.part, probe=True))
-    ev_path = run_dir / "eval" / "eval.json"
-    ev = json.loads(ev_path.read_text()) if ev_path.is_file() else None
-    if ev is None:
-        log.warning("%s missing: the model card will carry no WER table and the forgetting gate is unchecked",
-                    ev_path)
     return export_from_run(run_cfg, run_dir, run_adapter(run_dir, run_cfg), ev, splits, processor)
+
+
+def refuse_early(ecfg: DictConfig, run_dir: Path, ev: dict | None) -> None:
+    """The refusals that need neither the data nor the merge, before either is paid for."""
+    from asr_lora.export.merge import ExportRefused
+    from asr_lora.inference.ct2 import check_quantizations
+
+    if (missing := unevaluated(run_dir, ev)) and not ecfg.force:
+        raise ExportRefused(missing, "export.force=true")
+    if "ct2" in ecfg.formats:
+        check_quantizations(list(ecfg.quantization))
 
 
 def run_adapter(run_dir: Path, run_cfg: DictConfig) -> Path:

@@ -6,14 +6,19 @@ Outputs under ``out_root`` (each directory carries a README.md model card):
 - ``adapter/``       the peft adapter alone (safetensors), to stack on the base at load time
 - ``ct2-<quant>/``   CTranslate2 conversion of ``hf/`` for faster-whisper (``int8``, ``float16``, ...)
 
-Refusals (all `ExportError`): a quantised base (merging into rounded weights shifts outputs well
-beyond peft's ~1e-4 guarantee), non-finite adapter or merged weights, a merged
-model whose logits or greedy tokens differ from the unmerged adapter model, and a failed
-forgetting gate. ``force=True`` overrides the last two gates only, and every model card then says so.
+Refusals (all `ExportError`): an adapter trained on another base, an unknown CTranslate2
+quantization, a quantised base (merging into rounded weights shifts outputs well beyond peft's
+~1e-4 guarantee), non-finite adapter or merged weights, a merged model whose logits or greedy
+tokens differ from the unmerged adapter model, a failed forgetting gate, and the caller's own
+`gate_failures` (an export job with no evaluation). ``force=True`` overrides the last three only,
+and every model card then says so. A forgetting gate the evaluation could not decide (no control
+clips) does not refuse; the log and every card say it was not checked.
 
 Every directory is built in a temporary sibling and moved into place with `os.replace` only
 after all formats, checks and cards are complete, so a failed export never leaves a
-half-written directory where a deployable one is expected.
+half-written directory where a deployable one is expected. Format directories a previous export
+left in `out_root` that this one does not write are removed then, so none outlives the model it
+described.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -31,13 +37,21 @@ import numpy as np
 import torch
 
 from asr_lora.core.io import publish_dir, stage_dir
+from asr_lora.evaluation.deployed import same_base
 from asr_lora.evaluation.metrics import normalized_wer
 from asr_lora.evaluation.report import pct
 from asr_lora.export.formats import export_adapter, export_hf, write_model_card
-from asr_lora.export.merge import ExportRefused, load_adapter_model, merge_loaded, synthetic_probe, verify_merge
-from asr_lora.inference.ct2 import convert_ct2, transcribe_ct2
+from asr_lora.export.merge import (
+    ExportError,
+    ExportRefused,
+    load_adapter_model,
+    merge_loaded,
+    synthetic_probe,
+    verify_merge,
+)
+from asr_lora.inference.ct2 import check_quantizations, convert_ct2, transcribe_ct2, warn_cpu_compute_type
 from asr_lora.inference.decode import transcribe_arrays
-from asr_lora.model.adapters import PROMPT_FILE, check_adapter_dir
+from asr_lora.model.adapters import PROMPT_FILE, adapter_base, check_adapter_dir, portable_base
 from asr_lora.model.lora import merged_weights_digest
 from asr_lora.model.whisper import resolve_model_dir
 
@@ -53,7 +67,7 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                merged_transcriber: Callable[[Any], list[str]] | None = None,
                evaluated: tuple[str, Sequence[str]] | None = None, beam_size: int = 1,
                prompt: str | None = None, evaluated_prompted: Sequence[str] | None = None,
-               max_new_tokens: int = 128) -> dict[str, Any]:
+               max_new_tokens: int = 128, gate_failures: Sequence[str] = ()) -> dict[str, Any]:
     """Merge, verify, gate, then write every requested format atomically; returns a summary.
 
     `merged_transcriber(merged_model) -> hypotheses for test_audios` lets the caller reuse work it
@@ -69,16 +83,24 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
     ships it (`prompt.txt`, and in the model card), and the test audio is decoded with it too;
     `evaluated_prompted` are the evaluation's hypotheses with it, which stand for the merged model's
     when the weights are the evaluated ones, as `evaluated`'s do.
+
+    `gate_failures`: gates the caller found failed (no evaluation at all); refused before the merge
+    unless `force`, and then carried into every card like the gates checked here.
     """
     unknown = set(formats) - {"hf", "adapter", "ct2"}
     if unknown:
         raise ValueError(f"unknown export formats {sorted(unknown)}; choose from hf, adapter, ct2")
+    # Every refusal that needs no merge comes first: the merge and its verification take minutes on big bases.
+    ct2_quantizations = check_quantizations(ct2_quantizations) if "ct2" in formats else []
     adapter_dir, out_root = Path(adapter_dir), Path(out_root)
+    check_same_base(base, adapter_dir)
+    if gate_failures and not force:
+        raise ExportRefused(list(gate_failures))
     out_root.mkdir(parents=True, exist_ok=True)
     info = copy.deepcopy(info or {})
     info.setdefault("model", {}).setdefault("base", base)
     info["beam_size"] = beam_size
-    adapter_cfg = json.loads((check_adapter_dir(adapter_dir) / "adapter_config.json").read_text())
+    adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     # The adapter's own config is the truth for r/alpha/targets; the caller adds e.g. scope.
     info["lora"] = {**info.get("lora", {}), "r": adapter_cfg.get("r"), "alpha": adapter_cfg.get("lora_alpha"),
                     "target_modules": sorted(adapter_cfg.get("target_modules") or [])}
@@ -93,17 +115,13 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
     info["verification"] = verification
     del adapter_model
 
-    failures = []
-    if not verification["passed"]:
-        failures.append(f"merge verification failed: max |logit diff| {verification['max_abs_logit_diff']:.2e} "
-                        f"(atol {atol}), tokens identical: {verification['tokens_identical']}")
-    if (info.get("forgetting") or {}).get("passed") is False:
-        f = info["forgetting"]
-        change, allowed = pct(f.get("relative_degradation"), 1), pct(f.get("max_relative_degradation"), 1)
-        failures.append(f"forgetting gate failed: control WER relative change {change} > allowed {allowed}")
+    failures = [*gate_failures, *failed_gates(verification, info.get("forgetting"), atol)]
     if failures and not force:
         raise ExportRefused(failures)
     info["forced"] = failures  # empty unless force overrode something
+    if unchecked := forgetting_unchecked(info):
+        log.warning("forgetting gate not checked: %s", unchecked)
+        info["forgetting_unchecked"] = unchecked
 
     targets = {}
     if "hf" in formats:
@@ -117,6 +135,8 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
     try:
         hf_dir = staged.get("hf") or (scratch := Path(tempfile.mkdtemp(prefix=".hf-scratch-", dir=out_root)))
         export_hf(merged, processor, resolve_model_dir(base), hf_dir)
+        if language := getattr(merged.generation_config, "language", None):
+            info["language"] = language  # what a multilingual model was scored in; the cards pass it on
         if "adapter" in staged:
             export_adapter(adapter_dir, staged["adapter"])
         for q in ct2_quantizations if "ct2" in formats else ():
@@ -143,8 +163,9 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                                                                                     beam_size, prompt=prompt,
                                                                                     max_new_tokens=max_new_tokens))
             for q in ct2_quantizations if "ct2" in formats else ():
+                label = ct2_label(staged[f"ct2-{q}"], q)
                 for p in (None, prompt) if prompt else (None,):
-                    name = f"ct2-{q}" + (" + prompt" if p else "")
+                    name = label + (" + prompt" if p else "")
                     export_wer[name] = normalized_wer(test_refs, transcribe_ct2(
                         staged[f"ct2-{q}"], test_audios, beam_size=beam_size, description=f"decoding ({name} export)",
                         prompt=p, max_new_tokens=max_new_tokens))
@@ -159,6 +180,7 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                  "merged": (hf_dir / "model.safetensors").stat().st_size}
         sizes.update({f"ct2-{q}": (staged[f"ct2-{q}"] / "model.bin").stat().st_size
                       for q in ct2_quantizations if "ct2" in formats})
+        retire_stale_formats(out_root, set(targets))
         for name, tmp in staged.items():
             publish_dir(tmp, targets[name])
     except BaseException:
@@ -173,4 +195,60 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
         log.warning("EXPORTED WITH force=True over failed gates: %s", "; ".join(failures))
     return {"paths": {k: str(v) for k, v in targets.items()}, "sizes_bytes": sizes,
             "verification": verification, "wer": export_wer or None, "beam_size": beam_size, "forced": bool(failures),
-            "gate_failures": failures}
+            "gate_failures": failures, "forgetting_unchecked": info.get("forgetting_unchecked")}
+
+
+def failed_gates(verification: dict, forgetting: dict | None, atol: float) -> list[str]:
+    failures = []
+    if not verification["passed"]:
+        failures.append(f"merge verification failed: max |logit diff| {verification['max_abs_logit_diff']:.2e} "
+                        f"(atol {atol}), tokens identical: {verification['tokens_identical']}")
+    if (forgetting or {}).get("passed") is False:
+        change = pct(forgetting.get("relative_degradation"), 1)
+        allowed = pct(forgetting.get("max_relative_degradation"), 1)
+        failures.append(f"forgetting gate failed: control WER relative change {change} > allowed {allowed}")
+    return failures
+
+
+def check_same_base(base: str, adapter_dir: Path) -> None:
+    """Refuse to merge an adapter into another base than the one it was trained on: `hf/` would hold
+    a model nobody trained or scored, and `adapter/` would name a different base than `hf/` holds."""
+    named = adapter_base(check_adapter_dir(adapter_dir))
+    if named and not same_base(named, portable_base(base)):
+        raise ExportError(f"{adapter_dir}: adapter trained on base {named!r}, but the export merges it into "
+                          f"{base!r}; export it with its own base ({named})")
+
+
+def forgetting_unchecked(info: dict) -> str | None:
+    """Why no forgetting gate was decided (None when it was): an export then ships unguarded against
+    forgetting, which its card must say."""
+    if (info.get("forgetting") or {}).get("passed") is not None:
+        return None
+    systems = info.get("systems")
+    if not systems:
+        return "no evaluation was given for this export"
+    if not {"base", "adapted"} <= set(systems):
+        return "the evaluation did not score both the base and the adapted model"
+    return ("the evaluation scored no control clips (general English held out from training, data.control), "
+            "so nothing measured what the adapter costs outside its domain")
+
+
+def ct2_label(ct2_dir: Path, quantization: str) -> str:
+    """`ct2-<q>`, saying what the WER was decoded in where this CPU cannot run `q` (float16 here runs as float32)."""
+    ran = warn_cpu_compute_type(ct2_dir, quantization)
+    return f"ct2-{quantization}" + (f" (scored as {ran} on this CPU)" if ran != quantization else "")
+
+
+def retire_stale_formats(out_root: Path, keep: set[str]) -> None:
+    """Remove the format directories (hf, adapter, ct2-*) of an earlier export that this one does not
+    write: left beside the new ones they would be served or scored as this export. Each leaves by one
+    rename, so a crash leaves it whole or gone."""
+    stale = [d for d in out_root.iterdir() if d.is_dir() and d.name not in keep
+             and (d.name in ("hf", "adapter") or d.name.startswith("ct2-"))]
+    if not stale:
+        return
+    trash = Path(tempfile.mkdtemp(prefix=".stale-", dir=out_root))
+    for d in stale:
+        log.info("removing %s: an earlier export's, not written by this one", d)
+        os.replace(d, trash / d.name)
+    shutil.rmtree(trash)

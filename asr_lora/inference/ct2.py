@@ -14,6 +14,7 @@ import numpy as np
 from asr_lora.core.logs import progress
 from asr_lora.inference.decode import DecodeOptions
 
+log = logging.getLogger(__name__)
 CT2_COPY_FILES = ["tokenizer.json", "preprocessor_config.json"]  # else faster-whisper goes to the hub
 
 
@@ -27,10 +28,41 @@ def _require(directory: Path, files: Sequence[str], what: str) -> None:
         raise Ct2FilesMissing(f"{directory}: missing {missing}; {what}")
 
 
+def check_quantizations(quantizations: Sequence[str], what: str = "export.quantization") -> list[str]:
+    """Refuse a quantization ctranslate2's converter does not know, before any work that would precede it."""
+    from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
+
+    bad = [q for q in quantizations if q not in ACCEPTED_MODEL_TYPES]
+    if bad:
+        raise ValueError(f"{what}: unknown CTranslate2 quantization {bad}; choose from {list(ACCEPTED_MODEL_TYPES)}")
+    return list(quantizations)
+
+
+def cpu_compute_type(ct2_dir: str | Path, saved: str) -> str:
+    """The type `transcribe_ct2` (compute_type="default", on this CPU) computes files saved at `saved` in:
+    `saved` where the CPU runs it, else ctranslate2's stand-in (float16 and bfloat16 files run as
+    float32, int8_float16 as int8_float32), so a WER is labelled with what was decoded."""
+    import ctranslate2
+
+    if saved in ctranslate2.get_supported_compute_types("cpu"):
+        return saved
+    return ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="default").compute_type
+
+
+def warn_cpu_compute_type(ct2_dir: str | Path, saved: str) -> str:
+    """`cpu_compute_type`, logged when it is not `saved`: the WER is then that type's, not what a
+    device that runs `saved` would score."""
+    ran = cpu_compute_type(ct2_dir, saved)
+    if ran != saved:
+        log.warning("%s: %s files are scored as %s on this CPU, which does not run %s", ct2_dir, saved, ran, saved)
+    return ran
+
+
 def convert_ct2(hf_dir: str | Path, out_dir: str | Path, quantization: str = "int8") -> Path:
     """CTranslate2 conversion of a transformers Whisper directory (overwrites out_dir)."""
     from ctranslate2.converters import TransformersConverter
 
+    check_quantizations([quantization], "quantization")
     if not Path(hf_dir).is_dir():
         raise Ct2FilesMissing(f"{hf_dir}: not a local directory; the CTranslate2 converter reads a transformers "
                               "Whisper directory (a hub id: download it first and pass its path)")

@@ -167,6 +167,41 @@ def _ct2_cache_dir(ct2_dir: Path, label: str) -> Path:
     return cache_root() / "models" / f"{label}-{key}"
 
 
+def _check_ct2_source(ct2_dir: Path) -> None:
+    if (ct2_dir / "model.bin").is_file():
+        return
+    hint = (f"; it is a transformers directory: pass {ct2_dir} without ct2:"
+            if (ct2_dir / "model.safetensors").is_file() else "")
+    raise FileNotFoundError(f"{ct2_dir}: no model.bin, not a CTranslate2 Whisper directory{hint}")
+
+
+def _local_or_hub(name_or_path: str) -> str:
+    """A local transformers directory, or else a hub id (which works only with a network)."""
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if (p / "model.bin").is_file() and not (p / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{p}: a CTranslate2 model (model.bin), not a transformers directory; "
+                                    f"pass ct2:{name_or_path}")
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{p}: no config.json; not a transformers Whisper directory")
+        return str(p)
+    # Left to the hub, a mistyped path fails with "Repo id must be in the form ...", naming no path.
+    if name_or_path.startswith((".", "/", "~")) or not _is_hub_id(name_or_path):
+        raise FileNotFoundError(f"{name_or_path}: no such model directory (and not a hub id such as "
+                                "openai/whisper-small)")
+    return name_or_path
+
+
+def _is_hub_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def resolve_model_dir(name_or_path: str) -> str:
     """A transformers-loadable directory or hub id for any accepted model name."""
     if name_or_path.startswith("bundled:"):
@@ -174,11 +209,9 @@ def resolve_model_dir(name_or_path: str) -> str:
         ct2_dir = _bundled_dir(label)
     elif name_or_path.startswith("ct2:"):
         ct2_dir, label = Path(name_or_path[4:]).expanduser(), "ct2"
+        _check_ct2_source(ct2_dir)
     else:
-        p = Path(name_or_path).expanduser()
-        if p.exists() and not (p / "config.json").is_file():
-            raise FileNotFoundError(f"{p}: no config.json; not a transformers Whisper directory")
-        return str(p) if p.exists() else name_or_path  # else a hub id; works only with a network
+        return _local_or_hub(name_or_path)
     out = _ct2_cache_dir(ct2_dir, label.replace("/", "_"))
     if not (out / "model.safetensors").is_file():
         t0 = time.perf_counter()
