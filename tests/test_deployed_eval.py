@@ -117,3 +117,19 @@ def test_library_decoding_is_faster_whispers_own_and_repeatable(tmp_path, tiny_w
     assert hyps["adapted"] == library
     assert library != transcribe_ct2(d, clips)
     assert "forgetting" in ev
+
+
+def test_ct2_files_this_cpu_cannot_run_are_logged_as_what_it_scored(tmp_path, tiny_whisper_dir, caplog):
+    import ctranslate2
+    from datasets import Dataset
+    from omegaconf import OmegaConf
+
+    from asr_lora.evaluation.deployed import ct2_hypotheses
+
+    if "float16" in ctranslate2.get_supported_compute_types("cpu"):
+        pytest.skip("this CPU runs float16")
+    adapted = convert_ct2(tiny_whisper_dir, tmp_path / "export" / "ct2-float16", "float16")
+    ds = Dataset.from_dict({"audio": [np.zeros(16000, np.float32)]})
+    ecfg = OmegaConf.create({"beam_size": 1, "max_new_tokens": 2, "ct2_decoding": "matched"})
+    ct2_hypotheses(tiny_whisper_dir, adapted, ds, ["adapted"], ecfg, "float16", None, tmp_path)
+    assert "ct2-float16: float16 files are scored as float32 on this CPU" in caplog.text
