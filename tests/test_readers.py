@@ -61,6 +61,24 @@ def test_jsonl_clean(tmp_path):
     assert a.source.endswith("manifest.jsonl:1")
 
 
+def test_jsonl_segments_of_one_recording_are_rows_of_their_own(tmp_path):
+    """NeMo segment manifests: `offset` + `duration` address part of a long recording."""
+    from asr_lora.data.audio import load_audio
+
+    write_tone(tmp_path / "long.wav", seconds=3.0)
+    rows = [{"audio_filepath": "long.wav", "text": "first part", "offset": 0.0, "duration": 1.0},
+            {"audio_filepath": "long.wav", "text": "second part", "offset": 1.5, "duration": 0.5},
+            {"audio_filepath": "long.wav", "text": "no end", "offset": 1.0},
+            {"audio_filepath": "long.wav", "text": "bad start", "offset": -1, "duration": 0.5}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, ledger = run("jsonl", tmp_path / "m.jsonl", split="train")
+    assert [r.text for r in records] == ["first part", "second part"]
+    assert len({r.id for r in records}) == 2 and "offset" not in records[0].extra
+    assert [len(load_audio(r.audio_path)) for r in records] == [16000, 8000]
+    assert reasons_by_line(ledger) == {3: "missing_field", 4: "bad_field"}
+    assert "'offset' must be a non-negative number" in next(s.detail for s in ledger.skips if s.reason == "bad_field")
+
+
 def test_jsonl_bad_manifest(tmp_path):
     manifest, expected = build_bad_jsonl(tmp_path)
     records, ledger = run("jsonl", manifest)

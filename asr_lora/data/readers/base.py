@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from asr_lora.data.audio import parse_address
 from asr_lora.data.records import Ledger, Record, canonical_split, split_names
 
 
@@ -63,7 +64,7 @@ class Rows:
         if rec.id in self.ids:
             raise Reject("duplicate_id", f"id {rec.id!r} already used", rec.id)
         # os.path.isfile, unlike Path.exists, returns False for NUL bytes and over-long names.
-        if self.check_files and rec.audio is None and not os.path.isfile(rec.audio_path or ""):
+        if self.check_files and rec.audio is None and not os.path.isfile(audio_file(rec.audio_path or "")):
             raise Reject("missing_file", f"audio not found: {rec.audio_path}", rec.id)
 
 
@@ -74,14 +75,20 @@ def default_split(split: str) -> str:
     return name
 
 
-def duration(value: Any, *, text: bool = False) -> float:
-    """A stated clip length in seconds: a finite, non-negative number (given as `text` in tables)."""
+def audio_file(path: str) -> str:
+    """The file on disk behind an audio path, which may address a segment of it ("<wav>#t=a,b")."""
+    return (parse_address(path) or (path,))[0]
+
+
+def duration(value: Any, *, text: bool = False, name: str = "duration") -> float:
+    """A stated length or time in seconds (field `name`): a finite, non-negative number (given as
+    `text` in tables)."""
     try:  # float() also rejects JSON integers too big for a float
         seconds = math.nan if isinstance(value, bool) or (isinstance(value, str) and not text) else float(value)
     except (TypeError, ValueError, OverflowError):
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds >= 0):
-        raise Reject("bad_field", f"'duration' must be a non-negative number, got {snip(value)}")
+        raise Reject("bad_field", f"{name!r} must be a non-negative number, got {snip(value)}")
     return seconds
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from asr_lora.data.audio import segment_address
 from asr_lora.data.readers.base import Reject, Rows, duration, ok, read_table, require_columns, resolve, snip
 from asr_lora.data.records import Ledger, Record
 
@@ -84,6 +85,13 @@ def _jsonl_record(raw: bytes, lineno: int, where: str, base: Path, defaults: dic
         if not isinstance(row[key], str):
             raise Reject("bad_field", f"{key!r} must be a string, got {snip(row[key])}")
     seconds = None if row.get("duration") is None else duration(row["duration"])
+    audio, default_id = resolve(base, row["audio_filepath"]), row["audio_filepath"]
+    if row.get("offset") is not None:  # NeMo segment manifests: the clip is [offset, offset + duration) of the file
+        if seconds is None:
+            raise Reject("missing_field", f"'offset' without 'duration': the segment has no end: {snip(line)}")
+        start = duration(row["offset"], name="offset")
+        audio = segment_address(audio, start, start + seconds)
+        default_id = segment_address(row["audio_filepath"], start, start + seconds)  # one file, many rows
     fields = {k: row.get(k) for k in _STR_FIELDS}
     for key, value in fields.items():
         if isinstance(value, (dict, list)):
@@ -93,13 +101,13 @@ def _jsonl_record(raw: bytes, lineno: int, where: str, base: Path, defaults: dic
         "".join([row["text"], row["audio_filepath"], *filter(None, fields.values())]).encode("utf-8")
     except UnicodeEncodeError:
         raise Reject("bad_field", f"lone surrogate escape in a text field: {snip(line)}") from None
-    extra = {k: v for k, v in row.items() if k not in ("audio_filepath", "text", "duration", *_STR_FIELDS)}
+    extra = {k: v for k, v in row.items() if k not in ("audio_filepath", "text", "duration", "offset", *_STR_FIELDS)}
     if isinstance(extra.get("extra"), dict):  # what `Record.to_manifest` wrote reads back as it was
         extra |= extra.pop("extra")
     return Record(
-        id=fields["id"] or row["audio_filepath"],
+        id=fields["id"] or default_id,
         text=row["text"],
-        audio_path=resolve(base, row["audio_filepath"]),
+        audio_path=audio,
         duration=seconds,
         speaker=fields["speaker"] or "unknown",
         accent=fields["accent"] or defaults["accent"],
