@@ -66,6 +66,19 @@ def test_reads_all_outside_a_held_out_part_is_refused(tmp_path):
         load_voices(f)
 
 
+@pytest.mark.parametrize("text, match", [
+    ('{"voices": [', r"voices.json: not a JSON voices file \(Expecting value: line 1 column 13"),
+    ('[{"id": "a"}]', r'voices.json: want \{"voices": \[...\]\} at the top level'),
+    ('{"voices": [{"id": "a", "voice": "en"}]}', r"voices.json: voice 1 .*: no engine; each voice needs id, engine"),
+    ('{"voices": ["espeak"]}', r"voices.json: voice 1 \(espeak\): not an object"),
+], ids=["not JSON", "no voices list", "no engine", "not an object"])
+def test_a_malformed_voices_file_is_an_error_naming_it(tmp_path, text, match):
+    f = tmp_path / "voices.json"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_voices(f)
+
+
 def _voiced(sr=16000, f0=120.0, seconds=1.0):
     t = np.arange(int(sr * seconds)) / sr
     return (0.3 * sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 12))).astype(np.float32)

@@ -84,10 +84,9 @@ def check_parts(voices: list[Voice], where: str = "voices") -> None:
 def load_voices(path: Path = VOICES) -> list[Voice]:
     """Voices from voices.json; raises ValueError unless ids are unique, splits are known, every
     speaker sits in exactly one split and the parts obey `check_parts`."""
-    entries = json.loads(Path(path).read_text(encoding="utf-8"))["voices"]
-    if bad := [d.get("id") for d in entries if not isinstance(d.get("reads_all", False), bool)]:
+    voices = [_voice(d, path, i) for i, d in enumerate(_entries(path))]
+    if bad := [v.id for v in voices if not isinstance(v.reads_all, bool)]:
         raise ValueError(f"{path}: voices {bad} give reads_all as something other than true or false")
-    voices = [Voice.from_dict(d) for d in entries]
     ids = Counter(v.id for v in voices)
     if dup := [i for i, c in ids.items() if c > 1]:
         raise ValueError(f"{path}: duplicate voice ids {dup}")
@@ -100,6 +99,25 @@ def load_voices(path: Path = VOICES) -> list[Voice]:
         raise ValueError(f"{path}: speakers in more than one split: {leaks}")
     check_parts(voices, str(path))
     return voices
+
+
+def _entries(path: Path) -> list:
+    """The "voices" list of a voices file; ValueError naming the file (and line) when it is none."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON voices file ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("voices"), list):
+        raise ValueError(f'{path}: want {{"voices": [...]}} at the top level, as data/sg_english/voices.json has')
+    return doc["voices"]
+
+
+def _voice(entry, path: Path, index: int) -> Voice:
+    if not isinstance(entry, dict) or (missing := [k for k in ("id", "engine", "voice") if k not in entry]):
+        what = "not an object" if not isinstance(entry, dict) else f"no {', '.join(missing)}"
+        raise ValueError(f"{path}: voice {index + 1} ({str(entry)[:80]}): {what}; each voice needs id, engine and "
+                         "voice")
+    return Voice.from_dict(entry)
 
 
 @lru_cache(maxsize=4)
