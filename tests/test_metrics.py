@@ -242,3 +242,15 @@ def test_results_files_are_json_any_parser_reads(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"ci": [None, 0.25], "rel": None, "n": 3.0, "ok": True}
+
+
+def test_a_gate_on_pooled_control_counts_every_part():
+    from asr_lora.evaluation.scoring import forgetting_gate
+
+    def scored(a, b):
+        return {"control": {"wer": (a + b) / 200},
+                "parts": {"neural": {"control": {"wer": a / 100}, "n_control": 5},
+                          "seen_engine": {"control": {"wer": b / 100}, "n_control": 5}}}
+
+    gate = forgetting_gate(scored(2, 4), scored(2, 4), 0.05)
+    assert gate["decided_on"] == ["all"] and all(r["decides"] for r in gate["rows"].values())

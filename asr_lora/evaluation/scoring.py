@@ -235,7 +235,8 @@ def forgetting_gate(base: dict, adapted: dict, max_rel: float) -> dict | None:
         if "control" in pb and "control" in pa:
             r = _rel_change(pb["control"]["wer"], pa["control"]["wer"])
             rows[part] = {"control_wer_base": pb["control"]["wer"], "control_wer_adapted": pa["control"]["wer"],
-                          "relative_degradation": r, "n_utts": pb["n_control"], "decides": part in gate["decided_on"],
+                          "relative_degradation": r, "n_utts": pb["n_control"],
+                          "decides": gate["decided_on"] == ["all"] or part in gate["decided_on"],
                           "within_limit": _within(r, max_rel)}
     if rows:
         gate["rows"] = rows
