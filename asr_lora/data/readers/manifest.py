@@ -26,8 +26,9 @@ def read_jsonl(
     check_files: bool = True,
 ) -> Iterator[Record]:
     """NeMo manifest (one file, a folder of shards, or a glob): one JSON object per line with
-    `audio_filepath`, `text`, optional `duration`, `id`, `speaker`, `accent`, `split`, `subset`,
-    `engine`, `voice`, `part` (other keys go to `extra`). Relative paths resolve against the manifest's
+    `audio_filepath`, `text`, optional `duration`, `offset` (with `duration`: that segment of the
+    file), `id`, `speaker`, `accent`, `split`, `subset`, `engine`, `voice`, `part` (other keys go to
+    `extra`). Relative paths resolve against the manifest's
     folder. `split`/`subset`/`accent` are defaults for rows that do not say.
     Blank lines are not rows and are not counted."""
     defaults = {"split": split, "subset": subset, "accent": accent}
