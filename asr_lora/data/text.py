@@ -96,7 +96,9 @@ def _spoken_word(m: re.Match) -> str:
     return f" {span} "
 
 
-_APOSTROPHES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'"})
+# Typographic apostrophes read as the plain one; the synthetic source's typography table builds on it.
+APOSTROPHES = {"\u2018": "'", "\u2019": "'", "\u02bc": "'"}
+_APOSTROPHES = str.maketrans(APOSTROPHES)
 
 
 _PAREN = re.compile(r"\([^()]*\)")
