@@ -158,7 +158,9 @@ def paired_bootstrap(errs_a, errs_b, nref, groups=None, n_boot: int = 1000, seed
     """Compare systems A and B on the same utterances; each replicate uses the same speakers for both.
 
     ``delta = wer_b - wer_a`` (negative: B is better). ``prob_improvement`` is the share of replicates
-    with delta < 0; ``p_value`` is a two-sided bootstrap approximation, 2 * min(P(d <= 0), P(d >= 0)).
+    with delta < 0; ``p_value`` is a two-sided bootstrap approximation, 2 * min(P(d <= 0), P(d >= 0)),
+    each share counted as (k + 1) / (n + 1): a finite set of replicates cannot show p = 0, and the
+    smallest value it can show (2 / (n_boot + 1)) is reported instead.
     """
     ea, eb, n = _group_sums([errs_a, errs_b, nref], groups)
     wer_a, wer_b = _rate(ea.sum(), n.sum()), _rate(eb.sum(), n.sum())
@@ -173,7 +175,8 @@ def paired_bootstrap(errs_a, errs_b, nref, groups=None, n_boot: int = 1000, seed
         return out
     out["low"], out["high"] = _interval(d, alpha)
     out["prob_improvement"] = float(np.mean(d < 0))
-    out["p_value"] = float(min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))))
+    tail = min(int(np.sum(d <= 0)), int(np.sum(d >= 0)))
+    out["p_value"] = float(min(1.0, 2 * (tail + 1) / (d.size + 1)))
     return out
 
 
