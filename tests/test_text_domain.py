@@ -153,10 +153,24 @@ def test_speakable_leaves_plain_text_alone():
     # A number glued to its unit.
     ("Take 10mg of Velorin at 3pm.", "Take ten mg of Velorin at three pm."),
     ("We ran 5km before the 2nd sale.", "We ran five km before the second sale."),
+    # Letters glued to digits, clock times, ratios and dotted versions.
+    ("Print the Zorvex leaflet on A4 paper.", "Print the Zorvex leaflet on A four paper."),
+    ("The MP3 file names the Zorvex.", "The MP three file names the Zorvex."),
+    ("Take Velorin at 9:05am and 10:30.", "Take Velorin at nine oh five am and ten thirty."),
+    ("The clinic opens at 10:00 today.", "The clinic opens at ten o'clock today."),
+    ("Mix it in a 3:1 ratio.", "Mix it in a three to one ratio."),
+    ("Update the Zorvex app to 1.2.3 today.", "Update the Zorvex app to one point two point three today."),
 ])
 def test_speakable_writes_what_the_voices_say_and_the_label_keeps_it(written, spoken):
     assert speakable(written) == (spoken, "")
     assert training_text(spoken) == spoken  # the label the model learns is what the voice said
+
+
+@pytest.mark.parametrize("written", ["The refill costs $1,00 today.", "Read pages 1,5 of the Zorvex leaflet."])
+def test_a_comma_inside_a_number_that_is_not_a_thousands_separator_is_not_guessed_at(written):
+    # A decimal comma or a list: the line is skipped with the number named, not read as "one,zero".
+    text, reason = speakable(written)
+    assert text is None and reason.startswith("unspeakable: number '1,")
 
 
 @pytest.mark.parametrize("a, b, same", [

@@ -14,7 +14,7 @@ from pathlib import Path
 from num2words import num2words
 
 from asr_lora.core.io import numbered_lines
-from asr_lora.data.text import normalize
+from asr_lora.data.text import APOSTROPHES, normalize
 from asr_lora.data.synthetic.voices import VOICES
 
 # The shipped Singapore English text: the synthetic source's default inputs.
@@ -42,12 +42,13 @@ _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
 _SPEAKABLE = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ' \-.,?!;:\"]*")
 # Typographic punctuation, as editors and word processors write it, in the plain form the rules and
 # the scoring normaliser know.
-_TYPOGRAPHY = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"',
-                             "\u2026": "..."})
+_TYPOGRAPHY = str.maketrans({**APOSTROPHES, "\u201c": '"', "\u201d": '"', "\u2026": "..."})
 _RANGE = re.compile(r"(?<=\d)\s?[\u2013\u2014]\s?(?=\d)")
 # Brackets and dashes are pauses: the voices read a bracketed aside, and the label must hold it too,
 # where the normaliser (text.py) deletes anything in round brackets as a transcriber's noise tag.
 _PAUSE = re.compile(r"[()\[\]\u2013\u2014]")
+_COMMA_NUMBER = re.compile(r"\d+(?:,\d+)+")
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+")
 
 
 @dataclass
@@ -102,15 +103,27 @@ def _money(m: re.Match) -> str:
     return " ".join(out + ([f"{num2words(cents)} cent{'s' * (cents != 1)}"] if cents else []))
 
 
-# (pattern, replacement) in order: a unit split from its number, money and percentages before bare
-# numbers, thousands commas before ordinals ("1,000th").
+def _clock(m: re.Match) -> str:
+    hour, minute = num2words(int(m.group(1))), int(m.group(2))
+    if minute == 0:
+        return f"{hour} o'clock"
+    return f"{hour} {'oh ' * (minute < 10)}{num2words(minute)}"
+
+
+# (pattern, replacement) in order: a unit split from its number and a letter from its digits ("A4",
+# "MP3"), clock times, money and percentages before bare numbers, thousands commas before ordinals
+# ("1,000th"), dotted versions ("1.2.3") before decimals.
 _RULES: list[tuple[re.Pattern, object]] = [
     (re.compile(r"\b(\d+(?:[.,]\d+)*)(?!(?:st|nd|rd|th)\b)([A-Za-z]+)\b", re.I), r"\1 \2"),
+    (re.compile(r"\b([A-Za-z]+)(\d+)\b"), r"\1 \2"),
+    (re.compile(r"\b([01]?\d|2[0-3]):([0-5]\d)\b"), _clock),
+    (re.compile(r"\b(\d+):(\d+)\b"), r"\1 to \2"),  # a ratio or a score
     (re.compile(r"(?<![A-Za-z])(?:S|US)?\$\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?\b"
                 r"(?:\s?(thousand|million|billion|trillion|k|m|bn)\b)?", re.I), _money),
     (re.compile(r"(\d+(?:\.\d+)?)\s?%"), lambda m: f"{m.group(1)} percent"),
     (re.compile(r"\b\d{1,3}(?:,\d{3})+(?!\d)"), lambda m: m.group(0).replace(",", "")),
     (re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.I), lambda m: num2words(int(m.group(1)), to="ordinal")),
+    (re.compile(r"\b\d+(?:\.\d+){2,}\b"), lambda m: " point ".join(num2words(int(p)) for p in m.group(0).split("."))),
     (re.compile(r"\b(\d+)\.(\d+)\b"), lambda m: _decimal(m.group(1), m.group(2))),
     (re.compile(r"\b\d+\b"), lambda m: num2words(int(m.group(0)))),
     (re.compile(r"\s*&\s*"), " and "),
@@ -137,6 +150,11 @@ def speakable(text: str) -> tuple[str | None, str]:
     if _URL.search(text):
         return None, "url"
     out = _plain_punctuation(text)
+    # A comma inside a number that is not a thousands separator ("$1,00", "1,5") could be a decimal
+    # comma or a list: no rule says which, so the line is not guessed at.
+    for m in _COMMA_NUMBER.finditer(out):
+        if not _THOUSANDS.fullmatch(m.group(0)):
+            return None, f"unspeakable: number {m.group(0)!r}"
     for pattern, repl in _RULES:
         out = pattern.sub(repl, out)
     out = " ".join(out.replace("-", " - ").split()).replace(" - ", "-")  # num2words writes "twenty-three"
