@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 from fastapi.testclient import TestClient
 
-from asr_lora.inference.decode import _avg_logprob, prompt_ids
+from asr_lora.inference.decode import DecodeOptions, _avg_logprob, _segment, prompt_ids
 from asr_lora.inference.engine import Engine
 from asr_lora.serving.app import ServerThread, Settings, create_app
 from asr_lora.serving.batcher import Batcher
@@ -157,3 +157,21 @@ def test_verbose_json_segments_carry_avg_logprob_for_the_openai_client(serve):
         r = oa.audio.transcriptions.create(file=("a.wav", _wav()), model="sg", response_format="verbose_json")
     assert r.segments and all(isinstance(s.avg_logprob, float) and s.avg_logprob <= 0 for s in r.segments)
     assert r.language == "english"
+
+
+def test_segments_carry_their_generated_tokens_and_window_offset_as_openai_seek(tiny_whisper_dir):
+    from transformers import WhisperProcessor
+
+    tok = WhisperProcessor.from_pretrained(tiny_whisper_dir).tokenizer
+    begin = tok.convert_tokens_to_ids("<|0.00|>")
+    words = tok.encode(" hello world", add_special_tokens=False)
+    # decoded in the window that starts at 30 s: it opens at <|1.00|> and ends at <|2.00|>
+    ids = [begin + 50, *words, begin + 100]
+    seg = {"start": torch.tensor(31.0, dtype=torch.float64), "end": torch.tensor(32.0, dtype=torch.float64),
+           "tokens": torch.tensor(ids)}
+    out = _segment(tok, seg, 40.0, DecodeOptions(timestamps=True))
+    assert out["tokens"] == ids and out["seek"] == 3000
+    assert out["text"] == "hello world" and (out["start"], out["end"]) == (31.0, 32.0)
+    first_window = {**seg, "start": torch.tensor(1.0, dtype=torch.float64),
+                    "end": torch.tensor(2.0, dtype=torch.float64)}
+    assert _segment(tok, first_window, 40.0, DecodeOptions(timestamps=True))["seek"] == 0

@@ -146,10 +146,21 @@ def _avg_logprob(result: dict, eos: int, temperature: float) -> float:
     return round(float(logprobs.mean()), 4)
 
 
+def _window_start(tok, seg: dict) -> float:
+    """Start in seconds of the 30 s window a segment was decoded in: its start less the time of its
+    opening timestamp token (transformers' segments name no window, OpenAI's `seek` does)."""
+    begin = tok.convert_tokens_to_ids("<|0.00|>")
+    first = int(seg["tokens"][0]) if len(seg["tokens"]) else -1
+    return max(0.0, float(seg["start"]) - ((first - begin) * 0.02 if first >= begin else 0.0))
+
+
 def _segment(tok, seg: dict, duration: float, options: DecodeOptions) -> dict:
     start, end = (min(float(seg[k]), duration) for k in ("start", "end"))
     out = {"start": round(start, 2), "end": round(max(start, end), 2),
-           "text": tok.decode(seg["tokens"], skip_special_tokens=True).strip()}
+           "text": tok.decode(seg["tokens"], skip_special_tokens=True).strip(),
+           # OpenAI's segment fields: the ids as generated (timestamp tokens included) and the
+           # window's offset in 10 ms frames.
+           "tokens": [int(t) for t in seg["tokens"]], "seek": round(_window_start(tok, seg) * 100)}
     if options.logprobs:
         out["avg_logprob"] = _avg_logprob(seg["result"], tok.eos_token_id, options.temperature)
     return out

@@ -182,7 +182,7 @@ class Engine:
         return self.decode([Job(a, model, options) for a in audios])
 
     def decode(self, jobs: Sequence[Job]) -> list[dict]:
-        """{"text", "segments": [{"start", "end", "text"}], "duration"} per job, in order.
+        """{"text", "segments": [{"start", "end", "text", "tokens", "seek"}], "duration"} per job, in order.
 
         All jobs must share `options` (the batcher groups them so)."""
         if len({j.options for j in jobs}) > 1:

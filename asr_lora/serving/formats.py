@@ -47,9 +47,11 @@ def _compression_ratio(text: str) -> float:
 def verbose_json(result: dict, language: str, temperature: float, tokenizer=None) -> dict:
     segments = []
     for i, s in enumerate(result["segments"]):
-        tokens = tokenizer.encode(" " + s["text"], add_special_tokens=False) if tokenizer is not None else []
-        seg = {"id": i, "seek": 0, "start": s["start"], "end": s["end"], "text": s["text"], "tokens": tokens,
-               "temperature": temperature, "compression_ratio": _compression_ratio(s["text"])}
+        tokens = s.get("tokens")
+        if tokens is None:  # a segment made from the whole text when the decode gave none
+            tokens = tokenizer.encode(" " + s["text"], add_special_tokens=False) if tokenizer is not None else []
+        seg = {"id": i, "seek": s.get("seek", 0), "start": s["start"], "end": s["end"], "text": s["text"],
+               "tokens": tokens, "temperature": temperature, "compression_ratio": _compression_ratio(s["text"])}
         if "avg_logprob" in s:  # from the decode's scores; no_speech_prob has no real value to give
             seg["avg_logprob"] = s["avg_logprob"]
         segments.append(seg)
