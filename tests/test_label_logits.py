@@ -85,3 +85,5 @@ def test_the_replay_term_reads_the_same_tokens_from_label_logits(tmp_path, tiny_
     loss = trainer.compute_loss(model, {**inputs, "distill_rows": rows})
     plain = trainer_for(model, tmp_path).compute_loss(model, dict(inputs))
     assert loss.item() == pytest.approx(plain.item() + 2.0 * expect.item(), rel=1e-5)
+    trainer.log({"loss": loss.item()})  # the term is logged beside the loss, unweighted
+    assert trainer.state.log_history[-1]["replay_kl"] == pytest.approx(expect.item(), rel=1e-4)

@@ -104,3 +104,37 @@ def test_importing_the_trainer_prints_nothing_under_offline_wandb():
                          capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
     assert out.returncode == 0, out.stderr
     assert out.stdout == ""
+
+
+def _kl_worker(rank: int, port: int, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from asr_lora.training.distill import means_over_ranks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        # rank 1 drew no replay rows since the last log: it must still take part in the sum
+        totals = ({"replay_kl": [torch.tensor(0.6), 2], "context_kl": [torch.tensor(1.0), 1]} if rank == 0
+                  else {"context_kl": [torch.tensor(3.0), 1]})
+        got = means_over_ranks(totals, {"replay_kl": 1.0, "context_kl": 3.0, "unused_kl": 0.0})
+        Path(out, f"kl{rank}.json").write_text(json.dumps(got))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distillation_terms_are_logged_as_their_mean_over_every_rank(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_kl_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"kl{rank}.json").read_text())
+        assert got == {"context_kl": 2.0, "replay_kl": 0.3}, (rank, got)
+
+
+def test_distillation_means_without_a_process_group_are_this_process_s():
+    from asr_lora.training.distill import means_over_ranks
+
+    assert means_over_ranks({"replay_kl": [1.5, 3]}, {"replay_kl": 1.0, "context_kl": 2.0}) == {"replay_kl": 0.5}

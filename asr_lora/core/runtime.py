@@ -42,6 +42,19 @@ def accelerator() -> str:
     return f"cuda:{local_rank()}"
 
 
+def sum_over_ranks(values: list) -> list[float]:
+    """Each value summed over the ranks of the process group (the values themselves without one).
+    A collective: every rank must call it, with as many values."""
+    import torch.distributed as dist
+
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            t = t.to(f"cuda:{local_rank()}")
+        dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
 def run_dir_of(run_dir: str | None) -> Path:
     """An explicit `run_dir=` (resume, export, evaluate of an old run) or Hydra's fresh one."""
     if run_dir:

@@ -22,6 +22,7 @@ import logging
 import torch
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
+from asr_lora.core.runtime import sum_over_ranks
 from asr_lora.training.label_logits import logits_only_at
 from asr_lora.training.row_groups import take_rows
 from asr_lora.training.term_tokens import own_word_marker
@@ -135,3 +136,13 @@ def distillation(peft_model, inputs: dict, logits: torch.Tensor, labels: torch.T
         if bool(around.any()):
             terms["context_kl"] = kl[around].mean()
     return terms
+
+
+def means_over_ranks(totals: dict, weights: dict[str, float]) -> dict[str, float]:
+    """Each weighted term's mean since the last logged step, from `totals` ({name: [sum, count]}),
+    over every rank as the Trainer's loss is (each rank saw its own rows). Every weighted term is
+    summed, even one this rank had no rows for: the sum is a collective, and a rank that skipped it
+    would hang the others."""
+    names = [n for n in sorted(weights) if weights[n]]
+    sums = sum_over_ranks([v for n in names for v in totals.get(n, (0.0, 0))])
+    return {n: round(sums[2 * i] / sums[2 * i + 1], 6) for i, n in enumerate(names) if sums[2 * i + 1]}

@@ -26,7 +26,7 @@ from asr_lora.core.runtime import resume_mode, trains_on_cpu, use_bf16
 from asr_lora.evaluation.metrics import normalized_wer
 from asr_lora.model.lora import adapted_module_names, add_lora, count_parameters, expected_lora_parameters
 from asr_lora.training.averaging import WeightAverage
-from asr_lora.training.distill import distillation
+from asr_lora.training.distill import distillation, means_over_ranks
 from asr_lora.training.label_logits import logits_only_at
 from asr_lora.training.row_groups import row_groups, splits_rows, take_rows, width_of
 from asr_lora.training.term_tokens import weighted_token_loss
@@ -340,8 +340,8 @@ class SpeechTrainer(Seq2SeqTrainer):
         return self.train_sampler or super()._get_train_sampler(train_dataset)
 
     def log(self, logs, *args, **kwargs):
-        if self._kl and "loss" in logs:  # each term's mean since the last logged step, beside the loss
-            logs.update({name: round(float(total) / n, 6) for name, (total, n) in self._kl.items()})
+        if "loss" in logs and (self.replay_kl or self.context_kl):
+            logs.update(means_over_ranks(self._kl, {"context_kl": self.context_kl, "replay_kl": self.replay_kl}))
             self._kl = {}
         super().log(logs, *args, **kwargs)
 
