@@ -186,3 +186,35 @@ def test_export_checks_the_exported_model_on_the_rows_the_evaluation_scored(monk
     monkeypatch.setattr(export_run_module, "export_run", refuse)
     with pytest.raises(ExportRefused, match=r"gate failed: \+21\.7% > 5\.0% \(export\.force=true exports anyway\)"):
         export_from_run(cfg, tmp_path, tmp_path / "adapter", None, {"test": test}, processor=object())
+
+
+def test_export_without_reusable_hypotheses_checks_the_evaluation_s_own_draw_of_rows(monkeypatch, tmp_path):
+    """With data.max_eval_samples and no hypotheses to reuse, the exported model is checked on the
+    rows the evaluation drew (subsample with the run's seed), not on the split's first rows."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    import asr_lora.export.run as export_run_module
+    from asr_lora.data.selection import subsample
+    from asr_lora.export.job import export_from_run
+
+    n = 40
+    test = Dataset.from_dict({
+        "id": [f"t{i}" for i in range(n)], "voice": [UNSEEN.id] * n, "engine": [UNSEEN.engine] * n,
+        "subset": ["control" if i % 4 == 0 else "main" for i in range(n)], "text": [f"s{i}" for i in range(n)],
+        "audio": [np.zeros(160, dtype=np.float32)] * n})
+    seen = {}
+    monkeypatch.setattr(export_run_module, "export_run", lambda *a, **kw: seen.update(kw) or {
+        "paths": {}, "sizes_bytes": {}, "wer": {}})
+    cfg = OmegaConf.create({"seed": 7, "data": {"max_eval_samples": 10},
+                            "eval": {"split": "test", "part": None, "engines": [], "beam_size": 1, "batch_size": 2,
+                                     "max_new_tokens": 4},
+                            "export": {"ct2_eval": True, "formats": ["hf"], "quantization": [], "force": False,
+                                       "probe_size": 2},
+                            "model": {"name_or_path": "unused"}, "lora": {"scope": ["decoder_self"]}})
+    ev = {"n_utterances": 10, "systems": {"base": {}, "adapted": {}}}
+    export_from_run(cfg, tmp_path, tmp_path / "adapter", ev, {"test": test}, processor=object())
+    drawn = subsample(test, 10, 7)
+    want = [t for t, s in zip(drawn["text"], drawn["subset"]) if s != "control"]
+    first = [t for t, s in zip(test["text"], test["subset"]) if s != "control"][:10]
+    assert seen["test_refs"] == want and want != first

@@ -39,7 +39,7 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
         probe = log_mel(processor, [np.asarray(a, dtype=np.float32) for a in rows["audio"]])
     # The same test rows the run's evaluation scored (eval.part / eval.engines), so the exported
     # model's WER check is on what the report shows and costs no more than that evaluation.
-    from asr_lora.data.selection import eval_rows
+    from asr_lora.data.selection import eval_rows, subsample
 
     test = eval_rows(splits.get(cfg.eval.split), cfg.eval.part, cfg.eval.engines)
     audios = refs = transcriber = reuse = prompted = None
@@ -55,7 +55,9 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
             with_prompt = evaluated_hypotheses(run_dir, ev, cfg.eval.beam_size, "adapted_prompt")
             prompted = [with_prompt[1][i] for i in main["id"]] if prompt and with_prompt else None
         elif ev and ev.get("n_utterances") and cfg.data.max_eval_samples:
-            main = main.select(range(min(len(main), cfg.data.max_eval_samples)))
+            # the evaluation's own draw of max_eval_samples rows (control included), its accented ones
+            drawn = subsample(test, cfg.data.max_eval_samples, cfg.seed)
+            main = drawn.filter(lambda s: s != "control", input_columns="subset")
         audios = [np.asarray(a, dtype=np.float32) for a in main["audio"]]
         refs = list(main["text"])
         if encoder_cache is not None and all(i in encoder_cache.store for i in main["id"]):
