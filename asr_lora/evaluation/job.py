@@ -76,7 +76,7 @@ def evaluate(cfg: DictConfig) -> dict:
     ds = subsample(ds, cfg.data.max_eval_samples, cfg.seed)
 
     from asr_lora.model.lora import adapter_strength
-    from asr_lora.model.whisper import resolve_model_dir
+    from asr_lora.model.whisper import local_model_dir, resolve_model_dir
 
     info = eval_info(cfg.data, cfg.model.name_or_path, report, cfg.adapter, split,
                      cfg.lora.scale if cfg.adapter else 1.0, adapter_strength(model) if model is not None else None)
@@ -87,7 +87,7 @@ def evaluate(cfg: DictConfig) -> dict:
         q = export_quantization(adapted_ct2, cfg.eval.ct2_quantization)
         info["model"]["backend"] = (f"faster-whisper (CTranslate2: {adapted_ct2.name}, base converted at {q})"
                                     if adapted_ct2 else f"faster-whisper (CTranslate2: base converted at {q})")
-        precomputed = ct2_hypotheses(resolve_model_dir(cfg.model.name_or_path), adapted_ct2, ds, systems, cfg.eval,
+        precomputed = ct2_hypotheses(local_model_dir(cfg.model.name_or_path), adapted_ct2, ds, systems, cfg.eval,
                                      q, terms, run_dir)
     else:
         if not any(".encoder." in n and "lora_A" in n for n, _ in model.named_parameters()):

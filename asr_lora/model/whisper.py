@@ -221,6 +221,22 @@ def resolve_model_dir(name_or_path: str) -> str:
     return str(out)
 
 
+def local_model_dir(name_or_path: str) -> str:
+    """`resolve_model_dir`, with a hub id fetched into (or found in) the local Hugging Face cache, for
+    readers that need the files on disk, as the CTranslate2 converter does."""
+    src = resolve_model_dir(name_or_path)
+    if Path(src).is_dir():
+        return src
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:  # the transformers files only: no TF, Flax or pickled weights
+        return snapshot_download(src, allow_patterns=["*.json", "*.txt", "*.safetensors"])
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(f"{src}: a hub id with no copy in the local Hugging Face cache, and the hub cannot "
+                                "be reached (offline); run once with a network, or pass a local directory") from None
+
+
 def load_whisper(
     name_or_path: str = "bundled:tiny.en", dtype: torch.dtype = torch.float32, device: str | None = None
 ) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
