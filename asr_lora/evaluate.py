@@ -9,14 +9,15 @@ import hydra
 from omegaconf import DictConfig
 
 from asr_lora.config import CONF_DIR, check_recipe_applied
-from asr_lora.evaluation.job import evaluate
 
-__all__ = ["evaluate", "main"]
+__all__ = ["main"]
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     check_recipe_applied(cfg)
+    from asr_lora.evaluation.job import evaluate
+
     evaluate(cfg)
 
 

@@ -9,10 +9,6 @@ import hydra
 from omegaconf import DictConfig
 
 from asr_lora.config import CONF_DIR, check_recipe_applied
-from asr_lora.core.logs import setup_logging
-from asr_lora.core.paths import use_cache_root
-from asr_lora.core.runtime import run_dir_of
-from asr_lora.data.loading import load_data
 
 log = logging.getLogger("asr_lora.prepare")
 
@@ -20,6 +16,12 @@ log = logging.getLogger("asr_lora.prepare")
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     check_recipe_applied(cfg)
+    # imported here: the data stack loads when the command runs, not when Hydra parses it
+    from asr_lora.core.logs import setup_logging
+    from asr_lora.core.paths import use_cache_root
+    from asr_lora.core.runtime import run_dir_of
+    from asr_lora.data.loading import load_data
+
     run_dir = run_dir_of(cfg.run_dir)
     setup_logging(run_dir, quiet=cfg.quiet)
     use_cache_root(cfg.paths.cache_dir)

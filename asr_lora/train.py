@@ -8,14 +8,15 @@ import hydra
 from omegaconf import DictConfig
 
 from asr_lora.config import CONF_DIR, check_recipe_applied
-from asr_lora.training.job import train
 
-__all__ = ["main", "train"]
+__all__ = ["main"]
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     check_recipe_applied(cfg)
+    from asr_lora.training.job import train
+
     summary = train(cfg)
     ev = (summary or {}).get("eval") or {}
     return (ev.get("adapted") or {}).get("wer")

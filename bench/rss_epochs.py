@@ -2,7 +2,7 @@
 
     python bench/rss_epochs.py [--epochs 20] [--clips 32]
 
-Runs the real main job (`asr_lora.train.train`) on a tiny random Whisper and a JSONL corpus of
+Runs the real main job (`asr_lora.training.job.train`) on a tiny random Whisper and a JSONL corpus of
 tones, with a Trainer callback that samples RSS at the end of every epoch. Prints the table and
 the growth from the 2nd epoch (after allocator warm-up) to the last; writes
 bench/results/rss_epochs.json.
@@ -47,7 +47,7 @@ def main() -> None:
         return trainer
 
     training.build_trainer = with_probe  # the probe only observes; the loop is the real one
-    import asr_lora.train as train_mod
+    import asr_lora.training.job as train_mod
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -71,7 +71,10 @@ def main() -> None:
     rows = samples
     print(table(rows, ["epoch", "step", "rss_mb"]))
     growth = rows[-1]["rss_mb"] - rows[1]["rss_mb"] if len(rows) > 2 else None
-    print(f"RSS growth from epoch {rows[1]['epoch']} to {rows[-1]['epoch']}: {growth:+.1f} MB")
+    if growth is None:
+        print(f"RSS growth: needs 3 or more epochs (ran {len(rows)}): the first is the allocator's warm-up")
+    else:
+        print(f"RSS growth from epoch {rows[1]['epoch']} to {rows[-1]['epoch']}: {growth:+.1f} MB")
     write_result("rss_epochs", {"machine": machine_info(), "args": vars(args), "per_epoch": rows,
                                 "growth_mb_after_warmup": growth})
 

@@ -22,7 +22,7 @@ RUNNER = """
 import sys
 from hydra import compose, initialize_config_dir
 from asr_lora.config import CONF_DIR
-from asr_lora.train import train
+from asr_lora.training.job import train
 with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
     cfg = compose("config", overrides=sys.argv[1:])
 train(cfg)

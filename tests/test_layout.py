@@ -149,3 +149,15 @@ def test_generate_check_sees_a_second_caller(tmp_path):
     rogue = tmp_path / "rogue.py"
     rogue.write_text("def f(model, x):\n    return model.generate(input_features=x)\n")
     assert _generate_callers({**_modules(), "rogue": rogue}) == {DECODER, "rogue"}
+
+
+def test_hydra_entry_points_load_no_model_stack_before_the_command_runs():
+    # Hydra parses the command line (and a refused +recipe, --help or --cfg answers) before main runs:
+    # importing torch and transformers first would keep the user waiting seconds for that answer.
+    import subprocess
+    import sys
+
+    code = ("import sys, asr_lora.train, asr_lora.evaluate, asr_lora.prepare, asr_lora.export; "
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -308,7 +308,7 @@ def test_prepare_train_evaluate_on_a_fixture_nsc_tree(tmp_path, tiny_whisper_dir
 
     from asr_lora.config import CONF_DIR
     from asr_lora.data.loading import load_data
-    from asr_lora.evaluate import evaluate
+    from asr_lora.evaluation.job import evaluate
     from asr_lora.training.job import train
 
     root = build_nsc_tree(tmp_path / "nsc")
