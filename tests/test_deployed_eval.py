@@ -112,10 +112,11 @@ def test_library_decoding_is_faster_whispers_own_and_repeatable(tmp_path, tiny_w
     audio = _audio_by_id(tmp_path)
     clips = [audio[i] for i in hyps["ids"]]
     d = export_dir / "ct2-float32"
-    # a second, separate decode (the evaluation's was the first) gives the same words
-    library = transcribe_ct2(d, clips, library_defaults=True)
-    assert hyps["adapted"] == library
-    assert library != transcribe_ct2(d, clips)
+    # a second, separate decode (the evaluation's was the first) gives the same words; two clips
+    # suffice, each library decode of a rambling random model runs to faster-whisper's token limit
+    library = transcribe_ct2(d, clips[:2], library_defaults=True)
+    assert hyps["adapted"][:2] == library
+    assert library != transcribe_ct2(d, clips[:2])
     assert "forgetting" in ev
 
 
