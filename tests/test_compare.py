@@ -135,3 +135,26 @@ def test_plot_labels_say_what_each_run_trained():
             "train_steps": 64, "batch": 8}
     assert describe(lora) == "r8 qv enc+dec+x 64x8"
     assert describe({"mode": "full", "train_steps": 64, "batch": 8}) == "full FT 64x8"
+
+
+def test_a_named_run_without_metrics_or_with_broken_metrics_is_an_error_not_left_out(multirun, tmp_path, capsys):
+    unfinished = tmp_path / "unfinished"
+    (unfinished / ".hydra").mkdir(parents=True)
+    assert main([str(multirun / "0_lora.r=4"), str(unfinished), "--out", str(tmp_path / "o1")]) == 2
+    assert f"{unfinished}: no metrics.json there or below it" in capsys.readouterr().err
+    assert not (tmp_path / "o1").exists()  # nothing written for a partial comparison
+
+    broken = fake_run(tmp_path, "broken", r=4, wer=0.2, trainable=1, seconds=1.0)
+    (broken / "metrics.json").write_text('{"eval": ')
+    assert main([str(broken), "--out", str(tmp_path / "o2")]) == 2
+    assert f"{broken / 'metrics.json'}:1:10: not valid JSON" in capsys.readouterr().err
+    (broken / "metrics.json").write_text("[1]")
+    assert main([str(broken), "--out", str(tmp_path / "o2")]) == 2
+    assert "a run's metrics.json must hold a JSON object, not array" in capsys.readouterr().err
+
+
+def test_an_out_path_that_is_a_file_is_an_error_line(multirun, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    assert main([str(multirun), "--out", str(taken)]) == 2
+    assert str(taken) in capsys.readouterr().err

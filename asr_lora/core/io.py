@@ -120,6 +120,34 @@ def numbered_lines(path: str | os.PathLike, what: str) -> list[tuple[int, str]]:
     return out
 
 
+class JsonFileError(ValueError):
+    """A JSON file a command reads is missing, unreadable, not JSON, or not the object expected."""
+
+
+def read_json(path: str | os.PathLike, what: str = "file", expect: type | None = dict) -> Any:
+    """The parsed contents of a JSON file, or JsonFileError naming the file (and the line and column
+    of a syntax error) where json.loads would name none."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JsonFileError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise JsonFileError(f"{path}: unreadable {what} ({e.__class__.__name__}: {e})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JsonFileError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); a broken {what}?") from None
+    if expect is not None and not isinstance(obj, expect):
+        raise JsonFileError(f"{path}: a {what} must hold a JSON {_JSON_NAMES.get(expect, expect.__name__)}, "
+                            f"not {_JSON_NAMES.get(type(obj), type(obj).__name__)}")
+    return obj
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
 def dir_bytes(d: str | os.PathLike) -> int:
     """Total size of the files under `d` (0 when it does not exist)."""
     d = Path(d)

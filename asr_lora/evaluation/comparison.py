@@ -28,7 +28,7 @@ from typing import Any
 
 from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas by default
 
-from asr_lora.core.io import write_bytes
+from asr_lora.core.io import JsonFileError, read_json, write_bytes
 from asr_lora.core.logs import setup_logging
 from asr_lora.evaluation.report import number, pct, png_bytes, render_markdown_table
 
@@ -64,6 +64,8 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
             hits = [p.parent]
         else:
             hits = sorted({m.parent for m in p.rglob("metrics.json")}, key=_natural_key)
+        if not hits:  # a run named on the command line is never left out without a word
+            raise FileNotFoundError(f"{p}: no metrics.json there or below it (a run that has not finished?)")
         for h in hits:
             if h.resolve() not in {f.resolve() for f in found}:
                 found.append(h)
@@ -91,7 +93,7 @@ def _read_yaml(path: Path) -> Any:
 
 def load_run(run_dir: Path) -> dict[str, Any]:
     """metrics.json + Hydra overrides/config of one run."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json", "run's metrics.json")
     return {
         "dir": run_dir,
         "metrics": metrics,
@@ -377,11 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(None)
     try:
         rows = collect(args.runs, args.sort)
-    except FileNotFoundError as e:
+        out = args.out or default_out(args.runs)
+        paths = write_outputs(rows, out)
+    except (OSError, JsonFileError) as e:  # FileNotFoundError, and an --out that is a file or read-only
         print(f"compare: {e}", file=sys.stderr)
         return 2
-    out = args.out or default_out(args.runs)
-    paths = write_outputs(rows, out)
     print(markdown_table(rows))
     print(f"\n{len(rows)} runs; wrote {', '.join(str(p) for p in paths.values())}")
     return 0
