@@ -446,6 +446,25 @@ def test_an_unknown_quantization_is_refused_before_the_merge(tiny_whisper_dir, a
         run.export_run(str(tiny_whisper_dir), adapter_dir, tmp_path / "out", ct2_quantizations=("int8", "int4"))
 
 
+@pytest.mark.parametrize("formats, quantizations, message", [
+    ((), ("int8",), "export.formats is empty: the export would write nothing and retire the last export's files"),
+    (("hf", "onnx"), ("int8",), r"unknown export formats \['onnx'\]"),
+    (("ct2",), (), "export.formats has ct2 but export.quantization is empty"),
+])
+def test_an_export_that_would_write_nothing_of_what_it_names_is_refused_and_the_last_one_kept(
+        tiny_whisper_dir, adapter_dir, tmp_path, monkeypatch, formats, quantizations, message):
+    def no_merge(*a, **k):
+        raise AssertionError("merged before the settings were checked")
+
+    out = tmp_path / "out"
+    (out / "hf").mkdir(parents=True)
+    (out / "hf" / "model.safetensors").write_bytes(b"the last export")
+    monkeypatch.setattr(run, "load_adapter_model", no_merge)
+    with pytest.raises(ValueError, match=message):
+        run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=formats, ct2_quantizations=quantizations)
+    assert (out / "hf" / "model.safetensors").read_bytes() == b"the last export"
+
+
 def test_a_ct2_wer_is_labelled_with_the_type_this_cpu_decoded(tiny_whisper_dir, adapter_dir, probe, tmp_path, caplog):
     import ctranslate2
 

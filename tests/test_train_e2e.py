@@ -170,6 +170,10 @@ def test_an_unknown_export_quantization_is_refused_before_training(tmp_path, tin
     with pytest.raises(ValueError, match="unknown CTranslate2 quantization"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "export.enabled=true", "export.formats=[]")
+    with pytest.raises(ValueError, match="export.formats is empty"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_resume_setting(tmp_path):

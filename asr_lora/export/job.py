@@ -150,12 +150,11 @@ def main(cfg: DictConfig) -> dict:
 def refuse_early(ecfg: DictConfig, run_dir: Path, ev: dict | None) -> None:
     """The refusals that need neither the data nor the merge, before either is paid for."""
     from asr_lora.export.merge import ExportRefused
-    from asr_lora.inference.ct2 import check_quantizations
+    from asr_lora.export.run import check_export_settings
 
     if (missing := unevaluated(run_dir, ev)) and not ecfg.force:
         raise ExportRefused(missing, "export.force=true")
-    if "ct2" in ecfg.formats:
-        check_quantizations(list(ecfg.quantization))
+    check_export_settings(ecfg.formats, ecfg.quantization)
 
 
 def run_adapter(run_dir: Path, run_cfg: DictConfig) -> Path:

@@ -59,6 +59,23 @@ log = logging.getLogger(__name__)
 
 
 
+def check_export_settings(formats, quantizations) -> list[str]:
+    """The ct2 quantizations to write, or a refusal of settings that would export nothing, or nothing
+    of a format named (an export replaces the last one's files: an empty one would only delete them)."""
+    formats = list(formats)
+    if not formats:
+        raise ValueError("export.formats is empty: the export would write nothing and retire the last export's "
+                         "files; name hf, adapter and/or ct2 (or set export.enabled=false)")
+    unknown = set(formats) - {"hf", "adapter", "ct2"}
+    if unknown:
+        raise ValueError(f"unknown export formats {sorted(unknown)}; choose from hf, adapter, ct2")
+    if "ct2" not in formats:
+        return []
+    if not list(quantizations):
+        raise ValueError("export.formats has ct2 but export.quantization is empty; name one or more, e.g. [int8]")
+    return check_quantizations(list(quantizations))
+
+
 def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[str] = ("hf", "adapter", "ct2"),
                ct2_quantizations: Sequence[str] = ("int8",), probe_features: torch.Tensor | None = None,
                test_audios: Sequence[np.ndarray] | None = None, test_refs: Sequence[str] | None = None,
@@ -87,11 +104,8 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
     `gate_failures`: gates the caller found failed (no evaluation at all); refused before the merge
     unless `force`, and then carried into every card like the gates checked here.
     """
-    unknown = set(formats) - {"hf", "adapter", "ct2"}
-    if unknown:
-        raise ValueError(f"unknown export formats {sorted(unknown)}; choose from hf, adapter, ct2")
     # Every refusal that needs no merge comes first: the merge and its verification take minutes on big bases.
-    ct2_quantizations = check_quantizations(ct2_quantizations) if "ct2" in formats else []
+    ct2_quantizations = check_export_settings(formats, ct2_quantizations)
     adapter_dir, out_root = Path(adapter_dir), Path(out_root)
     check_same_base(base, adapter_dir)
     if gate_failures and not force:

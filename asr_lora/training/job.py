@@ -190,10 +190,10 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
     check_ema_decay(cfg.train.ema_decay)
     check_split_setting(cfg.train.split_prompted_rows)
     check_seeds(cfg.train.seeds, cfg.train.mode, cfg.train.resume, cfg.lora)
-    if cfg.export.enabled and "ct2" in cfg.export.formats:  # the export runs after hours of training
-        from asr_lora.inference.ct2 import check_quantizations
+    if cfg.export.enabled:  # the export runs after hours of training
+        from asr_lora.export.run import check_export_settings
 
-        check_quantizations(cfg.export.quantization)
+        check_export_settings(cfg.export.formats, cfg.export.quantization)
     model, params = prepare_for_training(cfg, model)
     if torch.cuda.is_available() and cfg.device != "cpu":
         model.to(accelerator())  # so the encoder cache below is filled on the GPU, not the CPU
