@@ -19,6 +19,13 @@ from asr_lora.core.logs import setup_logging
 from asr_lora.data.audio import AudioError, check_audio, load_audio
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
+    return n
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m asr_lora.transcribe", description=__doc__.splitlines()[0])
     p.add_argument("audio", nargs="+", help="audio files (any format soundfile or librosa reads)")
@@ -27,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
                    help="peft LoRA adapter directory; repeat to load several on one base")
     p.add_argument("--use", default=None, help="which adapter to use (default: the first; 'base' for none)")
-    p.add_argument("--beam-size", type=int, default=None,
+    p.add_argument("--beam-size", type=_positive, default=None,
                    help="beams (default: the beam the adapter was scored with, from its export summary or run; else 1)")
     p.add_argument("--prompt", default=None, help="previous-text prompt, e.g. the domain words")
     p.add_argument("--output", choices=["txt", "json"], default="txt")
@@ -71,7 +78,16 @@ def main(argv=None) -> int:
         from asr_lora.inference.engine import Engine, OptionError
 
         model = None if args.model == "auto" else args.model
-        engine = Engine(model, adapters, device=args.device, mode="switch", beam_size=args.beam_size)
+        import torch
+
+        if (args.device or "cpu").startswith("cuda") and not torch.cuda.is_available():
+            print(f"error: --device {args.device}: this machine has no CUDA device", file=sys.stderr)
+            return 2
+        try:  # a model name or path that does not load: one line naming it, not a traceback
+            engine = Engine(model, adapters, device=args.device, mode="switch", beam_size=args.beam_size)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         try:  # the server's rules: a long prompt keeps its last tokens, special tokens are refused
             options = engine.prepare(DecodeOptions(prompt=args.prompt))
         except OptionError as e:

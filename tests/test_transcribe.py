@@ -137,3 +137,27 @@ def test_cli_long_prompt_keeps_its_last_tokens(tmp_path, tiny_whisper_dir, capsy
     prompt = " ".join(f"kopi{i}" for i in range(400))  # ~1,200 tokens, past the decoder's 448
     assert main([clip, "--model", str(tiny_whisper_dir), "--prompt", prompt]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_cli_names_the_adapter_model_or_beam_that_cannot_be_used_in_one_line(tmp_path, tiny_whisper_dir, capsys):
+    clip = str(write_tone(tmp_path / "a.wav", 1.0))
+    sg = _adapter(tiny_whisper_dir, tmp_path / "sg", 1)
+    broken = _adapter(tiny_whisper_dir, tmp_path / "broken", 2)
+    (broken / "adapter_config.json").write_text('{"r": 8,')
+    capsys.readouterr()  # building the adapters printed progress
+    base = ["--model", str(tiny_whisper_dir)]
+    cases = [
+        ([*base, "--adapter", f"my.v2={sg}"], "the name 'my.v2' is not one an adapter can have"),
+        ([*base, "--adapter", f"base={sg}"], "the name 'base' is not one an adapter can have"),
+        ([*base, "--adapter", f"sg={sg}", "--adapter", f"mx={broken}"], f"{broken / 'adapter_config.json'}:1:"),
+        ([*base, "--adapter", f"sg={sg}", "--adapter", f"sg={sg}"], "a second adapter named 'sg'"),
+        (["--model", str(tmp_path / "no-such-model")], "no such model directory"),
+        (["--model", str(sg)], "no config.json; not a transformers Whisper directory"),
+    ]
+    for args, message in cases:
+        assert main([clip, *args]) == 2, args
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit):
+        main([clip, *base, "--beam-size", "0"])
+    assert "--beam-size: 0: must be 1 or more" in capsys.readouterr().err

@@ -12,6 +12,7 @@ request at a time, `set_adapter` (or `disable_adapter`) before each.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ from asr_lora.model.whisper import load_whisper
 log = logging.getLogger(__name__)
 
 BASE = "base"  # the model name that means "no adapter"
+MIXED_BASE = "__base__"  # peft's name for the base in a mixed-adapter batch
 ENGLISH = {"en", "english"}
 Options = DecodeOptions  # a request's options; the engine fills in its beam size
 
@@ -69,11 +71,22 @@ def adapter_specs(specs: Sequence[str], need_names: bool = False) -> dict[str, P
         name, path = parse_adapter_spec(spec)
         if (need_names and not name) or not path:
             raise AdapterSpecError(f"--adapter {spec!r}: expected NAME=DIR")
+        name = name or f"adapter{i}"
+        # peft keeps adapters in a ModuleDict (no '.'), the engine reserves the base's names, and a
+        # second adapter of one name would silently replace the first
+        if not _ADAPTER_NAME.fullmatch(name) or name in (BASE, MIXED_BASE):
+            raise AdapterSpecError(f"--adapter {spec!r}: the name {name!r} is not one an adapter can have; use "
+                                   f"letters, digits, '_' and '-', and not {BASE!r}")
+        if name in out:
+            raise AdapterSpecError(f"--adapter {spec!r}: a second adapter named {name!r}; give each its own NAME=")
         try:
-            out[name or f"adapter{i}"] = check_adapter_dir(path)
+            out[name] = check_adapter_dir(path)
         except (OSError, ValueError) as e:
             raise AdapterSpecError(f"--adapter {spec!r}: {e}") from None
     return out
+
+
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass
@@ -192,7 +205,7 @@ class Engine:
         opts = self._options(jobs[0].options)
         out: list[dict | None] = [None] * len(jobs)
         if self.mode == "mixed" and self.adapter_dirs and opts.beam_size == 1:
-            names = [j.model if j.model != BASE else "__base__" for j in jobs]
+            names = [j.model if j.model != BASE else MIXED_BASE for j in jobs]
             self.batches.append([j.model for j in jobs])
             return decode_audio(self.model, self.processor, [j.audio for j in jobs], opts, adapter_names=names,
                                 batch_size=len(jobs))

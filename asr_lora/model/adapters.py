@@ -11,6 +11,8 @@ import json
 import re
 from pathlib import Path
 
+from asr_lora.core.io import read_json
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 # Where the bundled weights come from, for model cards (the `bundled:` names work offline).
@@ -27,6 +29,7 @@ def check_adapter_dir(path: str | Path) -> Path:
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{path}: no adapter_config.json; not a peft adapter directory")
+    read_json(path / "adapter_config.json", "peft adapter_config.json")  # names the file when it is broken
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise UnsafeAdapterError(f"{path}: refusing pickle files {pickles}; convert the adapter to safetensors")
@@ -64,7 +67,7 @@ def portable_base(ref: str | None) -> str | None:
 
 def adapter_base(path: str | Path) -> str | None:
     """The base an adapter directory names (`base_model_name_or_path`), made portable."""
-    conf = json.loads((Path(path) / "adapter_config.json").read_text())
+    conf = read_json(Path(path) / "adapter_config.json", "peft adapter_config.json")
     return portable_base(conf.get("base_model_name_or_path"))
 
 
@@ -139,7 +142,7 @@ def average_adapters(paths: list[str | Path], out_dir: str | Path, weights: list
         raise ValueError(f"{len(weights)} weights for {len(paths)} adapters")
 
     def layout(p: Path) -> tuple:
-        conf = json.loads((p / "adapter_config.json").read_text())
+        conf = read_json(p / "adapter_config.json", "peft adapter_config.json")
         if conf.get("use_dora"):
             raise ValueError(f"{p}: a DoRA adapter (use_dora) also holds a magnitude vector, which the mean "
                              "of the LoRA updates would not average; only plain LoRA adapters can be averaged")
