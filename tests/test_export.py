@@ -492,6 +492,10 @@ def test_an_export_job_with_no_evaluation_is_refused_unless_forced(tiny_whisper_
     OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")  # a run, but never evaluated
     with pytest.raises(ExportRefused, match=r"no evaluation: .*eval\.json missing.*\(export\.force=true exports"):
         export_main(cfg)
+    (tmp_path / "run" / "eval").mkdir()
+    (tmp_path / "run" / "eval" / "eval.json").write_text('{"systems": {')
+    with pytest.raises(SystemExit, match=r"export: .*eval\.json:1:14: not valid JSON"):
+        export_main(cfg)
 
 
 def test_a_forced_export_without_an_evaluation_says_so_on_every_card(tiny_whisper_dir, adapter_dir, probe, tmp_path,

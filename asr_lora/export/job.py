@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr_lora.config import CONF_DIR, check_recipe_applied
-from asr_lora.core.io import write_json
+from asr_lora.core.io import JsonFileError, read_json, write_json
 
 log = logging.getLogger("asr_lora.export")
 
@@ -101,7 +101,7 @@ def evaluated_hypotheses(run_dir: Path, ev: dict | None, beam_size: int = 1,
     path = Path(run_dir) / "eval" / "hypotheses.json"
     if not digest or not path.is_file() or (ev or {}).get("beam_size", 1) != beam_size:
         return None
-    h = json.loads(path.read_text(encoding="utf-8"))
+    h = read_json(path, "run's eval/hypotheses.json")
     if "ids" not in h or len(h.get(system) or []) != len(h["ids"]):
         return None
     return digest, dict(zip(h["ids"], h[system]))
@@ -136,8 +136,11 @@ def main(cfg: DictConfig) -> dict:
     run_dir = Path(run_cfg.run_dir)
     setup_logging(run_dir, quiet=cfg.quiet)
     ev_path = run_dir / "eval" / "eval.json"
-    ev = json.loads(ev_path.read_text()) if ev_path.is_file() else None
-    refuse_early(cfg.export, run_dir, ev)
+    try:  # a broken file is a one-line refusal naming it, before the model and data are loaded
+        ev = read_json(ev_path, "run's eval.json") if ev_path.is_file() else None
+        refuse_early(cfg.export, run_dir, ev)
+    except (JsonFileError, ValueError) as e:
+        raise SystemExit(f"export: {e}") from None
     use_cache_root(cfg.paths.cache_dir)
     from asr_lora.model.whisper import load_whisper
 
