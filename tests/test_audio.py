@@ -123,6 +123,9 @@ def test_missing_and_zero_byte_files(tmp_path):
     with pytest.raises(AudioError) as e:
         load_audio(tmp_path / "zero.wav")
     assert e.value.reason == "empty_file" and "zero.wav" in str(e.value)
+    (tmp_path / "folder.wav").mkdir()
+    with pytest.raises(AudioError, match="folder.wav: a directory, not an audio file"):
+        load_audio(tmp_path / "folder.wav")
 
 
 @pytest.mark.parametrize("cut,reason", [(30, "unreadable"), (2000, "truncated")])

@@ -98,12 +98,17 @@ def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> np.ndarray:
     if (part := parse_address(path)) is not None:
         return load_part(*part, target_sr=target_sr)
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(path, "missing_file", "a directory, not an audio file")
     if not path.is_file():
         raise AudioError(path, "missing_file", "audio file not found")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty_file", "audio file is empty (0 bytes)")
-    if path.suffix.lower() in (".wav", ".wave") and (why := _wav_truncated(path)):
-        raise AudioError(path, "truncated", f"truncated WAV: {why}")
+    try:
+        if path.suffix.lower() in (".wav", ".wave") and (why := _wav_truncated(path)):
+            raise AudioError(path, "truncated", f"truncated WAV: {why}")
+    except OSError as e:  # permissions, I/O errors: the file's reason, not a traceback
+        raise AudioError(path, "unreadable", f"cannot read the file ({e.strerror or e})") from None
     x, sr = _decode(path)
     if x.shape[0] == 0:
         raise AudioError(path, "empty_file", "audio file decodes to zero samples")
