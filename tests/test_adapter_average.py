@@ -59,6 +59,15 @@ def test_the_script_writes_the_average(tiny_whisper_dir, tmp_path):
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), str(a)], capture_output=True, text=True)
     assert bad.returncode != 0
     assert bad.stderr.strip() == "average_adapters: averaging needs at least two adapters, got 1"
+    # OUT forgotten: the first adapter would be the output and be replaced by the others' mean
+    before = (a / "adapter_model.safetensors").read_bytes()
+    slip = subprocess.run([sys.executable, str(script), str(a), str(b), str(tmp_path / "soup")],
+                          capture_output=True, text=True)
+    assert slip.returncode != 0 and f"{a} already holds an adapter" in slip.stderr
+    assert (a / "adapter_model.safetensors").read_bytes() == before
+    again = subprocess.run([sys.executable, str(script), str(tmp_path / "soup"), str(a), str(b), "--force"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
 
 
 def test_average_refuses_other_layouts_and_a_single_adapter(tiny_whisper_dir, tmp_path):
@@ -73,6 +82,8 @@ def test_average_refuses_other_layouts_and_a_single_adapter(tiny_whisper_dir, tm
         average_adapters([a], tmp_path / "soup")
     with pytest.raises(ValueError, match="2 weights for 3"):
         average_adapters([a, a, a], tmp_path / "soup", weights=[1, 0])
+    with pytest.raises(ValueError, match="the output is one of the adapters averaged"):
+        average_adapters([a, other], a)
     assert not (tmp_path / "soup").exists()
 
 

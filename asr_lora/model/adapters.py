@@ -135,6 +135,8 @@ def average_adapters(paths: list[str | Path], out_dir: str | Path, weights: list
     from asr_lora.model.whisper import load_whisper
 
     paths = [check_adapter_dir(p) for p in paths]
+    if Path(out_dir).resolve() in {p.resolve() for p in paths}:
+        raise ValueError(f"{out_dir}: the output is one of the adapters averaged; it would be replaced")
     if len(paths) < 2:
         raise ValueError(f"averaging needs at least two adapters, got {len(paths)}")
     weights = [1.0 / len(paths)] * len(paths) if weights is None else [float(w) for w in weights]
