@@ -19,14 +19,13 @@ from asr_lora.core.logs import setup_logging
 from asr_lora.data.audio import AudioError, check_audio, load_audio
 
 
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
-    return n
-
-
 def parse_args(argv=None) -> argparse.Namespace:
+    def _positive(text: str) -> int:
+        n = int(text)
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
+        return n
+
     p = argparse.ArgumentParser(prog="python -m asr_lora.transcribe", description=__doc__.splitlines()[0])
     p.add_argument("audio", nargs="+", help="audio files (any format soundfile or librosa reads)")
     p.add_argument("--model", default="auto", help="hub id, local dir, bundled:tiny.en, ct2:DIR (default: the "
