@@ -77,20 +77,11 @@ def main(argv=None) -> int:
         from asr_lora.inference.engine import Engine, OptionError
 
         model = None if args.model == "auto" else args.model
-        import torch
-
-        if (args.device or "cpu").startswith("cuda") and not torch.cuda.is_available():
-            print(f"error: --device {args.device}: this machine has no CUDA device", file=sys.stderr)
-            return 2
-        try:  # a model name or path that does not load: one line naming it, not a traceback
+        try:  # a model or device that cannot load, a prompt the server refuses: one line, not a traceback
             engine = Engine(model, adapters, device=args.device, mode="switch", beam_size=args.beam_size)
+            options = engine.prepare(DecodeOptions(prompt=args.prompt))  # the server's prompt rules
         except (OSError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        try:  # the server's rules: a long prompt keeps its last tokens, special tokens are refused
-            options = engine.prepare(DecodeOptions(prompt=args.prompt))
-        except OptionError as e:
-            print(f"error: --{e.param}: {e}", file=sys.stderr)
+            print(f"error: --{e.param}: {e}" if isinstance(e, OptionError) else f"error: {e}", file=sys.stderr)
             return 2
         results = engine.transcribe(audios, use, options)
         texts = [r["text"] for r in results]

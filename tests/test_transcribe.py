@@ -154,6 +154,8 @@ def test_cli_names_the_adapter_model_or_beam_that_cannot_be_used_in_one_line(tmp
         (["--model", str(tmp_path / "no-such-model")], "no such model directory"),
         (["--model", str(sg)], "no config.json; not a transformers Whisper directory"),
     ]
+    if not torch.cuda.is_available():
+        cases.append(([*base, "--device", "cuda"], "device 'cuda': this machine has no CUDA device"))
     for args, message in cases:
         assert main([clip, *args]) == 2, args
         out, err = capsys.readouterr()

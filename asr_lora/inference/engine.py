@@ -112,6 +112,10 @@ class Engine:
                  beam_size: int | None = None):
         if mode not in ("mixed", "switch"):
             raise ValueError(f"mode must be 'mixed' or 'switch', got {mode!r}")
+        import torch
+
+        if (device or "cpu").startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: this machine has no CUDA device")
         adapters = {name: check_adapter_dir(path) for name, path in (adapters or {}).items()}
         if BASE in adapters:
             raise ValueError(f"{BASE!r} names the base model; choose another adapter name")
