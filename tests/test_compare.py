@@ -158,3 +158,13 @@ def test_an_out_path_that_is_a_file_is_an_error_line(multirun, tmp_path, capsys)
     taken.write_text("not a folder")
     assert main([str(multirun), "--out", str(taken)]) == 2
     assert str(taken) in capsys.readouterr().err
+
+
+def test_counts_that_are_not_numbers_are_blank_cells_not_a_failed_sort(multirun, tmp_path, capsys):
+    odd = fake_run(tmp_path / "runs", "odd", r=4, wer=0.2, trainable=1, seconds=1.0)
+    m = json.loads((odd / "metrics.json").read_text())
+    m["params"]["trainable"] = "1.2M"  # hand-edited
+    (odd / "metrics.json").write_text(json.dumps(m))
+    assert main([str(multirun), str(odd), "--sort", "params", "--out", str(tmp_path / "o")]) == 0
+    rows = json.loads((tmp_path / "o" / "compare.json").read_text())
+    assert rows[-1]["run"].endswith("odd") and rows[-1]["trainable_params"] is None

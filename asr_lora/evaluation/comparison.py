@@ -155,11 +155,11 @@ def run_row(run: dict[str, Any], label: str) -> dict[str, Any]:
         "targets": ",".join(lora.get("target_modules") or []) or None,
         "scope": ",".join(lora.get("scope") or []) or None,
         "mode": mode,
-        "trainable_params": params.get("trainable"),
-        "total_params": params.get("total"),
-        "adapter_bytes": m.get("adapter_bytes"),
+        "trainable_params": _whole(params.get("trainable")),
+        "total_params": _whole(params.get("total")),
+        "adapter_bytes": _whole(m.get("adapter_bytes")),
         "train_seconds": number(_get(m, "train", "seconds")),
-        "train_steps": _get(m, "train", "steps"),
+        "train_steps": _whole(_get(m, "train", "steps")),
         "batch": _get(saved, "train", "per_device_train_batch_size"),
         "dev_wer": dev,
         # The WER columns are the scored split's lead part when it has parts (metrics.json "eval"):
@@ -212,6 +212,12 @@ def collect(paths: Iterable[str | Path], sort: str = "wer") -> list[dict]:
     if not dirs:
         raise FileNotFoundError(f"no metrics.json under {list(map(str, paths))}")
     return sort_rows([run_row(load_run(d), lab) for d, lab in zip(dirs, run_labels(dirs))], sort)
+
+
+def _whole(x: Any) -> int | None:
+    # counts as numbers: a hand-edited "1.2M" is a blank cell, not a failed sort
+    v = number(x)
+    return None if v is None else int(v)
 
 
 def _count(n: Any) -> str:
