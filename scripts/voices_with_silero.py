@@ -31,6 +31,9 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--held-out", action="store_true", help="Silero as the dev/test natural-voice part, not in train")
     args = ap.parse_args()
+    if args.out.is_dir() or not args.out.parent.is_dir():
+        ap.error(f"out: {args.out} is a directory" if args.out.is_dir() else
+                 f"out: no folder {args.out.parent} to write {args.out.name} in")
     inv = json.loads(INVENTORY.read_text(encoding="utf-8"))
     if args.held_out:
         if args.step is not None:

@@ -126,6 +126,8 @@ def test_missing_and_zero_byte_files(tmp_path):
     (tmp_path / "folder.wav").mkdir()
     with pytest.raises(AudioError, match="folder.wav: a directory, not an audio file"):
         load_audio(tmp_path / "folder.wav")
+    with pytest.raises(AudioError, match="-: audio from standard input is not read"):
+        load_audio("-")
 
 
 @pytest.mark.parametrize("cut,reason", [(30, "unreadable"), (2000, "truncated")])

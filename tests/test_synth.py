@@ -152,3 +152,15 @@ def test_the_silero_held_out_inventory_puts_silero_where_piper_joe_was(tmp_path)
     for split in ("dev", "test"):
         assert (sorted(v.reads_all for v in voices if v.split == split and v.part == "neural")
                 == sorted(v.reads_all for v in shipped if v.split == split and v.part == "neural"))
+
+
+def test_the_silero_inventory_script_names_an_out_it_cannot_write(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "voices_with_silero.py"
+    for out, message in ((tmp_path / "no-such-folder" / "voices.json", "out: no folder"),
+                         (tmp_path, "is a directory")):
+        done = subprocess.run([sys.executable, str(script), "10", str(out)], capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -97,6 +97,8 @@ def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> np.ndarray:
     A segment or zip-member address (`segment_address`, `zip_address`) loads just that part."""
     if (part := parse_address(path)) is not None:
         return load_part(*part, target_sr=target_sr)
+    if str(path) == "-":
+        raise AudioError(path, "missing_file", "audio from standard input is not read; pass the file's path")
     path = Path(path)
     if path.is_dir():
         raise AudioError(path, "missing_file", "a directory, not an audio file")
