@@ -136,3 +136,11 @@ def test_encoder_cache_only_when_the_training_audio_is_fixed():
     assert cache_enabled(cfg("augment=default", "augment.copies=2", "augment.specaugment.enabled=false"))
     with pytest.raises(ValueError, match="no per-step augmentation"):
         cache_enabled(cfg("augment=default", "train.cache_encoder_outputs=true"))
+
+
+def test_the_documented_export_of_a_sweep_run_parses_its_quoted_run_dir():
+    # README: a sweep's run folder holds '=' (0_lora.r=4), which Hydra reads as one path only quoted.
+    run = "outputs/sg_english/multirun_x/0_lora.r=4"
+    out = subprocess.run([sys.executable, "-m", "asr_lora.export", f"run_dir='{run}'", "--cfg", "job"],
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert out.returncode == 0 and f"run_dir: {run}" in out.stdout, out.stderr
