@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -12,22 +13,29 @@ from pathlib import Path
 import torch.multiprocessing as mp
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+@contextlib.contextmanager
+def _gloo_group(rank: int, port: int):
+    """This process as `rank` of a 2-process gloo group on localhost, torn down on leaving."""
     import torch.distributed as dist
-
-    from asr_lora.core.runtime import main_process_first
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    from asr_lora.core.runtime import main_process_first
+
+    with _gloo_group(rank, port):
         with main_process_first():
             entered = time.monotonic()
             if rank == 0:
                 time.sleep(1.0)  # long enough that a rank running concurrently would enter first
             left = time.monotonic()
         Path(out, f"{rank}.json").write_text(json.dumps({"entered": entered, "left": left}))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_main_process_first_runs_rank_0_alone_first(tmp_path):
@@ -108,20 +116,15 @@ def test_importing_the_trainer_prints_nothing_under_offline_wandb():
 
 def _kl_worker(rank: int, port: int, out: str) -> None:
     import torch
-    import torch.distributed as dist
 
     from asr_lora.training.distill import means_over_ranks
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
+    with _gloo_group(rank, port):
         # rank 1 drew no replay rows since the last log: it must still take part in the sum
         totals = ({"replay_kl": [torch.tensor(0.6), 2], "context_kl": [torch.tensor(1.0), 1]} if rank == 0
                   else {"context_kl": [torch.tensor(3.0), 1]})
         got = means_over_ranks(totals, {"replay_kl": 1.0, "context_kl": 3.0, "unused_kl": 0.0})
         Path(out, f"kl{rank}.json").write_text(json.dumps(got))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_distillation_terms_are_logged_as_their_mean_over_every_rank(tmp_path):
