@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr_lora.config import CONF_DIR, check_recipe_applied
-from asr_lora.core.io import JsonFileError, read_json, write_json
+from asr_lora.core.io import read_json, write_json
 
 log = logging.getLogger("asr_lora.export")
 
@@ -139,7 +139,7 @@ def main(cfg: DictConfig) -> dict:
     try:  # a broken file is a one-line refusal naming it, before the model and data are loaded
         ev = read_json(ev_path, "run's eval.json") if ev_path.is_file() else None
         refuse_early(cfg.export, run_dir, ev)
-    except (JsonFileError, ValueError) as e:
+    except ValueError as e:  # core.io.JsonFileError is one
         raise SystemExit(f"export: {e}") from None
     use_cache_root(cfg.paths.cache_dir)
     from asr_lora.model.whisper import load_whisper
