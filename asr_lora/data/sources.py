@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,12 +78,23 @@ def iter_records(dcfg, ledger: Ledger, progress: bool = True, scope=None) -> tup
 
     def records() -> Iterator[Record]:
         by_row = 0
+        splits_of: dict[str, set[str]] = defaultdict(set)  # named speaker -> the splits its rows are in
         for r in read(source, path, ledger, **options):
             if r.split is None:
                 by_row += assign_split(r, fractions)
             if r.split not in SPLITS:  # the readers map split names; a row outside would be lost unsaid
                 raise ValueError(f"{r.source or r.id}: split {r.split!r} is not one of {SPLITS}")
+            if r.speaker not in ("", "unknown"):
+                splits_of[r.speaker].add(r.split)
             yield r
+        # Rows that state their split keep it; one speaker's stated and unstated rows, or a source's
+        # own splits, can then put that speaker in two splits: said, never silently scored on.
+        if straddling := {k: sorted(v) for k, v in splits_of.items() if len(v) > 1}:
+            info["speakers_in_several_splits"] = straddling
+            log.warning("%d speakers have rows in more than one split, so the scored split hears voices "
+                        "training heard (%s); give each speaker's rows one split, or none and let "
+                        "data.split_fractions place them", len(straddling),
+                        ", ".join(f"{k}: {'/'.join(v)}" for k, v in list(straddling.items())[:5]))
         if by_row:
             info["rows_split_by_row"] = by_row
             log.warning("%d rows name no speaker and no split: each was split as its own speaker, so one "
@@ -105,5 +118,15 @@ def manifest_signature(path: str | Path) -> list:
     try:
         files = manifest_shards(p) if p.suffix == ".jsonl" or p.is_dir() or "*" in str(path) else [p]
     except FileNotFoundError:
-        files = [p]
+        files = [p] if not p.is_dir() else _tables_under(p)
     return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] if f.exists() else [str(f)] for f in files]
+
+
+_TABLE_SUFFIXES = (".tsv", ".csv", ".txt", ".textgrid", ".json")
+
+
+def _tables_under(folder: Path) -> list[Path]:
+    """The text files a folder reader (Common Voice's TSVs, NSC's scripts and TextGrids) takes its
+    rows from: editing one in place changes the key, where the folder's own mtime would not."""
+    found = [Path(d) / n for d, _, names in os.walk(folder) for n in names if n.lower().endswith(_TABLE_SUFFIXES)]
+    return sorted(found) or [folder]

@@ -93,37 +93,40 @@ def duration(value: Any, *, text: bool = False, name: str = "duration") -> float
 
 
 def read_table(path: Path, delimiter: str, quoting: int) -> Iterator[Any]:
-    """First yields the header, then (line number, {column: value} | Reject) per non-blank row.
-    Undecodable bytes survive as surrogates so the row, not the file, is rejected."""
+    """First yields the header, then (line number, {column: value} | Reject) per non-blank line.
+    Undecodable bytes survive as surrogates so the row, not the file, is rejected.
+
+    Each line is parsed on its own (strict), not by one csv.reader over the file: a transcript with a
+    quote it never closes would otherwise swallow every line up to the next quote into one field, and
+    those rows would vanish uncounted. No ASR manifest needs a field that spans lines."""
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        header = [h.strip() for h in next(reader, [])]
+        lines = iter(f)
+        header = [h.strip() for h in next(csv.reader([next(lines, "")], delimiter=delimiter, quoting=quoting), [])]
         if not header:
             raise ValueError(f"{path}: empty file, expected a header row")
         yield header
-        while True:
+        for lineno, line in enumerate(lines, 2):
+            if not line.strip(" \r\n"):  # blank; a line of delimiters is a row of empty fields
+                continue
             try:
-                row = next(reader)
-            except StopIteration:
-                return
+                row = next(csv.reader([line], delimiter=delimiter, quoting=quoting, strict=True))
             except csv.Error as e:
-                yield reader.line_num, Reject("bad_line", f"malformed row: {e}")
+                detail = "a quote opened in it is not closed on its line" if "end of data" in str(e) else e
+                yield lineno, Reject("bad_line", f"malformed row ({detail}): {snip(line.rstrip())}")
                 continue
             text = delimiter.join(row)
-            if not text.strip():
-                continue
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
-                yield reader.line_num, Reject("bad_line", f"not UTF-8: {snip(text)!a}")
+                yield lineno, Reject("bad_line", f"not UTF-8: {snip(text)!a}")
+                continue
+            if not "".join(row).strip():
+                yield lineno, Reject("bad_line", f"every field empty: {row!r}")
                 continue
             if len(row) != len(header):
-                yield (
-                    reader.line_num,
-                    Reject("bad_line", f"expected {len(header)} fields, got {len(row)}: {snip(row)}"),
-                )
+                yield lineno, Reject("bad_line", f"expected {len(header)} fields, got {len(row)}: {snip(row)}")
                 continue
-            yield reader.line_num, dict(zip(header, row))
+            yield lineno, dict(zip(header, row))
 
 
 def require_columns(path: Path, header: list[str], wanted: Mapping[str, str]) -> None:

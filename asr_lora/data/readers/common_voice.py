@@ -33,6 +33,10 @@ def read_common_voice(
     and test.tsv (speaker-disjoint), each row taking its file's split. A clip listed in two tables
     is kept once (the first), the other row is a "duplicate_id" skip."""
     if tsv == "official":
+        if options.get("split") is not None:
+            raise ValueError(f"{source}: tsv=official takes each row's split from its file "
+                             f"(train.tsv, dev.tsv, test.tsv); drop split={options['split']!r}")
+        options.pop("split", None)
         tables = [(name, split) for split, name in OFFICIAL_SPLITS.items()]
     elif isinstance(tsv, str):
         tables = [(tsv, options.pop("split", None))]

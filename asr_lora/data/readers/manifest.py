@@ -33,7 +33,13 @@ def read_jsonl(
     Blank lines are not rows and are not counted."""
     defaults = {"split": split, "subset": subset, "accent": accent}
     rows = Rows(ledger, split, check_files)  # one id set across shards: duplicates between shards are caught
-    for path in manifest_shards(source):
+    shards = manifest_shards(source)
+    root = Path(os.path.commonpath([p.parent.absolute() for p in shards]))
+    for path in shards:
+        # A row without an id is named by its audio path; shards in different folders (day1/,
+        # day2/) may each list clips/001.wav, so there the path is prefixed with the shard's folder.
+        id_prefix = path.parent.absolute().relative_to(root).as_posix()
+        defaults["id_prefix"] = "" if id_prefix == "." else id_prefix + "/"
         with open(path, "rb") as f:  # binary, so one bad line cannot stop the rest of the file
             for lineno, raw in enumerate(f, 1):
                 if raw.strip():
@@ -86,18 +92,21 @@ def _jsonl_record(raw: bytes, lineno: int, where: str, base: Path, defaults: dic
         if not isinstance(row[key], str):
             raise Reject("bad_field", f"{key!r} must be a string, got {snip(row[key])}")
     seconds = None if row.get("duration") is None else duration(row["duration"])
-    audio, default_id = resolve(base, row["audio_filepath"]), row["audio_filepath"]
+    relative = not os.path.isabs(row["audio_filepath"])
+    audio = resolve(base, row["audio_filepath"])
+    default_id = (defaults["id_prefix"] if relative else "") + row["audio_filepath"]
     if row.get("offset") is not None:  # NeMo segment manifests: the clip is [offset, offset + duration) of the file
         if seconds is None:
             raise Reject("missing_field", f"'offset' without 'duration': the segment has no end: {snip(line)}")
         start = duration(row["offset"], name="offset")
         audio = segment_address(audio, start, start + seconds)
-        default_id = segment_address(row["audio_filepath"], start, start + seconds)  # one file, many rows
+        default_id = segment_address(default_id, start, start + seconds)  # one file, many rows
     fields = {k: row.get(k) for k in _STR_FIELDS}
     for key, value in fields.items():
         if isinstance(value, (dict, list)):
             raise Reject("bad_field", f"{key!r} must be a string, got {snip(value)}")
-        fields[key] = None if value is None or value == "" else str(value)
+        value = None if value is None else str(value).strip()  # as the CSV reader: "spk7 " is spk7
+        fields[key] = value or None
     try:  # a JSON escape such as "\ud800" decodes to a lone surrogate that no file can hold
         "".join([row["text"], row["audio_filepath"], *filter(None, fields.values())]).encode("utf-8")
     except UnicodeEncodeError:

@@ -120,18 +120,27 @@ def _script(script: Path, part: str, extracted: dict[str, Path], zips: SpeakerZi
             meta=lookup(speakers, [speaker, spk_name.upper().removeprefix("SPEAKER")]),
         )
 
+    def orphan(line: str, where: str) -> Record:
+        raise Reject("bad_line", f"indented line with no utterance line before it: {snip(line.strip())}")
+
     pending: Record | None = None  # kept, but waits for its normalised line
+    follows_utterance = False  # an indented line is the normalised text of the utterance line before it
     for lineno, line in enumerate(decode_script(script.read_bytes()).split("\n"), 1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
+        where = f"{script}:{lineno}"
         if line[0] in " \t":
-            if pending is not None:
-                pending.extra["normalised"] = line.strip()
-            continue  # a normalised line after a skipped utterance belongs to that skip
+            if follows_utterance:
+                if pending is not None:
+                    pending.extra["normalised"] = line.strip()
+                follows_utterance = False  # a normalised line after a skipped utterance belongs to that skip
+            else:  # counted, not dropped: a script whose utterance lines are all indented reads as all skips
+                rows.take(where, orphan, line, where, line=line)
+            continue
         if pending is not None:
             yield pending
-        where = f"{script}:{lineno}"
         pending = rows.take(where, make, line, where, line=line)
+        follows_utterance = True
     if pending is not None:
         yield pending
