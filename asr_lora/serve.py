@@ -1,6 +1,7 @@
 """`python -m asr_lora.serve --adapter sg=DIR [--adapter NAME=DIR ...] [--model bundled:tiny.en]
 [--beam-size N] [--adapter-prompts]
-[--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--batch-window-ms MS] [--max-upload-mb MB]`.
+[--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--batch-window-ms MS] [--max-upload-mb MB]
+[--max-audio-s S]`.
 
 An OpenAI-compatible transcription server: one base in memory, any loaded adapter per request
 (`model=base` or an adapter name), requests arriving together decoded in one mixed-adapter batch.
@@ -34,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=8, help="most requests decoded in one batch")
     p.add_argument("--batch-window-ms", type=float, default=20.0, help="how long a batch waits for more requests")
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest accepted upload (413 above)")
+    p.add_argument("--max-audio-s", type=float, default=1800.0,
+                   help="longest accepted audio in seconds (400 above): bytes alone do not bound decoding time")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per 30 s window")
     p.add_argument("--device", default=None)
     return p.parse_args(argv)
@@ -49,13 +52,14 @@ def main(argv=None) -> int:
     from asr_lora.inference.engine import AdapterSpecError, Engine, adapter_specs
 
     setup_logging(None, quiet=True)
-    settings = Settings(api_key=args.api_key, max_upload_mb=args.max_upload_mb, adapter_prompts=args.adapter_prompts)
+    settings = Settings(api_key=args.api_key, max_upload_mb=args.max_upload_mb, max_audio_s=args.max_audio_s,
+                        adapter_prompts=args.adapter_prompts)
     try:
         engine = Engine(args.model, adapter_specs(args.adapter, need_names=True), device=args.device,
                         max_new_tokens=args.max_new_tokens, beam_size=args.beam_size)
         batcher = Batcher(engine, max_batch=args.max_batch, window_ms=args.batch_window_ms)
         app = create_app(batcher, settings)
-    except AdapterSpecError as e:
+    except (AdapterSpecError, ValueError) as e:  # bad settings: one line, before the port is taken
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"serving {engine.models} on http://{args.host}:{args.port} (base {engine.base_name}, "

@@ -175,3 +175,97 @@ def test_segments_carry_their_generated_tokens_and_window_offset_as_openai_seek(
     first_window = {**seg, "start": torch.tensor(1.0, dtype=torch.float64),
                     "end": torch.tensor(2.0, dtype=torch.float64)}
     assert _segment(tok, first_window, 40.0, DecodeOptions(timestamps=True))["seek"] == 0
+
+
+def _wav_of(seconds: float) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, _clip(seconds), 16000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_a_client_that_leaves_while_queued_is_not_decoded(serve, caplog):
+    import socket
+    import threading
+
+    import httpx
+
+    client, engine = serve(api_key="k")  # the key's middleware must not hide the disconnect
+    calls, decode = [], engine.decode
+
+    def slow(jobs):
+        calls.append([j.model for j in jobs])
+        time.sleep(2.0)
+        return decode(jobs)
+
+    engine.decode = slow
+    with ServerThread(client.app) as srv, caplog.at_level(logging.WARNING, logger="asr_lora"):
+        busy = threading.Thread(target=lambda: httpx.post(
+            srv.url + "/v1/audio/transcriptions", files={"file": ("a.wav", _wav())}, data={"model": "sg"},
+            headers={"Authorization": "Bearer k"}, timeout=60))
+        busy.start()
+        time.sleep(0.5)  # the worker is in the first decode
+        req = httpx.Request("POST", srv.url + "/v1/audio/transcriptions", files={"file": ("b.wav", _wav())},
+                            data={"model": "base"}, headers={"Authorization": "Bearer k"})
+        raw = req.read()
+        head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+        with socket.create_connection((srv.host, srv.port)) as s:
+            s.sendall(f"POST /v1/audio/transcriptions HTTP/1.1\r\n{head}\r\n".encode() + raw)
+            time.sleep(0.6)  # decoded, queued behind the busy worker: then the client leaves
+        busy.join()
+        time.sleep(0.5)
+    assert calls == [["sg"]], calls
+    assert any("went away" in m and "not decoded" in m for m in caplog.messages), caplog.messages
+
+
+def test_audio_longer_than_the_servers_limit_is_a_400(serve):
+    client, engine = serve(max_audio_s=5.0)
+    r = client.post("/v1/audio/transcriptions", files={"file": ("long.wav", _wav_of(8.0))}, data={"model": "sg"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"]) == ("file", "audio_too_long") and "long.wav: 8.0 s" in err["message"]
+    assert engine.batches == []
+    assert _post(client, model="sg").status_code == 200
+
+
+def test_an_oversized_upload_that_waits_for_100_continue_is_refused_unread(serve):
+    import socket
+
+    client, _ = serve(max_upload_mb=1)
+    with ServerThread(client.app) as srv, socket.create_connection((srv.host, srv.port), timeout=10) as s:
+        s.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 524288000\r\n\r\n")
+        reply = s.recv(65536).decode()  # no body sent: the answer must come anyway
+    assert reply.startswith("HTTP/1.1 413"), reply[:200]
+    assert '"code":"file_too_large"' in reply
+
+
+def test_timestamp_granularities_must_be_ones_the_format_gives(serve):
+    client, _ = serve()
+    for data, status in (({"timestamp_granularities[]": "bogus", "response_format": "verbose_json"}, 400),
+                         ({"timestamp_granularities[]": "segment", "response_format": "json"}, 400),
+                         ({"timestamp_granularities[]": "segment", "response_format": "verbose_json"}, 200)):
+        r = _post(client, model="sg", **data)
+        assert r.status_code == status, (data, r.text)
+        if status == 400:
+            assert r.json()["error"]["param"] == "timestamp_granularities[]"
+
+
+def test_a_file_part_without_a_filename_is_named_as_such(serve):
+    client, _ = serve()
+    r = client.post("/v1/audio/transcriptions", data={"model": "sg", "file": "not an upload"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_file", r.text
+
+
+def test_server_settings_no_request_could_use_are_refused_at_start(tiny_whisper_dir, adapter, capsys):
+    from asr_lora import serve as serve_cli
+    from asr_lora.inference.engine import AdapterSpecError, adapter_specs
+
+    for kwargs, message in (({"beam_size": 0}, "beam size 0"), ({"max_new_tokens": 0}, "max new tokens 0"),
+                            ({"max_new_tokens": 500}, "must be 1 to 444")):
+        with pytest.raises(ValueError, match=message):
+            Engine(str(tiny_whisper_dir), {"sg": adapter}, **kwargs)
+    for name in ("train", "keys"):  # torch ModuleDict attributes: peft would fail with a KeyError
+        with pytest.raises(AdapterSpecError, match="torch Module attribute"):
+            adapter_specs([f"{name}={adapter}"], need_names=True)
+    assert serve_cli.main(["--adapter", f"sg={adapter}", "--model", str(tiny_whisper_dir), "--max-batch", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: max_batch must be >= 1"

@@ -74,9 +74,10 @@ def adapter_specs(specs: Sequence[str], need_names: bool = False) -> dict[str, P
         name = name or f"adapter{i}"
         # peft keeps adapters in a ModuleDict (no '.'), the engine reserves the base's names, and a
         # second adapter of one name would silently replace the first
-        if not _ADAPTER_NAME.fullmatch(name) or name in (BASE, MIXED_BASE):
+        if not _ADAPTER_NAME.fullmatch(name) or name in (BASE, MIXED_BASE) or _module_attribute(name):
             raise AdapterSpecError(f"--adapter {spec!r}: the name {name!r} is not one an adapter can have; use "
-                                   f"letters, digits, '_' and '-', and not {BASE!r}")
+                                   f"letters, digits, '_' and '-', and not {BASE!r} or a torch Module attribute "
+                                   "such as 'train' or 'keys'")
         if name in out:
             raise AdapterSpecError(f"--adapter {spec!r}: a second adapter named {name!r}; give each its own NAME=")
         try:
@@ -87,6 +88,14 @@ def adapter_specs(specs: Sequence[str], need_names: bool = False) -> dict[str, P
 
 
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _module_attribute(name: str) -> bool:
+    # peft keeps each adapter's layers in a torch ModuleDict, which refuses a key that is one of its
+    # attributes ("train", "keys", "to") with a KeyError deep inside the load.
+    import torch
+
+    return hasattr(torch.nn.ModuleDict(), name)
 
 
 @dataclass
@@ -112,6 +121,8 @@ class Engine:
                  beam_size: int | None = None):
         if mode not in ("mixed", "switch"):
             raise ValueError(f"mode must be 'mixed' or 'switch', got {mode!r}")
+        if beam_size is not None and beam_size < 1:
+            raise ValueError(f"beam size {beam_size}: must be at least 1")
         import torch
 
         if (device or "cpu").startswith("cuda") and not torch.cuda.is_available():
@@ -130,6 +141,11 @@ class Engine:
         self.base_name, self.mode, self.max_new_tokens, self.beam_size = model, mode, max_new_tokens, beam_size
         self.model, self.processor = load_whisper(model, device=device)
         self.model.eval()
+        # Whisper's decoder holds max_target_positions tokens, up to 4 of them the start tokens:
+        # refused here rather than by every request's generate.
+        longest = self.model.config.max_target_positions - 4
+        if not 1 <= max_new_tokens <= longest:
+            raise ValueError(f"max new tokens {max_new_tokens}: must be 1 to {longest} for this model")
         self.adapter_dirs: dict[str, Path] = {}
         for name, path in adapters.items():
             self.load_adapter(name, path)

@@ -21,7 +21,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 FORM_ALLOWANCE = 64 * 1024  # multipart boundaries and the small text fields around the file
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
 _MODEL_FIELD = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*?\r\n([^\r\n]{1,200})\r\n')
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 CLIENT_CLOSED = 499  # nginx's code for a client that went away; nobody reads it, the log does
 OPEN_ROUTES = {"/health", "/"}  # the page is static HTML; its API calls carry the key typed into it
 
@@ -44,6 +45,9 @@ OPEN_ROUTES = {"/health", "/"}  # the page is static HTML; its API calls carry t
 class Settings:
     api_key: str | None = None
     max_upload_mb: float = 25.0
+    # The upload limit bounds bytes, not time: a low sample rate or bit rate packs hours into a few
+    # megabytes, each of which would hold the one decode worker (and its memory) for every client.
+    max_audio_s: float = 1800.0
     # A request to an adapter that sends no `prompt` field is decoded with the adapter's `prompt.txt`
     # (the term prompt its evaluation scored as adapted + prompt), so the server decodes the system
     # that was scored without every client copying the prompt; `prompt=""` still decodes without one.
@@ -54,8 +58,9 @@ class Settings:
         return int(self.max_upload_mb * 1024 * 1024) + FORM_ALLOWANCE
 
 
-def decode_upload(data: bytes, filename: str):
-    """float32 16 kHz mono audio, or raise APIError(400) with the loader's reason as `code`."""
+def decode_upload(data: bytes, filename: str, max_s: float = float("inf")):
+    """float32 16 kHz mono audio, or raise APIError(400) with the loader's reason as `code`; audio
+    longer than `max_s` seconds is a 400 with code `audio_too_long`."""
     suffix = Path(filename or "").suffix.lower()
     suffix = suffix if _SUFFIX.match(suffix) else ""
     with tempfile.TemporaryDirectory(prefix="asr-lora-upload-") as tmp:
@@ -70,7 +75,18 @@ def decode_upload(data: bytes, filename: str):
         except AudioError as e:
             msg = str(e).replace(str(path), filename or "file")
             raise APIError(400, msg, "file", e.reason) from None
+    if len(audio) > max_s * SAMPLE_RATE:
+        raise APIError(400, f"{filename or 'file'}: {len(audio) / SAMPLE_RATE:.1f} s of audio is over this server's "
+                            f"limit of {max_s:g} s", "file", "audio_too_long")
     return audio
+
+
+class Gone(Exception):
+    """The client closed the connection while its transcription waited or ran."""
+
+    def __init__(self, model: str, queued: bool) -> None:
+        super().__init__(f"client went away while its {model} transcription "
+                         + ("waited; not decoded" if queued else "was being decoded"))
 
 
 class Disconnected(Exception):
@@ -82,9 +98,18 @@ class Disconnected(Exception):
                          f"{received} of {declared or '?'} bytes received)")
 
 
+def _too_large(size: int | str, limit: int) -> APIError:
+    return APIError(413, f"upload of {size} bytes exceeds the limit of {limit - FORM_ALLOWANCE} bytes",
+                    "file", "file_too_large")
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     over = declared is not None and declared.isdigit() and int(declared) > limit
+    if over and request.headers.get("expect", "").lower() == "100-continue":
+        # The client waits for "100 Continue" before it sends the body: refuse now, unread. Others
+        # are drained, since closing on a client still sending shows it a reset, not the 413.
+        raise _too_large(declared, limit)
     body, size = bytearray(), 0
     try:
         async for chunk in request.stream():  # drained even when over the limit, never kept
@@ -95,9 +120,28 @@ async def _read_body(request: Request, limit: int) -> bytes:
         m = _MODEL_FIELD.search(bytes(body))
         raise Disconnected(size, declared, m.group(1).decode(errors="replace").strip() if m else None) from None
     if over or size > limit:
-        raise APIError(413, f"upload of {size} bytes exceeds the limit of {limit - FORM_ALLOWANCE} bytes",
-                       "file", "file_too_large")
+        raise _too_large(size, limit)
     return bytes(body)
+
+
+class ApiKey:
+    """`Authorization: Bearer KEY` on every route but `OPEN_ROUTES`. A plain ASGI middleware, not
+    `@app.middleware("http")`: starlette's BaseHTTPMiddleware wraps `receive` so that
+    `request.is_disconnected()` never sees a client leave, and a gone client's job would be decoded."""
+
+    def __init__(self, app, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_ROUTES:
+            header = Headers(scope=scope).get("authorization", "")
+            token = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), self.key):
+                err = APIError(401, "invalid or missing API key (send Authorization: Bearer KEY)",
+                               None, "invalid_api_key", "invalid_request_error")
+                await JSONResponse(err.body(), status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _field(form, name: str, default: str | None = None) -> str | None:
@@ -115,19 +159,12 @@ def create_app(batcher: Batcher, settings: Settings | None = None) -> FastAPI:
         if card["prompt_by_default"]:
             _check_default_prompt(engine, name, card["prompt"])
 
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if settings.api_key and request.url.path not in OPEN_ROUTES:
-            header = request.headers.get("authorization", "")
-            token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-                err = APIError(401, "invalid or missing API key (send Authorization: Bearer KEY)",
-                               None, "invalid_api_key", "invalid_request_error")
-                return JSONResponse(err.body(), status_code=401)
-        return await call_next(request)
+    if settings.api_key:
+        app.add_middleware(ApiKey, key=settings.api_key)
 
+    @app.exception_handler(Gone)
     @app.exception_handler(Disconnected)
-    async def disconnected(_, e: Disconnected):
+    async def disconnected(_, e: Exception):
         log.warning("%s", e)  # one line: the server is fine and nobody is left to answer
         return Response(status_code=CLIENT_CLOSED)
 
@@ -171,6 +208,8 @@ def create_app(batcher: Batcher, settings: Settings | None = None) -> FastAPI:
         except Exception as e:
             raise APIError(400, f"request is not valid multipart/form-data: {e}", None, "invalid_form") from None
         upload = form.get("file")
+        if isinstance(upload, str):  # a part sent without a filename is a text field to the parser
+            raise APIError(400, "field 'file' must be a file upload (a part with a filename)", "file", "invalid_file")
         if not isinstance(upload, UploadFile):
             raise APIError(400, "missing required multipart field 'file'", "file", "missing_file")
         model = _field(form, "model")
@@ -182,9 +221,16 @@ def create_app(batcher: Batcher, settings: Settings | None = None) -> FastAPI:
         if fmt not in FORMATS:
             raise APIError(400, f"response_format {fmt!r} is not supported; choose one of {list(FORMATS)}",
                            "response_format", "unsupported_response_format")
-        if "word" in form.getlist("timestamp_granularities[]"):
+        granularities = form.getlist("timestamp_granularities[]")
+        if "word" in granularities:
             raise APIError(400, "word timestamps are not supported; use 'segment'", "timestamp_granularities[]",
                            "unsupported_value")
+        if bad := [g for g in granularities if g != "segment"]:
+            raise APIError(400, f"timestamp_granularities[] {bad[0]!r} is not one of ['segment', 'word']",
+                           "timestamp_granularities[]", "invalid_value")
+        if granularities and fmt != "verbose_json":  # as OpenAI: the timestamps are verbose_json's segments
+            raise APIError(400, "timestamp_granularities[] needs response_format 'verbose_json'",
+                           "timestamp_granularities[]", "invalid_value")
         try:
             temperature = float(_field(form, "temperature", "0"))
         except ValueError:
@@ -198,18 +244,31 @@ def create_app(batcher: Batcher, settings: Settings | None = None) -> FastAPI:
         options = Options(timestamps=fmt in TIMESTAMP_FORMATS, logprobs=fmt == "verbose_json",
                           temperature=temperature, prompt=prompt, language=language)
         data = await upload.read()
-        audio = await run_in_threadpool(decode_upload, data, upload.filename or "file")
+        audio = await run_in_threadpool(decode_upload, data, upload.filename or "file", settings.max_audio_s)
         try:  # in a thread: submit tokenises the prompt, however long the client made it
             fut = await run_in_threadpool(batcher.submit, audio, model, options)
         except OptionError as e:
             raise APIError(400, str(e), e.param, e.code) from None
-        result = await asyncio.wrap_future(fut)
+        result = await _result_unless_gone(request, fut, model)
         content, media = render(result, fmt, language_name(language), temperature, engine.processor.tokenizer)
         if isinstance(content, dict):
             return JSONResponse(content)
         return PlainTextResponse(content, media_type=media)
 
     return app
+
+
+async def _result_unless_gone(request: Request, fut, model: str):
+    """The decode's result; when the client goes away first, its queued job is cancelled (the
+    batcher skips it: nobody would read it) and the request ends as `CLIENT_CLOSED`."""
+    waiting = asyncio.ensure_future(asyncio.wrap_future(fut))
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return waiting.result()
+        if await request.is_disconnected():
+            queued = fut.cancel()  # False once its batch has started: that decode runs to its end
+            raise Gone(model, queued)
 
 
 def _check_default_prompt(engine, adapter: str, prompt: str) -> None:
