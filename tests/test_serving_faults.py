@@ -234,7 +234,10 @@ def test_an_oversized_upload_that_waits_for_100_continue_is_refused_unread(serve
     with ServerThread(client.app) as srv, socket.create_connection((srv.host, srv.port), timeout=10) as s:
         s.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
                   b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 524288000\r\n\r\n")
-        reply = s.recv(65536).decode()  # no body sent: the answer must come anyway
+        reply = b""
+        while b"}}" not in reply and (chunk := s.recv(65536)):  # no body sent: the answer must come anyway
+            reply += chunk
+        reply = reply.decode()
     assert reply.startswith("HTTP/1.1 413"), reply[:200]
     assert '"code":"file_too_large"' in reply
 
@@ -269,3 +272,17 @@ def test_server_settings_no_request_could_use_are_refused_at_start(tiny_whisper_
             adapter_specs([f"{name}={adapter}"], need_names=True)
     assert serve_cli.main(["--adapter", f"sg={adapter}", "--model", str(tiny_whisper_dir), "--max-batch", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: max_batch must be >= 1"
+
+
+def test_a_short_clip_is_delivered_before_a_long_form_one_from_its_window(tiny_whisper_dir, adapter):
+    engine = Engine(str(tiny_whisper_dir), {"sg": adapter}, max_new_tokens=4)
+    batcher = Batcher(engine, max_batch=4, window_ms=300)
+    try:
+        long_ = batcher.submit(_clip(65.0), "sg")
+        short = batcher.submit(_clip(1.0), "base")
+        assert short.result(timeout=60)["duration"] == pytest.approx(1.0)
+        assert not long_.done()  # the short result did not wait for the long-form decode
+        assert long_.result(timeout=120)["duration"] == pytest.approx(65.0)
+        assert engine.batches[0] == ["base"]
+    finally:
+        batcher.close()

@@ -2,9 +2,10 @@
 
 A single worker thread owns the model. It waits for a first job, then keeps collecting for
 `window_ms` or until `max_batch` jobs are waiting, groups them by decoding options (adapters are
-NOT part of the key: mixed-adapter batches are the point), and hands each group to
-`Engine.decode`. Callers get a `concurrent.futures.Future`; an exception in a batch fails that
-batch's futures only, and the worker keeps serving. A future cancelled before its batch starts
+NOT part of the key: mixed-adapter batches are the point), and hands each group's clips up to 30 s
+to `Engine.decode`, then each longer clip alone, delivering every result as soon as it is ready.
+Callers get a `concurrent.futures.Future`; an exception in a batch fails that batch's futures
+only, and the worker keeps serving. A future cancelled before its batch starts
 (the client went away) is not decoded.
 """
 
@@ -18,6 +19,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from asr_lora.inference.decode import CHUNK_SECONDS
 from asr_lora.inference.engine import Engine, Job, Options
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,16 @@ class Batcher:
             for job, fut in batch:
                 if _claim(fut):
                     groups.setdefault(job.options, []).append((job, fut))
+            # Clips up to 30 s first, one batch per options group; then each longer clip on its own
+            # (the engine decodes those one at a time anyway), so a short request never waits for a
+            # long-form decode that happened to share its window.
             for items in groups.values():
-                self._decode(items)
+                if short := [(job, fut) for job, fut in items if job.duration <= CHUNK_SECONDS]:
+                    self._decode(short)
+            for items in groups.values():
+                for job, fut in items:
+                    if job.duration > CHUNK_SECONDS:
+                        self._decode([(job, fut)])
 
     def _decode(self, items: list[tuple[Job, Future]]) -> None:
         try:
