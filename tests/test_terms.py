@@ -41,6 +41,15 @@ def test_recall_counts_occurrences_per_utterance():
     assert [m["term"] for m in r["most_missed"]] == ["bukit timah", "kopi"]
 
 
+def test_a_term_inside_a_longer_one_is_not_counted_again():
+    t = _terms("mee", "mee siam", "bukit", "bukit timah")
+    # Said: one "mee siam", one "mee", one "bukit timah"; heard: "mee sian" (a bare "mee"), "bukit timah".
+    r = term_recall(["one mee siam and mee at bukit timah"], ["one mee sian and tea at bukit timah"], t)
+    assert r["by_term"] == {"mee siam": {"hits": 0, "n": 1}, "mee": {"hits": 1, "n": 1},
+                            "bukit timah": {"hits": 1, "n": 1}}
+    assert (r["hits"], r["n"]) == (2, 3)
+
+
 def test_paired_recall_counts_occurrences_won_and_lost():
     t = _terms("kopi", "bukit timah", "lah")
     refs = ["one kopi two kopi at bukit timah", "kopi lah", "nothing here"]

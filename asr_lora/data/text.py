@@ -43,10 +43,12 @@ Pipeline (`normalize`), in this order:
    dropped when ``particles=False``. The filter works on the same tokens on both sides, so a
    hypothesis "can lah" and a reference "can [lah]" are treated alike in both modes.
 
-   Which bare words are particles: lah, leh, lor, meh, hor, mah, sia, ah. "ah" is also an English
-   interjection; it is counted as a particle anyway, because in Singapore English speech it is far
-   more often the particle, and the rule is symmetric so no side gains from it. Words like "what"
-   or "one" are particles only when a transcriber bracketed them ("[what]"); bare, they stay.
+   Which bare words are particles: lah, leh, lor, meh, hor, mah, sia, ah, and the spellings la,
+   loh and ar that Whisper writes for them. "ah" is also an English interjection; it is counted as
+   a particle anyway, because in Singapore English speech it is far more often the particle, and
+   the rule is symmetric so no side gains from it. A bracketed word that is no particle ("[what]",
+   "[one]") stays a word in both modes: a hypothesis cannot bracket, so dropping it from the
+   reference alone would count a correct "what" as an insertion.
 
 The whole pipeline is iterated to a fixed point (it converges in one or two passes), which is what
 makes ``normalize(normalize(x)) == normalize(x)`` hold even where Whisper's number rules are not
@@ -63,10 +65,11 @@ from pathlib import Path
 
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-NORMALIZER_VERSION = "sg-3"  # sg-2: NSC Part 4 Mother Tongue spans; sg-3: curly apostrophes as "'"
+NORMALIZER_VERSION = "sg-4"  # sg-2: NSC Part 4 Mother Tongue spans; sg-3: curly apostrophes as "'";
+# sg-4: more apostrophe and hyphen look-alikes; particle spellings la/loh/ar; "[what]" kept without particles
 
 
-PARTICLES: frozenset[str] = frozenset({"lah", "leh", "lor", "meh", "hor", "mah", "sia", "ah"})
+PARTICLES: frozenset[str] = frozenset({"lah", "la", "leh", "lor", "loh", "meh", "hor", "mah", "sia", "ah", "ar"})
 
 
 # Whisper already drops hmm/mm/mhm/mmm/uh/um; "er" family added because NSC transcribers use it.
@@ -96,9 +99,12 @@ def _spoken_word(m: re.Match) -> str:
     return f" {span} "
 
 
-# Typographic apostrophes read as the plain one; the synthetic source's typography table builds on it.
-APOSTROPHES = {"\u2018": "'", "\u2019": "'", "\u02bc": "'"}
-_APOSTROPHES = str.maketrans(APOSTROPHES)
+# Typographic apostrophes and hyphens read as the plain ones (text pasted from a word processor or
+# the web holds them; Whisper writes ASCII); the synthetic source's typography table builds on these.
+APOSTROPHES = {"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201b": "'", "\u00b4": "'", "`": "'",
+               "\u2032": "'", "\uff07": "'"}
+HYPHENS = {"\u2010": "-", "\u2011": "-"}
+_TYPOGRAPHY = str.maketrans({**APOSTROPHES, **HYPHENS})
 
 
 _PAREN = re.compile(r"\([^()]*\)")
@@ -152,17 +158,23 @@ def _resolve_markers(s: str, particles: bool) -> str:
     # Control/format/unassigned code points are never words; Whisper would keep them as tokens.
     s = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in s)
     # Whisper expands "it's" but splits "it’s" into "it s": one apostrophe, so both read "it is".
-    s = s.translate(_APOSTROPHES)
+    s = s.translate(_TYPOGRAPHY)
     s = _MOTHER_TONGUE.sub(_spoken_word, s)
     s = _TAG.sub(" ", s)
     s = _PAREN.sub(" ", s)
-    s = _SQUARE.sub((lambda m: f" {m.group(1)} ") if particles else " ", s)
+    s = _SQUARE.sub((lambda m: f" {m.group(1)} ") if particles else _bracketed_without_particles, s)
     s = _HASHED.sub(r" \1 ", s)
     s = _BANGED.sub(r" \1 ", s)
     s = s.replace("**", " ").replace("~", " ")
     s = _UNDERSCORE_ACRONYM.sub(lambda m: m.group(0).replace("_", ""), s)
     s = _DOTTED_ACRONYM.sub(lambda m: m.group(0).replace(".", "") + " ", s)
     return _LEFTOVER_BRACKETS.sub(" ", s)
+
+
+def _bracketed_without_particles(m: re.Match) -> str:
+    # Only a particle goes: a hypothesis cannot bracket, so a bracketed "[what]" dropped from the
+    # reference alone would count the model's correct "what" as an insertion.
+    return " " if m.group(1).strip().lower() in PARTICLES else f" {m.group(1)} "
 
 
 def _singapore_rules(s: str) -> str:

@@ -64,6 +64,19 @@ def _count(words: Sequence[str], term: tuple[str, ...]) -> int:
     return sum(1 for i in range(len(words) - n + 1) if tuple(words[i:i + n]) == term)
 
 
+def _spoken(words: Sequence[str], longest_first: Sequence[tuple[str, ...]]) -> Counter:
+    """Occurrences of each term in `words`, longer terms first, each word in at most one of them:
+    "mee siam" said once is one "mee siam", not also a "mee" (a terms file may hold both)."""
+    taken, found = [False] * len(words), Counter()
+    for t in longest_first:
+        n = len(t)
+        for i in range(len(words) - n + 1):
+            if tuple(words[i:i + n]) == t and not any(taken[i:i + n]):
+                found[t] += 1
+                taken[i:i + n] = [True] * n
+    return found
+
+
 def read_terms_file(path: str | Path) -> list[tuple[str, ...]]:
     """Terms from a UTF-8 file, one per line; blank lines and `#` comments are skipped. Raises
     TermsError naming the file and line for undecodable bytes, a term that normalises to nothing,
@@ -138,11 +151,12 @@ def _occurrences(refs: Sequence[str], hyps: Sequence[str], terms: Terms) -> Iter
     """(term, hits, occurrences) for each (utterance, term) the reference holds, utterance by
     utterance in term order: a hit is an occurrence the same utterance's hypothesis also holds."""
     named = list(zip(terms.terms, terms.names))
+    longest_first = sorted(terms.terms, key=len, reverse=True)
     for r, h in zip(refs, hyps):
-        rw, hw = r.split(), h.split()
+        said, heard = _spoken(r.split(), longest_first), _spoken(h.split(), longest_first)
         for t, name in named:
-            if n := _count(rw, t):
-                yield name, min(n, _count(hw, t)), n
+            if n := said[t]:
+                yield name, min(n, heard[t]), n
 
 
 def term_recall(refs: Sequence[str], hyps: Sequence[str], terms: Terms, most_missed: int = 12) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from num2words import num2words
 
 from asr_lora.core.io import numbered_lines
-from asr_lora.data.text import APOSTROPHES, normalize
+from asr_lora.data.text import APOSTROPHES, HYPHENS, normalize
 from asr_lora.data.synthetic.voices import VOICES
 
 # The shipped Singapore English text: the synthetic source's default inputs.
@@ -42,7 +42,7 @@ _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
 _SPEAKABLE = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ' \-.,?!;:\"]*")
 # Typographic punctuation, as editors and word processors write it, in the plain form the rules and
 # the scoring normaliser know.
-_TYPOGRAPHY = str.maketrans({**APOSTROPHES, "\u201c": '"', "\u201d": '"', "\u2026": "..."})
+_TYPOGRAPHY = str.maketrans({**APOSTROPHES, **HYPHENS, "\u201c": '"', "\u201d": '"', "\u2026": "..."})
 _RANGE = re.compile(r"(?<=\d)\s?[\u2013\u2014]\s?(?=\d)")
 # Brackets and dashes are pauses: the voices read a bracketed aside, and the label must hold it too,
 # where the normaliser (text.py) deletes anything in round brackets as a transcriber's noise tag.
