@@ -37,6 +37,10 @@ def test_typographic_hyphens_read_as_the_plain_one(written):
     assert normalize(f"one {written} please") == "one kopio please"
 
 
+def test_a_soft_hyphen_joins_its_word():
+    assert normalize("Singa\u00adpore lah") == normalize("Singapore lah") == "singapore lah"
+
+
 @pytest.mark.parametrize("mark", ["\u2019", "\u00b4", "`", "\u201b", "\u2032", "\uff07"])
 def test_apostrophe_look_alikes_read_as_the_plain_one(mark):
     assert normalize(f"I don{mark}t know") == normalize("I don't know")

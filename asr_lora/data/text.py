@@ -156,7 +156,8 @@ def _whisper() -> EnglishTextNormalizer:
 
 def _resolve_markers(s: str, particles: bool) -> str:
     # Control/format/unassigned code points are never words; Whisper would keep them as tokens.
-    s = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in s)
+    # A soft hyphen or word joiner sits inside a word ("Singa\u00adpore"): it joins, it does not split.
+    s = "".join("" if c in "\u00ad\u2060" else " " if unicodedata.category(c)[0] == "C" else c for c in s)
     # Whisper expands "it's" but splits "it’s" into "it s": one apostrophe, so both read "it is".
     s = s.translate(_TYPOGRAPHY)
     s = _MOTHER_TONGUE.sub(_spoken_word, s)
