@@ -66,7 +66,8 @@ from pathlib import Path
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 NORMALIZER_VERSION = "sg-4"  # sg-2: NSC Part 4 Mother Tongue spans; sg-3: curly apostrophes as "'";
-# sg-4: more apostrophe and hyphen look-alikes; particle spellings la/loh/ar; "[what]" kept without particles
+# sg-4: more apostrophe and hyphen look-alikes, soft hyphens join; particle spellings la/loh/ar; "[what]"
+# kept without particles
 
 
 PARTICLES: frozenset[str] = frozenset({"lah", "la", "leh", "lor", "loh", "meh", "hor", "mah", "sia", "ah", "ar"})
