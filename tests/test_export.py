@@ -498,6 +498,34 @@ def test_an_export_job_with_no_evaluation_is_refused_unless_forced(tiny_whisper_
         export_main(cfg)
 
 
+def test_an_adapter_changed_after_its_evaluation_is_refused_unless_forced(tiny_whisper_dir, adapter_dir, tmp_path):
+    from omegaconf import OmegaConf
+
+    from asr_lora.core.io import file_sha256
+    from asr_lora.export.job import changed_since_scored
+    from asr_lora.export.job import main as export_main
+    from asr_lora.export.merge import ExportRefused
+    from test_train_e2e import tiny_cfg
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(adapter_dir, run_dir / "adapter")
+    scored = file_sha256(run_dir / "adapter" / "adapter_model.safetensors")
+    ev = {"model": {"adapter": str(run_dir / "adapter"), "adapter_sha256": scored}, "systems": {}}
+    assert changed_since_scored(run_dir / "adapter", ev) == []
+    assert changed_since_scored(run_dir / "adapter", {"model": {}}) == []  # an evaluation from before the digest
+    make_random_adapter(tiny_whisper_dir, run_dir / "adapter", seed=7)  # rewritten after it was scored
+    (failure,) = changed_since_scored(run_dir / "adapter", ev)
+    assert "adapter_model.safetensors changed since it was scored" in failure and scored[:12] in failure
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "export.formats=[adapter]", "export.ct2_eval=false")
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    (run_dir / "eval").mkdir()
+    (run_dir / "eval" / "eval.json").write_text(json.dumps(ev))
+    with pytest.raises(ExportRefused, match=r"changed since it was scored.*\(export\.force=true exports"):
+        export_main(cfg)
+    assert not (run_dir / "export" / "adapter").exists()
+
+
 def test_a_forced_export_without_an_evaluation_says_so_on_every_card(tiny_whisper_dir, adapter_dir, probe, tmp_path,
                                                                      monkeypatch):
     missing = ["no evaluation: run/eval/eval.json missing"]

@@ -148,6 +148,16 @@ _JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", floa
                type(None): "null"}
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def dir_bytes(d: str | os.PathLike) -> int:
     """Total size of the files under `d` (0 when it does not exist)."""
     d = Path(d)

@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr_lora.config import CONF_DIR, check_recipe_applied
-from asr_lora.core.io import read_json, write_json
+from asr_lora.core.io import file_sha256, read_json, write_json
 
 log = logging.getLogger("asr_lora.export")
 
@@ -75,7 +75,8 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
             ct2_quantizations=list(cfg.export.quantization), probe_features=probe, test_audios=audios,
             test_refs=refs, info=info, force=cfg.export.force, merged_transcriber=transcriber, evaluated=reuse,
             beam_size=cfg.eval.beam_size, prompt=prompt, evaluated_prompted=prompted,
-            max_new_tokens=cfg.eval.max_new_tokens, gate_failures=unevaluated(run_dir, ev),
+            max_new_tokens=cfg.eval.max_new_tokens,
+            gate_failures=unevaluated(run_dir, ev) + changed_since_scored(adapter_dir, ev),
         )
     except ExportRefused as e:  # a command-line user overrides with the config key, not the keyword
         raise ExportRefused(e.failures, "export.force=true") from None
@@ -89,6 +90,18 @@ def unevaluated(run_dir: Path, ev: dict | None) -> list[str]:
     it passed the forgetting gate."""
     return [] if ev else [f"no evaluation: {Path(run_dir) / 'eval' / 'eval.json'} missing, so no WER or "
                           "forgetting gate vouches for the exported model"]
+
+
+def changed_since_scored(adapter_dir: Path, ev: dict | None) -> list[str]:
+    """The gate an adapter fails when its weights are no longer the file the evaluation scored (an
+    average rewritten with --force, a retraining): the report, cards and gate would vouch for
+    another model."""
+    scored = ((ev or {}).get("model") or {}).get("adapter_sha256")
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not scored or not weights.is_file() or (now := file_sha256(weights)) == scored:
+        return []
+    return [f"{weights} changed since it was scored (sha256 {now[:12]}, evaluated {scored[:12]}): "
+            "evaluate it again, then export"]
 
 
 def evaluated_hypotheses(run_dir: Path, ev: dict | None, beam_size: int = 1,

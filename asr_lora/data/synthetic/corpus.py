@@ -45,7 +45,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from asr_lora.core.io import write_json, write_text
+from asr_lora.core.io import file_sha256, write_json, write_text
 from asr_lora.core.paths import cache_root
 from asr_lora.data.records import Record
 from asr_lora.data.scope import Scope, check_read, describe, in_scope, left_out, scope_tag
@@ -89,10 +89,6 @@ MIN_DEV_SENTENCES, MIN_TEST_SENTENCES = 3, 5
 
 def default_cache_dir(name: str = "sg_english") -> Path:
     return cache_root() / "corpora" / name
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _deal(voices: list[Voice], k: int, n: int, rng: random.Random) -> list[list[Voice]]:
@@ -322,7 +318,7 @@ def build_corpus(
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"data.{role}: no such file: {path}")
     # Keyed by file name as before for the shipped inputs, so their cache stays valid.
-    files = {(f"{role}:{p.name}" if role in ("terms", "train_sentences", "dev_control") else p.name): _sha256(p)
+    files = {(f"{role}:{p.name}" if role in ("terms", "train_sentences", "dev_control") else p.name): file_sha256(p)
              for role, p in paths.items() if p}
     real_sources = [str(s[2]) for s in real_control_sources()]
     key = [PLAN_VERSION, SYNTH_VERSION, seed, max_sentences, files, real_sources]
