@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from test_train_e2e import make_corpus
 
-from asr_lora.training.trainer import COMPLETE, last_complete_checkpoint
+from asr_lora.training.checkpoints import COMPLETE, last_complete_checkpoint
 
 RUNNER = """
 import sys
@@ -110,3 +110,35 @@ def test_half_written_checkpoint_is_never_picked(tmp_path):
     # a marker whose files were later damaged is not trusted either
     (half / COMPLETE).write_text(json.dumps({"step": 4, "files": {"adapter_model.safetensors": 10}}))
     assert last_complete_checkpoint(tmp_path) == str(good)
+
+
+def _complete(ckpt, step: int):
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"x" * 10)
+    (ckpt / COMPLETE).write_text(json.dumps({"step": step, "files": {"adapter_model.safetensors": 10}}))
+    return ckpt
+
+
+def test_resume_continues_the_checkpoint_the_last_training_wrote_not_the_highest_step(tmp_path):
+    from asr_lora.training.checkpoints import resume_point
+
+    _complete(tmp_path / "checkpoint-4", 4)  # an earlier training's
+    latest = _complete(tmp_path / "checkpoint-2", 2)
+    (tmp_path / "last_checkpoint.json").write_text(json.dumps({"checkpoint": "checkpoint-2", "step": 2}))
+    assert resume_point("true", tmp_path) == str(latest)
+    (tmp_path / "last_checkpoint.json").write_text(json.dumps({"checkpoint": "../elsewhere", "step": 9}))
+    assert resume_point("true", tmp_path) == str(tmp_path / "checkpoint-4")  # a name outside the folder: by step
+
+
+def test_a_run_from_step_0_clears_an_earlier_trainings_checkpoints(tmp_path, caplog):
+    from asr_lora.training.checkpoints import resume_point
+
+    _complete(tmp_path / "checkpoint-4", 4)
+    (tmp_path / "checkpoint-6").mkdir()  # half-written
+    (tmp_path / "last_checkpoint.json").write_text(json.dumps({"checkpoint": "checkpoint-4", "step": 4}))
+    with caplog.at_level("WARNING", logger="asr_lora"):
+        assert resume_point("false", tmp_path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert any("removing 2 checkpoints of an earlier training" in m for m in caplog.messages)
+    (tmp_path / "checkpoint-3").mkdir()  # auto with nothing complete to continue: also from step 0
+    assert resume_point("auto", tmp_path) is None and not (tmp_path / "checkpoint-3").exists()

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from asr_lora.config import CONF_DIR
 from asr_lora.core.tracking import read_offline_run
 from asr_lora.training.job import train
-from asr_lora.training.trainer import resume_point
+from asr_lora.training.checkpoints import resume_point
 
 SENTENCES = ["the kopi here very nice lah", "take the MRT to Tampines", "the hawker centre is crowded",
              "can or not", "the void deck is quiet today", "chope the table first"]

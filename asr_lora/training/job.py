@@ -265,7 +265,8 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     """Train with the Trainer (resuming if asked), save the adapter (or full model) portable and
     pickle-free, and return the trained model ready to score."""
     from asr_lora.data.features import add_features, use_feature_cache
-    from asr_lora.training.trainer import build_trainer, reads_per_clip, resume_point
+    from asr_lora.training.checkpoints import resume_point
+    from asr_lora.training.trainer import build_trainer, reads_per_clip
 
     train_ds, dev_ds, streaming, t = rows.train, rows.dev, rows.streaming, cfg.train
     held_cache = None if streaming else cache

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -21,11 +19,11 @@ with contextlib.redirect_stdout(io.StringIO()):
     from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
-from asr_lora.core.io import write_json
-from asr_lora.core.runtime import resume_mode, trains_on_cpu, use_bf16
+from asr_lora.core.runtime import trains_on_cpu, use_bf16
 from asr_lora.evaluation.metrics import normalized_wer
 from asr_lora.model.lora import adapted_module_names, add_lora, count_parameters, expected_lora_parameters
 from asr_lora.training.averaging import WeightAverage
+from asr_lora.training.checkpoints import MarkCompleteCheckpoints, last_complete_checkpoint
 from asr_lora.training.distill import distillation, means_over_ranks
 from asr_lora.training.label_logits import logits_only_at
 from asr_lora.training.row_groups import row_groups, splits_rows, take_rows, width_of
@@ -46,80 +44,11 @@ class StopOnNonFiniteLoss(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            last = state.best_model_checkpoint or _last_checkpoint(Path(args.output_dir))
+            last = state.best_model_checkpoint or last_complete_checkpoint(Path(args.output_dir))
             raise NonFiniteLossError(
                 f"loss became {loss} at step {state.global_step}; stopping. Last good checkpoint: {last or 'none'}. "
                 "Lower train.learning_rate or check the data."
             )
-
-
-def _last_checkpoint(d: Path) -> str | None:
-    return last_complete_checkpoint(d)
-
-
-COMPLETE = "checkpoint_complete.json"
-
-
-class MarkCompleteCheckpoints(TrainerCallback):
-    """The Trainer writes `checkpoint-N/` in place, so a kill mid-write leaves a directory that looks
-    like a checkpoint. Once the Trainer reports the save done, flush it to disk and drop a marker
-    listing its files; resume only ever trusts marked checkpoints, and `last_checkpoint.json` in
-    the checkpoint folder names the newest one."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not ckpt.is_dir():
-            return
-        files = {}
-        for f in sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != COMPLETE):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-            files[str(f.relative_to(ckpt))] = f.stat().st_size
-        write_json(ckpt / COMPLETE, {"step": state.global_step, "files": files})
-        write_json(Path(args.output_dir) / "last_checkpoint.json", {"checkpoint": ckpt.name,
-                                                                       "step": state.global_step})
-
-
-def checkpoint_is_complete(ckpt: Path) -> bool:
-    marker = ckpt / COMPLETE
-    if not marker.is_file():
-        return False
-    try:
-        files = json.loads(marker.read_text())["files"]
-    except (ValueError, KeyError):
-        return False
-    return all((ckpt / f).is_file() and (ckpt / f).stat().st_size == n for f, n in files.items())
-
-
-def last_complete_checkpoint(d: Path) -> str | None:
-    """Newest `checkpoint-N` whose marker and files are intact; half-written ones are ignored."""
-    d = Path(d)
-    if not d.is_dir():
-        return None
-    found = []
-    for c in d.glob("checkpoint-*"):
-        step = c.name.split("-")[-1]
-        if c.is_dir() and step.isdigit() and checkpoint_is_complete(c):
-            found.append((int(step), c))
-    return str(max(found)[1]) if found else None
-
-
-def resume_point(resume, ckpt_dir: Path) -> str | None:
-    """The checkpoint to continue from (train.resume), or None to train from step 0."""
-    mode = resume_mode(resume)
-    if mode == "false":
-        return None
-    last = last_complete_checkpoint(ckpt_dir)
-    if last is None:
-        if mode == "auto":
-            log.info("train.resume=auto: no complete checkpoint under %s yet; training from step 0", ckpt_dir)
-            return None
-        raise FileNotFoundError(f"train.resume=true but no complete checkpoint under {ckpt_dir}; "
-                                "pass run_dir=<old run>, or train.resume=auto to start when there is none")
-    log.info("resuming from %s", last)
-    return last
 
 
 def reads_per_clip(tcfg, n_train: int) -> float | None:
