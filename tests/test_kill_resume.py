@@ -142,3 +142,26 @@ def test_a_run_from_step_0_clears_an_earlier_trainings_checkpoints(tmp_path, cap
     assert any("removing 2 checkpoints of an earlier training" in m for m in caplog.messages)
     (tmp_path / "checkpoint-3").mkdir()  # auto with nothing complete to continue: also from step 0
     assert resume_point("auto", tmp_path) is None and not (tmp_path / "checkpoint-3").exists()
+
+
+def test_a_run_into_an_old_run_dir_records_its_config_and_names_what_a_resume_changed(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from asr_lora.training.checkpoints import record_config
+
+    old = OmegaConf.create({"seed": 1, "lora": {"alpha": 8, "r": 4}, "train": {"max_steps": 2, "resume": False},
+                            "eval": {"beam_size": 1}})
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(old, tmp_path / ".hydra" / "config.yaml")
+    _complete(tmp_path / "checkpoints" / "checkpoint-2", 2)
+    new = OmegaConf.merge(old, {"seed": 7, "lora": {"alpha": 64}, "train": {"max_steps": 4, "resume": True},
+                                "eval": {"beam_size": 5}})
+    with caplog.at_level("WARNING", logger="asr_lora"):
+        record_config(new, tmp_path, "true", tmp_path / "checkpoints")
+    (warning,) = [m for m in caplog.messages if "settings changed" in m]
+    assert "2 settings changed" in warning and "lora.alpha: 8 -> 64" in warning and "seed: 1 -> 7" in warning
+    assert OmegaConf.load(tmp_path / ".hydra" / "config.yaml") == new  # what export reads: beam 5
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="asr_lora"):
+        record_config(old, tmp_path, "false", tmp_path / "checkpoints")  # from step 0: nothing continues
+    assert not caplog.messages and OmegaConf.load(tmp_path / ".hydra" / "config.yaml") == old

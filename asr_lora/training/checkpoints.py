@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from asr_lora.core.io import write_json
+from asr_lora.core.io import write_json, write_text
 from asr_lora.core.runtime import resume_mode
 
 log = logging.getLogger(__name__)
@@ -105,3 +105,35 @@ def _retire_checkpoints(ckpt_dir: Path) -> None:
     for p in old:
         shutil.rmtree(p, ignore_errors=True)
     (Path(ckpt_dir) / "last_checkpoint.json").unlink(missing_ok=True)
+
+
+# Settings a resume may change without changing what the checkpoints trained: where and how long
+# it runs, and how it is scored and exported.
+_RESUME_FREE = ("run_dir", "train.resume", "train.max_steps", "train.num_train_epochs", "paths.", "logger.",
+                "quiet", "eval.", "export.", "hydra.")
+
+
+def record_config(config, run_dir: Path, resume, ckpt_dir: Path) -> None:
+    """Write the run's whole `config` as `run_dir/.hydra/config.yaml`, which `export` and `compare`
+    read: Hydra writes it only into its own output folder, so a run given `run_dir=` (a resume, a
+    retraining into an old run) would leave the earlier run's there. When the run will continue a
+    checkpoint in `ckpt_dir`, the settings that differ from the ones it was trained under are logged."""
+    from omegaconf import OmegaConf
+
+    saved = Path(run_dir) / ".hydra" / "config.yaml"
+    resumes = resume_mode(resume) != "false" and last_complete_checkpoint(ckpt_dir) is not None
+    if resumes and saved.is_file():
+        before, now = _flat(OmegaConf.to_container(OmegaConf.load(saved))), _flat(OmegaConf.to_container(config))
+        changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
+                   if before.get(k) != now.get(k) and not k.startswith(_RESUME_FREE)]
+        if changed:
+            log.warning("resuming %s with %d settings changed since its checkpoints were trained (the rest of "
+                        "training runs under the new ones): %s", run_dir, len(changed), "; ".join(changed))
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    write_text(saved, OmegaConf.to_yaml(config))
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node}
+    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}

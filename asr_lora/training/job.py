@@ -4,7 +4,6 @@
 model, decode zero-shot (and with the term prompt), fit, score, export, summarise
 (training/console.py). This module is where the config is read; the steps hand explicit values to
 the library functions below them.
-Everything lands in the Hydra run directory.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from asr_lora.data.scope import run_scope
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import print_summary, run_summary
 from asr_lora.training.averaging import check_ema_decay
+from asr_lora.training.checkpoints import record_config
 from asr_lora.training.distill import check_context_kl, check_replay_kl
 from asr_lora.training.row_groups import check_split_setting
 from asr_lora.training.seeds import check_seeds, fit_seeds
@@ -72,11 +72,12 @@ def train(cfg: DictConfig) -> dict:
     init_distributed(cfg.train.ddp_timeout)
     run_dir, main = run_dir_of(cfg.run_dir), is_main_process()
     setup_logging(run_dir if main else None, quiet=cfg.quiet)  # only rank 0 writes into the run directory
+    if main and cfg.run_dir:  # an earlier run's folder: from now on it holds this run's config
+        record_config(cfg, run_dir, cfg.train.resume, run_dir / cfg.train.output_subdir)
     use_cache_root(cfg.paths.cache_dir)
     seed_everything(cfg.seed)
     report_to = tracking.setup(cfg.logger, run_dir, cfg.recipe_name) if main else []
     from asr_lora.model.whisper import load_whisper
-
     model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
     rows = select_rows(cfg, processor.tokenizer, run_dir, main)
     # Every rank needs the terms when training rows are prompted with them or their tokens weighed.
