@@ -526,6 +526,23 @@ def test_an_adapter_changed_after_its_evaluation_is_refused_unless_forced(tiny_w
     assert not (run_dir / "export" / "adapter").exists()
 
 
+def test_a_refused_export_removes_an_export_of_an_earlier_adapter_only(tiny_whisper_dir, adapter_dir, tmp_path):
+    from asr_lora.core.io import file_sha256
+    from asr_lora.export.job import retire_stale_export
+
+    out = tmp_path / "export"
+    shutil.copytree(adapter_dir, out / "adapter")  # an export of this very adapter, no summary: kept
+    retire_stale_export(out, adapter_dir)
+    assert (out / "adapter").is_dir()
+    (out / "export_summary.json").write_text(json.dumps({"adapter_sha256": file_sha256(
+        adapter_dir / "adapter_model.safetensors")}))
+    retire_stale_export(out, adapter_dir)
+    assert (out / "adapter").is_dir()
+    retrained = make_random_adapter(tiny_whisper_dir, tmp_path / "retrained", seed=3)
+    retire_stale_export(out, retrained)  # the run's adapter is now another one: the old export goes
+    assert not out.exists()
+
+
 def test_a_forced_export_without_an_evaluation_says_so_on_every_card(tiny_whisper_dir, adapter_dir, probe, tmp_path,
                                                                      monkeypatch):
     missing = ["no evaluation: run/eval/eval.json missing"]

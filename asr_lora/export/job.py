@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import hydra
@@ -79,10 +80,31 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
             gate_failures=unevaluated(run_dir, ev) + changed_since_scored(adapter_dir, ev),
         )
     except ExportRefused as e:  # a command-line user overrides with the config key, not the keyword
+        retire_stale_export(run_dir / "export", adapter_dir)
         raise ExportRefused(e.failures, "export.force=true") from None
+    summary["adapter_sha256"] = file_sha256(Path(adapter_dir) / "adapter_model.safetensors")
     log.info("export: %s", json.dumps({k: summary[k] for k in ("paths", "sizes_bytes", "wer")}, default=str))
     write_json(run_dir / "export" / "export_summary.json", summary, default=str)
     return summary
+
+
+def retire_stale_export(out_root: Path, adapter_dir: Path) -> None:
+    """A refused export leaves no export of an earlier adapter beside the run's new one (a second
+    training into the same run folder), where it would pass for this adapter's; an export of this
+    same adapter stays."""
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not out_root.is_dir() or not weights.is_file():
+        return
+    summary = out_root / "export_summary.json"
+    exported = (read_json(summary, "export_summary.json").get("adapter_sha256") if summary.is_file()
+                else None)
+    if exported is None and (out_root / "adapter" / weights.name).is_file():
+        exported = file_sha256(out_root / "adapter" / weights.name)
+    if exported is None or exported == file_sha256(weights):  # None: nothing tells which adapter it was
+        return
+    log.warning("removing %s: it exported an earlier adapter than %s, and this one's export was refused",
+                out_root, adapter_dir)
+    shutil.rmtree(out_root)
 
 
 def unevaluated(run_dir: Path, ev: dict | None) -> list[str]:
