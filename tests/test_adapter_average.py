@@ -32,6 +32,19 @@ def test_average_is_the_mean_update_and_loads_as_an_adapter(tiny_whisper_dir, tm
         torch.testing.assert_close(soup[k], 0.5 * sa[k] + 0.25 * sb[k] + 0.25 * sc[k], atol=1e-6, rtol=0)
 
 
+def test_weights_are_those_of_a_weighted_mean_however_written(tiny_whisper_dir, tmp_path):
+    a = make_random_adapter(tiny_whisper_dir, tmp_path / "a", seed=1)
+    b = make_random_adapter(tiny_whisper_dir, tmp_path / "b", seed=2)
+    out = average_adapters([a, b], tmp_path / "soup", weights=[3, 1])  # 0.75 and 0.25, not 3A + B
+    assert json.loads((out / "averaged_from.json").read_text())["weights"] == [0.75, 0.25]
+    sa, sb, soup = (merged_state(tiny_whisper_dir, p) for p in (a, b, out))
+    for k in soup:
+        torch.testing.assert_close(soup[k], 0.75 * sa[k] + 0.25 * sb[k], atol=1e-6, rtol=0)
+    for bad in ([1, -1], [0, 0]):
+        with pytest.raises(ValueError, match="a weighted mean needs weights >= 0"):
+            average_adapters([a, b], tmp_path / "bad", weights=bad)
+
+
 def test_rslora_adapters_average_to_their_mean_update_and_dora_is_refused(tiny_whisper_dir, tmp_path):
     a = make_random_adapter(tiny_whisper_dir, tmp_path / "a", seed=1, use_rslora=True)
     b = make_random_adapter(tiny_whisper_dir, tmp_path / "b", seed=2, use_rslora=True)

@@ -142,6 +142,10 @@ def average_adapters(paths: list[str | Path], out_dir: str | Path, weights: list
     weights = [1.0 / len(paths)] * len(paths) if weights is None else [float(w) for w in weights]
     if len(weights) != len(paths):
         raise ValueError(f"{len(weights)} weights for {len(paths)} adapters")
+    # A weighted mean: "3 1" is 0.75 and 0.25, not an update four times as long (lora.scale sets strength).
+    if not all(w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"weights {weights}: a weighted mean needs weights >= 0 that do not all vanish")
+    weights = [w / sum(weights) for w in weights]
 
     def layout(p: Path) -> tuple:
         conf = read_json(p / "adapter_config.json", "peft adapter_config.json")
