@@ -82,7 +82,8 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
     except ExportRefused as e:  # a command-line user overrides with the config key, not the keyword
         retire_stale_export(run_dir / "export", adapter_dir)
         raise ExportRefused(e.failures, "export.force=true") from None
-    summary["adapter_sha256"] = file_sha256(Path(adapter_dir) / "adapter_model.safetensors")
+    if (weights := Path(adapter_dir) / "adapter_model.safetensors").is_file():  # what retire_stale_export reads
+        summary["adapter_sha256"] = file_sha256(weights)
     log.info("export: %s", json.dumps({k: summary[k] for k in ("paths", "sizes_bytes", "wer")}, default=str))
     write_json(run_dir / "export" / "export_summary.json", summary, default=str)
     return summary
