@@ -40,7 +40,7 @@ PIPELINE_VERSION = "4"
 def training_text(text: str) -> str:
     """The label the model learns: transcript markup (NSC tags, fillers) resolved to plain words,
     case and punctuation kept, particles kept as words."""
-    return " ".join(_resolve_markers(text, particles=True).split())
+    return " ".join(_resolve_markers(text).split())
 
 
 def _decode(rec: Record) -> np.ndarray:

@@ -155,7 +155,7 @@ def _whisper() -> EnglishTextNormalizer:
         return EnglishTextNormalizer(json.load(f))
 
 
-def _resolve_markers(s: str, particles: bool) -> str:
+def _resolve_markers(s: str) -> str:
     # Control/format/unassigned code points are never words; Whisper would keep them as tokens.
     # A soft hyphen or word joiner sits inside a word ("Singa\u00adpore"): it joins, it does not split.
     s = "".join("" if c in "\u00ad\u2060" else " " if unicodedata.category(c)[0] == "C" else c for c in s)
@@ -164,19 +164,16 @@ def _resolve_markers(s: str, particles: bool) -> str:
     s = _MOTHER_TONGUE.sub(_spoken_word, s)
     s = _TAG.sub(" ", s)
     s = _PAREN.sub(" ", s)
-    s = _SQUARE.sub((lambda m: f" {m.group(1)} ") if particles else _bracketed_without_particles, s)
+    # A bracketed word stays a word in both modes; the token filter drops particles when asked, on
+    # both sides alike (a hypothesis cannot bracket, so "[what]" dropped here alone would make a
+    # correct "what" an insertion).
+    s = _SQUARE.sub(r" \1 ", s)
     s = _HASHED.sub(r" \1 ", s)
     s = _BANGED.sub(r" \1 ", s)
     s = s.replace("**", " ").replace("~", " ")
     s = _UNDERSCORE_ACRONYM.sub(lambda m: m.group(0).replace("_", ""), s)
     s = _DOTTED_ACRONYM.sub(lambda m: m.group(0).replace(".", "") + " ", s)
     return _LEFTOVER_BRACKETS.sub(" ", s)
-
-
-def _bracketed_without_particles(m: re.Match) -> str:
-    # Only a particle goes: a hypothesis cannot bracket, so a bracketed "[what]" dropped from the
-    # reference alone would count the model's correct "what" as an insertion.
-    return " " if m.group(1).strip().lower() in PARTICLES else f" {m.group(1)} "
 
 
 def _singapore_rules(s: str) -> str:
@@ -187,7 +184,7 @@ def _singapore_rules(s: str) -> str:
 
 
 def _one_pass(s: str, particles: bool) -> str:
-    s = _singapore_rules(_resolve_markers(s, particles))
+    s = _singapore_rules(_resolve_markers(s))
     s = _whisper()(s)
     s = _DOLLARS_CENTS.sub(r"$\1.\2", s)
     drop = FILLERS if particles else FILLERS | PARTICLES
