@@ -501,20 +501,20 @@ def test_an_export_job_with_no_evaluation_is_refused_unless_forced(tiny_whisper_
 def test_an_adapter_changed_after_its_evaluation_is_refused_unless_forced(tiny_whisper_dir, adapter_dir, tmp_path):
     from omegaconf import OmegaConf
 
-    from asr_lora.core.io import file_sha256
     from asr_lora.export.job import changed_since_scored
     from asr_lora.export.job import main as export_main
+    from asr_lora.model.adapters import adapter_sha256
     from asr_lora.export.merge import ExportRefused
     from test_train_e2e import tiny_cfg
 
     run_dir = tmp_path / "run"
     shutil.copytree(adapter_dir, run_dir / "adapter")
-    scored = file_sha256(run_dir / "adapter" / "adapter_model.safetensors")
+    scored = adapter_sha256(run_dir / "adapter")
     ev = {"model": {"adapter": str(run_dir / "adapter"), "adapter_sha256": scored}, "systems": {}}
-    assert changed_since_scored(run_dir / "adapter", ev) == []
-    assert changed_since_scored(run_dir / "adapter", {"model": {}}) == []  # an evaluation from before the digest
+    assert changed_since_scored(run_dir / "adapter", scored, ev) == []
+    assert changed_since_scored(run_dir / "adapter", scored, {"model": {}}) == []  # evaluated before the digest
     make_random_adapter(tiny_whisper_dir, run_dir / "adapter", seed=7)  # rewritten after it was scored
-    (failure,) = changed_since_scored(run_dir / "adapter", ev)
+    (failure,) = changed_since_scored(run_dir / "adapter", adapter_sha256(run_dir / "adapter"), ev)
     assert "adapter_model.safetensors changed since it was scored" in failure and scored[:12] in failure
     cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "export.formats=[adapter]", "export.ct2_eval=false")
     (run_dir / ".hydra").mkdir()
@@ -527,19 +527,18 @@ def test_an_adapter_changed_after_its_evaluation_is_refused_unless_forced(tiny_w
 
 
 def test_a_refused_export_removes_an_export_of_an_earlier_adapter_only(tiny_whisper_dir, adapter_dir, tmp_path):
-    from asr_lora.core.io import file_sha256
     from asr_lora.export.job import retire_stale_export
+    from asr_lora.model.adapters import adapter_sha256
 
     out = tmp_path / "export"
     shutil.copytree(adapter_dir, out / "adapter")  # an export of this very adapter, no summary: kept
-    retire_stale_export(out, adapter_dir)
+    retire_stale_export(out, adapter_sha256(adapter_dir))
     assert (out / "adapter").is_dir()
-    (out / "export_summary.json").write_text(json.dumps({"adapter_sha256": file_sha256(
-        adapter_dir / "adapter_model.safetensors")}))
-    retire_stale_export(out, adapter_dir)
+    (out / "export_summary.json").write_text(json.dumps({"adapter_sha256": adapter_sha256(adapter_dir)}))
+    retire_stale_export(out, adapter_sha256(adapter_dir))
     assert (out / "adapter").is_dir()
     retrained = make_random_adapter(tiny_whisper_dir, tmp_path / "retrained", seed=3)
-    retire_stale_export(out, retrained)  # the run's adapter is now another one: the old export goes
+    retire_stale_export(out, adapter_sha256(retrained))  # the run's adapter is now another one: the old export goes
     assert not out.exists()
 
 

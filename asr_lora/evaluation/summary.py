@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from asr_lora.core.io import file_sha256
 from asr_lora.data.synthetic.voices import PART_LABELS, PART_ORDER
+from asr_lora.model.adapters import adapter_sha256
 
 SYSTEM_ORDER = ("base", "prompt", "adapted", "adapted_prompt")
 SYSTEM_LABELS = {"base": "zero-shot", "prompt": "zero-shot + term prompt", "adapted": "adapted",
@@ -155,14 +155,13 @@ def eval_info(data, base: str, data_report: dict, adapter: str | None, split: st
     title = data.title or (Path(data.sentences).stem if data.get("sentences") else data.name)
     description = describe_corpus(title, data_report, synthetic, f"{data.source} corpus at {data.path}")
     counts = data_report.get("counts", {})
-    weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
     return {
         "synthetic": synthetic,
         "corpus": {"name": data.name, "title": title, "description": description},
         "model": ({"base": base, "adapter": adapter} | ({"scale": scale} if scale != 1 else {})
                   | ({"lora": lora} if lora else {})
                   # what the export checks the adapter it merges against: the file, not the run's word
-                  | ({"adapter_sha256": file_sha256(weights)} if weights and weights.is_file() else {})),
+                  | ({"adapter_sha256": digest} if adapter and (digest := adapter_sha256(adapter)) else {})),
         "split": split,
         "data": {"kept": {s: sum(v.values()) for s, v in data_report.get("kept_per_split", {}).items()},
                  "dropped": counts.get("skipped_by_reason", {}),

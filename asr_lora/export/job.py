@@ -19,7 +19,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr_lora.config import CONF_DIR, check_recipe_applied
-from asr_lora.core.io import file_sha256, read_json, write_json
+from asr_lora.core.io import read_json, write_json
+from asr_lora.model.adapters import adapter_sha256
 
 log = logging.getLogger("asr_lora.export")
 
@@ -68,6 +69,7 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
                                         cfg.eval.max_new_tokens, encoder_cache, description="decoding (merged)")
     info = dict(ev or {})
     info["lora"] = {"scope": list(cfg.lora.scope)}
+    adapter_digest = adapter_sha256(adapter_dir)
     from asr_lora.export.merge import ExportRefused
 
     try:
@@ -77,34 +79,30 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
             test_refs=refs, info=info, force=cfg.export.force, merged_transcriber=transcriber, evaluated=reuse,
             beam_size=cfg.eval.beam_size, prompt=prompt, evaluated_prompted=prompted,
             max_new_tokens=cfg.eval.max_new_tokens,
-            gate_failures=unevaluated(run_dir, ev) + changed_since_scored(adapter_dir, ev),
+            gate_failures=unevaluated(run_dir, ev) + changed_since_scored(adapter_dir, adapter_digest, ev),
         )
     except ExportRefused as e:  # a command-line user overrides with the config key, not the keyword
-        retire_stale_export(run_dir / "export", adapter_dir)
+        retire_stale_export(run_dir / "export", adapter_digest)
         raise ExportRefused(e.failures, "export.force=true") from None
-    if (weights := Path(adapter_dir) / "adapter_model.safetensors").is_file():  # what retire_stale_export reads
-        summary["adapter_sha256"] = file_sha256(weights)
+    if adapter_digest:  # what retire_stale_export reads
+        summary["adapter_sha256"] = adapter_digest
     log.info("export: %s", json.dumps({k: summary[k] for k in ("paths", "sizes_bytes", "wer")}, default=str))
     write_json(run_dir / "export" / "export_summary.json", summary, default=str)
     return summary
 
 
-def retire_stale_export(out_root: Path, adapter_dir: Path) -> None:
-    """A refused export leaves no export of an earlier adapter beside the run's new one (a second
-    training into the same run folder), where it would pass for this adapter's; an export of this
-    same adapter stays."""
-    weights = Path(adapter_dir) / "adapter_model.safetensors"
-    if not out_root.is_dir() or not weights.is_file():
+def retire_stale_export(out_root: Path, adapter_digest: str | None) -> None:
+    """A refused export leaves no export of an earlier adapter (another `adapter_digest`) beside the
+    run's new one (a second training into the same run folder), where it would pass for this
+    adapter's; an export of this same adapter stays."""
+    if not out_root.is_dir() or adapter_digest is None:
         return
     summary = out_root / "export_summary.json"
     exported = (read_json(summary, "export_summary.json").get("adapter_sha256") if summary.is_file()
-                else None)
-    if exported is None and (out_root / "adapter" / weights.name).is_file():
-        exported = file_sha256(out_root / "adapter" / weights.name)
-    if exported is None or exported == file_sha256(weights):  # None: nothing tells which adapter it was
+                else adapter_sha256(out_root / "adapter"))
+    if exported is None or exported == adapter_digest:  # None: nothing tells which adapter it was
         return
-    log.warning("removing %s: it exported an earlier adapter than %s, and this one's export was refused",
-                out_root, adapter_dir)
+    log.warning("removing %s: it exported an earlier adapter than this run's, whose export was refused", out_root)
     shutil.rmtree(out_root)
 
 
@@ -115,16 +113,15 @@ def unevaluated(run_dir: Path, ev: dict | None) -> list[str]:
                           "forgetting gate vouches for the exported model"]
 
 
-def changed_since_scored(adapter_dir: Path, ev: dict | None) -> list[str]:
-    """The gate an adapter fails when its weights are no longer the file the evaluation scored (an
-    average rewritten with --force, a retraining): the report, cards and gate would vouch for
-    another model."""
+def changed_since_scored(adapter_dir: Path, adapter_digest: str | None, ev: dict | None) -> list[str]:
+    """The gate an adapter fails when its weights (`adapter_digest`) are no longer the file the
+    evaluation scored (an average rewritten with --force, a retraining): the report, cards and gate
+    would vouch for another model."""
     scored = ((ev or {}).get("model") or {}).get("adapter_sha256")
-    weights = Path(adapter_dir) / "adapter_model.safetensors"
-    if not scored or not weights.is_file() or (now := file_sha256(weights)) == scored:
+    if not scored or adapter_digest is None or adapter_digest == scored:
         return []
-    return [f"{weights} changed since it was scored (sha256 {now[:12]}, evaluated {scored[:12]}): "
-            "evaluate it again, then export"]
+    return [f"{Path(adapter_dir) / 'adapter_model.safetensors'} changed since it was scored (sha256 "
+            f"{adapter_digest[:12]}, evaluated {scored[:12]}): evaluate it again, then export"]
 
 
 def evaluated_hypotheses(run_dir: Path, ev: dict | None, beam_size: int = 1,

@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from asr_lora.core.io import read_json
+from asr_lora.core.io import file_sha256, read_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -36,6 +36,12 @@ def check_adapter_dir(path: str | Path) -> Path:
     if not (path / "adapter_model.safetensors").is_file():
         raise FileNotFoundError(f"{path}: no adapter_model.safetensors")
     return path
+
+
+def adapter_sha256(path: str | Path) -> str | None:
+    """sha256 of an adapter directory's weights file; None where it holds none (full weights)."""
+    weights = Path(path) / "adapter_model.safetensors"
+    return file_sha256(weights) if weights.is_file() else None
 
 
 def load_adapter(model, path: str | Path, name: str = "default"):
