@@ -11,19 +11,11 @@ import zipfile
 import pytest
 from fixtures_build import wav_bytes, write_tone
 from omegaconf import OmegaConf
+from test_readers import run  # every row kept or skipped, the ledger balanced
 
-from asr_lora.data.readers import read
 from asr_lora.data.readers.nsc import ROOT_1_3
 from asr_lora.data.records import Ledger
 from asr_lora.data.sources import iter_records, manifest_signature
-
-
-def run(kind, source, **options):
-    ledger = Ledger()
-    records = list(read(kind, source, ledger, **options))
-    assert ledger.balanced(), ledger.dumps()
-    assert ledger.kept == len(records)
-    return records, ledger
 
 
 def test_an_unclosed_quote_costs_its_own_row_only(tmp_path):
