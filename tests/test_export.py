@@ -179,7 +179,11 @@ def test_model_card_gives_the_beam_size_the_figures_were_decoded_with():
 def test_summary_layout_and_cards(exported):
     out, s = exported
     assert set(s["paths"]) == {"hf", "adapter", "ct2-float32", "ct2-int8"}
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "ct2-float32", "ct2-int8", "hf"]  # no temp dirs
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "ct2-float32", "ct2-int8", "export_summary.json",
+                                                     "hf"]  # no temp dirs
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # nor staging folders beside it
+    on_disk = json.loads((out / "export_summary.json").read_text())
+    assert on_disk["paths"] == s["paths"] and on_disk["adapter_sha256"] == s["adapter_sha256"]
     assert s["sizes_bytes"]["adapter"] < s["sizes_bytes"]["ct2-int8"] < s["sizes_bytes"]["merged"]
     assert s["verification"]["passed"] and s["forced"] is False
     assert set(s["wer"]) == {"merged_hf", "ct2-float32", "ct2-int8", "merged_hf + prompt", "ct2-float32 + prompt",
@@ -356,7 +360,43 @@ def test_failed_export_leaves_previous_export_untouched(tiny_whisper_dir, adapte
         run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",),
                       probe_features=probe[:1], verify_max_new_tokens=VERIFY_TOKENS)
     assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["adapter"]  # temp dirs cleaned up
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "export_summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # temp dirs cleaned up
+
+
+def test_an_export_interrupted_while_it_publishes_leaves_the_previous_one_whole(tiny_whisper_dir, adapter_dir,
+                                                                              probe, tmp_path, monkeypatch):
+    """Publishing is one switch: an interrupt there leaves the last export complete, its summary and
+    every format from one model, and a user's own file where it was; never a new `hf/` beside an old
+    `adapter/`."""
+    out = tmp_path / "out"
+    (out / "hf").mkdir(parents=True)
+    (out / "hf" / "model.safetensors").write_bytes(b"old model")
+    (out / "adapter").mkdir()
+    (out / "adapter" / "adapter_model.safetensors").write_bytes(b"old adapter")
+    (out / "export_summary.json").write_text('{"adapter_sha256": "old"}')
+    (out / "notes.txt").write_text("mine")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real = run.publish_dir
+
+    def interrupted(staged, target):
+        if sorted(p.name for p in staged.iterdir()) != ["adapter", "export_summary.json", "hf", "notes.txt"]:
+            return real(staged, target)  # one staged folder holds the whole export, the user's file carried
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "publish_dir", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("hf", "adapter"), probe_features=probe[:1],
+                       verify_max_new_tokens=2)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    monkeypatch.setattr(run, "publish_dir", real)
+    s = run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("hf", "adapter"), probe_features=probe[:1],
+                       verify_max_new_tokens=2)
+    assert (out / "notes.txt").read_text() == "mine" and json.loads((out / "export_summary.json").read_text()) == s
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        adapter_dir / "adapter_model.safetensors").read_bytes()
 
 
 def test_model_card_formats_percentages_and_force(tmp_path):
@@ -434,7 +474,8 @@ def test_a_reexport_removes_the_formats_it_did_not_write(tiny_whisper_dir, adapt
     (out / "notes.txt").write_text("mine")
     s = run.export_run(str(tiny_whisper_dir), adapter_dir, out, formats=("adapter",), probe_features=probe[:1],
                        verify_max_new_tokens=2)
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "notes.txt"] and list(s["paths"]) == ["adapter"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "export_summary.json", "notes.txt"]
+    assert list(s["paths"]) == ["adapter"]
 
 
 def test_an_unknown_quantization_is_refused_before_the_merge(tiny_whisper_dir, adapter_dir, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from asr_lora.config import CONF_DIR, check_recipe_applied
-from asr_lora.core.io import read_json, write_json
+from asr_lora.core.io import read_json
 from asr_lora.model.adapters import adapter_sha256
 
 log = logging.getLogger("asr_lora.export")
@@ -80,14 +80,12 @@ def export_from_run(cfg, run_dir: Path, adapter_dir: Path, ev: dict | None, spli
             beam_size=cfg.eval.beam_size, prompt=prompt, evaluated_prompted=prompted,
             max_new_tokens=cfg.eval.max_new_tokens,
             gate_failures=unevaluated(run_dir, ev) + changed_since_scored(adapter_dir, adapter_digest, ev),
+            adapter_digest=adapter_digest,
         )
     except ExportRefused as e:  # a command-line user overrides with the config key, not the keyword
         retire_stale_export(run_dir / "export", adapter_digest)
         raise ExportRefused(e.failures, "export.force=true") from None
-    if adapter_digest:  # what retire_stale_export reads
-        summary["adapter_sha256"] = adapter_digest
     log.info("export: %s", json.dumps({k: summary[k] for k in ("paths", "sizes_bytes", "wer")}, default=str))
-    write_json(run_dir / "export" / "export_summary.json", summary, default=str)
     return summary
 
 

@@ -14,11 +14,12 @@ tokens differ from the unmerged adapter model, a failed forgetting gate, and the
 and every model card then says so. A forgetting gate the evaluation could not decide (no control
 clips) does not refuse; the log and every card say it was not checked.
 
-Every directory is built in a temporary sibling and moved into place with `os.replace` only
-after all formats, checks and cards are complete, so a failed export never leaves a
-half-written directory where a deployable one is expected. Format directories a previous export
-left in `out_root` that this one does not write are removed then, so none outlives the model it
-described.
+The whole export (every format directory and ``export_summary.json``) is built in one temporary
+sibling of ``out_root`` and switched in by renames only after all formats, checks and cards are
+complete: an export that fails or is interrupted leaves the previous one whole or, in the instant of
+the switch, set aside whole, never one model's ``hf/`` beside another's ``ct2-int8/``. Format
+directories of a previous export that this one does not write go with it; anything else a user kept
+in ``out_root`` is carried over.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr_lora.core.io import publish_dir, stage_dir
+from asr_lora.core.io import publish_dir, stage_dir, write_json
 from asr_lora.evaluation.deployed import same_base
 from asr_lora.evaluation.metrics import normalized_wer
 from asr_lora.evaluation.report import pct
@@ -51,12 +51,13 @@ from asr_lora.export.merge import (
 )
 from asr_lora.inference.ct2 import check_quantizations, convert_ct2, transcribe_ct2, warn_cpu_compute_type
 from asr_lora.inference.decode import transcribe_arrays
-from asr_lora.model.adapters import PROMPT_FILE, adapter_base, check_adapter_dir, portable_base
+from asr_lora.model.adapters import PROMPT_FILE, adapter_base, adapter_sha256, check_adapter_dir, portable_base
 from asr_lora.model.lora import merged_weights_digest
 from asr_lora.model.whisper import resolve_model_dir
 
 log = logging.getLogger(__name__)
 
+SUMMARY_FILE = "export_summary.json"
 
 
 def check_export_settings(formats, quantizations) -> list[str]:
@@ -84,8 +85,10 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                merged_transcriber: Callable[[Any], list[str]] | None = None,
                evaluated: tuple[str, Sequence[str]] | None = None, beam_size: int = 1,
                prompt: str | None = None, evaluated_prompted: Sequence[str] | None = None,
-               max_new_tokens: int = 128, gate_failures: Sequence[str] = ()) -> dict[str, Any]:
-    """Merge, verify, gate, then write every requested format atomically; returns a summary.
+               max_new_tokens: int = 128, gate_failures: Sequence[str] = (),
+               adapter_digest: str | None = None) -> dict[str, Any]:
+    """Merge, verify, gate, then write every requested format and the summary (returned, and written
+    as ``export_summary.json``) into ``out_root`` in one switch.
 
     `merged_transcriber(merged_model) -> hypotheses for test_audios` lets the caller reuse work it
     already has (e.g. cached encoder outputs when the adapter never touched the encoder).
@@ -103,6 +106,7 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
 
     `gate_failures`: gates the caller found failed (no evaluation at all); refused before the merge
     unless `force`, and then carried into every card like the gates checked here.
+    `adapter_digest`: the adapter file's sha256 when the caller has it already (hashed here if not).
     """
     # Every refusal that needs no merge comes first: the merge and its verification take minutes on big bases.
     ct2_quantizations = check_export_settings(formats, ct2_quantizations)
@@ -110,7 +114,6 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
     check_same_base(base, adapter_dir)
     if gate_failures and not force:
         raise ExportRefused(list(gate_failures))
-    out_root.mkdir(parents=True, exist_ok=True)
     info = copy.deepcopy(info or {})
     info.setdefault("model", {}).setdefault("base", base)
     info["beam_size"] = beam_size
@@ -137,17 +140,17 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
         log.warning("forgetting gate not checked: %s", unchecked)
         info["forgetting_unchecked"] = unchecked
 
-    targets = {}
+    targets = []
     if "hf" in formats:
-        targets["hf"] = out_root / "hf"
+        targets.append("hf")
     if "adapter" in formats:
-        targets["adapter"] = out_root / "adapter"
+        targets.append("adapter")
     if "ct2" in formats:
-        targets.update({f"ct2-{q}": out_root / f"ct2-{q}" for q in ct2_quantizations})
-    staged = {name: stage_dir(t) for name, t in targets.items()}
-    scratch = None
+        targets += [f"ct2-{q}" for q in ct2_quantizations]
+    root = stage_dir(out_root)
+    staged = {name: root / name for name in targets}
     try:
-        hf_dir = staged.get("hf") or (scratch := Path(tempfile.mkdtemp(prefix=".hf-scratch-", dir=out_root)))
+        hf_dir = staged.get("hf") or root / ".hf-scratch"  # ct2 converts from a transformers checkpoint
         export_hf(merged, processor, resolve_model_dir(base), hf_dir)
         if language := getattr(merged.generation_config, "language", None):
             info["language"] = language  # what a multilingual model was scored in; the cards pass it on
@@ -186,30 +189,52 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
             info["export_wer"] = export_wer
         if prompt:  # the prompted system the evaluation scored ships with every format
             info["prompt"] = prompt
-            for tmp in staged.values():
-                (tmp / PROMPT_FILE).write_text(prompt + "\n", encoding="utf-8")
-        for name, tmp in staged.items():
-            write_model_card(tmp, {**info, "this": name, "exports": list(targets)})
+            for d in staged.values():
+                (d / PROMPT_FILE).write_text(prompt + "\n", encoding="utf-8")
+        for name, d in staged.items():
+            write_model_card(d, {**info, "this": name, "exports": targets})
         sizes = {"adapter": (adapter_dir / "adapter_model.safetensors").stat().st_size,
                  "merged": (hf_dir / "model.safetensors").stat().st_size}
         sizes.update({f"ct2-{q}": (staged[f"ct2-{q}"] / "model.bin").stat().st_size
                       for q in ct2_quantizations if "ct2" in formats})
-        retire_stale_formats(out_root, set(targets))
-        for name, tmp in staged.items():
-            publish_dir(tmp, targets[name])
+        if "hf" not in staged:
+            shutil.rmtree(hf_dir)
+        summary = {"paths": {k: str(out_root / k) for k in targets}, "sizes_bytes": sizes,
+                   "verification": verification, "wer": export_wer or None, "beam_size": beam_size,
+                   "forced": bool(failures), "gate_failures": failures,
+                   "forgetting_unchecked": info.get("forgetting_unchecked")}
+        if digest := adapter_digest or adapter_sha256(adapter_dir):  # which adapter this export holds
+            summary["adapter_sha256"] = digest
+        write_json(root / SUMMARY_FILE, summary, default=str)
+        switch_in(root, out_root)
     except BaseException:
-        for tmp in staged.values():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
         raise
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
 
     if failures:
         log.warning("EXPORTED WITH force=True over failed gates: %s", "; ".join(failures))
-    return {"paths": {k: str(v) for k, v in targets.items()}, "sizes_bytes": sizes,
-            "verification": verification, "wer": export_wer or None, "beam_size": beam_size, "forced": bool(failures),
-            "gate_failures": failures, "forgetting_unchecked": info.get("forgetting_unchecked")}
+    return summary
+
+
+def switch_in(root: Path, out_root: Path) -> None:
+    """Replace `out_root` by the staged export `root` in one switch (`publish_dir`), first moving into
+    `root` what the previous export folder holds that no export writes (a user's notes): an earlier
+    export's formats and summary go with the folder they describe."""
+    carried = [e.name for e in (out_root.iterdir() if out_root.is_dir() else ())
+               if not (is_export_entry(e.name) or (root / e.name).exists())]
+    try:
+        for name in carried:
+            os.replace(out_root / name, root / name)
+        publish_dir(root, out_root)
+    except BaseException:  # the caller removes `root`: the user's entries go back first
+        for name in carried:
+            if (root / name).exists():
+                os.replace(root / name, out_root / name)
+        raise
+
+
+def is_export_entry(name: str) -> bool:
+    return name in ("hf", "adapter", SUMMARY_FILE) or name.startswith("ct2-")
 
 
 def failed_gates(verification: dict, forgetting: dict | None, atol: float) -> list[str]:
@@ -251,18 +276,3 @@ def ct2_label(ct2_dir: Path, quantization: str) -> str:
     """`ct2-<q>`, saying what the WER was decoded in where this CPU cannot run `q` (float16 here runs as float32)."""
     ran = warn_cpu_compute_type(ct2_dir, quantization)
     return f"ct2-{quantization}" + (f" (scored as {ran} on this CPU)" if ran != quantization else "")
-
-
-def retire_stale_formats(out_root: Path, keep: set[str]) -> None:
-    """Remove the format directories (hf, adapter, ct2-*) of an earlier export that this one does not
-    write: left beside the new ones they would be served or scored as this export. Each leaves by one
-    rename, so a crash leaves it whole or gone."""
-    stale = [d for d in out_root.iterdir() if d.is_dir() and d.name not in keep
-             and (d.name in ("hf", "adapter") or d.name.startswith("ct2-"))]
-    if not stale:
-        return
-    trash = Path(tempfile.mkdtemp(prefix=".stale-", dir=out_root))
-    for d in stale:
-        log.info("removing %s: an earlier export's, not written by this one", d)
-        os.replace(d, trash / d.name)
-    shutil.rmtree(trash)

@@ -71,22 +71,26 @@ def last_complete_checkpoint(d: Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
+def continued_checkpoint(resume, ckpt_dir: Path) -> str | None:
+    """The checkpoint `train.resume` continues from in `ckpt_dir`, or None for a run from step 0
+    (what `resume_point` starts and `record_config` compares settings against)."""
+    return last_complete_checkpoint(ckpt_dir) if resume_mode(resume) != "false" else None
+
+
 def resume_point(resume, ckpt_dir: Path) -> str | None:
-    """The checkpoint to continue from (train.resume), or None to train from step 0."""
+    """The checkpoint to continue from (train.resume), or None to train from step 0, clearing the
+    folder's earlier checkpoints then."""
+    if last := continued_checkpoint(resume, ckpt_dir):
+        log.info("resuming from %s", last)
+        return last
     mode = resume_mode(resume)
-    if mode == "false":
-        _retire_checkpoints(ckpt_dir)
-        return None
-    last = last_complete_checkpoint(ckpt_dir)
-    if last is None:
-        if mode == "auto":
-            log.info("train.resume=auto: no complete checkpoint under %s yet; training from step 0", ckpt_dir)
-            _retire_checkpoints(ckpt_dir)
-            return None
+    if mode == "true":
         raise FileNotFoundError(f"train.resume=true but no complete checkpoint under {ckpt_dir}; "
                                 "pass run_dir=<old run>, or train.resume=auto to start when there is none")
-    log.info("resuming from %s", last)
-    return last
+    if mode == "auto":
+        log.info("train.resume=auto: no complete checkpoint under %s yet; training from step 0", ckpt_dir)
+    _retire_checkpoints(ckpt_dir)
+    return None
 
 
 def _retire_checkpoints(ckpt_dir: Path) -> None:
@@ -121,8 +125,7 @@ def record_config(config, run_dir: Path, resume, ckpt_dir: Path) -> None:
     from omegaconf import OmegaConf
 
     saved = Path(run_dir) / ".hydra" / "config.yaml"
-    resumes = resume_mode(resume) != "false" and last_complete_checkpoint(ckpt_dir) is not None
-    if resumes and saved.is_file():
+    if continued_checkpoint(resume, ckpt_dir) and saved.is_file():
         before, now = _flat(OmegaConf.to_container(OmegaConf.load(saved))), _flat(OmegaConf.to_container(config))
         changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(before.keys() | now.keys())
                    if before.get(k) != now.get(k) and not k.startswith(_RESUME_FREE)]
