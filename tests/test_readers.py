@@ -228,6 +228,8 @@ def test_hf_audiofolder(tmp_path, streaming):
     assert Audio.encode_example is encode  # the torchcodec-free stand-in is gone after reading
     assert sorted(r.text for r in records) == ["first clip", "second clip"]
     assert ledger.skipped_by_reason == {"empty_text": 1}
+    # the skip names the metadata line a user edits (three.wav's is line 4), not datasets' row index
+    assert [s.source for s in ledger.skips] == [f"{folder / 'metadata.csv'}:4"]
     assert all(Path(r.audio_path).is_file() for r in records)
     assert {r.speaker for r in records} == {"a", "b"}
 

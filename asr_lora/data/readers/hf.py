@@ -64,18 +64,49 @@ def read_hf(
     into `Record.audio` at their native rate; a row with only a local path gets `audio_path`."""
     import datasets
 
-    lands_in = _lands_in(split)
+    lands_in, lines = _lands_in(split), {}
     with _audio_paths_without_torchcodec():
         if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
             ds, label = source, f"<{type(source).__name__}>"
         else:
             folder, label = Path(source), str(source)
             kw = {"split": split, "streaming": streaming, "cache_dir": cache_dir, **load_kwargs}
-            if folder.is_dir() and (any(folder.rglob("metadata.csv")) or any(folder.rglob("metadata.jsonl"))):
+            metadata = (sorted([*folder.rglob("metadata.csv"), *folder.rglob("metadata.jsonl")])
+                        if folder.is_dir() else [])
+            if metadata:
                 ds = datasets.load_dataset("audiofolder", data_dir=str(folder), **kw)
+                lines = _metadata_lines(metadata)
             else:
                 ds = datasets.load_dataset(str(source), name, **kw)
-        yield from _hf_rows(ds, label, ledger, (split, lands_in), columns, audio_column, subset, accent)
+        yield from _hf_rows(ds, label, ledger, (split, lands_in), columns, audio_column, subset, accent, lines)
+
+
+def _metadata_lines(metadata: list[Path]) -> dict[str, str]:
+    """{audio file's resolved path: "metadata.csv:LINE"} for an audiofolder's metadata files, so a
+    skipped row names the line a user edits, not datasets' row index (datasets orders rows by file
+    listing, not by metadata line)."""
+    import csv
+    import json
+
+    lines = {}
+    for meta in metadata:
+        with open(meta, encoding="utf-8", errors="replace", newline="") as f:
+            if meta.suffix == ".csv":
+                reader = csv.DictReader(f)
+                numbered = ((reader.line_num, row) for row in reader)
+            else:
+                numbered = ((n, _json_or_none(json, text)) for n, text in enumerate(f, 1))
+            for n, row in numbered:
+                if isinstance(row, dict) and isinstance(row.get("file_name"), str):
+                    lines[str((meta.parent / row["file_name"]).resolve())] = f"{meta}:{n}"
+    return lines
+
+
+def _json_or_none(json, text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None  # datasets refuses the file itself, with its own message
 
 
 def _lands_in(split: str) -> str:
@@ -104,6 +135,7 @@ def _hf_rows(
     audio_column: str,
     subset: str,
     accent: str,
+    lines: Mapping[str, str] | None = None,
 ) -> Iterator[Record]:
     from datasets import Audio
 
@@ -150,6 +182,11 @@ def _hf_rows(
 
     rows = Rows(ledger, lands_in, check_files=True)
     for index, row in enumerate(ds):
-        where = f"{label}[{split}]:{index}"
+        where = _metadata_line(row[audio_column], lines) or f"{label}[{split}]:{index}"
         if (rec := rows.take(where, make, row, where)) is not None:
             yield rec
+
+
+def _metadata_line(audio: Any, lines: Mapping[str, str] | None) -> str | None:
+    path = audio if isinstance(audio, str) else (audio or {}).get("path") if isinstance(audio, Mapping) else None
+    return (lines or {}).get(str(Path(path).resolve())) if path else None
