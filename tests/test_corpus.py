@@ -270,8 +270,8 @@ def test_small_build_manifest_split_and_cache(tmp_path):
     info = json.loads((out / "corpus_info.json").read_text())
     assert info["synthetic"] is True and info["seed"] == 0
     assert info["utterances"] == len(rows)
-    assert set(info["input_files_sha256"]) == {"sg_sentences.txt", "control_sentences.txt",
-                                               "general_sentences.txt", "voices.json"}
+    assert set(info["input_files_sha256"]) == {"sentences:sg_sentences.txt", "control:control_sentences.txt",
+                                               "general:general_sentences.txt", "voices:voices.json"}
     assert info["counts"]["train"]["general"] == 3  # max(1, 12 // 4)
     # Unseen-engine part (tests/test_unseen_engine.py): rendered, in dev and test, counted per part.
     assert {r.split for r in records if r.part == "unseen_engine"} == {"dev", "test"}

@@ -160,6 +160,19 @@ def test_speakable_leaves_plain_text_alone():
     ("The clinic opens at 10:00 today.", "The clinic opens at ten o'clock today."),
     ("Mix it in a 3:1 ratio.", "Mix it in a three to one ratio."),
     ("Update the Zorvex app to 1.2.3 today.", "Update the Zorvex app to one point two point three today."),
+    # A spaced hyphen is a dash, one before a number a minus sign, one between short numbers a range.
+    ("Take the Zorvex - it works - twice.", "Take the Zorvex, it works, twice."),
+    ("It fell to -5 degrees overnight.", "It fell to minus five degrees overnight."),
+    ("Take 2-3 tablets of Velorin.", "Take two to three tablets of Velorin."),
+    ("The COVID-19 ward takes Zorvex.", "The COVID-nineteen ward takes Zorvex."),
+    # Singapore's "6.30pm", decades, a leading decimal point, a code with a leading zero, midnight.
+    ("The clinic closes at 6.30pm today.", "The clinic closes at six thirty pm today."),
+    ("Zorvex was big in the 1990s.", "Zorvex was big in the nineteen nineties."),
+    ("Take .5 mg of Velorin.", "Take point five mg of Velorin."),
+    ("Ask for batch 007 of Zorvex.", "Ask for batch zero zero seven of Zorvex."),
+    ("The ward shuts at 24:00 sharp.", "The ward shuts at twenty-four o'clock sharp."),
+    # Invisible characters inside a word join it.
+    ("The Zor\u00advex refill is\u200b ready.", "The Zorvex refill is ready."),
 ])
 def test_speakable_writes_what_the_voices_say_and_the_label_keeps_it(written, spoken):
     assert speakable(written) == (spoken, "")
@@ -171,6 +184,38 @@ def test_a_comma_inside_a_number_that_is_not_a_thousands_separator_is_not_guesse
     # A decimal comma or a list: the line is skipped with the number named, not read as "one,zero".
     text, reason = speakable(written)
     assert text is None and reason.startswith("unspeakable: number '1,")
+
+
+@pytest.mark.parametrize("written, number", [
+    ("Call 555-0199 about the Zorvex.", "555-0199"), ("Mix it 1:1:1 with water.", "1:1:1"),
+])
+def test_a_number_no_rule_reads_is_skipped_naming_it(written, number):
+    assert speakable(written) == (None, f"unspeakable: number {number!r}")
+
+
+def test_a_number_too_large_to_read_is_skipped_not_a_crash():
+    assert speakable("The Zorvex count is " + "9" * 400 + " today.") == (
+        None, "unspeakable: a number too large to read")
+
+
+def test_sentences_the_scorer_cannot_tell_apart_are_one_sentence(tmp_path):
+    """Two spellings of one scored sentence ("colour"/"color", "kopi-o"/"kopio") would put the
+    same reference in train and test."""
+    f = tmp_path / "s.txt"
+    f.write_text("The colour of the Zorvex cap is blue.\nThe color of the Zorvex cap is blue.\n"
+                 "One kopi-o for the Zorvex team.\nOne kopio for the Zorvex team.\n")
+    out = read_sentences(f)
+    assert len(out.lines) == 2
+    assert [(s.reason, s.source) for s in out.skips] == [("duplicate", f"{f}:2"), ("duplicate", f"{f}:4")]
+
+
+def test_terms_the_scorer_reads_as_one_are_one_term_and_digits_are_matched_as_said(tmp_path):
+    terms = tmp_path / "terms.txt"
+    terms.write_text("kopi-o\nkopio\nA4\nB52\n")
+    found = check_terms(terms, [speakable("One kopi-o please.")[0], speakable("Print it on A4 paper.")[0]])
+    assert found.texts == ["kopi-o", "A four"]  # the term as the references hold it
+    assert [(s.source, s.reason) for s in found.skips] == [
+        (f"{terms}:2", "duplicate"), (f"{terms}:4", "term_not_in_sentences")]  # "B52" is not "a" nor "b"
 
 
 @pytest.mark.parametrize("a, b, same", [

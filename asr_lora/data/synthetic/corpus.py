@@ -55,7 +55,7 @@ from asr_lora.data.synthetic.render import render_missing
 from asr_lora.data.synthetic.respell import respelled_takes
 from asr_lora.data.synthetic.sentences import (
     CONTROL, DATA_DIR, DEV_CONTROL, GENERAL, SENTENCES, TRAIN_SENTENCES, CorpusInputs, TextFile, check_terms,
-    load_sentences, read_sentences, sentence_key,
+    load_sentences, read_sentences, sentence_keys,
 )
 from asr_lora.data.synthetic.voices import HELD_OUT_PARTS, VOICES, load_voices, part_of
 
@@ -172,8 +172,10 @@ def plan_corpus(
         order = order[:max_sentences]
         ctl_order = ctl_order[: max(2, max_sentences // 4)]
     for subset, others in _DISJOINT.items():
-        seen = {sentence_key(t): (o.replace("_", "-"), w) for o in others for t, w in zip(texts[o], sources[o])}
-        if clash := [(i, *seen[k]) for i, t in enumerate(texts[subset]) if (k := sentence_key(t)) in seen]:
+        seen = {k: (o.replace("_", "-"), w) for o in others for t, w in zip(texts[o], sources[o])
+                for k in sentence_keys(t)}
+        if clash := [(i, *seen[k]) for i, t in enumerate(texts[subset])
+                     if (k := next((k for k in sentence_keys(t) if k in seen), None))]:
             i, other, where = clash[0]
             raise ValueError(f"{sources[subset][i]}: {subset.replace('_', '-')} sentence repeats the {other} sentence "
                              f"at {where} ({len(clash)} such lines): {texts[subset][i]!r}")
@@ -317,9 +319,8 @@ def build_corpus(
     for role, path in paths.items():
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"data.{role}: no such file: {path}")
-    # Keyed by file name as before for the shipped inputs, so their cache stays valid.
-    files = {(f"{role}:{p.name}" if role in ("terms", "train_sentences", "dev_control") else p.name): file_sha256(p)
-             for role, p in paths.items() if p}
+    # Keyed by role: two roles' files may share a name (dom/lines.txt, ctl/lines.txt).
+    files = {f"{role}:{p.name}": file_sha256(p) for role, p in paths.items() if p}
     real_sources = [str(s[2]) for s in real_control_sources()]
     key = [PLAN_VERSION, SYNTH_VERSION, seed, max_sentences, files, real_sources]
     if respell[0]:  # only then, so corpora without respelled takes keep their cache

@@ -42,11 +42,20 @@ _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
 _SPEAKABLE = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ' \-.,?!;:\"]*")
 # Typographic punctuation, as editors and word processors write it, in the plain form the rules and
 # the scoring normaliser know.
-_TYPOGRAPHY = str.maketrans({**APOSTROPHES, **HYPHENS, "\u201c": '"', "\u201d": '"', "\u2026": "..."})
+# Invisible characters inside a word (soft hyphen, zero-width space and joiners, word joiner, a stray
+# BOM) join it, as the scoring normaliser reads them.
+_TYPOGRAPHY = str.maketrans({**APOSTROPHES, **HYPHENS, "\u201c": '"', "\u201d": '"', "\u2026": "...",
+                             **dict.fromkeys("\u00ad\u200b\u200c\u200d\u2060\ufeff", "")})
+# A range between short numbers ("10\u201320", "2-3 tablets") is read "to"; a longer hyphenated number
+# ("555-0199") is a code with no rule, left for the speakable check to refuse.
 _RANGE = re.compile(r"(?<=\d)\s?[\u2013\u2014]\s?(?=\d)")
+_HYPHEN_RANGE = re.compile(r"(?<![\w.-])(\d{1,3})-(\d{1,3})(?![\w.-])")
+# A minus sign: a hyphen before a number that does not join it to a word ("-5", "-$20").
+_MINUS = re.compile(r"(?<![\w-])-(?=(?:S|US)?\$?\d)")
 # Brackets and dashes are pauses: the voices read a bracketed aside, and the label must hold it too,
-# where the normaliser (text.py) deletes anything in round brackets as a transcriber's noise tag.
-_PAUSE = re.compile(r"[()\[\]\u2013\u2014]")
+# where the normaliser (text.py) deletes anything in round brackets as a transcriber's noise tag. A
+# hyphen with a space on both sides is a dash.
+_PAUSE = re.compile(r"[()\[\]\u2013\u2014]|(?<=\s)-+(?=\s)")
 _COMMA_NUMBER = re.compile(r"\d+(?:,\d+)+")
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+")
 
@@ -106,18 +115,27 @@ def _money(m: re.Match) -> str:
 def _clock(m: re.Match) -> str:
     hour, minute = num2words(int(m.group(1))), int(m.group(2))
     if minute == 0:
-        return f"{hour} o'clock"
-    return f"{hour} {'oh ' * (minute < 10)}{num2words(minute)}"
+        return f"{hour} o'clock" + (f" {m.group(3)}" if m.group(3) else "")
+    return f"{hour} {'oh ' * (minute < 10)}{num2words(minute)}" + (f" {m.group(3)}" if m.group(3) else "")
+
+
+def _digits(m: re.Match) -> str:
+    """A number with a leading zero ("007", "0199") is a code, read digit by digit."""
+    return " ".join(num2words(int(d)) for d in m.group(0))
 
 
 # (pattern, replacement) in order: a unit split from its number and a letter from its digits ("A4",
 # "MP3"), clock times, money and percentages before bare numbers, thousands commas before ordinals
 # ("1,000th"), dotted versions ("1.2.3") before decimals.
 _RULES: list[tuple[re.Pattern, object]] = [
+    (re.compile(r"\b(1\d|20)(\d)0s\b"),  # decades: "1990s" is "nineteen nineties"
+     lambda m: re.sub(r"y$", "ie", num2words(int(m.group(0)[:4]), to="year")) + "s"),
     (re.compile(r"\b(\d+(?:[.,]\d+)*)(?!(?:st|nd|rd|th)\b)([A-Za-z]+)\b", re.I), r"\1 \2"),
     (re.compile(r"\b([A-Za-z]+)(\d+)\b"), r"\1 \2"),
-    (re.compile(r"\b([01]?\d|2[0-3]):([0-5]\d)\b"), _clock),
-    (re.compile(r"\b(\d+):(\d+)\b"), r"\1 to \2"),  # a ratio or a score
+    (re.compile(r"(?<![\d:])\b([01]?\d|2[0-4]):([0-5]\d)()\b(?!:\d)"), _clock),
+    # "6.30pm", as Singapore writes the time: a clock time, not a decimal
+    (re.compile(r"\b(1[0-2]|0?\d)\.([0-5]\d)\s?([ap]m)\b", re.I), _clock),
+    (re.compile(r"(?<![\d:])\b(\d+):(\d+)\b(?!:\d)"), r"\1 to \2"),  # a ratio or a score
     (re.compile(r"(?<![A-Za-z])(?:S|US)?\$\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?\b"
                 r"(?:\s?(thousand|million|billion|trillion|k|m|bn)\b)?", re.I), _money),
     (re.compile(r"(\d+(?:\.\d+)?)\s?%"), lambda m: f"{m.group(1)} percent"),
@@ -125,6 +143,8 @@ _RULES: list[tuple[re.Pattern, object]] = [
     (re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.I), lambda m: num2words(int(m.group(1)), to="ordinal")),
     (re.compile(r"\b\d+(?:\.\d+){2,}\b"), lambda m: " point ".join(num2words(int(p)) for p in m.group(0).split("."))),
     (re.compile(r"\b(\d+)\.(\d+)\b"), lambda m: _decimal(m.group(1), m.group(2))),
+    (re.compile(r"(?<![\w.])\.(\d+)\b"), lambda m: "point " + " ".join(num2words(int(d)) for d in m.group(1))),
+    (re.compile(r"\b0\d+\b"), _digits),
     (re.compile(r"\b\d+\b"), lambda m: num2words(int(m.group(0)))),
     (re.compile(r"\s*&\s*"), " and "),
     (re.compile(r"\s*\+\s*"), " plus "),
@@ -135,6 +155,8 @@ _RULES: list[tuple[re.Pattern, object]] = [
 
 def _plain_punctuation(text: str) -> str:
     text = _RANGE.sub(" to ", text.translate(_TYPOGRAPHY))  # "10\u201320" is read "10 to 20"
+    text = _HYPHEN_RANGE.sub(r"\1 to \2", text)
+    text = _MINUS.sub("minus ", text)
     if not _PAUSE.search(text):
         return text
     text = re.sub(r"\s*,[\s,]*", ", ", _PAUSE.sub(",", text))
@@ -155,9 +177,16 @@ def speakable(text: str) -> tuple[str | None, str]:
     for m in _COMMA_NUMBER.finditer(out):
         if not _THOUSANDS.fullmatch(m.group(0)):
             return None, f"unspeakable: number {m.group(0)!r}"
-    for pattern, repl in _RULES:
-        out = pattern.sub(repl, out)
+    if code := re.search(r"\d+(?:[-:]\d+){2,}|\d{4,}-\d+|\d+-\d{4,}", out):  # a phone number, a code
+        return None, f"unspeakable: number {code.group(0)!r}"
+    try:
+        for pattern, repl in _RULES:
+            out = pattern.sub(repl, out)
+    except OverflowError:  # num2words has no words past 10**27 or so
+        return None, "unspeakable: a number too large to read"
     out = " ".join(out.replace("-", " - ").split()).replace(" - ", "-")  # num2words writes "twenty-three"
+    if left := re.search(r"[\w:.-]*\d[\w:.-]*", out):  # a number no rule reads
+        return None, f"unspeakable: number {left.group(0)!r}"
     if bad := sorted(set(_SPEAKABLE.sub("", out))):
         return None, "unspeakable: " + " ".join(repr(c) for c in bad)
     return out, ""
@@ -166,6 +195,13 @@ def speakable(text: str) -> tuple[str | None, str]:
 def sentence_key(s: str) -> str:
     """What makes two sentences the same: their letters (any script), case-folded, word by word."""
     return " ".join(re.findall(r"[^\W\d_]+", s.casefold()))
+
+
+def sentence_keys(s: str) -> tuple[str, str]:
+    """Two sentences are one when either key matches: their letters (`sentence_key`), or what the
+    scorer compares (`normalize`: "colour" and "color", "kopi-o" and "kopio", "don't" and "do not"),
+    so a sentence cannot be trained on and scored in another spelling."""
+    return sentence_key(s), "=" + normalize(s)
 
 
 def read_sentences(path: str | Path, role: str = "sentences", shown: str | None = None) -> TextFile:
@@ -192,11 +228,11 @@ def read_sentences(path: str | Path, role: str = "sentences", shown: str | None 
             reason = "too_short" if words < MIN_WORDS else "too_long"
             out.skips.append(TextSkip(where, reason, f"{where}: {words} words, want {MIN_WORDS}-{MAX_WORDS}: {raw!r}"))
             continue
-        key = sentence_key(text)
-        if key in seen:
-            out.skips.append(TextSkip(where, "duplicate", f"{where}: repeats line {seen[key]}: {raw!r}"))
+        keys = sentence_keys(text)
+        if first := next((seen[k] for k in keys if k in seen), None):
+            out.skips.append(TextSkip(where, "duplicate", f"{where}: repeats line {first}: {raw!r}"))
             continue
-        seen[key] = n
+        seen.update(dict.fromkeys(keys, n))
         out.lines.append(Line(text, where, raw if text != raw else ""))
     if not out.lines:
         why = "; ".join(s.detail for s in out.skips[:3]) or "only blank lines and # comments"
@@ -217,17 +253,21 @@ def check_terms(path: str | Path, sentences: list[str], shown: str | None = None
     for n, raw in numbered_lines(path, "data.terms"):
         if not raw or raw.startswith("#"):
             continue
-        where, key = f"{shown or path}:{n}", sentence_key(raw)
-        if not key:
-            out.skips.append(TextSkip(where, "unspeakable", f"{where}: no letters in {raw!r}"))
-        elif key in seen:
-            out.skips.append(TextSkip(where, "duplicate", f"{where}: repeats line {seen[key]}: {raw!r}"))
-        elif not any(needle in h for needle in (f" {key} ", f" {normalize(raw)} ") for h in haystack):
+        # A term with digits is matched, and written to the run's terms, as the voices say it
+        # ("A4" is "A four"), which is what the references hold.
+        where, (spoken, _) = f"{shown or path}:{n}", speakable(raw)
+        term = spoken if spoken is not None and re.search(r"\d", raw) else raw
+        keys = sentence_keys(term)
+        if spoken is None or not keys[0]:
+            out.skips.append(TextSkip(where, "unspeakable", f"{where}: no voice reads {raw!r} as written"))
+        elif first := next((seen[k] for k in keys if k in seen), None):  # one word to the scorer, too
+            out.skips.append(TextSkip(where, "duplicate", f"{where}: repeats line {first}: {raw!r}"))
+        elif not any(needle in h for needle in (f" {keys[0]} ", f" {keys[1][1:]} ") for h in haystack):
             out.skips.append(TextSkip(where, "term_not_in_sentences",
                                       f"{where}: {raw!r} occurs in no sentence of data.sentences"))
         else:
-            seen[key] = n
-            out.lines.append(Line(raw, where))
+            seen.update(dict.fromkeys(keys, n))
+            out.lines.append(Line(term, where, raw if term != raw else ""))
     if not out.lines:
         why = "; ".join(s.detail for s in out.skips[:3]) or "only blank lines and # comments"
         raise ValueError(f"data.terms={path}: no usable term ({why})")
