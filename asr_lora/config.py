@@ -277,6 +277,9 @@ class EvalConfig:
     # (temperature fallback, timestamp tokens, no token cap) at eval.beam_size, as a deployment that
     # keeps them decodes.
     ct2_decoding: str = "matched"
+    # `evaluate adapter=...` refuses to score an adapter on sentences its training run recorded
+    # (train_texts.json beside it); true scores anyway, and eval.json says how many there were.
+    allow_train_overlap: bool = False
 
 
 @dataclass

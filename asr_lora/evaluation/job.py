@@ -74,12 +74,25 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"split {split!r} is empty or missing; have {sorted(splits)} (see data_report.json)")
     ds = eval_rows(splits[split], cfg.eval.part, cfg.eval.engines)
     ds = subsample(ds, cfg.data.max_eval_samples, cfg.seed)
+    if cfg.adapter:  # refused before any decoding: a score of the adapter's own training text
+        from datasets import Dataset
+
+        from asr_lora.data.overlap import check_not_trained_on
+
+        train = splits.get("train")  # a streamed train split is not read through for this
+        overlap = check_not_trained_on(cfg.adapter, ds["text"], ds["id"], cfg.eval.allow_train_overlap,
+                                       train["text"] if isinstance(train, Dataset) else ())
 
     from asr_lora.model.lora import adapter_strength
     from asr_lora.model.whisper import local_model_dir, resolve_model_dir
 
     info = eval_info(cfg.data, cfg.model.name_or_path, report, cfg.adapter, split,
                      cfg.lora.scale if cfg.adapter else 1.0, adapter_strength(model) if model is not None else None)
+    if cfg.adapter:
+        info["train_overlap"] = overlap
+        if overlap.get("n_trained_on"):
+            log.warning("scoring %s on %d clips of sentences it was trained on (eval.allow_train_overlap=true)",
+                        cfg.adapter, overlap["n_trained_on"])
     cache = None
     if ct2:
         from asr_lora.evaluation.deployed import ct2_hypotheses, export_quantization

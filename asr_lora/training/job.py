@@ -24,6 +24,7 @@ from asr_lora.core.logs import setup_logging
 from asr_lora.core.paths import use_cache_root
 from asr_lora.core.runtime import (accelerator, init_distributed, is_main_process, main_process_first, run_dir_of,
                                    seed_everything, trains_on_cpu, use_bf16)
+from asr_lora.data.overlap import record_train_texts
 from asr_lora.data.scope import run_scope
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import print_summary, run_summary
@@ -141,6 +142,8 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
         train_ds = subsample(train_ds, d.max_train_samples, cfg.seed)
     dev_ds = subsample(dev_ds, cfg.train.dev_eval_max_samples, cfg.seed)
     test_ds = subsample(eval_rows(test_ds, cfg.eval.part, cfg.eval.engines), d.max_eval_samples, cfg.seed)
+    if main and not streaming:
+        record_train_texts(run_dir, train_ds["text"])  # what `evaluate adapter=` checks against
     # With augment.copies the waveform effects run once here; per step only SpecAugment is left.
     train_ds, augmenter = training_augmentation(cfg.augment, train_ds, cfg.seed, streaming)
     return Rows(splits, report, train_ds, dev_ds, test_ds, n_train, streaming, augmenter)
@@ -185,8 +188,7 @@ def build_model(cfg: DictConfig, model, processor, rows: Rows, lazy_train: bool 
 
     # Refused before the encoder pass and any decoding when the run cannot honour it.
     encoder_mask_settings(cfg.train, caches_encoder(cfg) and not rows.streaming)
-    # The weight the run trains with, in the config that is logged and saved with it.
-    cfg.train.replay_kl = check_replay_kl(cfg.train, rows.train, rows.streaming)
+    cfg.train.replay_kl = check_replay_kl(cfg.train, rows.train, rows.streaming)  # as logged and saved
     check_sampling(cfg.train.sampling, rows.streaming, cfg.data.length_buckets)
     check_ema_decay(cfg.train.ema_decay)
     check_split_setting(cfg.train.split_prompted_rows)
@@ -223,10 +225,9 @@ def trains_bf16(cfg: DictConfig) -> bool:
 
 
 def train_encoded_lazily(cfg: DictConfig, rows: Rows) -> tuple[str, ...]:
-    """("train",) when the training collator runs in this process: it then encodes each training
-    clip the first time a batch draws it, so a run that stops within its first epoch (128 steps of
-    8 of sg_english's 1,594 clips) never encodes the rest. A DataLoader worker's fills would stay
-    in its own copy of the cache."""
+    """("train",) when the training collator runs in this process: it encodes each training clip the
+    first time a batch draws it, so a run that stops within its first epoch never encodes the rest
+    (a DataLoader worker's fills would stay in its own copy of the cache)."""
     if rows.streaming or cfg.train.dataloader_num_workers > 0:
         return ()
     return ("train",)
@@ -294,8 +295,7 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
                             dev_ds.select_columns(keep) if dev_ds is not None else None, collator, processor,
                             eval_collator, early_stopping_patience=t.early_stopping_patience,
                             replay_kl=t.replay_kl, term_loss_weight=t.term_loss_weight, train_sampler=sampler,
-                            context_kl=t.context_kl, ema_decay=t.ema_decay,
-                            split_prompted_rows=t.split_prompted_rows)
+                            context_kl=t.context_kl, ema_decay=t.ema_decay, split_prompted_rows=t.split_prompted_rows)
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_point(t.resume, ckpt_dir))
     seconds = time.perf_counter() - t_train
