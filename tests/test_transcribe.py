@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -26,6 +28,10 @@ def test_adapters_switch_per_call_without_reloading_base(tmp_path, tiny_whisper_
     b = _adapter(tiny_whisper_dir, tmp_path / "b", 2)
     # Names peft 0.22 takes for part of its "lora_" key prefix (as "a" is) make it warn of missing keys.
     t = Engine(str(tiny_whisper_dir), adapters={"sg": str(a), "mx": str(b)}, mode="switch")
+    with warnings.catch_warnings(record=True) as caught:  # peft calls the first adapter's keys missing
+        warnings.simplefilter("always")
+        Engine(str(tiny_whisper_dir), adapters={"a": str(a), "b": str(b)}, mode="switch")
+    assert not [w for w in caught if "missing adapter keys" in str(w.message)]
     base_weights = t.model.get_base_model().model.encoder.conv1.weight
     x = [np.sin(np.arange(16000) / 16000 * 2 * np.pi * 300).astype("float32") * 0.3]
     outs = {use: t.transcribe(x, use)[0]["text"] for use in ("sg", "mx", "base")}
@@ -71,8 +77,6 @@ def test_cli_reports_bad_files_and_transcribes_the_rest(tmp_path, tiny_whisper_d
 
 def test_cli_output_stays_json_lines_when_a_warning_is_logged(tmp_path, tiny_whisper_dir, capsys):
     # Two exports scored at different beams: the engine warns and decodes with the larger one.
-    import json
-
     specs = []
     for name, beam in (("sg", 1), ("mx", 2)):
         adapter = _adapter(tiny_whisper_dir, tmp_path / name / "adapter", seed=beam)
@@ -144,6 +148,12 @@ def test_cli_names_the_adapter_model_or_beam_that_cannot_be_used_in_one_line(tmp
     sg = _adapter(tiny_whisper_dir, tmp_path / "sg", 1)
     broken = _adapter(tiny_whisper_dir, tmp_path / "broken", 2)
     (broken / "adapter_config.json").write_text('{"r": 8,')
+    cut = _adapter(tiny_whisper_dir, tmp_path / "cut", 3)  # a copy interrupted part way
+    weights = (cut / "adapter_model.safetensors").read_bytes()
+    (cut / "adapter_model.safetensors").write_bytes(weights[:1000])
+    other_r = _adapter(tiny_whisper_dir, tmp_path / "other_r", 4)  # weights of r=4 under a config saying r=8
+    config = json.loads((other_r / "adapter_config.json").read_text())
+    (other_r / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
     capsys.readouterr()  # building the adapters printed progress
     base = ["--model", str(tiny_whisper_dir)]
     cases = [
@@ -151,6 +161,8 @@ def test_cli_names_the_adapter_model_or_beam_that_cannot_be_used_in_one_line(tmp
         ([*base, "--adapter", f"base={sg}"], "the name 'base' is not one an adapter can have"),
         ([*base, "--adapter", f"sg={sg}", "--adapter", f"mx={broken}"], f"{broken / 'adapter_config.json'}:1:"),
         ([*base, "--adapter", f"sg={sg}", "--adapter", f"sg={sg}"], "a second adapter named 'sg'"),
+        ([*base, "--adapter", f"cut={cut}"], f"{cut}: its weights do not load: Error while deserializing header"),
+        ([*base, "--adapter", f"r={other_r}"], f"{other_r}: its weights do not load: size mismatch for "),
         (["--model", str(tmp_path / "no-such-model")], "no such model directory"),
         (["--model", str(sg)], "no config.json; not a transformers Whisper directory"),
     ]

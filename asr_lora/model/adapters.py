@@ -24,6 +24,11 @@ class UnsafeAdapterError(ValueError):
     """An adapter directory that would need pickle to load."""
 
 
+class AdapterLoadError(ValueError):
+    """An adapter directory whose weights do not load onto the model: a truncated file, or weights of
+    another rank, targets or base than its config names."""
+
+
 def check_adapter_dir(path: str | Path) -> Path:
     """Adapters load from safetensors only: refuse a directory holding pickle files."""
     path = Path(path)
@@ -50,13 +55,31 @@ def load_adapter(model, path: str | Path, name: str = "default"):
     A plain Whisper is wrapped in a `PeftModel`; a `PeftModel` gets one more adapter beside its
     others (one base, several adapters). No task_type: peft would pass `input_ids` to Whisper.
     """
+    import warnings
+
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     path = check_adapter_dir(path)
-    if isinstance(model, PeftModel):
-        model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-    else:
-        model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            else:
+                model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
+    except (SafetensorError, RuntimeError, KeyError) as e:
+        first = re.search(r"size mismatch for [^\n]*", str(e))
+        raise AdapterLoadError(f"{path}: its weights do not load: {first.group(0) if first else str(e).splitlines()[0]}"
+                               " (a truncated copy, or weights that do not match adapter_config.json or this base)"
+                               ) from None
+    for w in caught:
+        # peft lists the other adapters' keys as "missing" when one more is loaded beside them; only
+        # keys of the adapter just loaded would be missing from it.
+        missing_of = set(re.findall(r"\.lora_(?:A|B|embedding_A|embedding_B)\.([^.']+)\.", str(w.message)))
+        if "missing adapter keys" in str(w.message) and missing_of and name not in missing_of:
+            continue
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return model.eval()
 
 
