@@ -92,6 +92,14 @@ def test_ct2_backend_refuses_what_it_cannot_score(tmp_path, tiny_whisper_dir, ex
     (other / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "bundled:base"}))
     with pytest.raises(ValueError, match="exported from base 'bundled:base'.*pass model.name_or_path=bundled:base"):
         evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2", f"adapter={other}"))
+    # the same refusal for a peft adapter scored in memory: it was scored silently on the other base
+    from test_export import make_random_adapter
+
+    peft_other = make_random_adapter(tiny_whisper_dir, tmp_path / "peft_other")
+    config = json.loads((peft_other / "adapter_config.json").read_text())
+    (peft_other / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "bundled:base"}))
+    with pytest.raises(ValueError, match="trained on base 'bundled:base'.*pass model.name_or_path=bundled:base"):
+        evaluate(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", f"adapter={peft_other}"))
     with pytest.raises(ValueError, match="python -m asr_lora.evaluate eval.backend=ct2"):
         train(tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "eval.backend=ct2"))
     with pytest.raises(ValueError, match="python -m asr_lora.evaluate eval.backend=ct2"):

@@ -95,6 +95,26 @@ def test_eval_rows_refuse_a_choice_that_leaves_only_control_clips():
         eval_rows(ds, "real")
 
 
+def test_a_subsample_of_control_clips_only_or_of_nothing_is_refused_before_decoding():
+    """data.max_eval_samples=1 on a split of one accented and three control clips: a draw of control
+    clips alone used to decode, then stop on a KeyError ('norm') in the report."""
+    from asr_lora.data.selection import scored_rows
+
+    ds = Dataset.from_dict({"id": ["u0", "c0", "c1", "c2"], "voice": [""] * 4, "engine": [""] * 4,
+                            "subset": ["main", "control", "control", "control"]})
+    outcomes = set()
+    for seed in range(8):
+        try:
+            outcomes.add(tuple(scored_rows(ds, max_samples=1, seed=seed)["id"]))
+        except ValueError as e:
+            assert "data.max_eval_samples=1: the 1 rows left are all general-English control clips" in str(e)
+            outcomes.add("refused")
+    assert "refused" in outcomes and ("u0",) in outcomes, outcomes
+    assert scored_rows(ds, max_samples=None)["id"] == ["u0", "c0", "c1", "c2"]
+    with pytest.raises(ValueError, match=r"data.max_eval_samples=0: score at least one clip"):
+        scored_rows(ds, max_samples=0)
+
+
 def test_filter_engines_drops_or_keeps_that_engines_rows():
     train = [v for v in VOICES if v.split == "train"]
     ds = rows(train)

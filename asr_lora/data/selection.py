@@ -49,13 +49,27 @@ def eval_rows(ds, part=None, engines=()):
     The training job, `python -m asr_lora.evaluate` and the export's WER check all score these."""
     ds = keep_part(ds, part, "eval.part")
     ds = filter_engines(ds, engines or [], "eval.engines", keep=True)
-    # Refused here, before any training: every figure of the report is about the accented rows
-    # (the control clips only gate them).
-    if ds is not None and len(ds) and "subset" in ds.column_names and set(ds["subset"]) == {"control"}:
-        raise ValueError(f"eval.part={part!r}, eval.engines={list(engines or [])}: the {len(ds)} rows left are all "
-                         "general-English control clips; an evaluation scores the domain's speech beside them "
-                         "(e.g. 'eval.part=[neural,real]')")
+    _check_domain_rows(ds, f"eval.part={part!r}, eval.engines={list(engines or [])}",
+                       "(e.g. 'eval.part=[neural,real]')")
     return ds
+
+
+def scored_rows(ds, part=None, engines=(), max_samples: int | None = None, seed: int = 0):
+    """`eval_rows`, then `data.max_eval_samples` of them drawn with `seed`: what the training job and
+    `python -m asr_lora.evaluate` score."""
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"data.max_eval_samples={max_samples}: score at least one clip (null: all)")
+    ds = subsample(eval_rows(ds, part, engines), max_samples, seed)
+    _check_domain_rows(ds, f"data.max_eval_samples={max_samples}", "; draw more")
+    return ds
+
+
+def _check_domain_rows(ds, what: str, fix: str) -> None:
+    """Refused before any training or decoding: every figure of the report is about the domain's
+    (accented) rows, and the control clips only gate them."""
+    if ds is not None and len(ds) and "subset" in ds.column_names and set(ds["subset"]) == {"control"}:
+        raise ValueError(f"{what}: the {len(ds)} rows left are all general-English control clips; an evaluation "
+                         f"scores the domain's speech beside them {fix}")
 
 
 def filter_engines(ds, engines, what: str, keep: bool = False):

@@ -52,23 +52,12 @@ def resolve_ct2_adapter(path: str | Path) -> Path:
 def check_export_base(ct2_dir: Path, base: str) -> None:
     """Refuse an export made from another base than `model.name_or_path`: its zero-shot rows would
     score a different model, and the tokenizer could differ. The export's `adapter/` names its base."""
-    from asr_lora.model.adapters import adapter_base, portable_base
+    from asr_lora.model.adapters import other_base
 
     sibling = ct2_dir.parent / "adapter"
-    if not (sibling / "adapter_config.json").is_file():
-        return
-    named = adapter_base(sibling)
-    if named and not same_base(named, portable_base(base)):
+    if (sibling / "adapter_config.json").is_file() and (named := other_base(sibling, base)):
         raise ValueError(f"adapter={ct2_dir}: exported from base {named!r} ({sibling}), but model.name_or_path is "
                          f"{base!r}; pass model.name_or_path={named}")
-
-
-def same_base(a: str, b: str) -> bool:
-    """The same name, or two spellings of one local directory (`ct2:` ones included)."""
-    if a.startswith("ct2:") and b.startswith("ct2:"):
-        a, b = a[4:], b[4:]
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return a == b or (pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve())
 
 
 def export_quantization(ct2_dir: Path | None, setting: str | None) -> str:

@@ -31,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict:
     setup_logging(run_dir, quiet=cfg.quiet)
     use_cache_root(cfg.paths.cache_dir)
     seed_everything(cfg.seed)
-    from asr_lora.data.selection import eval_rows, subsample
+    from asr_lora.data.selection import scored_rows
     from asr_lora.evaluation.deployed import check_backend, check_export_base, resolve_ct2_adapter
     from asr_lora.evaluation.scoring import evaluate_systems
     from asr_lora.evaluation.summary import headline
@@ -49,10 +49,13 @@ def evaluate(cfg: DictConfig) -> dict:
         if adapted_ct2 is not None:
             check_export_base(adapted_ct2, cfg.model.name_or_path)
     else:
+        from asr_lora.model.adapters import load_adapter, other_base
+
+        if cfg.adapter and (named := other_base(cfg.adapter, cfg.model.name_or_path)):
+            raise ValueError(f"adapter={cfg.adapter}: trained on base {named!r}, but model.name_or_path is "
+                             f"{cfg.model.name_or_path!r}; pass model.name_or_path={named}")
         model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
         if cfg.adapter:
-            from asr_lora.model.adapters import load_adapter
-
             model = load_adapter(model, cfg.adapter)
             if cfg.lora.scale != 1:
                 from asr_lora.model.lora import scale_adapter
@@ -72,8 +75,7 @@ def evaluate(cfg: DictConfig) -> dict:
     split = cfg.eval.split
     if split not in splits:
         raise ValueError(f"split {split!r} is empty or missing; have {sorted(splits)} (see data_report.json)")
-    ds = eval_rows(splits[split], cfg.eval.part, cfg.eval.engines)
-    ds = subsample(ds, cfg.data.max_eval_samples, cfg.seed)
+    ds = scored_rows(splits[split], cfg.eval.part, cfg.eval.engines, cfg.data.max_eval_samples, cfg.seed)
     if cfg.adapter:  # refused before any decoding: a score of the adapter's own training text
         from datasets import Dataset
 

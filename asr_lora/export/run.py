@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 from asr_lora.core.io import publish_dir, stage_dir, write_json
-from asr_lora.evaluation.deployed import same_base
 from asr_lora.evaluation.metrics import normalized_wer
 from asr_lora.evaluation.report import pct
 from asr_lora.export.formats import export_adapter, export_hf, write_model_card
@@ -51,7 +50,7 @@ from asr_lora.export.merge import (
 )
 from asr_lora.inference.ct2 import check_quantizations, convert_ct2, transcribe_ct2, warn_cpu_compute_type
 from asr_lora.inference.decode import transcribe_arrays
-from asr_lora.model.adapters import PROMPT_FILE, adapter_base, adapter_sha256, check_adapter_dir, portable_base
+from asr_lora.model.adapters import PROMPT_FILE, adapter_sha256, check_adapter_dir, other_base
 from asr_lora.model.lora import merged_weights_digest
 from asr_lora.model.whisper import resolve_model_dir
 
@@ -252,8 +251,7 @@ def failed_gates(verification: dict, forgetting: dict | None, atol: float) -> li
 def check_same_base(base: str, adapter_dir: Path) -> None:
     """Refuse to merge an adapter into another base than the one it was trained on: `hf/` would hold
     a model nobody trained or scored, and `adapter/` would name a different base than `hf/` holds."""
-    named = adapter_base(check_adapter_dir(adapter_dir))
-    if named and not same_base(named, portable_base(base)):
+    if named := other_base(check_adapter_dir(adapter_dir), base):
         raise ExportError(f"{adapter_dir}: adapter trained on base {named!r}, but the export merges it into "
                           f"{base!r}; export it with its own base ({named})")
 

@@ -23,7 +23,7 @@ from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGU
 
 from asr_lora.data.audio import SAMPLE_RATE
 from asr_lora.inference.decode import DecodeOptions, decode_audio, is_multilingual, prompt_ids
-from asr_lora.model.adapters import adapter_base, check_adapter_dir, load_adapter, scored_beam_size
+from asr_lora.model.adapters import adapter_base, check_adapter_dir, load_adapter, other_base, scored_beam_size
 from asr_lora.model.whisper import load_whisper
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,7 @@ class Engine:
         self.batches: list[list[str]] = []  # model names per generate call, for tests and the benchmark
 
     def load_adapter(self, name: str, path: str | Path) -> None:
-        base = adapter_base(path)
-        if base and base != self.base_name:
+        if base := other_base(path, self.base_name):  # a local path to the same base is the same base
             log.warning("adapter %s names base %s; serving it on %s", name, base, self.base_name)
         self.model = load_adapter(self.model, path, name)
         self.adapter_dirs[name] = Path(path)

@@ -100,6 +100,21 @@ def adapter_base(path: str | Path) -> str | None:
     return portable_base(conf.get("base_model_name_or_path"))
 
 
+def same_base(a: str, b: str) -> bool:
+    """The same name, or two spellings of one local directory (`ct2:` ones included)."""
+    if a.startswith("ct2:") and b.startswith("ct2:"):
+        a, b = a[4:], b[4:]
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return a == b or (pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve())
+
+
+def other_base(adapter_dir: str | Path, base: str) -> str | None:
+    """The base an adapter names when it is not `base` (None when it is, or names none): merged into,
+    scored or served on another base, it is a model nobody trained."""
+    named = adapter_base(adapter_dir)
+    return named if named and not same_base(named, portable_base(base)) else None
+
+
 def make_adapter_portable(adapter_dir: str | Path, base: str | None = None) -> Path:
     """Rewrite `adapter_config.json` so its base is a portable reference (atomically)."""
     from asr_lora.core.io import write_json

@@ -118,7 +118,7 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     subsample, augmented takes), dev (its part, subsample) and the scored rows of `eval.split`."""
     from asr_lora.data.augment import training_augmentation
     from asr_lora.data.loading import load_data
-    from asr_lora.data.selection import eval_rows, filter_engines, keep_part, set_replay_share, subsample
+    from asr_lora.data.selection import filter_engines, keep_part, scored_rows, set_replay_share, subsample
 
     d = cfg.data
     splits, report = load_data(d, tokenizer, run_dir if main else None, scored=cfg.eval.split,
@@ -141,7 +141,7 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     else:
         train_ds = subsample(train_ds, d.max_train_samples, cfg.seed)
     dev_ds = subsample(dev_ds, cfg.train.dev_eval_max_samples, cfg.seed)
-    test_ds = subsample(eval_rows(test_ds, cfg.eval.part, cfg.eval.engines), d.max_eval_samples, cfg.seed)
+    test_ds = scored_rows(test_ds, cfg.eval.part, cfg.eval.engines, d.max_eval_samples, cfg.seed)
     if main and not streaming:
         record_train_texts(run_dir, train_ds["text"])  # what `evaluate adapter=` checks against
     # With augment.copies the waveform effects run once here; per step only SpecAugment is left.
