@@ -81,6 +81,15 @@ def test_the_script_writes_the_average(tiny_whisper_dir, tmp_path):
     again = subprocess.run([sys.executable, str(script), str(tmp_path / "soup"), str(a), str(b), "--force"],
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
+    # OUT a run folder: replaced whole, it would lose its evaluation and checkpoints, --force or not
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    for extra in ([], ["--force"]):
+        kept = subprocess.run([sys.executable, str(script), str(run), str(a), str(b), *extra],
+                              capture_output=True, text=True)
+        assert kept.returncode != 0 and f"{run} is a folder that holds no adapter (e.g. eval)" in kept.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["eval", "metrics.json"]
 
 
 def test_average_refuses_other_layouts_and_a_single_adapter(tiny_whisper_dir, tmp_path):
