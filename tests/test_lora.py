@@ -46,6 +46,19 @@ def test_scope_selects_exact_modules_and_parameter_count(tiny_whisper_dir, scope
     assert sorted(lora_modules_in(peft_model)) == sorted("base_model.model." + n for n in names)
 
 
+@pytest.mark.parametrize("bias", ["lora_only", "all"])
+def test_trained_biases_are_counted_and_train(tiny_whisper_dir, bias):
+    """lora.bias used to stop every run on the parameter-count check, which counted A and B only."""
+    model = _model(tiny_whisper_dir)
+    names = adapted_module_names(model, ["q_proj", "v_proj"], ["decoder_self"])
+    d, matrices = model.config.d_model, len(names)
+    biases = {"lora_only": matrices * d,  # Whisper's q_proj and v_proj have biases (k_proj none)
+              "all": sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias"))}[bias]
+    assert expected_lora_parameters(model, names, 4, bias) == matrices * 4 * 2 * d + biases
+    peft_model, info = prepare_for_training(_cfg(r=4, alpha=8, scope=["decoder_self"], bias=bias), model)
+    assert info["trainable"] == matrices * 4 * 2 * d + biases
+
+
 def test_bad_scope_and_empty_match_are_named(tiny_whisper_dir):
     model = _model(tiny_whisper_dir)
     with pytest.raises(LoraScopeError, match="decoder_ffn"):

@@ -64,10 +64,16 @@ def adapted_module_names(model: torch.nn.Module, target_modules, scope) -> list[
     return names
 
 
-def expected_lora_parameters(model: torch.nn.Module, names: list[str], r: int) -> int:
-    """sum over adapted matrices of r·(d_in + d_out): what A (r×d_in) and B (d_out×r) hold."""
+def expected_lora_parameters(model: torch.nn.Module, names: list[str], r: int, bias: str = "none") -> int:
+    """sum over adapted matrices of r·(d_in + d_out): what A (r×d_in) and B (d_out×r) hold; plus
+    the biases peft trains with them (`bias`: lora_only, the adapted matrices' own; all, every one)."""
     modules = dict(model.named_modules())
-    return sum(r * (modules[n].in_features + modules[n].out_features) for n in names)
+    n = sum(r * (modules[m].in_features + modules[m].out_features) for m in names)
+    if bias == "lora_only":
+        n += sum(modules[m].bias.numel() for m in names if getattr(modules[m], "bias", None) is not None)
+    elif bias == "all":
+        n += sum(p.numel() for name, p in model.named_parameters() if name.endswith("bias"))
+    return n
 
 
 def add_lora(model, lora, adapter_name: str = "default") -> PeftModel:

@@ -74,7 +74,7 @@ def prepare_model(model, mode: str, lora, encoder_context: str = "full", context
         if not lora.enabled:
             raise ValueError("train.mode=lora needs lora.enabled=true (or use lora=none train.mode=full)")
         names = adapted_module_names(model, lora.target_modules, lora.scope)
-        expected = expected_lora_parameters(model, names, lora.r)
+        expected = expected_lora_parameters(model, names, lora.r, lora.bias)
         model = add_lora(model, lora)
         counts = count_parameters(model)
         if not lora.use_dora and counts["trainable"] != expected:
