@@ -178,8 +178,24 @@ def test_an_unknown_export_quantization_is_refused_before_training(tmp_path, tin
 
 def test_resume_setting(tmp_path):
     assert [resume_point(v, tmp_path) for v in (False, "false", "auto", "AUTO")] == [None] * 4
-    with pytest.raises(ValueError, match="false, true or auto"):
-        resume_point("yes", tmp_path)
+    with pytest.raises(ValueError, match="train.resume='maybe': auto, true or false"):
+        resume_point("maybe", tmp_path)
+
+
+@pytest.mark.parametrize("typo", ["flase", "on", "off", "none", "disabled"])
+def test_a_switch_setting_s_typo_is_refused_not_read_one_way_or_the_other(typo):
+    """'off' turned the encoder cache on, and 'on' trained in fp32."""
+    from omegaconf import OmegaConf
+
+    from asr_lora.core.runtime import use_bf16
+    from asr_lora.model.encoder_cache import cache_enabled
+
+    with pytest.raises(ValueError, match=f"train.bf16={typo!r}: auto, true or false"):
+        use_bf16(typo, on_cpu=True)
+    augment = OmegaConf.create({"enabled": False, "copies": 0, "specaugment": {"enabled": False}})
+    with pytest.raises(ValueError, match=f"train.cache_encoder_outputs={typo!r}: auto, true or false"):
+        cache_enabled(typo, "lora", ["decoder_self"], augment)
+    assert [use_bf16(v, on_cpu=True) for v in (True, "yes", 1, False, "no", "0")] == [True] * 3 + [False] * 3
 
 
 def test_full_finetuning_baseline_same_loop(tmp_path, tiny_whisper_dir):

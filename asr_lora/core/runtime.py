@@ -107,19 +107,29 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+_SWITCH = {"auto": "auto", "true": "true", "1": "true", "yes": "true", "false": "false", "0": "false", "no": "false"}
+
+
+def switch(value, what: str) -> str:
+    """An auto/true/false setting as "auto", "true" or "false" (YAML's booleans and the command
+    line's strings alike); anything else is refused naming `what`, where a typo ("flase", "on")
+    used to mean whichever way the caller's test fell."""
+    try:
+        return _SWITCH[str(value).lower()]
+    except KeyError:
+        raise ValueError(f"{what}={value!r}: auto, true or false") from None
+
+
 def use_bf16(setting: str, on_cpu: bool) -> bool:
     """Whether training runs under bf16 autocast (train.bf16; fp32 master weights, scoring stays fp32).
     auto: on a bf16-capable GPU, and on a CPU with native bf16 arithmetic, where a recipe step takes
     about half its fp32 time (docs/BENCHMARKS.md)."""
-    setting = str(setting).lower()
+    setting = switch(setting, "train.bf16")
     if setting != "auto":
-        return setting in ("true", "1", "yes")
+        return setting == "true"
     return cpu_has_bf16() if on_cpu else torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def resume_mode(resume) -> str:
     """train.resume as "false", "true" or "auto" (the command line's true/false arrive as strings)."""
-    mode = str(resume).lower()
-    if mode not in ("false", "true", "auto"):
-        raise ValueError(f"train.resume={resume!r}: false, true or auto")
-    return mode
+    return switch(resume, "train.resume")

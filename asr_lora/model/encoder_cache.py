@@ -22,6 +22,7 @@ import torch
 
 from asr_lora.core.io import atomic_file
 from asr_lora.core.logs import progress as progress_bar
+from asr_lora.core.runtime import switch
 from asr_lora.data.features import log_mel
 
 log = logging.getLogger("asr_lora")
@@ -149,13 +150,13 @@ def cache_enabled(setting: str, mode: str, lora_scope, augment) -> bool:
     """Whether training may cache encoder outputs: `setting` is train.cache_encoder_outputs (auto |
     true | false); it needs a frozen encoder (LoRA without "encoder" in `lora_scope`) and audio that
     is the same every step (`augment`, the augment config section)."""
-    setting = str(setting).lower()
-    if setting in ("false", "0", "no"):
+    setting = switch(setting, "train.cache_encoder_outputs")
+    if setting == "false":
         return False
     encoder_frozen = mode == "lora" and "encoder" not in lora_scope
     a = augment
     fixed_audio = not a.enabled or (a.copies > 0 and not (a.specaugment or {}).get("enabled", False))
-    if setting in ("true", "1", "yes"):
+    if setting == "true":
         if not encoder_frozen or not fixed_audio:
             raise ValueError("train.cache_encoder_outputs=true needs a frozen encoder (no 'encoder' in lora.scope, "
                              "train.mode=lora) and no per-step augmentation (augment.enabled=false, or "

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import torch
 
+from asr_lora.core.runtime import switch
+
 ROW_KEYS = ("labels", "decoder_input_ids", "term_tokens", "own_tokens")  # batch x positions
 
 
 def check_split_setting(setting) -> str:
-    value = str(setting).lower()
-    if value not in ("auto", "true", "false"):
-        raise ValueError(f"train.split_prompted_rows={setting!r}: auto (on the CPU, one process), true or false")
-    return value
+    return switch(setting, "train.split_prompted_rows")  # auto: on the CPU, in one process
 
 
 def splits_rows(setting, on_cpu: bool, world_size: int) -> bool:
