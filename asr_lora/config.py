@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from asr_lora.data.augment_sections import SECTION_DEFAULTS
 
@@ -345,6 +346,44 @@ def check_recipe_applied(cfg, conf_dir: Path = CONF_DIR) -> None:
     state = "is missing" if not link.exists() and not link.is_symlink() else "is not a folder"
     raise SystemExit(f"+recipe={name} was not applied: {link} {state}; it must link to ../recipes "
                      f"(ln -sfn ../recipes {link}; with git: git config core.symlinks true, then check out again)")
+
+
+# (key, test, what it must be): refused before any data is read, not minutes in or never.
+_RANGES = [
+    ("train.per_device_train_batch_size", lambda v: v >= 1, "1 or more"),
+    ("train.gradient_accumulation_steps", lambda v: v >= 1, "1 or more"),
+    ("train.learning_rate", lambda v: v > 0, "above 0"),
+    ("train.warmup_steps", lambda v: v >= 0, "0 or more"),
+    ("train.max_steps", lambda v: v >= 1 or v == -1, "1 or more, or -1 to train train.num_train_epochs"),
+    ("train.prompt_probability", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    ("train.timestamp_probability", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    ("train.dev_eval_max_samples", lambda v: v >= 0, "0 (no dev evaluation) or more, or null (all)"),
+    ("data.max_train_samples", lambda v: v >= 1, "1 or more, or null (all)"),
+    ("data.max_eval_samples", lambda v: v >= 1, "1 or more, or null (all)"),
+    ("lora.alpha", lambda v: v > 0, "above 0 (at 0 the adapter's update is zero)"),
+    ("eval.split", lambda v: v in ("train", "dev", "test"), "train, dev or test"),
+    ("eval.beam_size", lambda v: v >= 1, "1 or more"),
+    ("eval.batch_size", lambda v: v >= 1, "1 or more"),
+    ("model.dtype", lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
+    ("logger.wandb.mode", lambda v: v in ("offline", "online", "disabled"), "offline, online or disabled"),
+]
+
+
+def check_settings(cfg, training: bool = False) -> None:
+    """Refuse settings no run can use, all of them in one error, before any work is paid for."""
+    bad = [f"{key}={value!r}: {want}" for key, ok, want in _RANGES
+           if (value := OmegaConf.select(cfg, key)) is not None and not ok(value)]
+    if training and (cfg.eval.backend != "transformers" or cfg.eval.ct2_decoding != "matched"):  # no export yet
+        bad.append("eval.backend and eval.ct2_decoding score exported files: train, then run "
+                   "`python -m asr_lora.evaluate eval.backend=ct2 adapter=RUN/export/ct2-int8`")
+    device = str(cfg.get("device") or "")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            bad.append(f"device={device!r}: this machine has no CUDA device (leave device unset to use what it has)")
+    if bad:
+        raise ValueError("; ".join(bad))
 
 
 def register_configs() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from asr_lora.config import CONF_DIR, REPO_ROOT
+from asr_lora.config import CONF_DIR, REPO_ROOT, check_settings
 
 GROUPS = ["model", "lora", "data", "augment", "train", "eval", "export", "logger", "paths"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
@@ -42,6 +43,37 @@ def test_every_recipe_composes_with_plus(recipe):
     cfg = _compose([f"+recipe={recipe}"])
     assert cfg.recipe_name == recipe
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    check_settings(cfg, training=True)  # no shipped recipe is refused
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.gradient_accumulation_steps=0", "train.gradient_accumulation_steps=0: 1 or more"),
+    ("train.per_device_train_batch_size=0", "train.per_device_train_batch_size=0: 1 or more"),
+    ("train.learning_rate=-1", "train.learning_rate=-1.0: above 0"),
+    ("train.warmup_steps=-5", "train.warmup_steps=-5: 0 or more"),
+    ("train.max_steps=0", "train.max_steps=0: 1 or more, or -1"),
+    ("train.prompt_probability=1.5", "train.prompt_probability=1.5: between 0 and 1"),
+    ("train.timestamp_probability=2", "train.timestamp_probability=2.0: between 0 and 1"),
+    ("train.dev_eval_max_samples=-1", "train.dev_eval_max_samples=-1: 0 (no dev evaluation) or more"),
+    ("data.max_train_samples=0", "data.max_train_samples=0: 1 or more, or null"),
+    ("data.max_eval_samples=0", "data.max_eval_samples=0: 1 or more, or null"),
+    ("lora.alpha=0", "lora.alpha=0: above 0"),
+    ("eval.split=valid", "eval.split='valid': train, dev or test"),
+    ("eval.beam_size=0", "eval.beam_size=0: 1 or more"),
+    ("model.dtype=fp16", "model.dtype='fp16': float32, float16 or bfloat16"),
+    ("logger.wandb.mode=offlin", "logger.wandb.mode='offlin': offline, online or disabled"),
+])
+def test_a_setting_no_run_can_use_is_refused_before_any_work(override, message):
+    """Each of these used to fail minutes in (a ZeroDivisionError, a library's assertion after the
+    zero-shot passes) or to run without a word: a misspelt eval.split skipped the evaluation, alpha 0
+    trained an update of zero."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_settings(_compose(["+recipe=sg_english", override]), training=True)
+
+
+def test_every_refusal_is_named_at_once():
+    with pytest.raises(ValueError, match=r"lora.alpha=0: .*; eval.split='valid': "):
+        check_settings(_compose(["lora.alpha=0", "eval.split=valid"]))
 
 
 def test_recipe_is_a_delta_over_defaults():

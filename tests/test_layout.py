@@ -13,9 +13,9 @@ ALLOWED = {
     "data": {"core"},
     "model": {"core", "data"},
     "inference": {"core", "data", "model"},
-    "evaluation": {"core", "data", "model", "inference"},
+    "evaluation": {"core", "data", "model", "inference", "config"},
     "export": {"core", "data", "model", "inference", "evaluation", "config"},
-    "training": {"core", "data", "model", "inference", "evaluation", "export"},
+    "training": {"core", "data", "model", "inference", "evaluation", "export", "config"},
     "serving": {"core", "data", "model", "inference"},
 }
 ENTRIES = {"train", "evaluate", "export.__main__", "transcribe", "prepare", "compare", "serve"}

@@ -180,6 +180,11 @@ def test_resume_setting(tmp_path):
     assert [resume_point(v, tmp_path) for v in (False, "false", "auto", "AUTO")] == [None] * 4
     with pytest.raises(ValueError, match="train.resume='maybe': auto, true or false"):
         resume_point("maybe", tmp_path)
+    from asr_lora.training.checkpoints import check_resumable
+
+    check_resumable("auto", tmp_path)  # starts from step 0 when there is nothing to continue
+    with pytest.raises(FileNotFoundError, match="train.resume=true but no complete checkpoint"):
+        check_resumable("true", tmp_path)  # what train() refuses before reading any data
 
 
 @pytest.mark.parametrize("typo", ["flase", "on", "off", "none", "disabled"])

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from asr_lora.config import check_settings
 from asr_lora.core.logs import setup_logging
 from asr_lora.core.paths import use_cache_root
 from asr_lora.core.runtime import accelerator, run_dir_of, seed_everything
@@ -27,6 +28,7 @@ log = logging.getLogger("asr_lora.evaluate")
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    check_settings(cfg)
     run_dir = run_dir_of(cfg.run_dir)
     setup_logging(run_dir, quiet=cfg.quiet)
     use_cache_root(cfg.paths.cache_dir)

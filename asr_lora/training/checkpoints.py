@@ -77,17 +77,22 @@ def continued_checkpoint(resume, ckpt_dir: Path) -> str | None:
     return last_complete_checkpoint(ckpt_dir) if resume_mode(resume) != "false" else None
 
 
+def check_resumable(resume, ckpt_dir: Path) -> None:
+    """train.resume=true with no complete checkpoint to continue is refused (at a run's start too,
+    not only after its data and zero-shot passes)."""
+    if resume_mode(resume) == "true" and continued_checkpoint(resume, ckpt_dir) is None:
+        raise FileNotFoundError(f"train.resume=true but no complete checkpoint under {ckpt_dir}; "
+                                "pass run_dir=<old run>, or train.resume=auto to start when there is none")
+
+
 def resume_point(resume, ckpt_dir: Path) -> str | None:
     """The checkpoint to continue from (train.resume), or None to train from step 0, clearing the
     folder's earlier checkpoints then."""
     if last := continued_checkpoint(resume, ckpt_dir):
         log.info("resuming from %s", last)
         return last
-    mode = resume_mode(resume)
-    if mode == "true":
-        raise FileNotFoundError(f"train.resume=true but no complete checkpoint under {ckpt_dir}; "
-                                "pass run_dir=<old run>, or train.resume=auto to start when there is none")
-    if mode == "auto":
+    check_resumable(resume, ckpt_dir)
+    if resume_mode(resume) == "auto":
         log.info("train.resume=auto: no complete checkpoint under %s yet; training from step 0", ckpt_dir)
     _retire_checkpoints(ckpt_dir)
     return None

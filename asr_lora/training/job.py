@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from asr_lora.config import check_settings
 from asr_lora.core import tracking
 from asr_lora.core.io import write_json
 from asr_lora.core.logs import setup_logging
@@ -29,7 +30,7 @@ from asr_lora.data.scope import run_scope
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import print_summary, run_summary
 from asr_lora.training.averaging import check_ema_decay
-from asr_lora.training.checkpoints import record_config
+from asr_lora.training.checkpoints import check_resumable, record_config
 from asr_lora.training.distill import check_context_kl, check_replay_kl
 from asr_lora.training.row_groups import check_split_setting
 from asr_lora.training.seeds import check_seeds, fit_seeds
@@ -66,12 +67,10 @@ class Fitted:
 
 def train(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
-    # A run scores the model it trained, before any export exists.
-    if cfg.eval.backend != "transformers" or cfg.eval.ct2_decoding != "matched":
-        raise ValueError("eval.backend and eval.ct2_decoding score exported files: train, then run "
-                         "`python -m asr_lora.evaluate eval.backend=ct2 adapter=RUN/export/ct2-int8`")
+    check_settings(cfg, training=True)
     init_distributed(cfg.train.ddp_timeout)
     run_dir, main = run_dir_of(cfg.run_dir), is_main_process()
+    check_resumable(cfg.train.resume, run_dir / cfg.train.output_subdir)  # before the data and zero-shot
     setup_logging(run_dir if main else None, quiet=cfg.quiet)  # only rank 0 writes into the run directory
     if main and cfg.run_dir:  # an earlier run's folder: from now on it holds this run's config
         record_config(cfg, run_dir, cfg.train.resume, run_dir / cfg.train.output_subdir)
@@ -81,6 +80,7 @@ def train(cfg: DictConfig) -> dict:
     from asr_lora.model.whisper import load_whisper
     model, processor = load_whisper(cfg.model.name_or_path, dtype=getattr(torch, cfg.model.dtype))
     rows = select_rows(cfg, processor.tokenizer, run_dir, main)
+    trainer_args(cfg, run_dir / cfg.train.output_subdir, [], rows.dev is not None and len(rows.dev) > 0, rows.streaming)
     # Every rank needs the terms when training rows are prompted with them or their tokens weighed.
     t = cfg.train
     terms = (domain_terms(cfg, rows, processor.tokenizer)
