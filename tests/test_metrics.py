@@ -118,6 +118,18 @@ def test_bootstrap_single_speaker_has_no_interval():
     assert math.isnan(lo) and math.isnan(hi)
 
 
+def test_clips_that_name_no_speaker_are_resampled_one_by_one():
+    """A manifest without speaker ids used to pool every clip as one "unknown" speaker: no interval,
+    no paired test."""
+    errs, nref = [1, 2, 0, 3], [10, 10, 10, 10]
+    for unnamed in ("unknown", "", None):
+        assert bootstrap_ci(errs, nref, [unnamed] * 4) == bootstrap_ci(errs, nref, None)
+        assert paired_bootstrap(errs, [0, 1, 0, 1], nref, [unnamed] * 4)["p_value"] == pytest.approx(
+            paired_bootstrap(errs, [0, 1, 0, 1], nref, None)["p_value"])
+    lo, hi = bootstrap_ci(errs, nref, ["unknown"] * 4)
+    assert lo < 0.15 < hi
+
+
 def test_bootstrap_speaker_resampling_wider_than_utterance():
     # Two speakers, one perfect and one terrible: speaker resampling must see that spread.
     errs, nref = [0] * 10 + [5] * 10, [10] * 20
@@ -182,6 +194,8 @@ def test_group_breakdown_by_speaker_and_accent():
 
 def test_group_breakdown_skips_missing_key():
     assert list(group_breakdown(_rows(), "voice")) == ["v1"]
+    # a CSV row's voice is "": no "WER by voice" row with an empty label
+    assert list(group_breakdown([{**r, "voice": r.get("voice") or ""} for r in _rows()], "voice")) == ["v1"]
 
 
 def test_error_analysis_counts():

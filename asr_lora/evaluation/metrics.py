@@ -114,11 +114,17 @@ def corpus_cer(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, Any]:
 
 def _group_sums(values: Sequence[Sequence[float]], groups) -> list[np.ndarray]:
     n = len(values[0])
-    keys = np.arange(n) if groups is None else np.asarray([str(g) for g in groups])
+    # A row that names no speaker is a group of its own, as the data split treats it: pooled as one
+    # "unknown" speaker, a corpus without speaker ids had no interval at all.
+    keys = (np.asarray([f"row {i}" for i in range(n)]) if groups is None else
+            np.asarray([str(g) if g not in NO_SPEAKER else f"\0row {i}" for i, g in enumerate(groups)]))
     if len(keys) != n:
         raise ValueError(f"{len(keys)} group labels for {n} utterances")
     _, inv = np.unique(keys, return_inverse=True)
     return [np.bincount(inv, weights=np.asarray(v, dtype=float)) for v in values]
+
+
+NO_SPEAKER = (None, "", "unknown")
 
 
 def _replicates(sums: list[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:
@@ -188,12 +194,12 @@ def group_breakdown(rows: Iterable[dict], key: str, speaker_key: str = "speaker"
                     seed: int = 0, alpha: float = 0.05) -> dict[str, dict[str, Any]]:
     """``{group: {wer, n_utts, n_words, ci_low, ci_high}}`` for the rows' ``key`` (speaker, accent, ...).
 
-    Rows whose ``key`` is missing or None are left out (e.g. ``voice`` on real speech). Intervals
+    Rows whose ``key`` is missing, None or empty are left out (e.g. ``voice`` on real speech). Intervals
     resample speakers inside the group, or utterances when the group holds one speaker only.
     """
     by: dict[str, list[dict]] = {}
     for r in rows:
-        if r.get(key) is not None:
+        if r.get(key) not in (None, ""):
             by.setdefault(str(r[key]), []).append(r)
     out = {}
     for g in sorted(by):

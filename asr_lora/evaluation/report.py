@@ -177,7 +177,8 @@ def _blocks(ev: dict, images: dict[str, bytes]) -> list[tuple]:
                 row.append(f"{100 * (z - a):+.2f} pts" if a is not None and z is not None else "n/a")
             rows.append(row)
     b.append(("table", cols, rows))
-    b.append(("p", ("Intervals are 95% percentile bootstrap intervals over speakers. Headline variant: "
+    b.append(("p", ("Intervals are 95% percentile bootstrap intervals over speakers (a clip that names no speaker "
+                    "counts as one of its own). Headline variant: "
                     f"{VARIANTS.get(head, head)}.")))
 
     if p := ev.get("paired"):

@@ -218,7 +218,8 @@ def terms_for_split(train_ds, tokenizer, path: str | Path | None = None) -> Term
         texts, subsets = list(train_ds["text"]), list(train_ds["subset"])
     except (TypeError, KeyError, ValueError):
         if path is None:
-            log.warning("no domain terms: the train split cannot be read here (streamed?); set eval.terms=PATH")
+            why = "the data has no train split" if train_ds is None else "the train split is streamed, not read whole"
+            log.warning("no domain terms: %s, so none can be derived from its text; set eval.terms=PATH", why)
             return None
         texts, subsets = [], []
     domain = [t for t, s in zip(texts, subsets) if s not in ("general", "control")]
