@@ -58,6 +58,14 @@ def test_find_runs_recurses_into_multirun_and_dedupes(multirun):
         find_runs([multirun / "nope"])
 
 
+def test_a_sweep_job_that_crashed_is_named_not_left_out_silently(multirun, caplog):
+    (multirun / "3_lora.r=64" / ".hydra").mkdir(parents=True)  # its config written, no metrics.json
+    with caplog.at_level("WARNING"):
+        runs = find_runs([multirun])
+    assert len(runs) == 3
+    assert "1 runs left out, with no metrics.json (failed or unfinished): 3_lora.r=64" in caplog.text
+
+
 def test_rows_carry_every_column_and_sort_by_test_wer(multirun):
     rows = collect([multirun])
     assert [r["run"] for r in rows] == ["1", "2", "0"]  # 20% < 22% < 25%

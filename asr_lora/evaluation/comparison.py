@@ -64,6 +64,9 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
             hits = [p.parent]
         else:
             hits = sorted({m.parent for m in p.rglob("metrics.json")}, key=_natural_key)
+            if failed := sorted({h.parent for h in p.rglob(".hydra")} - set(hits), key=_natural_key):  # a sweep's
+                log.warning("%s: %d runs left out, with no metrics.json (failed or unfinished): %s", p, len(failed),
+                            ", ".join(str(f.relative_to(p)) for f in failed))
         if not hits:  # a run named on the command line is never left out without a word
             raise FileNotFoundError(f"{p}: no metrics.json there or below it (a run that has not finished?)")
         for h in hits:
@@ -326,7 +329,8 @@ def plot_wer(rows: Sequence[dict]) -> bytes:
     ax.set_xticks(xs, [describe(r) for r in rows], rotation=30 if len(rows) > 3 else 0, ha="right" if len(rows) > 3
                   else "center", fontsize=8)
     ax.set_ylabel("WER (%), scored split")
-    ax.set_title("Test WER per run (95% speaker-bootstrap CI)")
+    scored = sorted({str(r["scored_on"]).split(",")[0] for r in rows if r.get("scored_on")}) or ["test"]
+    ax.set_title(f"WER per run, {' / '.join(scored)} split (95% speaker-bootstrap CI)")
     ax.grid(axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)

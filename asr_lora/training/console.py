@@ -73,7 +73,7 @@ def _summary_rows(ev: dict) -> list[tuple[str, str]]:
         return rows
     for system in ("base", "adapted"):
         h = ev[system]
-        rows.append((f"{system} WER (test, norm)", _ci(h)))
+        rows.append((f"{system} WER ({ev.get('split') or 'test'}, norm)", _ci(h)))
         if "control_wer" in h:
             rows.append((f"{system} control WER", f"{100 * h['control_wer']:.2f}%"))
     rows.append(("relative WER reduction", f"{100 * ev['relative_wer_reduction']:.1f}%"))
