@@ -161,6 +161,18 @@ def test_checks():
     assert check_audio(tone(0.05), SR) == "too_short"
     assert check_audio(tone(5.0), SR, max_s=4.0) == "too_long"
     assert check_audio(1e-4 * tone(1.0), SR, silence_dbfs=-60) == "silent"  # about -83 dBFS RMS
+    click = np.zeros(SR, dtype=np.float32)
+    click[SR // 2: SR // 2 + 16] = 0.9
+    assert check_audio(click, SR) == "silent"  # a lone click is not sound to transcribe
+
+
+def test_quiet_speech_and_speech_before_a_long_pause_are_not_silent():
+    """Whole-file RMS refused both: -63 dBFS RMS speech, and a clip whose speech is a tenth of it."""
+    quiet = np.concatenate([tone(0.3, amp=0.005), np.zeros(int(3.7 * SR), dtype=np.float32)])
+    assert rms_dbfs(quiet) < -60 and check_audio(quiet, SR) is None  # a short quiet word: -46 dBFS peak
+    pause = np.concatenate([tone(1.0), np.zeros(28 * SR, dtype=np.float32)])
+    assert rms_dbfs(pause) < -15 and check_audio(pause, SR) is None
+    assert check_audio(np.concatenate([1e-4 * tone(1.0), np.zeros(10 * SR, dtype=np.float32)]), SR) == "silent"
 
 
 def test_loudness():

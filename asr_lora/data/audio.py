@@ -230,13 +230,18 @@ def duration_reason(seconds: float, min_s: float, max_s: float) -> str | None:
 def check_audio(
     samples: np.ndarray, sr: int, min_s: float = 0.1, max_s: float = 30.0, silence_dbfs: float = -60.0
 ) -> str | None:
-    """Reason key for an unusable clip, or None. `max_s` defaults to Whisper's 30 s window;
-    silence is judged on RMS so a lone click does not make a silent file look usable."""
+    """Reason key for an unusable clip, or None. `max_s` defaults to Whisper's 30 s window.
+    Silence is judged on the loudness of 50 ms frames: a clip is silent unless at least 150 ms of
+    it (its whole length, if shorter) is above `silence_dbfs` RMS. Whole-file RMS refused quiet
+    speech (-63 dBFS RMS, -43 peak) and speech followed by a long pause; a lone click is one frame."""
     if not np.isfinite(samples).all():
         return "nan"
     if reason := duration_reason(len(samples) / sr, min_s, max_s):
         return reason
-    if rms_dbfs(samples) < silence_dbfs:
+    frame = max(1, int(0.05 * sr))
+    n = max(1, len(samples) // frame)
+    power = np.mean(np.square(np.asarray(samples[: n * frame], dtype=np.float64)).reshape(n, -1), axis=1)
+    if np.sum(power > 10 ** (silence_dbfs / 10)) < min(3, n):
         return "silent"
     return None
 
