@@ -15,6 +15,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from asr_lora.core.paths import job_dirname
 from asr_lora.data.augment_sections import SECTION_DEFAULTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +40,9 @@ class LoraSettings:
     use_rslora: bool = False
     use_dora: bool = False
     bias: str = "none"
-    # Multiplier on the trained update, W0 + scale * (alpha/r) B A, applied before the adapter is
-    # scored, saved and exported (the saved lora_alpha carries it); evaluate applies it to `adapter=`
-    # on top of the strength that adapter was saved with. Below 1 it interpolates towards the base
-    # (WiSE-FT), trading domain gain for less forgetting on voices unlike the training ones; choose
-    # it on dev.
+    # Multiplier on the trained update, W0 + scale * (alpha/r) B A, applied before the adapter is scored,
+    # saved and exported (lora_alpha carries it; evaluate applies it to `adapter=` on top of its own).
+    # Below 1 it interpolates towards the base (WiSE-FT): less forgetting, less gain; choose it on dev.
     scale: float = 1.0
 
 
@@ -387,6 +386,7 @@ def check_settings(cfg, training: bool = False) -> None:
 
 
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, node in [

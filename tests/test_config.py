@@ -176,3 +176,15 @@ def test_the_documented_export_of_a_sweep_run_parses_its_quoted_run_dir():
     out = subprocess.run([sys.executable, "-m", "asr_lora.export", f"run_dir='{run}'", "--cfg", "job"],
                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert out.returncode == 0 and f"run_dir: {run}" in out.stdout, out.stderr
+
+
+def test_a_sweep_job_folder_is_one_short_folder():
+    """The folder name is made from every override: a path value made nested folders, and a dozen
+    overrides passed the file system's 255-byte limit at launch."""
+    from asr_lora.core.paths import job_dirname
+
+    assert job_dirname("lora.r=4,train.seeds=[1,2]") == "lora.r=4,train.seeds=[1,2]"  # short names as they were
+    assert job_dirname("data.sentences=/data/drugs.txt") == "data.sentences=_data_drugs.txt"
+    long = [",".join(f"train.option_number_{i}={v}" for i in range(13)) for v in ("a", "b")]
+    names = [job_dirname(x) for x in long]
+    assert all(len(n.encode()) <= 120 for n in names) and names[0] != names[1]

@@ -30,3 +30,13 @@ def cache_key(*inputs, length: int = 16) -> str:
     """A short, stable name for a cache entry made from these inputs (JSON-able, or str()-able)."""
     blob = json.dumps(inputs, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def job_dirname(overrides: str, limit: int = 120) -> str:
+    """A sweep job's folder name from its overrides (conf/config.yaml's hydra.sweep.subdir): one
+    folder ("/" in a path value made nested ones) and short enough for any file system (255 bytes),
+    a digest keeping long names apart."""
+    name = overrides.replace("/", "_")
+    if len(name.encode()) <= limit:
+        return name
+    return name.encode()[: limit - 13].decode(errors="ignore") + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
