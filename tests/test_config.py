@@ -188,3 +188,24 @@ def test_a_sweep_job_folder_is_one_short_folder():
     long = [",".join(f"train.option_number_{i}={v}" for i in range(13)) for v in ("a", "b")]
     names = [job_dirname(x) for x in long]
     assert all(len(n.encode()) <= 120 for n in names) and names[0] != names[1]
+
+
+def test_torchrun_without_a_named_run_folder_is_refused(monkeypatch, tmp_path):
+    """Each rank composes its config, so each would take its own timestamped folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from asr_lora.core.runtime import run_dir_of
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored afterwards
+    for overrides, refused in (([], True), ([f"hydra.run.dir={tmp_path / 'run'}"], False)):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")  # what Hydra sets when it runs the job
+        HydraConfig.instance().set_config(cfg)
+        if refused:
+            with pytest.raises(ValueError, match="under torchrun, name the run's folder: hydra.run.dir=DIR"):
+                run_dir_of(None)
+        else:
+            assert run_dir_of(None) == tmp_path / "run"
+    assert run_dir_of(str(tmp_path / "given")) == tmp_path / "given"  # run_dir= names it too

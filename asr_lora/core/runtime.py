@@ -62,7 +62,13 @@ def run_dir_of(run_dir: str | None) -> Path:
     else:
         from hydra.core.hydra_config import HydraConfig
 
-        d = Path(HydraConfig.get().runtime.output_dir)
+        hydra = HydraConfig.get()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not any(
+                o.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for o in hydra.overrides.hydra):
+            # each rank composes its own config: a timestamped folder per rank, wherever their clocks differ
+            raise ValueError("under torchrun, name the run's folder: hydra.run.dir=DIR (or run_dir=DIR), the same "
+                             "for every rank (docs/SCALING.md)")
+        d = Path(hydra.runtime.output_dir)
     d.mkdir(parents=True, exist_ok=True)
     return d
 
