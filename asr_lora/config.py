@@ -8,6 +8,7 @@ Recipes in `recipes/` reach Hydra as the `recipe` group through `conf/recipe`, a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -60,14 +61,12 @@ class DataConfig:
     max_seconds: float = 30.0
     silence_dbfs: float = -60.0
     max_label_tokens: int = 448
-    # Log-mel cache (datasets' fingerprinted cache files): auto = on when training reads each clip
-    # at least twice on average and the estimated size (0.96 MB per 30 s clip) fits the budget;
-    # otherwise computed per batch (the same bits).
+    # Log-mel cache (datasets' fingerprinted cache files): auto = on when training reads each clip at least
+    # twice on average and the estimated size (0.96 MB per 30 s clip) fits the budget; else per batch.
     feature_cache: str = "auto"  # auto | true | false
     feature_cache_budget_gb: float = 8.0
-    # Corpus-scale path (asr_lora/data/streaming.py): the train split streams from sharded JSONL and
-    # clips are decoded + featurised in DataLoader workers. auto = when the decoded audio held in
-    # memory by the in-memory path would exceed memory_budget_gb.
+    # Corpus-scale path (asr_lora/data/streaming.py): the train split streams from sharded JSONL, clips decoded
+    # + featurised in DataLoader workers. auto = when the in-memory path's decoded audio would pass memory_budget_gb.
     streaming: str = "auto"  # auto | true | false
     memory_budget_gb: float = 4.0
     shard_rows: int = 2000  # rows per prepared shard (shards are the unit DDP ranks/workers split)
@@ -91,8 +90,7 @@ class DataConfig:
     general: Optional[str] = None  # general English replayed in training
     voices: Optional[str] = None  # voice inventory (voices.json)
     terms: Optional[str] = None  # the domain's terms, one a line (null: derived from the training text)
-    # More domain sentences for training only (more contexts per term), never in dev or test; the
-    # shipped domain has data/sg_english/sg_train_sentences.txt
+    # More domain sentences for training only (more contexts per term; data/sg_english/sg_train_sentences.txt)
     train_sentences: Optional[str] = None
     # More general English for the dev split only (more control words to choose recipes on), opt-in:
     # data/sg_english/dev_control_sentences.txt for the shipped corpus
@@ -365,6 +363,8 @@ _RANGES = [
     ("eval.batch_size", lambda v: v >= 1, "1 or more"),
     ("model.dtype", lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
     ("logger.wandb.mode", lambda v: v in ("offline", "online", "disabled"), "offline, online or disabled"),
+    ("train.fsdp", lambda v: not v or int(os.environ.get("WORLD_SIZE", "1")) > 1,
+     "FSDP shards over several processes: start the run with torchrun --nproc_per_node=N"),
 ]
 
 
