@@ -142,6 +142,21 @@ def test_csv_and_tsv(tmp_path, delimiter):
     assert reasons_by_line(ledger) == {4: "missing_file"}
 
 
+def test_csv_columns_named_as_record_fields_are_read_without_a_mapping(tmp_path):
+    """A table's own split and speaker columns were ignored unless mapped: its test rows were split
+    again by speaker and could land in train."""
+    for name in ("a.wav", "b.wav", "c.wav"):
+        write_tone(tmp_path / name)
+    (tmp_path / "list.csv").write_text("audio_filepath,text,speaker,split,id\n"
+                                       "a.wav,one clip here,s1,train,u1\nb.wav,two clip here,s1,test,u2\n"
+                                       "c.wav,three clip here,s2,validation,u3\n")
+    records, _ = run("csv", tmp_path / "list.csv")
+    assert [(r.id, r.speaker, r.split) for r in records] == [("u1", "s1", "train"), ("u2", "s1", "test"),
+                                                             ("u3", "s2", "dev")]
+    mapped, _ = run("csv", tmp_path / "list.csv", columns={"speaker": "id"})  # a mapping still wins
+    assert [r.speaker for r in mapped] == ["u1", "u2", "u3"]
+
+
 def test_csv_missing_column_is_a_config_error(tmp_path):
     table = build_csv(tmp_path)
     with pytest.raises(ValueError, match=r"metadata\.csv.*'transcript'"):

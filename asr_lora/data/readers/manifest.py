@@ -148,7 +148,8 @@ def read_csv(
     check_files: bool = True,
 ) -> Iterator[Record]:
     """CSV/TSV with a header. `columns` maps Record fields (`_CSV_FIELDS`) to header names; the
-    defaults are {"audio": "audio_filepath", "text": "text"}. The delimiter follows the extension
+    defaults are {"audio": "audio_filepath", "text": "text"} and, for the other fields, a column of
+    the field's own name (speaker, split, id, ...) when the header has one. The delimiter follows the extension
     (.tsv -> tab) unless given; TSVs are read unquoted, as Common Voice's must be (its sentences
     contain '"'). Relative audio paths resolve against `audio_root`, else the table's folder."""
     path = Path(source)
@@ -161,7 +162,11 @@ def read_csv(
     quoting = quoting if quoting is not None else csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     base = Path(audio_root) if audio_root is not None else path.parent
     table = read_table(path, delimiter, quoting)
-    require_columns(path, next(table), cols)
+    header = next(table)
+    # A column named as a Record field (speaker, split, id, ...) is read as it, as the JSONL reader
+    # reads its keys: a table's own split column was ignored, and its rows split again by speaker.
+    cols.update({f: f for f in _CSV_FIELDS if f not in cols and f in header})
+    require_columns(path, header, cols)
 
     def make(row: dict[str, str] | Reject, where: str) -> Record:
         val = {field: ok(row)[column].strip() for field, column in cols.items()}
