@@ -56,7 +56,7 @@ from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg 
 
 from asr_lora.core.io import write_bytes
 from asr_lora.data.synthetic.voices import PART_LABELS
-from asr_lora.evaluation.summary import number, pct, terms_blocks
+from asr_lora.evaluation.summary import SYSTEM_LABELS, number, pct, terms_blocks
 
 SYSTEMS = ("base", "adapted")
 
@@ -164,7 +164,7 @@ def _blocks(ev: dict, images: dict[str, bytes]) -> list[tuple]:
     b += _part_blocks(ev, systems)
 
     b.append(("h", 2, "Summary" + (" (all test speech pooled)" if ev.get("lead_part") else "")))
-    cols = ["metric"] + list(systems) + (["delta"] if len(systems) == 2 else [])
+    cols = ["metric"] + [SYSTEM_LABELS.get(n, n) for n in systems] + (["delta"] if len(systems) == 2 else [])
     rows = []
     for kind in ("wer", "cer"):
         for v, label in VARIANTS.items():
@@ -226,7 +226,7 @@ def _blocks(ev: dict, images: dict[str, bytes]) -> list[tuple]:
             first = next(d[g] for d in per.values() if g in d)
             rows.append([g, first.get("n_utts"), first.get("n_words")] +
                         [pct_ci(per[n][g]) if g in per[n] else "n/a" for n in systems])
-        b.append(("table", [key, "utterances", "words"] + list(systems), rows))
+        b.append(("table", [key, "utterances", "words"] + [SYSTEM_LABELS.get(n, n) for n in systems], rows))
         b.append(("img", f"wer_by_{key}.png", images[f"wer_by_{key}.png"]))
 
     if any("particles" in s for s in systems.values()):

@@ -79,10 +79,10 @@ def terms_blocks(ev: dict) -> list[tuple]:
                     f"The prompt baseline is zero-shot Whisper given {terms['n_prompt_terms']} of the terms as its "
                     "prompt: no training at all, the alternative an adapter has to beat.")))
     b += [("p", line) for line in paired_terms_lines(ev)]
-    for system in ("base", "prompt", "adapted"):
+    for system in SYSTEM_ORDER:
         missed = ((ev["systems"].get(system) or {}).get("terms") or {}).get("most_missed")
         if missed:
-            b.append(("p", f"Most-missed terms ({system}): " + ", ".join(
+            b.append(("p", f"Most-missed terms ({SYSTEM_LABELS[system]}): " + ", ".join(
                 f"{m['term']} ({m['missed']}/{m['n']})" for m in missed)))
     return b
 
