@@ -164,3 +164,22 @@ def test_length_aware_batching_in_memory_uses_the_trainers_length_grouped_sample
     streaming = trainer_args(cfg, tmp_path / "ck", [], True, streaming=True)
     assert streaming.accelerator_config.dispatch_batches is False  # each rank reads its own shards
     assert train(cfg)["train"]["steps"] == 2
+
+
+def test_a_streamed_train_split_keeps_which_rows_are_replay(tmp_path):
+    """stream_train kept {id, labels, audio} only: replay_kl never saw a replay row, context_kl held
+    general rows as domain ones, and timestamp targets asked for a duration column it did not have."""
+    from asr_lora.training.collate import collator_columns
+
+    (tmp_path / "train").mkdir()
+    with open(tmp_path / "train" / "shard-00000.jsonl", "w") as f:
+        for i, sub in enumerate(["main", "general"]):
+            sf.write(tmp_path / f"a{i}.wav", (0.1 * np.sin(np.arange(16000) / 5)).astype("float32"), 16000)
+            f.write(json.dumps({"id": f"c{i}", "labels": [50257], "subset": sub, "duration": 1.0,
+                                "audio_path": str(tmp_path / f"a{i}.wav"), "split": "train"}) + "\n")
+    dcfg = OmegaConf.create({"shuffle_buffer": 10, "min_seconds": 0.1, "max_seconds": 30, "silence_dbfs": -60,
+                             "length_buckets": 0})
+    ds = stream_train(tmp_path, dcfg, 2, 0, None)
+    keep = collator_columns(None, ds.column_names, 0.5, 0.0, distils=True)
+    rows = sorted(ds.select_columns(keep), key=lambda r: r["id"])
+    assert [r["subset"] for r in rows] == ["main", "general"] and "duration" not in keep

@@ -236,7 +236,8 @@ def split_shards(root: Path, split: str) -> list[Path]:
 
 
 def stream_train(root: Path, dcfg, batch_size: int, seed: int, skip_dir: str | Path | None):
-    """Stage 2: the training split as a `datasets.IterableDataset` of {id, labels, audio}."""
+    """Stage 2: the training split as a `datasets.IterableDataset` of {id, labels, audio, subset}
+    (subset: which rows are general-English replay, for train.replay_kl and train.context_kl)."""
     from datasets import load_dataset
 
     shards = split_shards(root, "train")
@@ -253,7 +254,7 @@ def stream_train(root: Path, dcfg, batch_size: int, seed: int, skip_dir: str | P
     if dcfg.length_buckets:
         window = batch_size * int(dcfg.length_buckets)
         ds = ds.map(LengthBuckets(batch_size, seed), batched=True, batch_size=window)
-    return ds.select_columns(["id", "labels", "audio"])
+    return ds.select_columns(["id", "labels", "audio", "subset"])
 
 
 def load_split(root: Path, split: str, dcfg, skip_dir: str | Path | None):

@@ -12,10 +12,13 @@ def collator_columns(cache, column_names, timestamp_probability: float, encoder_
     """The train columns the collator reads. Audio goes unless the cache already holds every clip's
     encoder output; a lazily filled cache encodes each clip from its audio on first use."""
     keep = ["id", "labels"] + (["audio"] if cache is None or cache.lazy else [])
-    keep += ["subset"] if distils and "subset" in (column_names or []) else []  # which rows are replay
-    keep += ["input_features"] if "input_features" in (column_names or []) else []
-    # The clip's end: for the timestamp targets, and for the encoder masks (which stay inside speech).
-    keep += ["duration"] if timestamp_probability > 0 or encoder_time_mask > 0 else []
+    # None: a streamed split, whose rows are {id, labels, audio, subset} (data/streaming.stream_train)
+    names = ["id", "labels", "audio", "subset"] if column_names is None else list(column_names)
+    keep += ["subset"] if distils and "subset" in names else []  # which rows are replay
+    keep += ["input_features"] if "input_features" in names else []
+    # The clip's end, for the timestamp targets and the encoder masks (which stay inside speech); a
+    # streamed clip's is measured from its audio.
+    keep += ["duration"] if (timestamp_probability > 0 or encoder_time_mask > 0) and "duration" in names else []
     return keep
 
 
