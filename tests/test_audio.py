@@ -204,6 +204,14 @@ def test_tempo_changes_length_not_pitch(rate):
     assert dominant_hz(y, SR) == pytest.approx(500, abs=5)
 
 
+def test_tempo_never_slows_a_clip_past_whisper_s_30_s_window():
+    """A 29.5 s clip at rate 0.9 became 32.8 s: the log-mel cut its end, the label kept every word."""
+    x = tone(29.5, freq=300.0)
+    slowed = only("tempo", rate=[0.9, 0.9])
+    assert len(slowed(x, np.random.default_rng(0))) == len(x)  # left as it was
+    assert len(slowed(tone(20.0), np.random.default_rng(0))) > 20.0 * SR  # a shorter clip is still slowed
+
+
 @pytest.mark.parametrize("semitones", [-2.0, 2.0])
 def test_pitch_changes_pitch_not_length(semitones):
     x = tone(1.0, freq=500.0)

@@ -133,6 +133,9 @@ def spec_augment(
     return out
 
 
+WINDOW_S = 30.0  # Whisper's input window: the feature extractor cuts a clip there
+
+
 def _effect(section: str, c: dict[str, Any]):
     """The audiomentations transform of one section (p=1: the Augmenter draws the coin itself)."""
     import audiomentations as am
@@ -217,7 +220,10 @@ class Augmenter:
                 wave = reverberate(wave, self.rirs[seed % len(self.rirs)])
                 continue
             with _seeded(seed):
-                wave = self._effects[section](np.ascontiguousarray(wave, dtype=np.float32), sample_rate=self.sr)
+                out = self._effects[section](np.ascontiguousarray(wave, dtype=np.float32), sample_rate=self.sr)
+            if section == "tempo" and len(out) > WINDOW_S * self.sr >= len(wave):
+                continue  # slowed past Whisper's 30 s input: the label would hold words cut from the audio
+            wave = out
         return wave
 
     def spec(self, logmel: np.ndarray | torch.Tensor, rng: np.random.Generator) -> np.ndarray | torch.Tensor:
