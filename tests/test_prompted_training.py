@@ -36,6 +36,24 @@ def test_a_prompted_row_is_the_sequence_generate_decodes_with_loss_on_the_transc
     assert ids[1][0].item() == start and ids[1][1 : len(plain)].tolist() == plain[:-1].tolist()
 
 
+def test_a_prompt_that_would_pass_the_decoder_s_448_positions_keeps_its_last_tokens(tiny_whisper_dir):
+    """A 300-token label after a 201-token prompt made a 500-token row: IndexError at position 448."""
+    tok = WhisperProcessor.from_pretrained(tiny_whisper_dir).tokenizer
+    start, prev = tok.convert_tokens_to_ids("<|startoftranscript|>"), tok.convert_tokens_to_ids("<|startofprev|>")
+    label = [start, *range(400, 698), tok.eos_token_id]  # 300 tokens, as data.max_label_tokens keeps
+    prompt = [prev, *range(1000, 1200)]
+    ids, targets = prompted_inputs(tok, [label, label[:10]], [prompt, prompt], start)
+    assert ids.shape[1] == 448
+    first = ids[0].tolist()
+    cut = 448 - 299  # what is left for the prompt, start token included
+    assert first[:cut] == [prev, *range(1200 - cut + 1, 1200)] and first[cut] == start  # its last tokens
+    assert targets[0][targets[0] != -100].tolist() == label[1:]  # the whole transcript still scored
+    assert ids[1].tolist()[: len(prompt) + 1] == prompt + [start]  # a short row keeps the whole prompt
+    whole = [start, *range(400, 847), tok.eos_token_id]  # 448 tokens: no room for a prompt at all
+    ids, targets = prompted_inputs(tok, [whole], [prompt], start)
+    assert ids[0, 0].item() == start and targets[0].tolist() == whole[1:]
+
+
 def test_unprompted_rows_keep_their_loss_and_prompted_batches_train(tiny_whisper_dir):
     processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
     model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir).eval()

@@ -77,17 +77,22 @@ def pad_labels(tokenizer, label_lists: Sequence[Sequence[int]], decoder_start_to
 
 
 def prompted_inputs(tokenizer, label_lists: Sequence[Sequence[int]], prompts: Sequence[Sequence[int] | None],
-                    decoder_start_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    decoder_start_token_id: int, max_positions: int = 448) -> tuple[torch.Tensor, torch.Tensor]:
     """(decoder_input_ids, labels) for rows of which some are decoded after a previous-text prompt.
 
     A prompted row is the sequence Whisper's `generate(prompt_ids=...)` decodes,
     `<|startofprev|> prompt <|startoftranscript|> ... text <|endoftext|>`, with the loss on the
     transcript only (-100 over the prompt, as Whisper was trained); other rows are the usual
     `<|startoftranscript|> ... text`. The model only shifts labels itself when no
-    decoder_input_ids are given, so both are built here, right-padded (padding ignored by the loss)."""
+    decoder_input_ids are given, so both are built here, right-padded (padding ignored by the loss).
+    A prompt that would take the row past the decoder's `max_positions` (Whisper's 448) keeps its
+    last tokens after `<|startofprev|>`, as `generate` cuts one, or is left off when none fit."""
     inputs, targets = [], []
     for labels, prompt in zip(label_lists, prompts):
         body = list(labels[1:]) if labels and labels[0] == decoder_start_token_id else list(labels)
+        room = max_positions - len(body)  # decoder inputs: the prompt, the start token, body[:-1]
+        if prompt and len(prompt) > room:
+            prompt = [prompt[0], *prompt[len(prompt) - room + 1:]] if room >= 2 else None
         seq = [*(prompt or []), decoder_start_token_id, *body]
         n_masked = len(prompt or [])  # the prompt's own tokens and the start token are given, not predicted
         inputs.append(seq[:-1])
