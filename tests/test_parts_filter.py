@@ -238,3 +238,16 @@ def test_export_without_reusable_hypotheses_checks_the_evaluation_s_own_draw_of_
     want = [t for t, s in zip(drawn["text"], drawn["subset"]) if s != "control"]
     first = [t for t, s in zip(test["text"], test["subset"]) if s != "control"][:10]
     assert seen["test_refs"] == want and want != first
+
+
+def test_prepared_rows_are_not_reused_after_a_row_s_subset_part_or_engine_changed():
+    """The prepared-data key hashed id, text, split and the audio file only: a manifest whose rows
+    were marked general (for replay) or moved to another part reused rows with the old values."""
+    from asr_lora.data.records import Record
+    from asr_lora.data.splits import _records_signature
+
+    row = dict(id="u1", text="hello lah", audio_path="/nonexistent.wav", split="train", subset="main", engine="x")
+    base = _records_signature([Record(**row)])
+    for change in ({"subset": "general"}, {"engine": "y"}, {"part": "neural"}, {"speaker": "s2"}):
+        assert _records_signature([Record(**{**row, **change})]) != base, change
+    assert _records_signature([Record(**row)]) == base

@@ -147,8 +147,11 @@ def _records_signature(records: list[Record]) -> str:
     h = hashlib.sha256()
     for r in records:
         st = os.stat(r.audio_path) if r.audio_path and os.path.exists(r.audio_path) else None
+        # every field a prepared row keeps (row_of): an edited subset, part or engine column must not
+        # reuse rows that still carry the old one
         h.update(json.dumps([r.id, r.text, r.split, r.audio_path, st.st_size if st else None,
-                             st.st_mtime_ns if st else None]).encode())
+                             st.st_mtime_ns if st else None, r.speaker, r.accent, r.subset, r.engine, r.voice,
+                             r.part, r.duration]).encode())
     return h.hexdigest()
 
 
