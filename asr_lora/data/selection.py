@@ -91,8 +91,9 @@ def filter_engines(ds, engines, what: str, keep: bool = False):
 def set_replay_share(ds, share: float | None, seed: int, what: str = "data.replay_share"):
     """`ds` with general-English replay rows (subset "general") making up `share` of it. The
     Singapore English rows stay as they are; general rows are a seeded sample of the split's
-    own, whole copies of them first when the share asks for more than there are. Rehearsal is
-    the corpus's guard against forgetting, so how much of it to mix in is a study knob (#14)."""
+    own, whole copies of them first when the share asks for more than there are (each copy with an
+    id of its own, `<id>#2`, ...: the encoder cache, augmented takes and reports key on the id).
+    Rehearsal is the corpus's guard against forgetting, so how much of it to mix in is a study knob."""
     if ds is None or share is None:
         return ds
     if not 0 <= share < 1:
@@ -108,4 +109,12 @@ def set_replay_share(ds, share: float | None, seed: int, what: str = "data.repla
     picked += sorted(rng.choice(general, size=want - len(picked), replace=False).tolist()) if want > len(picked) else []
     log.info("%s=%s: %d general-English replay rows (of %d distinct%s) with %d others", what, share,
              len(picked), len(general), ", repeated" if len(picked) > len(general) else "", len(rest))
-    return ds.select(sorted(rest + picked))
+    out = ds.select(sorted(rest + picked))
+    if len(picked) > len(general):
+        seen: dict[str, int] = {}
+        ids = []
+        for i in out["id"]:
+            seen[i] = seen.get(i, 0) + 1
+            ids.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+        out = out.map(lambda _, k: {"id": ids[k]}, with_indices=True, desc="replay copies' ids")
+    return out
