@@ -7,8 +7,25 @@ from asr_lora.data.text import FILLERS, NORMALIZER_VERSION, PARTICLES, SgNormali
 
 
 def test_version_is_recorded_string():
-    assert NORMALIZER_VERSION.split()[0] == "sg-4"
+    assert NORMALIZER_VERSION.split()[0] == "sg-5"
     assert SgNormalizer().version == NORMALIZER_VERSION
+
+
+@pytest.mark.parametrize("spoken, written", [
+    ("nine oh five", "9:05"), ("ten thirty", "10:30"), ("the meeting at two thirty", "the meeting at 2:30"),
+    ("nine o'clock", "9:00"), ("eight o'clock", "8 o'clock"), ("eleven o'clock", "11 o'clock"),
+    ("six thirty pm", "6.30pm"), ("six thirty p.m.", "6:30 p.m."), ("twelve fifteen", "12:15"),
+])
+def test_a_clock_time_said_and_written_in_digits_is_one_reading(spoken, written):
+    """The voices say the time; Whisper writes it in digits: "nine oh five" was 905 and "9:05" was
+    "9 5" (two errors on a correct transcript), and "nine o'clock" was "90 clock"."""
+    assert normalize(spoken) == normalize(written)
+
+
+def test_numbers_that_are_no_clock_time_are_left_as_they_were():
+    assert normalize("it costs 2.50") == "it costs 2.50"  # no am/pm: a decimal, not half past two
+    assert "12" not in normalize("a 1:2 mix")  # a ratio: one minute digit is no clock time
+    assert normalize("34 degrees") == "34 degrees"
 
 
 @pytest.mark.parametrize("p", sorted(PARTICLES))

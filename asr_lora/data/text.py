@@ -34,6 +34,9 @@ Pipeline (`normalize`), in this order:
 
 3. Drinks: "kopi-o" / "kopi o" / "teh-o" are joined ("kopio", "teho"), otherwise Whisper reads the
    lone "o" as the digit zero. Other Singlish words (kopi, shiok, alamak, ...) are untouched.
+   Clock times: "o'clock" becomes one word "oclock" (the lone "o" again), and "9:30", "10:05" and
+   Singapore's "6.30pm" become 930, 1005 and 630 pm, which is what Whisper's number rules make of
+   "nine thirty", "ten oh five" and "six thirty pm"; "8:00" is "8 oclock", as "eight o'clock" reads.
 
 4. Whisper's `EnglishTextNormalizer` with the spelling map from openai-whisper
    (``data/english.json``): lowercase, contractions, numbers to digits, British to American
@@ -65,9 +68,9 @@ from pathlib import Path
 
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-NORMALIZER_VERSION = "sg-4"  # sg-2: NSC Part 4 Mother Tongue spans; sg-3: curly apostrophes as "'";
+NORMALIZER_VERSION = "sg-5"  # sg-2: NSC Part 4 Mother Tongue spans; sg-3: curly apostrophes as "'";
 # sg-4: more apostrophe and hyphen look-alikes, soft hyphens join; particle spellings la/loh/ar; "[what]"
-# kept without particles
+# kept without particles; sg-5: clock times ("9:30" as "nine thirty" reads, "o'clock" one word)
 
 
 PARTICLES: frozenset[str] = frozenset({"lah", "la", "leh", "lor", "loh", "meh", "hor", "mah", "sia", "ah", "ar"})
@@ -144,6 +147,14 @@ _DRINK_O = re.compile(r"\b(kopi|teh)[\s-]*o\b", re.IGNORECASE)
 _DOLLARS_CENTS = re.compile(r"\$(\d+) (\d{2})\b(?![.\d%])")
 
 
+_OCLOCK = re.compile(r"\bo\s*'?\s*clock\b", re.IGNORECASE)
+
+
+# "9:30", "10:05", and Singapore's "6.30pm": the clock time Whisper's number rules make of "nine
+# thirty", "ten oh five", "six thirty pm" (930, 1005, 630 pm); "8:00" is "8 oclock".
+_CLOCK = re.compile(r"(?<![\d:.])\b([01]?\d|2[0-4])(?::([0-5]\d)\b(?!:\d)|\.([0-5]\d)(?=\s*[ap]\.?m\b))", re.IGNORECASE)
+
+
 @lru_cache(maxsize=1)
 def _whisper() -> EnglishTextNormalizer:
     if not SPELLING_MAP_PATH.is_file():
@@ -176,7 +187,14 @@ def _resolve_markers(s: str) -> str:
     return _LEFTOVER_BRACKETS.sub(" ", s)
 
 
+def _clock(m: re.Match) -> str:
+    minutes = m.group(2) or m.group(3)
+    return f"{int(m.group(1))} oclock" if minutes == "00" else f"{int(m.group(1))}{minutes}"
+
+
 def _singapore_rules(s: str) -> str:
+    s = _OCLOCK.sub(" oclock", s)  # Whisper reads the lone "o" of "o'clock" as a zero ("90 clock")
+    s = _CLOCK.sub(_clock, s)
     s = _SGD_PREFIX.sub("$", s)
     s = _SGD_SUFFIX.sub(r"\1 dollars", s)
     s = _SG_DOLLARS.sub("dollars", s)
