@@ -202,8 +202,8 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                    "verification": verification, "wer": export_wer or None, "beam_size": beam_size,
                    "forced": bool(failures), "gate_failures": failures,
                    "forgetting_unchecked": info.get("forgetting_unchecked")}
-        if digest := adapter_digest or adapter_sha256(adapter_dir):  # which adapter this export holds
-            summary["adapter_sha256"] = digest
+        if adapter_hash := adapter_digest or adapter_sha256(adapter_dir):  # which adapter this export holds
+            summary["adapter_sha256"] = adapter_hash
         write_json(root / SUMMARY_FILE, summary, default=str)
         switch_in(root, out_root)
     except BaseException:
