@@ -364,7 +364,7 @@ _RANGES = [
     ("model.dtype", lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
     ("logger.wandb.mode", lambda v: v in ("offline", "online", "disabled"), "offline, online or disabled"),
     ("train.fsdp", lambda v: not v or int(os.environ.get("WORLD_SIZE", "1")) > 1,
-     "FSDP shards over several processes: start the run with torchrun --nproc_per_node=N"),
+     "FSDP needs torchrun on 2+ GPUs (this is one process); use train=ddp or train=default"),
 ]
 
 

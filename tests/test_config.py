@@ -62,7 +62,7 @@ def test_every_recipe_composes_with_plus(recipe):
     ("eval.beam_size=0", "eval.beam_size=0: 1 or more"),
     ("model.dtype=fp16", "model.dtype='fp16': float32, float16 or bfloat16"),
     ("logger.wandb.mode=offlin", "logger.wandb.mode='offlin': offline, online or disabled"),
-    ("train=fsdp", "train.fsdp=True: FSDP shards over several processes: start the run with torchrun"),
+    ("train=fsdp", "train.fsdp=True: FSDP needs torchrun on 2+ GPUs (this is one process)"),
 ])
 def test_a_setting_no_run_can_use_is_refused_before_any_work(override, message):
     """Each of these used to fail minutes in (a ZeroDivisionError, a library's assertion after the

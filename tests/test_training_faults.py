@@ -61,7 +61,8 @@ def test_fsdp_preset_without_gpus_is_refused_not_silently_ddp(tmp_path, tiny_whi
         pytest.skip("this machine can run FSDP; the refusal is for machines without 2+ GPUs")
     cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none", "train=fsdp", "lora=none", "train.mode=full",
                    "train.max_steps=2", "train.dataloader_num_workers=0", "eval.before_training=false")
-    # One process: the Trainer itself refuses. Two CPU processes: ours does (tests/test_distributed.py).
+    # One process: the settings check refuses at start. Two CPU processes: the trainer's check does
+    # (tests/test_distributed.py).
     with pytest.raises((ShardingUnavailableError, ValueError), match="fsdp only works in distributed|FSDP needs"):
         train(cfg)
 
