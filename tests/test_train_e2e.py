@@ -201,6 +201,14 @@ def test_a_switch_setting_s_typo_is_refused_not_read_one_way_or_the_other(typo):
     with pytest.raises(ValueError, match=f"train.cache_encoder_outputs={typo!r}: auto, true or false"):
         cache_enabled(typo, "lora", ["decoder_self"], augment)
     assert [use_bf16(v, on_cpu=True) for v in (True, "yes", 1, False, "no", "0")] == [True] * 3 + [False] * 3
+    from asr_lora.config import DataConfig
+    from asr_lora.data.features import use_feature_cache
+    from asr_lora.data.streaming import use_streaming
+
+    with pytest.raises(ValueError, match=f"data.streaming={typo!r}: auto, true or false"):  # was read as auto
+        use_streaming(OmegaConf.structured(DataConfig(streaming=typo)))
+    with pytest.raises(ValueError, match=f"data.feature_cache={typo!r}: auto, true or false"):
+        use_feature_cache(OmegaConf.structured(DataConfig(feature_cache=typo)), 10)
 
 
 def test_full_finetuning_baseline_same_loop(tmp_path, tiny_whisper_dir):

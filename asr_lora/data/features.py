@@ -16,6 +16,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from asr_lora.core.logs import progress
 from asr_lora.core.paths import cache_key
+from asr_lora.core.runtime import switch
 from asr_lora.data.audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -246,7 +247,7 @@ def use_feature_cache(dcfg, n_clips: int, reads_per_clip: float | None = None,
     Never when waveform effects run per step (`waveform_augmented`): the collator then computes each
     train log-mel from the changed audio and would not read the clean ones. And only while the
     cache fits `feature_cache_budget_gb`."""
-    setting = str(dcfg.feature_cache).lower()
+    setting = switch(dcfg.feature_cache, "data.feature_cache")
     if setting in ("true", "false"):
         return setting == "true"
     if waveform_augmented:

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from asr_lora.core.io import write_json
-from asr_lora.core.runtime import main_process_first
+from asr_lora.core.runtime import main_process_first, switch
 
 log = logging.getLogger("asr_lora")
 
@@ -30,7 +30,7 @@ def load_data(dcfg, tokenizer, run_dir: Path | None, *, scored: str = "test", ba
     # Rank 0 prepares (and caches) first; the other ranks then read its cache instead of racing it.
     with main_process_first():
         estimate = None
-        if str(dcfg.streaming).lower() == "auto":
+        if switch(dcfg.streaming, "data.streaming") == "auto":
             estimate = iter_records(dcfg, Ledger(), progress, scope)[0]
         if use_streaming(dcfg, estimate):
             root, report = index_corpus(dcfg, tokenizer, None, progress, scope)

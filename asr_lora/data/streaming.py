@@ -31,6 +31,7 @@ import numpy as np
 
 from asr_lora.core.io import publish_dir, stage_dir
 from asr_lora.core.logs import progress as progress_bar
+from asr_lora.core.runtime import switch
 from asr_lora.data.audio import SAMPLE_RATE, AudioError, check_audio, duration_reason, load_audio
 from asr_lora.data.records import SPLITS, Ledger, Record
 
@@ -44,7 +45,7 @@ DECODED_BYTES_PER_SECOND = SAMPLE_RATE * 4  # float32 mono
 def use_streaming(dcfg, records: Iterable[Record] | None = None) -> bool:
     """true/false as set; auto streams when the decoded audio would not fit `memory_budget_gb`.
     The estimate walks the records once (stated durations, else the file header) without keeping them."""
-    setting = str(dcfg.streaming).lower()
+    setting = switch(dcfg.streaming, "data.streaming")
     if setting in ("true", "false"):
         return setting == "true"
     if records is None:
