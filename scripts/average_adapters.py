@@ -19,10 +19,6 @@ def main() -> None:
         # the usual slip is a forgotten OUT, which makes the first adapter the output
         raise SystemExit(f"average_adapters: {args.out} already holds an adapter; name a new OUT first "
                          "(or pass --force to replace it)")
-    if args.out.is_dir() and any(args.out.iterdir()) and not (args.out / "adapter_config.json").is_file():
-        # OUT is replaced whole: a run folder named by mistake would lose its evaluation and checkpoints
-        raise SystemExit(f"average_adapters: {args.out} is a folder that holds no adapter (e.g. "
-                         f"{next(iter(sorted(args.out.iterdir()))).name}); OUT is replaced whole, so name a new one")
     from asr_lora.core.logs import quiet_libraries
     from asr_lora.model.adapters import average_adapters
 

@@ -106,6 +106,10 @@ def test_average_refuses_other_layouts_and_a_single_adapter(tiny_whisper_dir, tm
         average_adapters([a, a, a], tmp_path / "soup", weights=[1, 0])
     with pytest.raises(ValueError, match="the output is one of the adapters averaged"):
         average_adapters([a, other], a)
+    (tmp_path / "run" / "eval").mkdir(parents=True)  # a run folder, replaced whole, would lose its evaluation
+    with pytest.raises(ValueError, match=r"run is a folder that holds no adapter \(e\.g\. eval\)"):
+        average_adapters([a, a], tmp_path / "run")
+    assert (tmp_path / "run" / "eval").is_dir()
     assert not (tmp_path / "soup").exists()
 
 

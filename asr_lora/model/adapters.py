@@ -181,6 +181,11 @@ def average_adapters(paths: list[str | Path], out_dir: str | Path, weights: list
     paths = [check_adapter_dir(p) for p in paths]
     if Path(out_dir).resolve() in {p.resolve() for p in paths}:
         raise ValueError(f"{out_dir}: the output is one of the adapters averaged; it would be replaced")
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not (out / "adapter_config.json").is_file():
+        # `out_dir` is replaced whole: a run folder named by mistake would lose its evaluation and checkpoints
+        raise ValueError(f"{out} is a folder that holds no adapter (e.g. {min(out.iterdir()).name}); the output "
+                         "is replaced whole, so name a new one")
     if len(paths) < 2:
         raise ValueError(f"averaging needs at least two adapters, got {len(paths)}")
     weights = [1.0 / len(paths)] * len(paths) if weights is None else [float(w) for w in weights]
