@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from asr_lora.config import CONF_DIR, check_recipe_applied
 from asr_lora.core.io import read_json
-from asr_lora.model.adapters import adapter_sha256
+from asr_lora.model.adapters import EXPORT_SUMMARY, adapter_sha256
 
 log = logging.getLogger("asr_lora.export")
 
@@ -95,8 +95,8 @@ def retire_stale_export(out_root: Path, adapter_digest: str | None) -> None:
     adapter's; an export of this same adapter stays."""
     if not out_root.is_dir() or adapter_digest is None:
         return
-    summary = out_root / "export_summary.json"
-    exported = (read_json(summary, "export_summary.json").get("adapter_sha256") if summary.is_file()
+    summary = out_root / EXPORT_SUMMARY
+    exported = (read_json(summary, EXPORT_SUMMARY).get("adapter_sha256") if summary.is_file()
                 else adapter_sha256(out_root / "adapter"))
     if exported is None or exported == adapter_digest:  # None: nothing tells which adapter it was
         return

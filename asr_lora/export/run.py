@@ -50,13 +50,12 @@ from asr_lora.export.merge import (
 )
 from asr_lora.inference.ct2 import check_quantizations, convert_ct2, transcribe_ct2, warn_cpu_compute_type
 from asr_lora.inference.decode import transcribe_arrays
-from asr_lora.model.adapters import PROMPT_FILE, adapter_sha256, check_adapter_dir, other_base
+from asr_lora.model.adapters import EXPORT_SUMMARY, PROMPT_FILE, adapter_sha256, check_adapter_dir, other_base
 from asr_lora.model.lora import merged_weights_digest
 from asr_lora.model.whisper import resolve_model_dir
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "export_summary.json"
 
 
 def check_export_settings(formats, quantizations) -> list[str]:
@@ -204,7 +203,7 @@ def export_run(base: str, adapter_dir: Path, out_root: Path, formats: Sequence[s
                    "forgetting_unchecked": info.get("forgetting_unchecked")}
         if adapter_hash := adapter_digest or adapter_sha256(adapter_dir):  # which adapter this export holds
             summary["adapter_sha256"] = adapter_hash
-        write_json(root / SUMMARY_FILE, summary, default=str)
+        write_json(root / EXPORT_SUMMARY, summary, default=str)
         switch_in(root, out_root)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
@@ -233,7 +232,7 @@ def switch_in(root: Path, out_root: Path) -> None:
 
 
 def is_export_entry(name: str) -> bool:
-    return name in ("hf", "adapter", SUMMARY_FILE) or name.startswith("ct2-")
+    return name in ("hf", "adapter", EXPORT_SUMMARY) or name.startswith("ct2-")
 
 
 def failed_gates(verification: dict, forgetting: dict | None, atol: float) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from asr_lora.core.io import file_sha256, read_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+EXPORT_SUMMARY = "export_summary.json"  # beside an export's format folders: what it holds and scored
 
 # Where the bundled weights come from, for model cards (the `bundled:` names work offline).
 BUNDLED_HUB_IDS = {"bundled:tiny.en": "openai/whisper-tiny.en", "bundled:base": "openai/whisper-base"}
@@ -138,7 +139,7 @@ def export_summary(adapter_dir: str | Path) -> dict | None:
     """The `export_summary.json` written beside an exported adapter (`<export>/adapter`) or a run's
     adapter (`<run>/adapter`, summary in `<run>/export/`); None when there is none."""
     d = Path(adapter_dir)
-    for cand in (d.parent / "export_summary.json", d.parent / "export" / "export_summary.json"):
+    for cand in (d.parent / EXPORT_SUMMARY, d.parent / "export" / EXPORT_SUMMARY):
         if cand.is_file() and (data := _read_json(cand)) is not None:
             return data
     return None
