@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from asr_lora.core.paths import job_dirname
 from asr_lora.data.augment_sections import SECTION_DEFAULTS
+from asr_lora.data.records import SPLITS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -358,7 +359,7 @@ _RANGES = [
     ("data.max_train_samples", lambda v: v >= 1, "1 or more, or null (all)"),
     ("data.max_eval_samples", lambda v: v >= 1, "1 or more, or null (all)"),
     ("lora.alpha", lambda v: v > 0, "above 0 (at 0 the adapter's update is zero)"),
-    ("eval.split", lambda v: v in ("train", "dev", "test"), "train, dev or test"),
+    ("eval.split", lambda v: v in SPLITS, f"{', '.join(SPLITS[:-1])} or {SPLITS[-1]}"),
     ("eval.beam_size", lambda v: v >= 1, "1 or more"),
     ("eval.batch_size", lambda v: v >= 1, "1 or more"),
     ("model.dtype", lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
@@ -375,12 +376,10 @@ def check_settings(cfg, training: bool = False) -> None:
     if training and (cfg.eval.backend != "transformers" or cfg.eval.ct2_decoding != "matched"):  # no export yet
         bad.append("eval.backend and eval.ct2_decoding score exported files: train, then run "
                    "`python -m asr_lora.evaluate eval.backend=ct2 adapter=RUN/export/ct2-int8`")
-    device = str(cfg.get("device") or "")
-    if device.startswith("cuda"):
-        import torch
+    from asr_lora.core.runtime import cuda_missing  # torch: not at import, the entry points stay light
 
-        if not torch.cuda.is_available():
-            bad.append(f"device={device!r}: this machine has no CUDA device (leave device unset to use what it has)")
+    if cuda_missing(device := cfg.get("device")):
+        bad.append(f"device={device!r}: this machine has no CUDA device (leave device unset to use what it has)")
     if bad:
         raise ValueError("; ".join(bad))
 

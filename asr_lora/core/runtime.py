@@ -113,6 +113,12 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def cuda_missing(device: str | None) -> bool:
+    """Whether `device` names CUDA on a machine that has none (refused by the settings check and the
+    inference engine alike)."""
+    return str(device or "").startswith("cuda") and not torch.cuda.is_available()
+
+
 _SWITCH = {"auto": "auto", "true": "true", "1": "true", "yes": "true", "false": "false", "0": "false", "no": "false"}
 
 

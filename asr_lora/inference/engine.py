@@ -123,9 +123,9 @@ class Engine:
             raise ValueError(f"mode must be 'mixed' or 'switch', got {mode!r}")
         if beam_size is not None and beam_size < 1:
             raise ValueError(f"beam size {beam_size}: must be at least 1")
-        import torch
+        from asr_lora.core.runtime import cuda_missing
 
-        if (device or "cpu").startswith("cuda") and not torch.cuda.is_available():
+        if cuda_missing(device):
             raise ValueError(f"device {device!r}: this machine has no CUDA device")
         adapters = {name: check_adapter_dir(path) for name, path in (adapters or {}).items()}
         if BASE in adapters:
