@@ -20,11 +20,15 @@ RECORD = "train_texts.json"
 
 
 def text_digest(text: str) -> str:
-    return hashlib.sha256(normalize(text).encode()).hexdigest()[:16]
+    return _digest(normalize(text))
+
+
+def _digest(normalised: str) -> str:
+    return hashlib.sha256(normalised.encode()).hexdigest()[:16]
 
 
 def record_train_texts(run_dir: Path, texts: Iterable[str]) -> Path:
-    digests = sorted({text_digest(t) for t in texts if t and normalize(t)})
+    digests = sorted({_digest(n) for t in texts if t and (n := normalize(t))})
     return write_json(Path(run_dir) / RECORD, {"normaliser": NORMALIZER_VERSION, "n": len(digests),
                                                "digests": digests})
 
