@@ -43,7 +43,8 @@ _SPEAKABLE = re.compile(r"[A-Za-zÀ-ÖØ-öø-ÿ' \-.,?!;:\"]*")
 # Typographic punctuation, as editors and word processors write it, in the plain form the rules and
 # the scoring normaliser know.
 # Invisible characters inside a word (soft hyphen, zero-width space and joiners, word joiner, a stray
-# BOM) join it, as the scoring normaliser reads them.
+# BOM) join it: the voices cannot say them, and the reference is the joined word (the scoring
+# normaliser joins a soft hyphen and a word joiner too).
 _TYPOGRAPHY = str.maketrans({**APOSTROPHES, **HYPHENS, "\u201c": '"', "\u201d": '"', "\u2026": "...",
                              **dict.fromkeys("\u00ad\u200b\u200c\u200d\u2060\ufeff", "")})
 # A range between short numbers ("10\u201320", "2-3 tablets") is read "to"; a longer hyphenated number
