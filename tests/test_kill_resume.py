@@ -95,6 +95,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_whisper_di
     assert set(got) == set(expected)
     for k in expected:
         assert torch.equal(got[k], expected[k]), k
+    # The final adapter is the best checkpoint by dev WER; the last step's weights match too.
+    last = "checkpoints/checkpoint-8/adapter_model.safetensors"
+    want, got = load_file(ref_run / last), load_file(run / last)
+    assert all(torch.equal(got[k], want[k]) for k in want)
     assert json.loads((ckpts / "last_checkpoint.json").read_text())["step"] == 8
 
 

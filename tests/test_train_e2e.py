@@ -295,3 +295,44 @@ def test_wandb_accepts_artifact_names_made_from_hydra_sweep_job_names():
         wandb.Artifact(name=name, type=kind)  # raises on characters wandb refuses
         assert name.endswith(kind) and len(name) <= 128 and name.startswith("sg_english-2_lora.scope_encoder")
     assert artifact_name(job, "report") != artifact_name(job[:-1], "report")  # long names stay distinct
+
+
+def test_a_resumed_run_draws_what_an_uninterrupted_one_draws(tmp_path, tiny_whisper_dir, monkeypatch):
+    """The collator's seeded streams (here the timestamp targets and where the encoder outputs are masked) go on
+    from the batches the checkpoint already trained on: a run stopped after step 2 and resumed
+    reaches step 4 with the weights of a run that trained its 4 steps straight, bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from asr_lora.training import trainer as trainer_module
+
+    streams = ("logger=none", "eval.before_training=false", "train.timestamp_probability=0.5",
+               "train.encoder_time_mask=1.0", "train.per_device_train_batch_size=2")
+    train(tiny_cfg(tmp_path / "straight", tiny_whisper_dir, *streams))
+
+    class StopAtStep2(TrainerCallback):  # a preempted job: the schedule still runs to max_steps=4
+        def on_save(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 2
+
+    build = trainer_module.build_trainer
+
+    def stopping(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(StopAtStep2())
+        return trainer
+
+    monkeypatch.setattr(trainer_module, "build_trainer", stopping)
+    cfg = tiny_cfg(tmp_path / "stopped", tiny_whisper_dir, *streams)
+    train(cfg)
+    monkeypatch.setattr(trainer_module, "build_trainer", build)
+    run = tmp_path / "stopped" / "run"
+    assert not (run / "checkpoints" / "checkpoint-4").exists()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        resumed = compose("config", overrides=cfg_overrides(cfg) + [*streams, "train.max_steps=4", "train.resume=true"])
+    train(resumed)
+    # Step 4's weights: the final adapter is the best checkpoint by dev WER, which may be step 2's.
+    want = load_file(tmp_path / "straight" / "run" / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    got = load_file(run / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)

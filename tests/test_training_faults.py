@@ -124,3 +124,30 @@ def test_dev_batches_come_clean_while_training_batches_are_augmented(tmp_path, t
     assert trainer.data_collator is train_collator  # training batches still augmented
     batch = train_collator(rows)
     assert not torch.allclose(batch["input_features"], expected) and (batch["labels"][:, 0] != no_ts).all()
+
+
+def test_dataloader_workers_keep_drawing_across_epochs(tmp_path, tiny_whisper_dir):
+    """With DataLoader workers, the Trainer's train batches of a second epoch get new draws of the
+    collator's seeded streams (here which rows carry timestamp targets), not the first epoch's
+    again: the workers, and the collator copies counting batches in them, are kept between epochs."""
+    cfg = OmegaConf.structured(Config)
+    cfg.train.per_device_train_batch_size, cfg.train.dataloader_num_workers = 4, 2
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_whisper_dir)
+    processor = WhisperProcessor.from_pretrained(tiny_whisper_dir)
+    tok = processor.tokenizer
+    no_ts = tok.convert_tokens_to_ids("<|notimestamps|>")
+    labels = tok("kopi lah").input_ids
+    assert no_ts in labels
+    ds = Dataset.from_list([{"id": f"u{i}", "labels": labels, "duration": 1.0,
+                             "input_features": np.zeros((80, 3000), dtype=np.float32)} for i in range(16)])
+    collator = SpeechCollator(processor, model.config.decoder_start_token_id, seed=0, timestamp_probability=0.5)
+    trainer = build_trainer(model, trainer_args(cfg, tmp_path / "ckpt", [], has_dev=False), ds, None, collator,
+                            processor)
+    loader = trainer.get_train_dataloader()
+
+    def epoch() -> list[list[bool]]:  # per batch, which rows were given timestamp targets
+        return [[bool((row == no_ts + 1).any()) for row in batch["labels"]] for batch in loader]
+
+    first, second = epoch(), epoch()
+    assert len(first) == len(second) == 4 and any(map(any, first))
+    assert first != second

@@ -176,6 +176,12 @@ class SpeechCollator:
         return np.random.default_rng([self.seed, *self.STREAMS[stream], 0 if info is None else info.id + 1, n,
                                       *([rank] if rank else [])])
 
+    def continue_after(self, batches: int) -> None:
+        """Draw as if `batches` training batches had been drawn already (a resumed run), so every
+        stream goes on where the checkpoint's run left it instead of drawing the first batches'
+        values again. Each stream in use is drawn once a batch, so its count is the batch count."""
+        self.calls = dict.fromkeys(self.STREAMS, batches)
+
     def _labels(self, rows: list[dict], seconds: Sequence[float] | None = None) -> dict:
         """{"labels"} (the model shifts them into its decoder inputs), or {"decoder_input_ids",
         "labels"} when some row of the batch is prompted."""

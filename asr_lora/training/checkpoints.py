@@ -71,6 +71,12 @@ def last_complete_checkpoint(d: Path) -> str | None:
     return str(max(found)[1]) if found else None
 
 
+def trained_batches(ckpt: str | Path | None, accumulation_steps: int) -> int:
+    """The training batches each process drew before a complete checkpoint (its marker's step count
+    times the batches a step accumulates); 0 for a run from step 0."""
+    return int(json.loads((Path(ckpt) / COMPLETE).read_text())["step"]) * accumulation_steps if ckpt else 0
+
+
 def continued_checkpoint(resume, ckpt_dir: Path) -> str | None:
     """The checkpoint `train.resume` continues from in `ckpt_dir`, or None for a run from step 0
     (what `resume_point` starts and `record_config` compares settings against)."""

@@ -30,7 +30,7 @@ from asr_lora.data.scope import run_scope
 from asr_lora.training.collate import collator_columns, make_collators
 from asr_lora.training.console import print_summary, run_summary
 from asr_lora.training.averaging import check_ema_decay
-from asr_lora.training.checkpoints import check_resumable, record_config
+from asr_lora.training.checkpoints import check_resumable, record_config, resume_point, trained_batches
 from asr_lora.training.distill import check_context_kl, check_replay_kl
 from asr_lora.training.row_groups import check_split_setting
 from asr_lora.training.seeds import check_seeds, fit_seeds
@@ -228,9 +228,7 @@ def train_encoded_lazily(cfg: DictConfig, rows: Rows) -> tuple[str, ...]:
     """("train",) when the training collator runs in this process: it encodes each training clip the
     first time a batch draws it, so a run that stops within its first epoch never encodes the rest
     (a DataLoader worker's fills would stay in its own copy of the cache)."""
-    if rows.streaming or cfg.train.dataloader_num_workers > 0:
-        return ()
-    return ("train",)
+    return () if rows.streaming or cfg.train.dataloader_num_workers > 0 else ("train",)
 
 
 def domain_terms(cfg: DictConfig, rows: Rows, tokenizer):
@@ -267,7 +265,6 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
     """Train with the Trainer (resuming if asked), save the adapter (or full model) portable and
     pickle-free, and return the trained model ready to score."""
     from asr_lora.data.features import add_features, use_feature_cache
-    from asr_lora.training.checkpoints import resume_point
     from asr_lora.training.trainer import build_trainer, reads_per_clip
 
     train_ds, dev_ds, streaming, t = rows.train, rows.dev, rows.streaming, cfg.train
@@ -297,7 +294,9 @@ def fit(cfg: DictConfig, model, processor, rows: Rows, cache, run_dir: Path, rep
                             replay_kl=t.replay_kl, term_loss_weight=t.term_loss_weight, train_sampler=sampler,
                             context_kl=t.context_kl, ema_decay=t.ema_decay, split_prompted_rows=t.split_prompted_rows)
     t_train = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_point(t.resume, ckpt_dir))
+    start = resume_point(t.resume, ckpt_dir)
+    collator.continue_after(trained_batches(start, t.gradient_accumulation_steps))  # a resume draws on
+    result = trainer.train(resume_from_checkpoint=start)
     seconds = time.perf_counter() - t_train
     # A bf16 run leaves Accelerate's autocast wrapper on the model's forward; what is scored, checked
     # and exported is the fp32 model with the trained adapter, so it comes off.

@@ -151,6 +151,9 @@ def training_args(t, output_dir: Path, report_to: list[str], has_dev: bool, stre
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=t.dataloader_num_workers,
+        # Workers made anew each epoch would start from fresh copies of the collator, whose seeded
+        # streams would then draw every epoch's n-th batch alike; kept, they go on counting.
+        dataloader_persistent_workers=t.dataloader_num_workers > 0,
         ddp_backend=t.ddp_backend,
         ddp_timeout=t.ddp_timeout,
         # Accelerate treats torchrun's processes as one distributed job on CPU (gloo) only with
