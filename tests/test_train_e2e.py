@@ -52,10 +52,16 @@ def tiny_cfg(tmp_path: Path, model_dir: Path, *extra: str):
         ])
 
 
-def test_main_job_tiny_end_to_end_with_wandb_offline_and_resume(tmp_path, tiny_whisper_dir):
+def test_main_job_tiny_end_to_end_with_wandb_offline_and_resume(tmp_path, tiny_whisper_dir, capsys):
     cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=wandb", "logger.wandb.mode=offline")
     summary = train(cfg)
     run = tmp_path / "run"
+    # The training stage's console: each Trainer log one readable line, in the run's log file too,
+    # and no Python dicts or nested tqdm bars.
+    logged = (run / "asr_lora.log").read_text()
+    for line in ("step 1/4: loss ", "step 2/4: decoding dev", "step 2/4 dev: loss ", "training done: 4 steps in "):
+        assert line in logged, line
+    assert "{'loss'" not in capsys.readouterr().out
     for f in ["metrics.json", "data_report.json", "eval/eval.json", "eval/report.html", "eval/per_utterance.csv",
               "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "checkpoints/checkpoint-4"]:
         assert (run / f).exists(), f

@@ -4,8 +4,8 @@ progress display per stage (`progress`), with counts and an ETA.
 Third-party libraries each bring their own bars and warnings (transformers' weight-loading and
 shard-writing bars, datasets' "Saving the dataset" / "Map" / "Filter" bars, deprecation warnings
 for names peft still reads). The project shows its own bar for every stage it runs, so those are
-turned off in the library (its own switch), not by swallowing all warnings. The Trainer's
-training bar stays: it is the training stage's display.
+turned off in the library (its own switch), not by swallowing all warnings. The Trainer's tqdm
+display gives way to the same kind of bar and a line per log (training/progress.py).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from asr_lora.training.checkpoints import MarkCompleteCheckpoints, last_complete
 from asr_lora.training.distill import distillation, means_over_ranks
 from asr_lora.training.label_logits import logits_only_at
 from asr_lora.training.row_groups import row_groups, splits_rows, take_rows, width_of
+from asr_lora.training.progress import use_training_progress
 from asr_lora.training.term_tokens import weighted_token_loss
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,13 @@ class SpeechTrainer(Seq2SeqTrainer):
         self.replay_kl, self.context_kl = replay_kl, context_kl
         self.term_loss_weight = term_loss_weight
         self._kl: dict[str, list] = {}  # name: [sum, count] since the last logged step
+        self.shown = use_training_progress(self)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.shown.close()  # a run stopped by an error leaves no bar running
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows = inputs.pop("distill_rows", None)
