@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from transformers import ProgressCallback, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from asr_lora.core.logs import progress
 
@@ -57,7 +57,8 @@ class TrainingProgress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self._advance = self._stack.enter_context(progress(f"training ({state.max_steps} steps)", state.max_steps))
+            self._advance = self._stack.enter_context(progress(f"training ({state.max_steps} steps)", state.max_steps,
+                                                              enabled=not args.disable_tqdm))
             self._shown = state.global_step  # a resumed run starts part way
             self._advance(self._shown)
 
@@ -91,8 +92,10 @@ class TrainingProgress(TrainerCallback):
 
 
 def use_training_progress(trainer) -> TrainingProgress:
-    """Swap the Trainer's tqdm display for a `TrainingProgress`, which is returned."""
+    """Swap the Trainer's display (tqdm, or with `disable_tqdm` its printed dicts) for a
+    `TrainingProgress`, which is returned; `disable_tqdm` still hides the bar."""
     trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
     shown = TrainingProgress()
     trainer.add_callback(shown)
     return shown
