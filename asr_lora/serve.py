@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                         max_new_tokens=args.max_new_tokens, beam_size=args.beam_size)
         batcher = Batcher(engine, max_batch=args.max_batch, window_ms=args.batch_window_ms)
         app = create_app(batcher, settings)
-    except (AdapterSpecError, ValueError) as e:  # bad settings: one line, before the port is taken
+    except (AdapterSpecError, ValueError, OSError) as e:  # bad settings or paths: one line, before the port is taken
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"serving {engine.models} on http://{args.host}:{args.port} (base {engine.base_name}, "

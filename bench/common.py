@@ -229,7 +229,8 @@ def quiet() -> None:
 
 
 def random_adapter(base: str, out_dir: Path, seed: int = 0, r: int = 8, alpha: int = 16,
-                   scope: tuple[str, ...] = ("decoder_self", "decoder_cross"), b_std: float = 0.01) -> Path:
+                   scope: tuple[str, ...] = ("decoder_self", "decoder_cross"), b_std: float = 0.01,
+                   use_dora: bool = False) -> Path:
     """A peft LoRA adapter on `base` (q/v, on the decoder by default) with small random B, so
     it changes the weights (W' != W0) without wrecking the transcripts; saved as safetensors."""
     from types import SimpleNamespace
@@ -244,7 +245,7 @@ def random_adapter(base: str, out_dir: Path, seed: int = 0, r: int = 8, alpha: i
     torch.manual_seed(seed)
     model, _ = load_whisper(base)
     cfg = SimpleNamespace(r=r, alpha=alpha, dropout=0.0, target_modules=["q_proj", "v_proj"], scope=list(scope),
-                          bias="none", use_rslora=False, use_dora=False)
+                          bias="none", use_rslora=False, use_dora=use_dora)
     peft_model = add_lora(model, cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -227,6 +227,35 @@ def test_audio_longer_than_the_servers_limit_is_a_400(serve):
     assert _post(client, model="sg").status_code == 200
 
 
+def test_a_sample_rate_no_recording_has_is_a_400_before_any_resampling(serve, tmp_path):
+    """A WAV header alone sets what resampling to 16 kHz costs: 3 KB claiming 1 Hz would become 3,000
+    s (192 MB) and then be refused as too long; a prime rate near 1 MHz asked torchaudio for a 64 GB
+    kernel (a 500). Both are refused from the decoded samples, before resampling."""
+    client, engine = serve(max_audio_s=1800.0)
+    for rate, code in ((1, "bad_sample_rate"), (999_983, "bad_sample_rate")):
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros(1500, dtype=np.int16), rate, format="WAV", subtype="PCM_16")
+        r = client.post("/v1/audio/transcriptions", files={"file": ("odd.wav", buf.getvalue())}, data={"model": "sg"})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == code and f"odd.wav: sample rate {rate} Hz" in err["message"], err
+    buf = io.BytesIO()  # 1 kHz is a rate, so this is judged on its length, before it is resampled
+    sf.write(buf, np.zeros(1_000 * 1_900, dtype=np.int16), 1_000, format="WAV", subtype="PCM_16")
+    r = client.post("/v1/audio/transcriptions", files={"file": ("slow.wav", buf.getvalue())}, data={"model": "sg"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "audio_too_long", r.text
+    assert engine.batches == []
+
+
+def test_an_odd_sample_rate_resamples_to_its_length(tmp_path):
+    """44,101 Hz (a prime) would need a 44,101 x 16,000-tap sinc kernel in torchaudio (2.8 GB); soxr
+    resamples it instead."""
+    from asr_lora.data.audio import load_audio
+
+    sf.write(tmp_path / "odd.wav", 0.2 * np.sin(np.arange(44_101) / 7.0), 44_101)  # one second
+    x = load_audio(tmp_path / "odd.wav", 16000)
+    assert x.dtype == np.float32 and abs(len(x) - 16000) <= 2
+
+
 def test_an_oversized_upload_that_waits_for_100_continue_is_refused_unread(serve):
     import socket
 

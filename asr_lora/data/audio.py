@@ -2,12 +2,14 @@
 
 `load_audio` returns float32 mono at the target rate (16 kHz for Whisper) or raises
 `AudioError` with a reason key the pipeline can put straight into the `Ledger`
-("missing_file", "empty_file", "unreadable", "truncated", "nan"). `check_audio` adds the
+("missing_file", "empty_file", "unreadable", "truncated", "nan", "bad_sample_rate", and with
+`max_seconds` "audio_too_long", judged before resampling). `check_audio` adds the
 content checks ("nan", "too_short", "too_long", "silent")."""
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import struct
@@ -37,10 +39,34 @@ def to_mono(x: np.ndarray) -> np.ndarray:
     return x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x
 
 
+# The sample rates recordings are made at. A header's rate alone sets what resampling costs: a
+# file of a few KB claiming 1 Hz would become gigabytes at 16 kHz.
+RATES = (1000, 384_000)
+# torchaudio's sinc kernel holds (target/g) x (orig/g) taps for g = gcd(orig, target): 70,560 for
+# 44.1 kHz, but 16e9 for a prime rate such as 999,983 Hz. Past this, soxr, which takes any ratio in
+# little memory, resamples instead (the common rates keep torchaudio's output, and so the corpus).
+_SINC_TAPS = 4_000_000
+
+
 def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     if orig_sr == target_sr:
         return x
+    g = math.gcd(int(orig_sr), int(target_sr))
+    if (orig_sr // g) * (target_sr // g) > _SINC_TAPS:
+        import soxr
+
+        return soxr.resample(np.ascontiguousarray(x, dtype=np.float32), orig_sr, target_sr).astype(np.float32)
     return AF.resample(torch.from_numpy(np.ascontiguousarray(x)), int(orig_sr), int(target_sr)).numpy()
+
+
+def check_rate(path, sr: int, frames: int, max_seconds: float | None = None) -> None:
+    """AudioError for a sample rate no recording has, or (`max_seconds`) audio longer than that:
+    both judged from the decoded samples, before resampling spends memory on them."""
+    if not RATES[0] <= sr <= RATES[1]:
+        raise AudioError(path, "bad_sample_rate", f"sample rate {sr} Hz is not a recording's "
+                                                  f"({RATES[0]} to {RATES[1]:,} Hz)")
+    if max_seconds is not None and frames > max_seconds * sr:
+        raise AudioError(path, "audio_too_long", f"{frames / sr:.1f} s of audio is over the limit of {max_seconds:g} s")
 
 
 def _wav_truncated(path: Path) -> str | None:
@@ -92,7 +118,7 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
     return (y.T if y.ndim == 2 else y[:, None]), int(sr)
 
 
-def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> np.ndarray:
+def load_audio(path: str | os.PathLike, target_sr: int = 16000, max_seconds: float | None = None) -> np.ndarray:
     """Decode any soundfile/ffmpeg format to float32 mono at `target_sr`, or raise AudioError.
     A segment or zip-member address (`segment_address`, `zip_address`) loads just that part."""
     if (part := parse_address(path)) is not None:
@@ -114,6 +140,7 @@ def load_audio(path: str | os.PathLike, target_sr: int = 16000) -> np.ndarray:
     x, sr = _decode(path)
     if x.shape[0] == 0:
         raise AudioError(path, "empty_file", "audio file decodes to zero samples")
+    check_rate(path, sr, x.shape[0], max_seconds)
     x = to_mono(x)
     if not np.isfinite(x).all():
         raise AudioError(path, "nan", "audio contains NaN or infinite samples")
@@ -178,6 +205,7 @@ def load_part(file: str, member: str | None, start: float | None, end: float | N
         x, sr = _read_span(file, name, start, end)
     if not np.isfinite(x).all():
         raise AudioError(name, "nan", "audio contains NaN or infinite samples")
+    check_rate(name, sr, len(x))
     return resample(x, sr, target_sr)
 
 

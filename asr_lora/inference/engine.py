@@ -147,16 +147,19 @@ class Engine:
         if not 1 <= max_new_tokens <= longest:
             raise ValueError(f"max new tokens {max_new_tokens}: must be 1 to {longest} for this model")
         self.adapter_dirs: dict[str, Path] = {}
+        self.dora: set[str] = set()  # DoRA adapters: peft takes no per-row adapter_names for them
         for name, path in adapters.items():
             self.load_adapter(name, path)
         self.multilingual = is_multilingual(self.model)
-        self.batches: list[list[str]] = []  # model names per generate call, for tests and the benchmark
+        self.batches: list[list[str]] = []  # model names per generate call (the latest), for tests and the benchmark
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         if base := other_base(path, self.base_name):  # a local path to the same base is the same base
             log.warning("adapter %s names base %s; serving it on %s", name, base, self.base_name)
         self.model = load_adapter(self.model, path, name)
         self.adapter_dirs[name] = Path(path)
+        if getattr(self.model.peft_config[name], "use_dora", False):
+            self.dora.add(name)
 
     @property
     def models(self) -> list[str]:
@@ -223,9 +226,14 @@ class Engine:
             return []
         opts = self._options(jobs[0].options)
         out: list[dict | None] = [None] * len(jobs)
-        if self.mode == "mixed" and self.adapter_dirs and opts.beam_size == 1:
+        # One generate call for every model of the batch (peft's per-row adapter_names), except where
+        # generate would drop rows part way: with timestamps, clips whose first window ends early are
+        # decoded again alone, while adapter_names keeps every row's name (peft refuses the call);
+        # DoRA adapters take no adapter_names at all. Those batches go one model at a time.
+        if (self.mode == "mixed" and self.adapter_dirs and opts.beam_size == 1 and not opts.timestamps
+                and not self.dora & {j.model for j in jobs}):
             names = [j.model if j.model != BASE else MIXED_BASE for j in jobs]
-            self.batches.append([j.model for j in jobs])
+            self._record([j.model for j in jobs])
             return decode_audio(self.model, self.processor, [j.audio for j in jobs], opts, adapter_names=names,
                                 batch_size=len(jobs))
         groups: dict[str, list[int]] = {}
@@ -234,10 +242,14 @@ class Engine:
         for name, idx in groups.items():
             chunks = [idx] if self.mode == "mixed" else [[i] for i in idx]
             for chunk in chunks:
-                self.batches.append([name] * len(chunk))
+                self._record([name] * len(chunk))
                 with self._select(name):
                     res = decode_audio(self.model, self.processor, [jobs[i].audio for i in chunk], opts,
                                        batch_size=len(chunk))
                 for i, r in zip(chunk, res):
                     out[i] = r
         return out  # type: ignore[return-value]
+
+    def _record(self, names: list[str]) -> None:
+        self.batches.append(names)
+        del self.batches[:-1000]  # a server runs for weeks: keep the latest calls only

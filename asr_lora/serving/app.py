@@ -67,17 +67,14 @@ def decode_upload(data: bytes, filename: str, max_s: float = float("inf")):
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
         try:
-            audio = load_audio(path, SAMPLE_RATE)
+            audio = load_audio(path, SAMPLE_RATE, max_seconds=max_s)  # the length judged before resampling
             # The transcribe CLI's rule: no samples, NaN or silence is refused, any length is decoded.
             reason = check_audio(audio, SAMPLE_RATE, min_s=0.0, max_s=float("inf"))
             if reason in ("nan", "silent") or len(audio) == 0:
                 raise AudioError(path, reason or "empty_file", f"audio is {reason or 'empty'}")
         except AudioError as e:
-            msg = str(e).replace(str(path), filename or "file")
+            msg = str(e).replace(str(path), filename or "file").replace("over the limit", "over this server's limit")
             raise APIError(400, msg, "file", e.reason) from None
-    if len(audio) > max_s * SAMPLE_RATE:
-        raise APIError(400, f"{filename or 'file'}: {len(audio) / SAMPLE_RATE:.1f} s of audio is over this server's "
-                            f"limit of {max_s:g} s", "file", "audio_too_long")
     return audio
 
 
