@@ -358,6 +358,7 @@ _RANGES = [
     ("train.dev_eval_max_samples", lambda v: v >= 0, "0 (no dev evaluation) or more, or null (all)"),
     ("data.max_train_samples", lambda v: v >= 1, "1 or more, or null (all)"),
     ("data.max_eval_samples", lambda v: v >= 1, "1 or more, or null (all)"),
+    ("data.split_fractions", lambda v: len(v) == 3 and min(v) >= 0 < sum(v), "three shares >= 0 (train, dev, test)"),
     ("lora.alpha", lambda v: v > 0, "above 0 (at 0 the adapter's update is zero)"),
     ("eval.split", lambda v: v in SPLITS, f"{', '.join(SPLITS[:-1])} or {SPLITS[-1]}"),
     ("eval.beam_size", lambda v: v >= 1, "1 or more"),

@@ -104,3 +104,26 @@ def test_nsc_script_lines_indented_before_any_utterance_are_counted(tmp_path):
     records, ledger = run("nsc", tmp_path, parts=["PART1"])
     assert [(r.text, r.extra.get("normalised")) for r in records] == [("Second one.", "second one")]
     assert [(s.reason, s.source.rsplit(":", 1)[1]) for s in ledger.skips] == [("bad_line", "1"), ("bad_line", "2")]
+
+
+def test_data_csv_reads_the_documented_columns_and_maps_any_field(tmp_path):
+    """`data=csv` as Hydra composes it: a table with the documented audio_filepath/text columns and
+    no speaker reads as is (the shipped config once required columns `path` and `speaker`), and any
+    field maps to another column by a plain override."""
+    from hydra import compose, initialize_config_dir
+
+    from asr_lora.config import CONF_DIR
+
+    write_tone(tmp_path / "a.wav")
+    (tmp_path / "plain.csv").write_text("audio_filepath,text\na.wav,hello there\n")
+    (tmp_path / "cv.tsv").write_text("path\tsentence\tclient_id\na.wav\thello there\tabc\n")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        plain = compose("config", overrides=["data=csv", f"data.path={tmp_path / 'plain.csv'}"])
+        mapped = compose("config", overrides=["data=csv", f"data.path={tmp_path / 'cv.tsv'}",
+                                              "data.options.columns.audio=path", "data.options.columns.text=sentence",
+                                              "data.options.columns.speaker=client_id"])
+    for cfg, speaker in ((plain, "unknown"), (mapped, "abc")):
+        ledger = Ledger()
+        records, _ = iter_records(cfg.data, ledger, progress=False)
+        (rec,) = list(records)
+        assert (rec.text, rec.speaker) == ("hello there", speaker) and ledger.balanced()

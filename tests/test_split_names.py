@@ -95,6 +95,19 @@ def test_rows_without_speaker_are_split_by_row(tmp_path):
     assert info["rows_split_by_row"] == 40
 
 
+def test_too_few_speakers_for_a_split_by_speaker_is_said(tmp_path, caplog):
+    """Three speakers and no split column: the fractions can leave dev or test without a speaker, which
+    is said in the log and in the data report (and a training run then stops before training)."""
+    rows = [{"id": f"{k}{i}", "text": "hello", "speaker": k} for k in ("ann", "bob", "cy") for i in range(5)]
+    cfg = OmegaConf.structured(DataConfig(name="t", source="jsonl", path=str(write_jsonl(tmp_path, rows))))
+    records, info = iter_records(cfg, Ledger(), progress=False)
+    records = list(records)
+    used = {r.split for r in records}
+    assert used != {"train", "dev", "test"}  # these three names hash into fewer splits
+    assert info["empty_splits"] == [s for s in ("train", "dev", "test") if s not in used]
+    assert "too few speakers to split by speaker" in caplog.text
+
+
 @pytest.mark.parametrize("value", ["nan", "-5", "inf", "abc"])
 def test_csv_duration_is_checked_like_jsonl(tmp_path, value):
     write_tone(tmp_path / "a.wav")

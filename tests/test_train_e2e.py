@@ -342,3 +342,15 @@ def test_a_resumed_run_draws_what_an_uninterrupted_one_draws(tmp_path, tiny_whis
     got = load_file(run / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
     assert set(got) == set(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_corpus_with_nothing_to_score_is_refused_before_training(tmp_path, tiny_whisper_dir):
+    """A corpus whose rows leave the scored split empty (too few speakers for the fractions, say)
+    used to train and then score nothing; it stops first, naming the split."""
+    cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none")
+    manifest = Path(cfg.data.path)
+    kept = [line for line in manifest.read_text().splitlines() if json.loads(line)["split"] != "test"]
+    manifest.write_text("\n".join(kept) + "\n")
+    with pytest.raises(ValueError, match="no rows in split 'test' to score"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -79,9 +79,11 @@ def iter_records(dcfg, ledger: Ledger, progress: bool = True, scope=None) -> tup
     def records() -> Iterator[Record]:
         by_row = 0
         splits_of: dict[str, set[str]] = defaultdict(set)  # named speaker -> the splits its rows are in
+        placed: dict[str, int] = defaultdict(int)  # rows data.split_fractions placed, per split
         for r in read(source, path, ledger, **options):
             if r.split is None:
                 by_row += assign_split(r, fractions)
+                placed[r.split] += 1
             if r.split not in SPLITS:  # the readers map split names; a row outside would be lost unsaid
                 raise ValueError(f"{r.source or r.id}: split {r.split!r} is not one of {SPLITS}")
             if r.speaker not in ("", "unknown"):
@@ -95,6 +97,13 @@ def iter_records(dcfg, ledger: Ledger, progress: bool = True, scope=None) -> tup
                         "training heard (%s); give each speaker's rows one split, or none and let "
                         "data.split_fractions place them", len(straddling),
                         ", ".join(f"{k}: {'/'.join(v)}" for k, v in list(straddling.items())[:5]))
+        # Each speaker's split is drawn from its name's hash: with few speakers a split can get none
+        # (the test split of 3 speakers is empty 3 times in 4 at 0.8/0.1/0.1).
+        if placed and (empty := [s for s, f in zip(SPLITS, fractions) if f > 0 and not placed[s]]):
+            info["empty_splits"] = empty
+            log.warning("data.split_fractions=%s placed %d rows by speaker and none in %s: too few speakers "
+                        "to split by speaker; give the rows a split column", fractions, sum(placed.values()),
+                        "/".join(empty))
         if by_row:
             info["rows_split_by_row"] = by_row
             log.warning("%d rows name no speaker and no split: each was split as its own speaker, so one "

@@ -141,6 +141,8 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     else:
         train_ds = subsample(train_ds, d.max_train_samples, cfg.seed)
     dev_ds = subsample(dev_ds, cfg.train.dev_eval_max_samples, cfg.seed)
+    if test_ds is None:  # trained, then nothing to score: refused before the training
+        raise ValueError(f"no rows in split {cfg.eval.split!r} to score (see {run_dir}/data_report.json)")
     test_ds = scored_rows(test_ds, cfg.eval.part, cfg.eval.engines, d.max_eval_samples, cfg.seed)
     if main and not streaming:
         record_train_texts(run_dir, train_ds["text"])  # what `evaluate adapter=` checks against
@@ -357,8 +359,6 @@ def fit_member(cfg: DictConfig, seed: int, model, processor, rows: Rows, cache, 
 def score(cfg: DictConfig, model, processor, rows: Rows, cache, terms, precomputed: dict, run_dir: Path,
           adapter_dir: Path) -> dict | None:
     """Zero-shot, prompt baseline and adapted on the scored rows: report, tables, eval.json."""
-    if rows.test is None:
-        return None
     from asr_lora.evaluation.scoring import eval_systems, evaluate_systems
     from asr_lora.evaluation.summary import eval_info
 

@@ -153,7 +153,9 @@ def read_csv(
     (.tsv -> tab) unless given; TSVs are read unquoted, as Common Voice's must be (its sentences
     contain '"'). Relative audio paths resolve against `audio_root`, else the table's folder."""
     path = Path(source)
-    cols = {"audio": "audio_filepath", "text": "text", **dict(columns or {})}
+    # A field mapped to None (data=csv lists every field, so any can be set without Hydra's '+')
+    # takes the default: its own name's column when the header has one.
+    cols = {"audio": "audio_filepath", "text": "text", **{f: c for f, c in dict(columns or {}).items() if c}}
     if unknown := set(cols) - set(_CSV_FIELDS):
         raise ValueError(
             f"{path}: unknown Record field(s) in columns: {sorted(unknown)}; known: {_CSV_FIELDS}"
