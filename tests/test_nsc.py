@@ -349,3 +349,35 @@ def test_whole_tree_without_parts_reads_every_room_on_disk(tmp_path):
         run(root, parts=["PART7_Radio"])
     with pytest.raises(FileNotFoundError):
         run(tmp_path / "nowhere")
+
+
+def test_part1_wavs_extracted_flat_keep_each_speaker(tmp_path):
+    """WAVs unzipped flat into WAVE/ (`unzip -j`): each is its script's speaker, not one speaker
+    named after the folder (who would then take every clip into one split)."""
+    from fixtures_build import write_tone
+    from test_readers import run
+
+    ch0 = tmp_path / "IMDA - National Speech Corpus" / "PART1" / "DATA" / "CHANNEL0"
+    (ch0 / "SCRIPT").mkdir(parents=True)
+    for spk in ("0001", "0002"):
+        lines = []
+        for n in range(1, 3):
+            uid = f"0{spk}0{n:03d}"
+            lines += [f"{uid}\thello number {n}", f"\thello number {n}"]
+            write_tone(ch0 / "WAVE" / f"{uid}.WAV")
+        (ch0 / "SCRIPT" / f"0{spk}0.TXT").write_text("\r\n".join(lines) + "\r\n")
+    records, _ = run("nsc", tmp_path, parts=["PART1_CHANNEL0"])
+    assert sorted({r.speaker for r in records}) == ["PART1/SPEAKER0001", "PART1/SPEAKER0002"]
+    assert len(records) == 4
+
+
+def test_an_unreadable_speaker_sheet_is_a_warning_and_a_cp1252_one_is_read(tmp_path, caplog):
+    """The speaker spreadsheets are optional metadata: a truncated .XLSX download used to stop the
+    whole read with a BadZipFile naming no file, and a CSV saved in cp1252 with a UnicodeDecodeError."""
+    from asr_lora.data.readers.speakers import load_speakers
+
+    (tmp_path / "Speaker Information (Part 1).XLSX").write_bytes(b"PK\x03\x04 truncated download")
+    (tmp_path / "Speaker Information.csv").write_bytes("SCD/PART1,SEX,FIRST LANGUAGE\n1,F,Fran\u00e7ais\n".encode("cp1252"))
+    table = load_speakers([tmp_path / "Speaker Information (Part 1).XLSX", tmp_path / "Speaker Information.csv"])
+    assert "Speaker Information (Part 1).XLSX: speaker information not read (BadZipFile" in caplog.text
+    assert list(table.values()) == [{"gender": "F", "first_language": "Fran\u00e7ais"}]

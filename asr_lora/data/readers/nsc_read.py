@@ -92,6 +92,8 @@ def _script(script: Path, part: str, extracted: dict[str, Path], zips: SpeakerZi
             audio, seconds = str(wav), None
             spk_dir = wav.parent.parent if wav.parent.name.upper().startswith("SESSION") else wav.parent
             spk_name, extra["session"] = spk_dir.name, wav.parent.name
+            if not spk_name.upper().startswith("SPEAKER"):  # WAVs extracted flat (unzip -j): the script names him
+                spk_name = f"SPEAKER{speaker}"
         else:
             members = zips.members_of(speaker)
             if members is None:

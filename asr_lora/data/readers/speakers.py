@@ -8,9 +8,13 @@ guesses: unknown columns are ignored, never an error."""
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 ID_COLUMNS = ("scd/part1", "scd/part2", "scd/part3", "scd", "speaker id", "speaker_id", "speaker", "spk", "client_id")
 CONFERENCE_COLUMNS = ("conference id", "conference_id", "session id")
@@ -45,9 +49,15 @@ def _rows(path: Path) -> Iterator[list[str]]:
         finally:
             wb.close()
     else:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            yield []
-            yield from csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        data = path.read_bytes()
+        for encoding in ("utf-8-sig", "cp1252", "latin-1"):  # a sheet saved as CSV on Windows: cp1252
+            try:
+                text = data.decode(encoding)
+                break
+            except UnicodeDecodeError:
+                continue
+        yield []
+        yield from csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
 
 
 def load_speakers(paths: Iterable[str | Path]) -> dict[str, dict[str, str]]:
@@ -55,30 +65,38 @@ def load_speakers(paths: Iterable[str | Path]) -> dict[str, dict[str, str]]:
     file; a Separate Room sheet's (conference id, speaker id) also becomes "<conference>_<speaker>"."""
     out: dict[str, dict[str, str]] = {}
     for path in paths:
-        header: list[str] | None = None
-        for row in _rows(Path(path)):
-            if not row:
-                header = None
-                continue
-            cells = [c.strip().lower() for c in row]
-            if header is None:
-                if any(c in ID_COLUMNS for c in cells):
-                    header = cells
-                continue
-            rec = dict(zip(header, (c.strip() for c in row)))
-            sid = next((rec[c] for c in ID_COLUMNS if rec.get(c)), None)
-            if sid is None:
-                continue
-            meta = {}
-            for key, names in FIELDS.items():
-                value = next((rec[n] for n in names if rec.get(n)), None)
-                if value is not None:
-                    meta[key] = value
-            out.setdefault(speaker_key(sid), meta)
-            conf = next((rec[c] for c in CONFERENCE_COLUMNS if rec.get(c)), None)
-            if conf is not None:
-                out.setdefault(f"{speaker_key(conf)}_{speaker_key(sid)}", meta)
+        try:
+            _read_sheet(Path(path), out)
+        except Exception as e:  # openpyxl and zipfile raise many types; the sheet is metadata only
+            log.warning("%s: speaker information not read (%s: %s); its speakers' clips carry no gender, age or "
+                        "language", path, type(e).__name__, e)
     return out
+
+
+def _read_sheet(path: Path, out: dict[str, dict[str, str]]) -> None:
+    header: list[str] | None = None
+    for row in _rows(path):
+        if not row:
+            header = None
+            continue
+        cells = [c.strip().lower() for c in row]
+        if header is None:
+            if any(c in ID_COLUMNS for c in cells):
+                header = cells
+            continue
+        rec = dict(zip(header, (c.strip() for c in row)))
+        sid = next((rec[c] for c in ID_COLUMNS if rec.get(c)), None)
+        if sid is None:
+            continue
+        meta = {}
+        for key, names in FIELDS.items():
+            value = next((rec[n] for n in names if rec.get(n)), None)
+            if value is not None:
+                meta[key] = value
+        out.setdefault(speaker_key(sid), meta)
+        conf = next((rec[c] for c in CONFERENCE_COLUMNS if rec.get(c)), None)
+        if conf is not None:
+            out.setdefault(f"{speaker_key(conf)}_{speaker_key(sid)}", meta)
 
 
 def find_speaker_files(folder: Path) -> list[Path]:
