@@ -377,7 +377,8 @@ def test_an_unreadable_speaker_sheet_is_a_warning_and_a_cp1252_one_is_read(tmp_p
     from asr_lora.data.readers.speakers import load_speakers
 
     (tmp_path / "Speaker Information (Part 1).XLSX").write_bytes(b"PK\x03\x04 truncated download")
-    (tmp_path / "Speaker Information.csv").write_bytes("SCD/PART1,SEX,FIRST LANGUAGE\n1,F,Fran\u00e7ais\n".encode("cp1252"))
+    sheet = "SCD/PART1,SEX,FIRST LANGUAGE\n1,F,Fran\u00e7ais\n"
+    (tmp_path / "Speaker Information.csv").write_bytes(sheet.encode("cp1252"))
     table = load_speakers([tmp_path / "Speaker Information (Part 1).XLSX", tmp_path / "Speaker Information.csv"])
     assert "Speaker Information (Part 1).XLSX: speaker information not read (BadZipFile" in caplog.text
     assert list(table.values()) == [{"gender": "F", "first_language": "Fran\u00e7ais"}]
