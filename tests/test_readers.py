@@ -249,6 +249,22 @@ def test_hf_audiofolder(tmp_path, streaming):
     assert {r.speaker for r in records} == {"a", "b"}
 
 
+def test_hf_audiofolder_rows_keep_their_own_split_column(tmp_path):
+    """An audiofolder's metadata.csv `split` column places each row (its test rows were trained on,
+    all landing in the Hub split's); a value no split name maps is skipped with the line; a field
+    this reader does not read is refused by name."""
+    for i in range(4):
+        write_tone(tmp_path / "af" / f"c{i}.wav")
+    (tmp_path / "af" / "metadata.csv").write_text(
+        "file_name,transcription,speaker_id,split\nc0.wav,one,a,train\nc1.wav,two,b,test\n"
+        "c2.wav,three,c,validation\nc3.wav,four,d,holdout\n")
+    records, ledger = run("hf", tmp_path / "af", cache_dir=str(tmp_path / "cache"))
+    assert sorted((r.text, r.split) for r in records) == [("one", "train"), ("three", "dev"), ("two", "test")]
+    assert ledger.skipped_by_reason == {"bad_field": 1} and "'holdout'" in ledger.skips[0].detail
+    with pytest.raises(ValueError, match=r"columns names \['duration'\], which this reader does not read"):
+        run("hf", tmp_path / "af", cache_dir=str(tmp_path / "cache"), columns={"duration": "secs"})
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_hf_bytes_are_decoded_with_soundfile(tmp_path, streaming):
     records, ledger = run(

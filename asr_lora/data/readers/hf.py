@@ -144,8 +144,13 @@ def _hf_rows(
     if audio_column not in names:
         raise ValueError(f"{label}: no audio column {audio_column!r}; columns are {names}")
     cols = dict(columns or {})
+    if unknown := sorted(set(cols) - {*_HF_GUESSES, "split"}):
+        raise ValueError(f"{label}: columns names {unknown}, which this reader does not read; it reads "
+                         f"{[*_HF_GUESSES, 'split']}")
     for field, guesses in _HF_GUESSES.items():
         cols.setdefault(field, next((c for c in guesses if c in names), None))
+    # A row's own split (an audiofolder metadata.csv's split column) wins over the Hub split's.
+    cols.setdefault("split", "split" if "split" in names else None)
     for field, column in cols.items():
         if (column is None and field == "text") or (column is not None and column not in names):
             raise ValueError(f"{label}: column {column!r} for {field!r} is not among {names}")
@@ -156,12 +161,15 @@ def _hf_rows(
         get = {f: "" if c is None or row[c] is None else str(row[c]) for f, c in cols.items()}
         audio = row[audio_column]
         audio = {"path": audio} if isinstance(audio, str) else audio or {}
+        row_split = canonical_split(get["split"]) if get["split"] else lands_in
+        if row_split is None:
+            raise Reject("bad_field", f"split {get['split']!r} is not one of {split_names()}", get["id"] or where)
         rec = Record(
             id=get["id"] or where,
             text=get["text"].strip(),
             speaker=get["speaker"] or "unknown",
             accent=get["accent"] or accent,
-            split=lands_in,
+            split=row_split,
             subset=subset,
             source=where,
         )
