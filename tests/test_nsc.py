@@ -382,3 +382,28 @@ def test_an_unreadable_speaker_sheet_is_a_warning_and_a_cp1252_one_is_read(tmp_p
     table = load_speakers([tmp_path / "Speaker Information (Part 1).XLSX", tmp_path / "Speaker Information.csv"])
     assert "Speaker Information (Part 1).XLSX: speaker information not read (BadZipFile" in caplog.text
     assert list(table.values()) == [{"gender": "F", "first_language": "Fran\u00e7ais"}]
+
+
+def test_speech_on_a_textgrids_other_tiers_is_a_recorded_skip(tmp_path):
+    """A debate TextGrid with one interval tier per speaker: the recording is read from one tier, and
+    the other tiers' speech is counted as `unused_tier` skips instead of vanishing from the ledger."""
+    from fixtures_build import write_tone
+    from test_readers import run
+
+    nsc = "IMDA - National Speech Corpus"
+    deb = tmp_path / f"{nsc} - Additional" / f"{nsc} (Additional)" / "PART5"
+    write_tone(deb / "Debate Audio" / "debate_01.wav", seconds=6.0)
+    grid = long_text_grid("speaker A", [(0, 2, "I propose we go"), (2, 6, "<S>")], 6)
+    grid = grid.replace("size = 1", "size = 2")
+    grid += "\r\n".join(['    item [2]:', '        class = "IntervalTier"', '        name = "speaker B"',
+                         '        xmin = 0', '        xmax = 6', '        intervals: size = 2',
+                         '        intervals [1]:',
+                         '            xmin = 0', '            xmax = 2', '            text = "<S>"',
+                         '        intervals [2]:', '            xmin = 2', '            xmax = 5',
+                         '            text = "I disagree leh"']) + "\r\n"
+    (deb / "Debate Scripts").mkdir(parents=True)
+    (deb / "Debate Scripts" / "debate_01.TextGrid").write_text(grid)
+    records, ledger = run("nsc", tmp_path, parts=["PART5_Debate"])
+    assert [r.text for r in records] == ["I propose we go"]
+    assert ledger.skipped_by_reason == {"silence": 1, "unused_tier": 1}
+    assert "tier 'speaker B' interval 2" in next(s.source for s in ledger.skips if s.reason == "unused_tier")

@@ -121,7 +121,8 @@ def _segments(
     max_segment_s: float, tolerance_s: float,
 ) -> Iterator[Record]:
     try:
-        tier = _tier(read_textgrid(script.read_bytes()), script.stem)
+        tiers = read_textgrid(script.read_bytes())
+        tier = _tier(tiers, script.stem)
     except (TextGridError, OSError) as e:
         rows.take(str(script), _reject, Reject("undecodable_textgrid", str(e), f"{name}_{script.stem}"))
         return
@@ -162,3 +163,11 @@ def _segments(
         where = f"{script}: tier {tier.name!r} interval {i}"
         if (rec := rows.take(where, make, i, start, end, label)) is not None:
             yield rec
+    # The recording's speaker is one tier; speech on the others (a debate's second speaker) is
+    # not this speaker's and is counted as skipped, not left out unsaid.
+    for other in (t for t in tiers if t is not tier and t.kind == "IntervalTier"):
+        for i, (start, end, label) in enumerate(other.intervals, 1):
+            if " ".join(label.split()).upper() not in SILENCE:
+                rows.take(f"{script}: tier {other.name!r} interval {i}", _reject, Reject(
+                    "unused_tier", f"speech on tier {other.name!r}; the recording is read from tier {tier.name!r}",
+                    f"{name}_{script.stem}-{other.name}-{i:05d}"))
