@@ -407,3 +407,11 @@ def test_speech_on_a_textgrids_other_tiers_is_a_recorded_skip(tmp_path):
     assert [r.text for r in records] == ["I propose we go"]
     assert ledger.skipped_by_reason == {"silence": 1, "unused_tier": 1}
     assert "tier 'speaker B' interval 2" in next(s.source for s in ledger.skips if s.reason == "unused_tier")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_a_part1_script_in_utf16_without_a_bom_is_read_in_either_byte_order(encoding):
+    from asr_lora.data.readers.nsc_read import decode_script
+
+    text = "000010001\thello there lah\r\n\thello there lah\r\n"
+    assert decode_script(text.encode(encoding)) == text

@@ -25,8 +25,8 @@ from asr_lora.data.records import Record
 def decode_script(data: bytes) -> str:
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return data.decode("utf-16", errors="replace")
-    if b"\x00" in data[:200]:  # UTF-16 without a BOM: ASCII text full of NULs
-        return data.decode("utf-16-le", errors="replace")
+    if b"\x00" in data[:200]:  # UTF-16 without a BOM: ASCII text full of NULs, after (LE) or before (BE) each letter
+        return data.decode("utf-16-le" if data[1:2] == b"\x00" else "utf-16-be", errors="replace")
     return data.decode("utf-8-sig", errors="surrogateescape")
 
 
