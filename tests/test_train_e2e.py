@@ -344,13 +344,16 @@ def test_a_resumed_run_draws_what_an_uninterrupted_one_draws(tmp_path, tiny_whis
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
-def test_a_corpus_with_nothing_to_score_is_refused_before_training(tmp_path, tiny_whisper_dir):
-    """A corpus whose rows leave the scored split empty (too few speakers for the fractions, say)
-    used to train and then score nothing; it stops first, naming the split."""
+def test_a_split_by_speaker_with_nothing_to_score_is_refused_before_training(tmp_path, tiny_whisper_dir):
+    """Rows with no split column and too few speakers for data.split_fractions: the test split got
+    nobody, and the run used to train and then score nothing; it stops first, naming the split."""
     cfg = tiny_cfg(tmp_path, tiny_whisper_dir, "logger=none")
     manifest = Path(cfg.data.path)
-    kept = [line for line in manifest.read_text().splitlines() if json.loads(line)["split"] != "test"]
-    manifest.write_text("\n".join(kept) + "\n")
-    with pytest.raises(ValueError, match="no rows in split 'test' to score"):
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for i, r in enumerate(rows):  # these three names all hash into train at 0.8/0.1/0.1
+        r.pop("split")
+        r["speaker"] = ("ann", "bob", "cy")[i % 3]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="split 'test' is empty: data.split_fractions placed no speaker in it"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -54,6 +54,18 @@ def eval_rows(ds, part=None, engines=()):
     return ds
 
 
+def check_scored_split(ds, split: str, report: dict) -> None:
+    """A run whose scored split has no rows: refused before training when the split by speaker left
+    it empty (too few speakers for data.split_fractions), said when the source has none (training only)."""
+    if ds is not None:
+        return
+    if split in report.get("empty_splits", ()):
+        raise ValueError(f"split {split!r} is empty: data.split_fractions placed no speaker in it (too few "
+                         "speakers; data_report.json's empty_splits); give the rows a split column, or score another "
+                         "split (eval.split)")
+    log.warning("no rows in split %r: this run trains and scores nothing", split)
+
+
 def scored_rows(ds, part=None, engines=(), max_samples: int | None = None, seed: int = 0):
     """`eval_rows`, then `data.max_eval_samples` of them drawn with `seed`: what the training job and
     `python -m asr_lora.evaluate` score."""

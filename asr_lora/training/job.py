@@ -100,7 +100,8 @@ def train(cfg: DictConfig) -> dict:
         fitted = fit(cfg, model, processor, rows, cache, run_dir, report_to, params, terms)
     if not main:
         return {}
-    ev = score(cfg, fitted.model, processor, rows, cache, terms, precomputed, run_dir, fitted.adapter_dir)
+    ev = None if rows.test is None else score(cfg, fitted.model, processor, rows, cache, terms, precomputed, run_dir,
+                                              fitted.adapter_dir)
     exported = export(cfg, run_dir, fitted.adapter_dir, ev, rows.splits, processor, cache)
     summary = run_summary(cfg.recipe_name, run_dir, cfg.model.name_or_path, params,
                           OmegaConf.to_container(cfg.lora) if t.mode == "lora" else None, fitted, rows.n_train,
@@ -118,7 +119,8 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     subsample, augmented takes), dev (its part, subsample) and the scored rows of `eval.split`."""
     from asr_lora.data.augment import training_augmentation
     from asr_lora.data.loading import load_data
-    from asr_lora.data.selection import filter_engines, keep_part, scored_rows, set_replay_share, subsample
+    from asr_lora.data.selection import (check_scored_split, filter_engines, keep_part, scored_rows, set_replay_share,
+                                         subsample)
 
     d = cfg.data
     splits, report = load_data(d, tokenizer, run_dir if main else None, scored=cfg.eval.split,
@@ -141,8 +143,7 @@ def select_rows(cfg: DictConfig, tokenizer, run_dir: Path, main: bool = True) ->
     else:
         train_ds = subsample(train_ds, d.max_train_samples, cfg.seed)
     dev_ds = subsample(dev_ds, cfg.train.dev_eval_max_samples, cfg.seed)
-    if test_ds is None:  # trained, then nothing to score: refused before the training
-        raise ValueError(f"no rows in split {cfg.eval.split!r} to score (see {run_dir}/data_report.json)")
+    check_scored_split(test_ds, cfg.eval.split, report)
     test_ds = scored_rows(test_ds, cfg.eval.part, cfg.eval.engines, d.max_eval_samples, cfg.seed)
     if main and not streaming:
         record_train_texts(run_dir, train_ds["text"])  # what `evaluate adapter=` checks against
