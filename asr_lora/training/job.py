@@ -358,8 +358,8 @@ def fit_member(cfg: DictConfig, seed: int, model, processor, rows: Rows, cache, 
 
 
 def score(cfg: DictConfig, model, processor, rows: Rows, cache, terms, precomputed: dict, run_dir: Path,
-          adapter_dir: Path) -> dict | None:
-    """Zero-shot, prompt baseline and adapted on the scored rows: report, tables, eval.json."""
+          adapter_dir: Path) -> dict:
+    """Zero-shot, prompt baseline and adapted on `rows.test` (not None): report, tables, eval.json."""
     from asr_lora.evaluation.scoring import eval_systems, evaluate_systems
     from asr_lora.evaluation.summary import eval_info
 

@@ -26,8 +26,8 @@ from asr_lora.training.averaging import WeightAverage
 from asr_lora.training.checkpoints import MarkCompleteCheckpoints, last_complete_checkpoint
 from asr_lora.training.distill import distillation, means_over_ranks
 from asr_lora.training.label_logits import logits_only_at
-from asr_lora.training.row_groups import row_groups, splits_rows, take_rows, width_of
 from asr_lora.training.progress import use_training_progress
+from asr_lora.training.row_groups import row_groups, splits_rows, take_rows, width_of
 from asr_lora.training.term_tokens import weighted_token_loss
 
 log = logging.getLogger(__name__)

@@ -124,6 +124,7 @@ _HF_GUESSES = {
     "speaker": ("speaker_id", "client_id", "speaker"),
     "accent": ("accent", "accents"),
 }
+_HF_FIELDS = (*_HF_GUESSES, "split")  # what `columns` may map
 
 
 def _hf_rows(
@@ -144,9 +145,9 @@ def _hf_rows(
     if audio_column not in names:
         raise ValueError(f"{label}: no audio column {audio_column!r}; columns are {names}")
     cols = dict(columns or {})
-    if unknown := sorted(set(cols) - {*_HF_GUESSES, "split"}):
+    if unknown := sorted(set(cols) - set(_HF_FIELDS)):
         raise ValueError(f"{label}: columns names {unknown}, which this reader does not read; it reads "
-                         f"{[*_HF_GUESSES, 'split']}")
+                         f"{list(_HF_FIELDS)}")
     for field, guesses in _HF_GUESSES.items():
         cols.setdefault(field, next((c for c in guesses if c in names), None))
     # A row's own split (an audiofolder metadata.csv's split column) wins over the Hub split's.
